@@ -1,0 +1,327 @@
+"""The ``relay`` command: daemon, owner and operator commands.
+
+Every command accepts ``--json`` and then prints exactly one JSON object on
+stdout.  Exit status: 0 success, 1 refusal or failure (with the reason), 2
+usage.  The daemon's own output is its JSON log, one event per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from relay import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Failure(Exception):
+    """A command failed; ``fields`` go into the JSON answer."""
+
+    def __init__(self, reason: str, **fields: Any) -> None:
+        super().__init__(reason)
+        self.fields = {"status": "error", "reason": reason, **fields}
+
+
+def _print(args: argparse.Namespace, result: dict[str, Any], human: Callable[[dict[str, Any]], str]) -> None:
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(human(result))
+
+
+# --- daemon ------------------------------------------------------------------
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from relay.server.config import ConfigError, load_config
+
+    try:
+        config = load_config(Path(args.config) if getattr(args, "config", None) else None)
+    except ConfigError as exc:
+        raise Failure(str(exc), code="bad_config") from None
+    server_overrides = {}
+    if getattr(args, "listen", None):
+        server_overrides["listen"] = args.listen
+    if getattr(args, "admin_listen", None):
+        server_overrides["admin_listen"] = args.admin_listen
+    if server_overrides:
+        config = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(config.server, **server_overrides)
+        )
+    return config
+
+
+def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.protocol.addresses import contact_address
+    from relay.server.app import DB_FILE
+    from relay.server.config import split_host_port
+    from relay.server.identity import load_or_create
+    from relay.store.db import Database
+
+    config = _load_config(args)
+    data = Path(args.data)
+    identity, created = load_or_create(data)
+    Database(data / DB_FILE).close()
+    host, port = split_host_port(config.server.listen)
+    base = config.server.public_url.rstrip("/") or f"http://{host}:{port}"
+    return {
+        "status": "ok",
+        "created": created,
+        "address": contact_address(base, identity.fingerprint),
+        "fingerprint": identity.fingerprint_text,
+    }
+
+
+def cmd_address(args: argparse.Namespace) -> dict[str, Any]:
+    run = Path(args.data) / "run.json"
+    if run.exists():
+        try:
+            return {"status": "ok", "address": json.loads(run.read_text())["address"], "running": True}
+        except (ValueError, KeyError):
+            pass
+    if not (Path(args.data) / "identity.key").exists():
+        raise Failure(f"no relay identity in {args.data} (run 'relay init --data {args.data}')")
+    result = cmd_init(args)
+    return {"status": "ok", "address": result["address"], "running": False}
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from relay.server.app import Relay
+    from relay.server.logsetup import configure
+
+    config = _load_config(args)
+    configure(config.logging.level)
+    relay = Relay(config=config, data_dir=Path(args.data))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def signals() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+                    async for signum in received:
+                        if signum == signal.SIGHUP:
+                            try:
+                                relay.reload_policy(_load_config(args))
+                            except Failure as exc:
+                                import structlog
+
+                                structlog.get_logger("relay.app").error(
+                                    "config.reload_failed", reason=str(exc)
+                                )
+                        else:
+                            relay.stop()
+
+            nursery.start_soon(signals)
+            await relay.run()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+# --- owner -------------------------------------------------------------------
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    return Path(args.state)
+
+
+def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import create_channel
+
+    path = _state_path(args)
+    if path.exists():
+        raise Failure(f"{path} already exists; it holds another channel's secrets")
+    state = create_channel(args.name, kind=args.kind, description=args.description)
+    state.save(path)
+    from relay.protocol.encoding import b64e
+
+    return {
+        "status": "ok",
+        "channel": b64e(state.channel),
+        "kind": state.kind,
+        "name": state.name,
+        "state": str(path),
+    }
+
+
+def cmd_owner_add_relay(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, add_relay
+
+    path = _state_path(args)
+    state = OwnerState.load(path)
+    result = trio.run(add_relay, state, path, args.relay_address)
+    out = {k: v for k, v in result.__dict__.items() if v is not None}
+    if result.status == "refused":
+        raise Failure(result.reason or "refused", **{**out, "status": "refused"})
+    return out
+
+
+def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, publish
+
+    path = _state_path(args)
+    state = OwnerState.load(path)
+    result = trio.run(publish, state, path)
+    out = {"status": "ok", "version": result.version, "link": result.link, "relays": result.relays}
+    if any(r.get("status") == "error" for r in result.relays):
+        raise Failure("a relay refused the profile", **{**out, "status": "error"})
+    return out
+
+
+def cmd_owner_log(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, read_log
+
+    state = OwnerState.load(_state_path(args))
+    return {"status": "ok", "relays": trio.run(read_log, state)}
+
+
+# --- operator ----------------------------------------------------------------
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    from relay.client.admin import AdminClient, admin_address
+
+    return AdminClient(admin_address(Path(args.data) if args.data else None, args.admin))
+
+
+def cmd_admin_groups(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "groups": admin.groups(args.state_filter)}
+
+
+def cmd_admin_group(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.group(args.id)}
+
+
+def cmd_admin_approve(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.approve(args.id)}
+
+
+def cmd_admin_reject(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.reject(args.id, args.reason)}
+
+
+# --- human output ------------------------------------------------------------
+
+
+def _human(result: dict[str, Any]) -> str:
+    if "address" in result and len(result) <= 4:
+        return str(result["address"])
+    if "groups" in result:
+        rows = [f"{g['id']:>6}  {g['state']:<10} {g['kind']:<8} {g['name']}" for g in result["groups"]]
+        return "\n".join(["    id  state      kind     name", *rows]) if rows else "no groups"
+    if "relays" in result and "link" not in result:
+        lines = []
+        for relay in result["relays"]:
+            lines.append(f"{relay['relay']} ({relay.get('state', relay.get('error'))})")
+            for entry in relay.get("entries", []):
+                lines.append(f"  #{entry['seq']} {entry['event']}: {entry['detail']}")
+        return "\n".join(lines)
+    return "\n".join(
+        f"{k}: {v if not isinstance(v, (dict, list)) else json.dumps(v)}" for k, v in result.items()
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="chat-relay: a relay for owner-signed channels"
+    )
+    parser.add_argument("--version", action="version", version=f"chat-relay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(parent: Any, name: str, func: Callable[..., Any], help_: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.set_defaults(func=func)
+        return p
+
+    p = command(sub, "init", cmd_init, "create the relay's identity keys and database")
+    p.add_argument("--data", required=True)
+    p.add_argument("--config")
+    p = command(sub, "serve", cmd_serve, "run the relay daemon")
+    p.add_argument("--data", required=True)
+    p.add_argument("--config")
+    p.add_argument("--listen", help="public HOST:PORT (port 0 picks a free port)")
+    p.add_argument("--admin-listen", help="operator HOST:PORT (loopback by default)")
+    p = command(sub, "address", cmd_address, "print the relay's contact address")
+    p.add_argument("--data", required=True)
+    p.add_argument("--config")
+
+    owner = sub.add_parser("owner", help="channel owner commands").add_subparsers(dest="owner", required=True)
+    p = command(owner, "create", cmd_owner_create, "create a channel: root key, owner key, profile")
+    p.add_argument("--state", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--kind", choices=["channel", "group"], default="channel")
+    p.add_argument("--description", default="")
+    p = command(owner, "add-relay", cmd_owner_add_relay, "invite a relay to serve the channel")
+    p.add_argument("--state", required=True)
+    p.add_argument("relay_address")
+    p = command(owner, "publish", cmd_owner_publish, "sign the profile listing the relays and notify them")
+    p.add_argument("--state", required=True)
+    p = command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")
+    p.add_argument("--state", required=True)
+
+    admin = sub.add_parser("admin", help="operator commands (operator port)").add_subparsers(
+        dest="admin_cmd", required=True
+    )
+    for name, func, help_ in (
+        ("groups", cmd_admin_groups, "list groups"),
+        ("group", cmd_admin_group, "show one group and its service log"),
+        ("approve", cmd_admin_approve, "approve a group waiting for manual approval"),
+        ("reject", cmd_admin_reject, "reject a group waiting for manual approval"),
+    ):
+        p = command(admin, name, func, help_)
+        p.add_argument("--data")
+        p.add_argument("--admin", help="operator HOST:PORT")
+        if name == "groups":
+            p.add_argument("--state", dest="state_filter", help="only groups in this state")
+        else:
+            p.add_argument("id", type=int)
+        if name == "reject":
+            p.add_argument("--reason", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from relay.client.errors import RelayError
+
+    args = build_parser().parse_args(argv)
+    if args.func is cmd_serve:
+        try:
+            cmd_serve(args)
+            return EXIT_OK
+        except Failure as exc:
+            print(json.dumps(exc.fields) if args.json else f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        result: dict[str, Any] = args.func(args)
+    except Failure as exc:
+        _print(
+            args, exc.fields, lambda r: f"{r['status']}: {r.get('code', '')} {r['reason']}".replace("  ", " ")
+        )
+        return EXIT_FAILED
+    except RelayError as exc:
+        _print(
+            args,
+            {"status": "error", "code": exc.code, "reason": exc.reason},
+            lambda r: f"error: {r['code']}: {r['reason']}",
+        )
+        return EXIT_FAILED
+    _print(args, result, _human)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

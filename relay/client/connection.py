@@ -1,0 +1,104 @@
+"""A client session with one relay address, over trio-websocket.
+
+Opening a session performs the ``hello``/``welcome`` exchange and verifies that
+the relay's card is signed by the key whose fingerprint the address pins;
+:meth:`RelaySession.request` then sends one frame and returns the one answer.
+Every wait is bounded by ``timeout``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from relay.client.errors import (
+    RelayIdentityError,
+    RelayProtocolError,
+    RelayRefused,
+    RelayUnreachable,
+)
+from relay.protocol.addresses import RelayAddress
+from relay.protocol.encoding import decode, encode
+from relay.protocol.errors import ProtocolError
+from relay.protocol.handshake import verify_welcome
+from relay.protocol.messages import (
+    PROTOCOL_VERSION,
+    ClientFrame,
+    Error,
+    Hello,
+    RelayCard,
+    RelayFrame,
+    Welcome,
+)
+
+MAX_ANSWER = 1024 * 1024
+DEFAULT_TIMEOUT = 15.0
+
+
+class RelaySession:
+    def __init__(self, ws: WebSocketConnection, card: RelayCard, timeout: float) -> None:
+        self._ws = ws
+        self.card = card
+        self.timeout = timeout
+
+    async def request(self, frame: ClientFrame) -> RelayFrame:
+        """Send ``frame``; return the answer, or raise :class:`RelayRefused` for an error frame."""
+        answer = await _exchange(self._ws, frame, self.timeout)
+        if isinstance(answer, Error):
+            raise RelayRefused(answer.reason, code=answer.code)
+        return answer
+
+
+async def _exchange(ws: WebSocketConnection, frame: ClientFrame, timeout: float) -> RelayFrame:
+    try:
+        with trio.fail_after(timeout):
+            await ws.send_message(encode(frame))
+            data = await ws.get_message()
+    except trio.TooSlowError:
+        raise RelayUnreachable(f"no answer within {timeout:g} s") from None
+    except ConnectionClosed as exc:
+        reason = exc.reason
+        raise RelayUnreachable(
+            f"the relay closed the connection ({reason.code if reason else '?'})"
+        ) from None
+    if isinstance(data, str):
+        raise RelayProtocolError("the relay sent a text frame")
+    try:
+        return decode(data, RelayFrame, limit=MAX_ANSWER, what="relay frame")  # type: ignore[arg-type]
+    except ProtocolError as exc:
+        raise RelayProtocolError(exc.reason, code=exc.code.value) from None
+
+
+@asynccontextmanager
+async def open_session(
+    address: RelayAddress, *, timeout: float = DEFAULT_TIMEOUT
+) -> AsyncIterator[RelaySession]:
+    """Connect to ``address`` and prove the relay's identity; a fresh connection every time."""
+    nonce = secrets.token_bytes(32)
+    connected = False
+    try:
+        async with open_websocket_url(
+            address.websocket_url,
+            max_message_size=MAX_ANSWER,
+            connect_timeout=timeout,
+            disconnect_timeout=2,
+        ) as ws:
+            connected = True
+            answer = await _exchange(ws, Hello(version=PROTOCOL_VERSION, nonce=nonce), timeout)
+            if isinstance(answer, Error):
+                raise RelayRefused(answer.reason, code=answer.code)
+            if not isinstance(answer, Welcome):
+                raise RelayProtocolError(f"expected welcome, got {type(answer).__name__}")
+            try:
+                card = verify_welcome(answer, fingerprint=address.fingerprint, nonce=nonce)
+            except ProtocolError as exc:
+                raise RelayIdentityError(exc.reason, code=exc.code.value) from None
+            yield RelaySession(ws, card, timeout)
+    except (OSError, HandshakeError, trio.TooSlowError) as exc:
+        if connected:
+            raise
+        raise RelayUnreachable(f"cannot reach {address.base}: {exc}") from None

@@ -1,0 +1,283 @@
+"""The channel owner's side: create a channel, add relays, publish the profile, read the log.
+
+The owner's secrets live in a local state file (mode 0600) that is never sent
+anywhere.  Every channel gets its own root key, owner key and per-relay service
+group id, and every relay is contacted on a fresh connection, so nothing the
+relays see links two channels of one person.  The service group id is saved
+*before* the invitation is sent, so a retry after a crash on either side asks
+for the same group and gets the same address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from relay.client.connection import open_session
+from relay.client.errors import RelayError, RelayProtocolError, RelayRefused
+from relay.protocol import crypto
+from relay.protocol.addresses import ChannelLink, parse_address
+from relay.protocol.encoding import b64d, b64e, encode
+from relay.protocol.errors import ProtocolError
+from relay.protocol.invitation import SEAL_PURPOSE, make_invitation, make_owner_request, verify_grant
+from relay.protocol.messages import (
+    Invite,
+    InviteResult,
+    LogRequest,
+    LogResult,
+    OwnerCert,
+    Profile,
+    ProfileResult,
+    ProfileUpdate,
+    Signed,
+)
+
+
+@dataclass
+class RelayEntry:
+    contact: str
+    service_group: str  # b64
+    group_address: str | None = None
+    status: str = "new"
+
+
+@dataclass
+class OwnerState:
+    """Everything an owner keeps about one channel (secrets included)."""
+
+    kind: str
+    name: str
+    description: str
+    root_secret: str
+    owner_secret: str
+    owner_cert: dict[str, str]
+    profile_version: int = 1
+    direct_messages: bool = False
+    relays: list[RelayEntry] = field(default_factory=list)
+
+    # --- keys and ids ---
+    @property
+    def root_key(self) -> ed25519.Ed25519PrivateKey:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(b64d(self.root_secret))
+
+    @property
+    def owner_key(self) -> ed25519.Ed25519PrivateKey:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(b64d(self.owner_secret))
+
+    @property
+    def channel(self) -> bytes:
+        return crypto.channel_id(crypto.public_bytes(self.root_key))
+
+    def cert(self) -> Signed:
+        return Signed(**{k: b64d(v) for k, v in self.owner_cert.items()})
+
+    def relay(self, contact: str) -> RelayEntry | None:
+        return next((r for r in self.relays if r.contact == contact), None)
+
+    def profile(self) -> Signed:
+        """The current profile, signed by the owner key; relays = the group addresses we hold."""
+        root_public = crypto.public_bytes(self.root_key)
+        body = encode(
+            Profile(
+                channel=self.channel,
+                root_key=root_public,
+                version=self.profile_version,
+                kind=self.kind,
+                name=self.name,
+                description=self.description,
+                owners=[self.cert()],
+                relays=[r.group_address for r in self.relays if r.group_address],
+                updated_at=int(time.time()),
+                direct_messages=self.direct_messages,
+            )
+        )
+        owner = self.owner_key
+        return Signed(
+            body=body, signer=crypto.public_bytes(owner), sig=crypto.sign(owner, crypto.Label.PROFILE, body)
+        )
+
+    def link(self) -> ChannelLink:
+        return ChannelLink(
+            self.kind, self.channel, tuple(r.group_address for r in self.relays if r.group_address)
+        )
+
+    # --- the file ---
+    @classmethod
+    def load(cls, path: Path) -> OwnerState:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RelayError(f"no owner state at {path} (run 'relay owner create' first)") from None
+        except ValueError as exc:
+            raise RelayError(f"{path} is not an owner state file: {exc}") from None
+        raw["relays"] = [RelayEntry(**r) for r in raw.get("relays", [])]
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        """Write atomically with mode 0600: the file holds the channel's secrets."""
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+
+
+def create_channel(name: str, *, kind: str = "channel", description: str = "") -> OwnerState:
+    """A new channel: a fresh root key, a fresh owner key, and the root's cert for it."""
+    root = ed25519.Ed25519PrivateKey.generate()
+    owner = ed25519.Ed25519PrivateKey.generate()
+    channel = crypto.channel_id(crypto.public_bytes(root))
+    body = encode(
+        OwnerCert(channel=channel, owner_key=crypto.public_bytes(owner), issued_at=int(time.time()))
+    )
+    cert = Signed(
+        body=body, signer=crypto.public_bytes(root), sig=crypto.sign(root, crypto.Label.OWNER_CERT, body)
+    )
+    return OwnerState(
+        kind=kind,
+        name=name,
+        description=description,
+        root_secret=b64e(root.private_bytes_raw()),
+        owner_secret=b64e(owner.private_bytes_raw()),
+        owner_cert={"body": b64e(cert.body), "signer": b64e(cert.signer), "sig": b64e(cert.sig)},
+    )
+
+
+@dataclass(frozen=True)
+class AddRelayResult:
+    status: str  # accepted | pending_approval | refused
+    state: str
+    group_address: str | None = None
+    code: str | None = None
+    reason: str | None = None
+
+
+async def add_relay(state: OwnerState, path: Path, contact: str, *, timeout: float = 15.0) -> AddRelayResult:
+    """Send the sealed, signed service-group invitation; idempotent for one state file."""
+    address = parse_address_or_raise(contact)
+    if address.address_id is not None:
+        raise RelayError("that is a group address; add-relay needs a relay's contact address (/r)")
+    entry = state.relay(contact)
+    if entry is None:
+        entry = RelayEntry(contact=contact, service_group=b64e(secrets.token_bytes(16)))
+        state.relays.append(entry)
+        state.save(path)  # before sending: a retry must reuse this service group
+    async with open_session(address, timeout=timeout) as session:
+        suite = crypto.strongest_suite(list(session.card.seal_keys))
+        plaintext = make_invitation(
+            owner_key=state.owner_key,
+            relay_fingerprint=address.fingerprint,
+            service_group=b64d(entry.service_group),
+            profile=state.profile(),
+            channel=state.channel,
+            now=int(time.time()),
+        )
+        sealed = crypto.seal(
+            suite,
+            session.card.seal_keys[suite],
+            plaintext,
+            crypto.seal_info(SEAL_PURPOSE, address.fingerprint),
+        )
+        answer = await session.request(Invite(suite=suite, sealed=sealed))
+    if not isinstance(answer, InviteResult):
+        raise RelayProtocolError(f"expected invite_result, got {type(answer).__name__}")
+    result = AddRelayResult(status=answer.status, state=answer.state, code=answer.code, reason=answer.reason)
+    if answer.status == "accepted":
+        if answer.grant is None:
+            raise RelayProtocolError("accepted without a signed address grant")
+        try:
+            grant = verify_grant(
+                answer.grant,
+                relay_key=session.card.relay_key,
+                channel=state.channel,
+                service_group=b64d(entry.service_group),
+            )
+            granted = parse_address(grant.address)
+        except ProtocolError as exc:
+            raise RelayProtocolError(f"bad address grant: {exc.reason}", code=exc.code.value) from None
+        if granted.fingerprint != address.fingerprint or granted.address_id is None:
+            raise RelayProtocolError("the granted address is not an address of this relay")
+        if entry.group_address not in (None, grant.address):
+            raise RelayProtocolError("the relay granted a different address than before")
+        entry.group_address = grant.address
+        result = AddRelayResult(status="accepted", state=answer.state, group_address=grant.address)
+    entry.status = answer.status
+    state.save(path)
+    return result
+
+
+def parse_address_or_raise(text: str):  # type: ignore[no-untyped-def]
+    try:
+        return parse_address(text)
+    except ProtocolError as exc:
+        raise RelayError(exc.reason, code=exc.code.value) from None
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: int
+    link: str
+    relays: list[dict[str, object]]
+
+
+async def publish(state: OwnerState, path: Path, *, timeout: float = 15.0) -> PublishResult:
+    """Sign a new profile version that lists every granted address, and notify each relay."""
+    state.profile_version += 1
+    state.save(path)  # versions only grow, even if a notification fails below
+    signed = state.profile()
+    outcomes: list[dict[str, object]] = []
+    for entry in state.relays:
+        if entry.group_address is None:
+            continue
+        outcome: dict[str, object] = {"relay": entry.contact, "group_address": entry.group_address}
+        try:
+            async with open_session(parse_address(entry.group_address), timeout=timeout) as session:
+                answer = await session.request(ProfileUpdate(profile=signed))
+            if not isinstance(answer, ProfileResult):
+                raise RelayProtocolError(f"expected profile_result, got {type(answer).__name__}")
+            outcome.update(status="ok", state=answer.state, version=answer.version)
+            entry.status = answer.state
+        except RelayError as exc:
+            outcome.update(status="error", code=exc.code, reason=exc.reason)
+        outcomes.append(outcome)
+    state.save(path)
+    return PublishResult(version=state.profile_version, link=str(state.link()), relays=outcomes)
+
+
+async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str, object]]:
+    """The service-group log of every relay, as each relay keeps it."""
+    out: list[dict[str, object]] = []
+    for entry in state.relays:
+        address = parse_address(entry.contact)
+        request = make_owner_request(
+            state.owner_key,
+            relay_fingerprint=address.fingerprint,
+            channel=state.channel,
+            service_group=b64d(entry.service_group),
+            action="read_log",
+            now=int(time.time()),
+        )
+        item: dict[str, object] = {"relay": entry.contact}
+        try:
+            async with open_session(address, timeout=timeout) as session:
+                answer = await session.request(LogRequest(request=request))
+            if not isinstance(answer, LogResult):
+                raise RelayProtocolError(f"expected log_result, got {type(answer).__name__}")
+            item.update(
+                state=answer.state,
+                entries=[
+                    {"seq": e.seq, "at": e.at, "event": e.event, "detail": e.detail} for e in answer.entries
+                ],
+            )
+        except RelayRefused as exc:
+            item.update(error=exc.code, reason=exc.reason)
+        out.append(item)
+    return out

@@ -1,0 +1,73 @@
+"""Protocol errors, each carrying the wire error code a peer is answered with.
+
+Modelled on h11: a ``RemoteProtocolError`` means the peer sent something the
+rules forbid (answer it with ``code`` and fail only that request or
+connection); a ``LocalProtocolError`` means our own side tried to do something
+the rules forbid.  This module must not import anything with I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """Every error code that can travel on the wire (see docs/protocol.md)."""
+
+    # framing and decoding
+    FRAME_TOO_LARGE = "frame_too_large"
+    MALFORMED = "malformed"
+    BAD_TYPE = "bad_type"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    TIMEOUT = "timeout"
+    BUSY = "busy"
+    # sealing and signatures
+    SEAL_FAILED = "seal_failed"
+    UNSUPPORTED_SUITE = "unsupported_suite"
+    WRONG_RELAY = "wrong_relay"
+    BAD_SIGNATURE = "bad_signature"
+    UNAUTHORISED_OWNER = "unauthorised_owner"
+    CHANNEL_MISMATCH = "channel_mismatch"
+    INVITATION_STALE = "invitation_stale"
+    SERVICE_GROUP_MISMATCH = "service_group_mismatch"
+    # groups
+    UNKNOWN_GROUP = "unknown_group"
+    OUT_OF_ORDER = "out_of_order"
+    STALE_PROFILE = "stale_profile"
+    GROUP_CLOSED = "group_closed"
+    # policy refusals
+    KIND_NOT_ALLOWED = "kind_not_allowed"
+    NAME_INVALID = "name_invalid"
+    NAME_TOO_LONG = "name_too_long"
+    DESCRIPTION_TOO_LONG = "description_too_long"
+    DENIED = "denied"
+    TOO_MANY_OWNERS = "too_many_owners"
+    RELAY_FULL = "relay_full"
+    REJECTED_BY_OPERATOR = "rejected_by_operator"
+    ACTIVATION_TIMEOUT = "activation_timeout"
+    # the relay's own trouble
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """Base of every rule violation; ``code`` is what goes on the wire."""
+
+    code: ErrorCode
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"{code.value}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke a rule; answer it with ``code`` and fail that request alone."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own side tried something the rules forbid (a bug or a misuse)."""
+
+
+class PolicyRefusal(RemoteProtocolError):
+    """The operator's policy refuses this profile; the refusal is remembered."""

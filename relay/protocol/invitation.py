@@ -1,0 +1,163 @@
+"""Service-group invitations (owner -> relay) and the relay's signed address grant.
+
+An invitation is signed by an owner key, carries the signed profile, and is
+sealed with HPKE to one relay: ``info`` names the purpose and the relay's
+fingerprint, and the signed body names the relay again, so an invitation can be
+opened and accepted only by the relay it was made for.  The relay answers with
+an :class:`AddressGrant` signed by its identity key.  Pure code: the clock is a
+parameter.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from relay.protocol import crypto
+from relay.protocol.encoding import decode, encode
+from relay.protocol.errors import ErrorCode, RemoteProtocolError
+from relay.protocol.messages import AddressGrant, Invitation, OwnerRequest, Signed
+from relay.protocol.profile import MAX_SIGNED_BODY, VerifiedProfile, verify_profile
+
+SEAL_PURPOSE = b"invitation"
+CLOCK_SKEW = 120  # seconds a peer's clock may run ahead of ours
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedInvitation:
+    invitation: Invitation
+    signed: Signed
+    profile: VerifiedProfile
+
+
+def make_invitation(
+    *,
+    owner_key: ed25519.Ed25519PrivateKey,
+    relay_fingerprint: bytes,
+    service_group: bytes,
+    profile: Signed,
+    channel: bytes,
+    now: int,
+) -> bytes:
+    """The plaintext to seal: an owner-signed invitation, encoded."""
+    body = encode(
+        Invitation(
+            relay=relay_fingerprint,
+            channel=channel,
+            service_group=service_group,
+            profile=profile,
+            created_at=now,
+            nonce=secrets.token_bytes(16),
+        )
+    )
+    signed = Signed(
+        body=body,
+        signer=crypto.public_bytes(owner_key),
+        sig=crypto.sign(owner_key, crypto.Label.INVITATION, body),
+    )
+    return encode(signed)
+
+
+def check_fresh(created_at: int, now: int, max_age: int, what: str) -> None:
+    if created_at > now + CLOCK_SKEW:
+        raise RemoteProtocolError(
+            ErrorCode.INVITATION_STALE, f"the {what} is dated {created_at - now} s in the future"
+        )
+    if now - created_at > max_age:
+        raise RemoteProtocolError(
+            ErrorCode.INVITATION_STALE,
+            f"the {what} is {now - created_at} s old; the limit is {max_age} s",
+        )
+
+
+def verify_invitation(
+    plaintext: bytes, *, relay_fingerprint: bytes, now: int, max_age: int
+) -> VerifiedInvitation:
+    """Verify an opened invitation: signature, relay binding, freshness, profile and signer."""
+    signed = decode(plaintext, Signed, limit=MAX_SIGNED_BODY * 2, what="sealed invitation")
+    crypto.verify(signed.signer, crypto.Label.INVITATION, signed.body, signed.sig)
+    invitation = decode(signed.body, Invitation, limit=MAX_SIGNED_BODY * 2, what="invitation")
+    if not crypto.same_secret(invitation.relay, relay_fingerprint):
+        raise RemoteProtocolError(ErrorCode.WRONG_RELAY, "the invitation names another relay")
+    check_fresh(invitation.created_at, now, max_age, "invitation")
+    profile = verify_profile(invitation.profile)
+    if profile.profile.channel != invitation.channel:
+        raise RemoteProtocolError(
+            ErrorCode.CHANNEL_MISMATCH, "the invitation and its profile name different channels"
+        )
+    if signed.signer not in profile.owners:
+        raise RemoteProtocolError(
+            ErrorCode.UNAUTHORISED_OWNER,
+            "the invitation is signed by a key the channel's root never authorised",
+        )
+    return VerifiedInvitation(invitation=invitation, signed=signed, profile=profile)
+
+
+def make_grant(
+    identity: ed25519.Ed25519PrivateKey, invitation: Invitation, address: str, issued_at: int
+) -> Signed:
+    body = encode(
+        AddressGrant(
+            relay=invitation.relay,
+            channel=invitation.channel,
+            service_group=invitation.service_group,
+            address=address,
+            issued_at=issued_at,
+        )
+    )
+    return Signed(
+        body=body,
+        signer=crypto.public_bytes(identity),
+        sig=crypto.sign(identity, crypto.Label.ADDRESS_GRANT, body),
+    )
+
+
+def verify_grant(signed: Signed, *, relay_key: bytes, channel: bytes, service_group: bytes) -> AddressGrant:
+    """Client side: the grant must come from the pinned relay key, for this channel."""
+    if not crypto.same_secret(signed.signer, relay_key):
+        raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "the grant is not signed by this relay")
+    crypto.verify(relay_key, crypto.Label.ADDRESS_GRANT, signed.body, signed.sig)
+    grant = decode(signed.body, AddressGrant, limit=MAX_SIGNED_BODY, what="address grant")
+    if grant.channel != channel or grant.service_group != service_group:
+        raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the grant is for another channel")
+    if grant.relay != crypto.fingerprint(relay_key):
+        raise RemoteProtocolError(ErrorCode.WRONG_RELAY, "the grant names another relay")
+    return grant
+
+
+def make_owner_request(
+    owner_key: ed25519.Ed25519PrivateKey,
+    *,
+    relay_fingerprint: bytes,
+    channel: bytes,
+    service_group: bytes,
+    action: str,
+    now: int,
+) -> Signed:
+    body = encode(
+        OwnerRequest(
+            relay=relay_fingerprint,
+            channel=channel,
+            service_group=service_group,
+            action=action,
+            created_at=now,
+            nonce=secrets.token_bytes(16),
+        )
+    )
+    return Signed(
+        body=body,
+        signer=crypto.public_bytes(owner_key),
+        sig=crypto.sign(owner_key, crypto.Label.OWNER_REQUEST, body),
+    )
+
+
+def verify_owner_request(signed: Signed, *, relay_fingerprint: bytes, now: int, max_age: int) -> OwnerRequest:
+    """Signature, relay binding and freshness; the caller checks the signer is an owner."""
+    crypto.verify(signed.signer, crypto.Label.OWNER_REQUEST, signed.body, signed.sig)
+    request = decode(signed.body, OwnerRequest, limit=MAX_SIGNED_BODY, what="owner request")
+    if not crypto.same_secret(request.relay, relay_fingerprint):
+        raise RemoteProtocolError(ErrorCode.WRONG_RELAY, "the request names another relay")
+    check_fresh(request.created_at, now, max_age, "owner request")
+    return request

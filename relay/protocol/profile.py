@@ -1,0 +1,140 @@
+"""The owner-authorisation chain, the signed profile, and the operator's profile policy.
+
+A channel is named by the hash of its root key.  The root key (kept offline by
+the owners) signs an :class:`OwnerCert` for each owner key; a cert may also be
+signed by an owner that an earlier cert in the list authorised.  A profile is
+valid only if it names the channel of its root key, every cert verifies in
+order, and the profile itself is signed by an authorised owner.  The relay can
+therefore neither add an owner nor swap a key.
+
+This module is pure: the caller passes the clock (``now``) in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from relay.protocol import crypto
+from relay.protocol.encoding import decode
+from relay.protocol.errors import ErrorCode, PolicyRefusal, RemoteProtocolError
+from relay.protocol.messages import OwnerCert, Profile, Signed
+
+MAX_SIGNED_BODY = 64 * 1024
+
+KINDS = ("channel", "group")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedProfile:
+    """A profile whose chain and signature verified; ``signed`` holds the exact bytes."""
+
+    profile: Profile
+    signed: Signed
+    owners: frozenset[bytes]
+
+
+def verify_owner_chain(channel: bytes, root_key: bytes, certs: list[Signed]) -> frozenset[bytes]:
+    """Return the owner keys the root authorises through ``certs``, in order.
+
+    Raises ``channel_mismatch`` if the root key does not name the channel,
+    ``unauthorised_owner`` if a cert's signer was not authorised before it, and
+    ``bad_signature`` if a signature fails.
+    """
+    if not crypto.same_secret(crypto.channel_id(root_key), channel):
+        raise RemoteProtocolError(
+            ErrorCode.CHANNEL_MISMATCH, "the channel id is not the hash of the root key"
+        )
+    authorised: set[bytes] = set()
+    for index, cert in enumerate(certs):
+        if cert.signer != root_key and cert.signer not in authorised:
+            raise RemoteProtocolError(
+                ErrorCode.UNAUTHORISED_OWNER,
+                f"owner cert {index} is signed by a key the root never authorised",
+            )
+        crypto.verify(cert.signer, crypto.Label.OWNER_CERT, cert.body, cert.sig)
+        body = decode(cert.body, OwnerCert, limit=MAX_SIGNED_BODY, what="owner cert")
+        if body.channel != channel:
+            raise RemoteProtocolError(
+                ErrorCode.CHANNEL_MISMATCH, f"owner cert {index} is for another channel"
+            )
+        authorised.add(body.owner_key)
+    if not authorised:
+        raise RemoteProtocolError(ErrorCode.UNAUTHORISED_OWNER, "the profile lists no owner")
+    return frozenset(authorised)
+
+
+def verify_profile(signed: Signed) -> VerifiedProfile:
+    """Verify a signed profile end to end (chain, then the profile's own signature)."""
+    profile = decode(signed.body, Profile, limit=MAX_SIGNED_BODY, what="profile")
+    owners = verify_owner_chain(profile.channel, profile.root_key, profile.owners)
+    if signed.signer not in owners:
+        raise RemoteProtocolError(
+            ErrorCode.UNAUTHORISED_OWNER, "the profile is signed by a key that is not an owner"
+        )
+    crypto.verify(signed.signer, crypto.Label.PROFILE, signed.body, signed.sig)
+    return VerifiedProfile(profile=profile, signed=signed, owners=owners)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilePolicy:
+    """The operator's rules for the channels this relay will serve (``[policy]`` in relay.toml)."""
+
+    kinds: tuple[str, ...] = KINDS
+    max_name_length: int = 64
+    max_description_length: int = 1024
+    deny_patterns: tuple[str, ...] = ()
+    max_owners: int = 16
+    max_groups: int = 100_000
+    approval: str = "auto"  # "auto" | "manual"
+    activation_timeout: int = 7 * 24 * 3600
+    invitation_max_age: int = 600
+    _compiled: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        compiled = tuple(re.compile(p, re.IGNORECASE) for p in self.deny_patterns)
+        object.__setattr__(self, "_compiled", compiled)
+
+    def check(self, verified: VerifiedProfile) -> None:
+        """Raise a :class:`PolicyRefusal` naming the first rule the profile breaks."""
+        profile = verified.profile
+        if profile.kind not in self.kinds:
+            raise PolicyRefusal(
+                ErrorCode.KIND_NOT_ALLOWED,
+                f"kind {profile.kind!r} is not served here (allowed: {', '.join(self.kinds)})",
+            )
+        name = profile.name
+        if not name.strip() or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+            raise PolicyRefusal(ErrorCode.NAME_INVALID, "the name is empty or holds control characters")
+        if len(name) > self.max_name_length:
+            raise PolicyRefusal(
+                ErrorCode.NAME_TOO_LONG,
+                f"the name has {len(name)} characters; the limit is {self.max_name_length}",
+            )
+        if len(profile.description) > self.max_description_length:
+            raise PolicyRefusal(
+                ErrorCode.DESCRIPTION_TOO_LONG,
+                f"the description has {len(profile.description)} characters; "
+                f"the limit is {self.max_description_length}",
+            )
+        for pattern in self._compiled:
+            if pattern.search(name) or pattern.search(profile.description):
+                raise PolicyRefusal(
+                    ErrorCode.DENIED, "the name or description matches the operator's deny list"
+                )
+        if len(verified.owners) > self.max_owners:
+            raise PolicyRefusal(
+                ErrorCode.TOO_MANY_OWNERS,
+                f"the profile has {len(verified.owners)} owners; the limit is {self.max_owners}",
+            )
+
+    def summary(self) -> dict[str, object]:
+        """What the relay tells the public about its policy (no deny patterns)."""
+        return {
+            "kinds": list(self.kinds),
+            "max_name_length": self.max_name_length,
+            "max_description_length": self.max_description_length,
+            "max_owners": self.max_owners,
+            "approval": self.approval,
+            "activation_timeout": self.activation_timeout,
+        }

@@ -1,0 +1,158 @@
+"""The daemon: one nursery tree that owns the database writer, the listeners and every task.
+
+Shutdown order is what makes SIGTERM safe: stop accepting, let open
+connections finish for ``shutdown_grace`` seconds, and only then stop the
+database writer, so everything a client was told is committed.  The bound
+addresses are written to ``DATA/run.json`` for the admin command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import structlog
+import trio
+
+from relay.protocol.addresses import contact_address
+from relay.server.admin import AdminEndpoint
+from relay.server.config import Config, split_host_port
+from relay.server.identity import Identity, load_or_create
+from relay.server.metrics import Metrics
+from relay.server.public import PublicEndpoint
+from relay.server.service import GroupService, PolicyHolder
+from relay.store.db import Database
+
+log = structlog.get_logger("relay.app")
+
+DB_FILE = "relay.db"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class ReadyInfo:
+    address: str
+    listen: str
+    admin_listen: str
+
+
+def _host_port(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def raise_fd_limit() -> None:
+    """Many idle clients need many descriptors; take the hard limit we are allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass
+class Relay:
+    config: Config
+    data_dir: Path
+    identity: Identity = field(init=False)
+    metrics: Metrics = field(default_factory=Metrics)
+    ready: ReadyInfo | None = None
+    _stop: trio.Event = field(default_factory=trio.Event)
+    _policy: PolicyHolder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identity, created = load_or_create(self.data_dir)
+        if created:
+            log.info("identity.created", fingerprint=self.identity.fingerprint_text)
+        self._policy = PolicyHolder(self.config.policy.to_policy())
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    def reload_policy(self, config: Config) -> None:
+        """Swap the profile policy in place (SIGHUP); connections are untouched."""
+        self._policy.policy = config.policy.to_policy()
+        log.info("config.reloaded")
+
+    async def run(self, *, task_status: trio.TaskStatus[ReadyInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        raise_fd_limit()
+        server = self.config.server
+        storage = self.config.storage
+        db = Database(
+            self.data_dir / DB_FILE,
+            synchronous=storage.synchronous,
+            max_pending=storage.max_pending_writes,
+        )
+        try:
+            host, port = split_host_port(server.listen)
+            admin_host, admin_port = split_host_port(server.admin_listen)
+            public_listeners = await trio.open_tcp_listeners(port, host=host)
+            admin_listeners = await trio.open_tcp_listeners(admin_port, host=admin_host)
+            listen = _host_port(public_listeners[0])
+            base = server.public_url.rstrip("/") or f"http://{listen}"
+            service = GroupService(
+                db=db,
+                identity=self.identity,
+                policy=self._policy,
+                public_base=base,
+                metrics=self.metrics,
+                log_keep=storage.service_log_max,
+            )
+            public = PublicEndpoint(service, server, self.metrics)
+            admin = AdminEndpoint(
+                service, self.metrics, lambda: self.ready is not None, server.handshake_timeout
+            )
+            async with trio.open_nursery() as db_nursery:
+                await db_nursery.start(db.serve)
+                async with trio.open_nursery() as connections:
+                    async with trio.open_nursery() as acceptors:
+                        for handler, listeners in (
+                            (public.handle, public_listeners),
+                            (admin.handle, admin_listeners),
+                        ):
+                            acceptors.start_soon(
+                                partial(trio.serve_listeners, handler, listeners, handler_nursery=connections)
+                            )
+                        acceptors.start_soon(self._sweep, service)
+                        self.ready = ReadyInfo(
+                            address=contact_address(base, self.identity.fingerprint),
+                            listen=listen,
+                            admin_listen=_host_port(admin_listeners[0]),
+                        )
+                        self._write_run_file(self.ready)
+                        log.info(
+                            "relay.ready",
+                            address=self.ready.address,
+                            listen=self.ready.listen,
+                            admin_listen=self.ready.admin_listen,
+                            pid=os.getpid(),
+                        )
+                        task_status.started(self.ready)
+                        await self._stop.wait()
+                        log.info("relay.stopping", open_connections=public.open_connections)
+                        acceptors.cancel_scope.cancel()
+                    connections.cancel_scope.deadline = trio.current_time() + server.shutdown_grace
+                db_nursery.cancel_scope.cancel()
+        finally:
+            db.close()
+            (self.data_dir / RUN_FILE).unlink(missing_ok=True)
+        log.info("relay.stopped")
+
+    async def _sweep(self, service: GroupService) -> None:
+        """Expire groups the owners never activated; checks a few times per time-out."""
+        while True:
+            interval = min(60.0, max(0.2, service.policy.policy.activation_timeout / 4))
+            await trio.sleep(interval)
+            await service.expire_overdue()
+
+    def _write_run_file(self, ready: ReadyInfo) -> None:
+        path = self.data_dir / RUN_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**ready.__dict__, "pid": os.getpid(), "started": int(time.time())}))
+        tmp.replace(path)

@@ -1,0 +1,108 @@
+"""The relay's configuration: ``relay.toml`` decoded into typed, validated structs.
+
+Unknown keys and wrong types are errors that name the key (msgspec reports the
+path, e.g. ``$.policy.max_owners``).  Defaults here are the documented defaults
+of ``config/relay.toml``.  Reading files is the only I/O; nothing is started.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from relay.protocol.profile import ProfilePolicy
+
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+
+
+class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    listen: str = "127.0.0.1:7300"
+    admin_listen: str = "127.0.0.1:7301"
+    public_url: str = ""
+    max_connections: Annotated[int, Meta(ge=1)] = 10_000
+    max_frame_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    handshake_timeout: PositiveSeconds = 10.0
+    idle_timeout: PositiveSeconds = 120.0
+    shutdown_grace: PositiveSeconds = 10.0
+
+
+class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    kinds: list[Literal["channel", "group"]] = msgspec.field(default_factory=lambda: ["channel", "group"])
+    max_name_length: Annotated[int, Meta(ge=1)] = 64
+    max_description_length: Annotated[int, Meta(ge=0)] = 1024
+    deny_patterns: list[str] = msgspec.field(default_factory=list)
+    max_owners: Annotated[int, Meta(ge=1)] = 16
+    max_groups: Annotated[int, Meta(ge=0)] = 100_000
+    approval: Literal["auto", "manual"] = "auto"
+    activation_timeout: Annotated[int, Meta(ge=1)] = 7 * 24 * 3600
+    invitation_max_age: Annotated[int, Meta(ge=1)] = 600
+
+    def to_policy(self) -> ProfilePolicy:
+        return ProfilePolicy(
+            kinds=tuple(self.kinds),
+            max_name_length=self.max_name_length,
+            max_description_length=self.max_description_length,
+            deny_patterns=tuple(self.deny_patterns),
+            max_owners=self.max_owners,
+            max_groups=self.max_groups,
+            approval=self.approval,
+            activation_timeout=self.activation_timeout,
+            invitation_max_age=self.invitation_max_age,
+        )
+
+
+class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
+    service_log_max: Annotated[int, Meta(ge=10)] = 1000
+    max_pending_writes: Annotated[int, Meta(ge=1)] = 10_000
+
+
+class LoggingConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    log_client_ip: bool = False
+
+
+class Config(Struct, forbid_unknown_fields=True, frozen=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the key and the reason."""
+
+
+def check_patterns(config: Config) -> None:
+    import re
+
+    for index, pattern in enumerate(config.policy.deny_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"policy.deny_patterns[{index}]: not a regular expression: {exc}") from None
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        config = msgspec.toml.decode(path.read_bytes(), type=Config)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {str(exc).replace('`$.', '`')}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    check_patterns(config)
+    return config
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,49 @@
+"""Process-wide counters and gauges, rendered as Prometheus text on the operator port.
+
+Deliberately tiny: named counters with optional labels, incremented in place.
+Nothing here blocks or does I/O.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+_HELP: dict[str, str] = {
+    "relay_connections_open": "Public connections open now",
+    "relay_connections_total": "Public connections accepted",
+    "relay_invitations_total": "Invitations answered, by outcome",
+    "relay_refusals_total": "Requests refused, by error code",
+    "relay_activations_total": "Groups moved to active",
+    "relay_bounds_hit_total": "Times a bound was hit, by bound",
+    "relay_db_commits_total": "SQLite commits",
+    "relay_db_jobs_total": "Jobs committed (several per commit with group commit)",
+    "relay_db_commit_seconds_total": "Time spent in transactions",
+    "relay_groups": "Groups by state",
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.values: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        series = self.values[name]
+        series[key] = series.get(key, 0) + amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self.values[name][tuple(sorted(labels.items()))] = value
+
+    def get(self, name: str, **labels: str) -> float:
+        return self.values.get(name, {}).get(tuple(sorted(labels.items())), 0)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for name in sorted(self.values):
+            kind = "gauge" if name in ("relay_connections_open", "relay_groups") else "counter"
+            lines.append(f"# HELP {name} {_HELP.get(name, name)}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in sorted(self.values[name].items()):
+                label_text = ",".join(f'{k}="{v}"' for k, v in labels)
+                lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+        return "\n".join(lines) + "\n"

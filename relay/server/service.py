@@ -1,0 +1,395 @@
+"""What the relay does with verified requests: invitations, activation, the service log,
+operator decisions, and activation time-outs.
+
+Verification (signatures, chain, freshness, policy) happens here *before* a
+transaction, on the trio thread; each state change is then one transaction
+through the group-commit writer, so an answer always means "committed" and a
+refused request writes nothing.  The state rules come from
+``relay.protocol.state``; this module only applies them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from relay.protocol import crypto
+from relay.protocol.addresses import group_address, parse_address
+from relay.protocol.encoding import b64e, decode
+from relay.protocol.errors import ErrorCode, PolicyRefusal, ProtocolError, RemoteProtocolError
+from relay.protocol.invitation import (
+    SEAL_PURPOSE,
+    VerifiedInvitation,
+    make_grant,
+    verify_invitation,
+    verify_owner_request,
+)
+from relay.protocol.messages import (
+    Invite,
+    InviteResult,
+    LogEntry,
+    LogRequest,
+    LogResult,
+    ProfileResult,
+    ProfileUpdate,
+    Signed,
+)
+from relay.protocol.profile import MAX_SIGNED_BODY, ProfilePolicy, VerifiedProfile, verify_profile
+from relay.protocol.state import GroupState, Transition, transition
+from relay.server.identity import Identity
+from relay.server.metrics import Metrics
+from relay.store import groups
+from relay.store.db import Database
+from relay.store.groups import GroupRecord
+
+log = structlog.get_logger("relay.service")
+
+
+@dataclass
+class PolicyHolder:
+    """The current policy; SIGHUP swaps ``policy`` without touching connections."""
+
+    policy: ProfilePolicy
+
+
+class GroupService:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        identity: Identity,
+        policy: PolicyHolder,
+        public_base: str,
+        metrics: Metrics,
+        log_keep: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.identity = identity
+        self.policy = policy
+        self.public_base = public_base
+        self.metrics = metrics
+        self.log_keep = log_keep
+        self._clock = clock
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def address_of(self, record: GroupRecord) -> str | None:
+        if record.address_id is None:
+            return None
+        return group_address(self.public_base, self.identity.fingerprint, record.address_id)
+
+    # --- invitations -------------------------------------------------------
+
+    async def invite(self, frame: Invite) -> InviteResult:
+        now = self.now()
+        policy = self.policy.policy
+        plaintext = self.identity.seal_keys.open(
+            frame.suite, frame.sealed, crypto.seal_info(SEAL_PURPOSE, self.identity.fingerprint)
+        )
+        verified = verify_invitation(
+            plaintext,
+            relay_fingerprint=self.identity.fingerprint,
+            now=now,
+            max_age=policy.invitation_max_age,
+        )
+        refusal: PolicyRefusal | None = None
+        try:
+            policy.check(verified.profile)
+        except PolicyRefusal as exc:
+            refusal = exc
+        address_id = b64e(secrets.token_bytes(16))
+        try:
+            record = await self.db.transact(
+                lambda conn: self._register(conn, verified, refusal, address_id, policy, now)
+            )
+        except PolicyRefusal as exc:  # capacity: refused now, not remembered
+            self.metrics.inc("relay_invitations_total", outcome="refused")
+            log.info("invitation.refused", code=exc.code.value, remembered=False)
+            return InviteResult(status="refused", state="none", code=exc.code.value, reason=exc.reason)
+        return self._answer(record, verified)
+
+    def _register(
+        self,
+        conn: sqlite3.Connection,
+        verified: VerifiedInvitation,
+        refusal: PolicyRefusal | None,
+        address_id: str,
+        policy: ProfilePolicy,
+        now: int,
+    ) -> GroupRecord:
+        invitation = verified.invitation
+        existing = groups.by_channel(conn, invitation.channel)
+        if existing is not None:
+            if not crypto.same_secret(existing.service_group, invitation.service_group):
+                raise RemoteProtocolError(
+                    ErrorCode.SERVICE_GROUP_MISMATCH,
+                    "this relay already serves the channel through another service group",
+                )
+            return existing
+        profile = verified.profile.profile
+        common = dict(
+            channel=invitation.channel,
+            service_group=invitation.service_group,
+            profile=_encode_signed(verified.profile.signed),
+            profile_version=profile.version,
+            kind=profile.kind,
+            name=profile.name[:256],
+            now=now,
+        )
+        if refusal is not None:
+            record = groups.insert(
+                conn,
+                state=GroupState.REJECTED,
+                reason_code=refusal.code.value,
+                reason=refusal.reason,
+                **common,  # type: ignore[arg-type]
+            )
+            groups.append_log(
+                conn, record.id, now, "refused", f"{refusal.code.value}: {refusal.reason}", keep=self.log_keep
+            )
+            return record
+        if groups.count_live(conn) >= policy.max_groups:
+            raise PolicyRefusal(
+                ErrorCode.RELAY_FULL, f"this relay serves its maximum of {policy.max_groups} groups"
+            )
+        if policy.approval == "manual":
+            record = groups.insert(conn, state=GroupState.INVITED, **common)  # type: ignore[arg-type]
+            groups.append_log(
+                conn, record.id, now, "pending_approval", "waiting for the operator", keep=self.log_keep
+            )
+            return record
+        record = groups.insert(
+            conn,
+            state=GroupState.ACCEPTED,
+            address_id=address_id,
+            activation_deadline=now + policy.activation_timeout,
+            **common,  # type: ignore[arg-type]
+        )
+        groups.append_log(
+            conn, record.id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
+        )
+        return record
+
+    def _answer(self, record: GroupRecord, verified: VerifiedInvitation) -> InviteResult:
+        state = record.state
+        bound = structlog.contextvars.bound_contextvars(group=record.id)
+        with bound:
+            if state.has_address:
+                assert record.address_id is not None and record.address_issued_at is not None
+                address = self.address_of(record)
+                assert address is not None
+                grant = make_grant(
+                    self.identity.signing_key, verified.invitation, address, record.address_issued_at
+                )
+                self.metrics.inc("relay_invitations_total", outcome="accepted")
+                log.info("invitation.accepted", state=state.value)
+                return InviteResult(status="accepted", state=state.value, grant=grant)
+            if state is GroupState.INVITED:
+                self.metrics.inc("relay_invitations_total", outcome="pending_approval")
+                log.info("invitation.pending_approval")
+                return InviteResult(
+                    status="pending_approval",
+                    state=state.value,
+                    reason="the operator approves new groups by hand; ask again later",
+                )
+            self.metrics.inc("relay_invitations_total", outcome="refused")
+            log.info("invitation.refused", code=record.reason_code, remembered=True)
+            return InviteResult(
+                status="refused", state=state.value, code=record.reason_code, reason=record.reason
+            )
+
+    # --- activation ----------------------------------------------------------
+
+    async def group_by_address(self, address_id: str) -> GroupRecord | None:
+        return await self.db.transact(lambda conn: groups.by_address(conn, address_id))
+
+    async def update_profile(self, address_id: str, frame: ProfileUpdate) -> ProfileResult:
+        verified = verify_profile(frame.profile)
+        self.policy.policy.check(verified)
+        listed = self._lists_me(verified, address_id)
+        now = self.now()
+
+        def apply(conn: sqlite3.Connection) -> tuple[GroupState, GroupState, int, int]:
+            record = groups.by_address(conn, address_id)
+            if record is None:
+                raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+            if record.channel != verified.profile.channel:
+                raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the profile is for another channel")
+            after = transition(record.state, Transition.ACTIVATE if listed else Transition.UNLIST)
+            version = verified.profile.version
+            if version <= record.profile_version:
+                raise RemoteProtocolError(
+                    ErrorCode.STALE_PROFILE,
+                    f"profile version {version} is not newer than the stored version "
+                    f"{record.profile_version}",
+                )
+            groups.set_profile(
+                conn, record.id, _encode_signed(frame.profile), version, verified.profile.name[:256], now
+            )
+            groups.append_log(
+                conn, record.id, now, "profile_updated", f"version {version}", keep=self.log_keep
+            )
+            if after is not record.state:
+                reason_code = None if after is GroupState.ACTIVE else "not_listed"
+                reason = None if after is GroupState.ACTIVE else "a newer profile no longer lists this relay"
+                groups.set_state(conn, record.id, after, now, reason_code=reason_code, reason=reason)
+                groups.append_log(
+                    conn,
+                    record.id,
+                    now,
+                    after.value,
+                    reason or "listed in the owner-signed profile",
+                    keep=self.log_keep,
+                )
+            elif not listed:
+                groups.append_log(
+                    conn,
+                    record.id,
+                    now,
+                    "warning",
+                    "the profile does not list this relay's address yet",
+                    keep=self.log_keep,
+                )
+            return record.state, after, version, record.id
+
+        before, after, version, group_id = await self.db.transact(apply)
+        with structlog.contextvars.bound_contextvars(group=group_id):
+            if after is not before:
+                if after is GroupState.ACTIVE:
+                    self.metrics.inc("relay_activations_total")
+                    log.info("group.activated", version=version)
+                else:
+                    log.info("group.state_changed", before=before.value, after=after.value, version=version)
+            else:
+                log.info("group.profile_updated", version=version, listed=listed)
+        return ProfileResult(state=after.value, version=version)
+
+    def _lists_me(self, verified: VerifiedProfile, address_id: str) -> bool:
+        for text in verified.profile.relays:
+            try:
+                address = parse_address(text)
+            except ProtocolError:
+                continue
+            if address.address_id == address_id and crypto.same_secret(
+                address.fingerprint, self.identity.fingerprint
+            ):
+                return True
+        return False
+
+    # --- the service-group log -----------------------------------------------
+
+    async def read_log(self, frame: LogRequest) -> LogResult:
+        request = verify_owner_request(
+            frame.request,
+            relay_fingerprint=self.identity.fingerprint,
+            now=self.now(),
+            max_age=self.policy.policy.invitation_max_age,
+        )
+
+        def read(conn: sqlite3.Connection) -> tuple[GroupRecord | None, list[groups.LogRow]]:
+            record = groups.by_channel(conn, request.channel)
+            if record is None:
+                return None, []
+            return record, groups.read_log(conn, record.id)
+
+        record, rows = await self.db.transact(read)
+        if record is None or not crypto.same_secret(record.service_group, request.service_group):
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no service group for this channel")
+        owners = verify_profile(_decode_signed(record.profile)).owners
+        if frame.request.signer not in owners:
+            raise RemoteProtocolError(
+                ErrorCode.UNAUTHORISED_OWNER, "only the channel's owners may read its service log"
+            )
+        entries = [LogEntry(seq=r.seq, at=r.at, event=r.event, detail=r.detail) for r in rows]
+        return LogResult(state=record.state.value, entries=entries)
+
+    # --- operator decisions and time-outs ------------------------------------
+
+    async def approve(self, group_id: int) -> GroupRecord:
+        now = self.now()
+        timeout = self.policy.policy.activation_timeout
+        address_id = b64e(secrets.token_bytes(16))
+
+        def apply(conn: sqlite3.Connection) -> GroupRecord:
+            record = _require(conn, group_id)
+            after = transition(record.state, Transition.APPROVE)
+            groups.issue_address(conn, group_id, address_id, now, now + timeout)
+            groups.set_state(conn, group_id, after, now)
+            record = _require(conn, group_id)
+            groups.append_log(
+                conn, group_id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
+            )
+            return record
+
+        record = await self.db.transact(apply)
+        log.info("group.approved", group=group_id)
+        return record
+
+    async def reject(self, group_id: int, reason: str) -> GroupRecord:
+        now = self.now()
+
+        def apply(conn: sqlite3.Connection) -> GroupRecord:
+            record = _require(conn, group_id)
+            after = transition(record.state, Transition.REJECT)
+            groups.set_state(
+                conn, group_id, after, now, reason_code=ErrorCode.REJECTED_BY_OPERATOR.value, reason=reason
+            )
+            groups.append_log(
+                conn, group_id, now, "refused", f"rejected by the operator: {reason}", keep=self.log_keep
+            )
+            return _require(conn, group_id)
+
+        record = await self.db.transact(apply)
+        log.info("group.rejected", group=group_id)
+        return record
+
+    async def expire_overdue(self) -> int:
+        """Remove accepted groups whose owners never activated them in time."""
+        now = self.now()
+
+        def apply(conn: sqlite3.Connection) -> list[int]:
+            expired = []
+            for record in groups.overdue(conn, now):
+                after = transition(record.state, Transition.TIMEOUT)
+                groups.set_state(
+                    conn,
+                    record.id,
+                    after,
+                    now,
+                    reason_code=ErrorCode.ACTIVATION_TIMEOUT.value,
+                    reason="the owners did not list this relay before the activation time-out",
+                )
+                groups.append_log(
+                    conn, record.id, now, after.value, "activation time-out", keep=self.log_keep
+                )
+                expired.append(record.id)
+            return expired
+
+        expired = await self.db.transact(apply)
+        for group_id in expired:
+            log.info("group.activation_timeout", group=group_id)
+        return len(expired)
+
+
+def _require(conn: sqlite3.Connection, group_id: int) -> GroupRecord:
+    record = groups.by_id(conn, group_id)
+    if record is None:
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, f"no group {group_id}")
+    return record
+
+
+def _encode_signed(signed: Signed) -> bytes:
+    from relay.protocol.encoding import encode
+
+    return encode(signed)
+
+
+def _decode_signed(blob: bytes) -> Signed:
+    return decode(blob, Signed, limit=MAX_SIGNED_BODY * 2, what="stored profile")

@@ -1,0 +1,197 @@
+"""Groups and their service-group log, as rows.
+
+Functions here run on the database worker thread inside a transaction opened
+by :class:`relay.store.db.Database`; they take the connection first and return
+plain dataclasses.  They store exactly what they are given (signed profile
+bytes included) and make no policy decision.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from relay.protocol.state import GroupState
+
+_COLUMNS = (
+    "id, channel, service_group, state, reason_code, reason, address_id, address_issued_at, "
+    "profile, profile_version, kind, name, invited_at, updated_at, activation_deadline"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    id: int
+    channel: bytes
+    service_group: bytes
+    state: GroupState
+    reason_code: str | None
+    reason: str | None
+    address_id: str | None
+    address_issued_at: int | None
+    profile: bytes  # the encoded Signed profile, body bytes exactly as signed
+    profile_version: int
+    kind: str
+    name: str
+    invited_at: int
+    updated_at: int
+    activation_deadline: int | None
+
+
+def _record(row: tuple[object, ...] | None) -> GroupRecord | None:
+    if row is None:
+        return None
+    values = list(row)
+    values[3] = GroupState(str(values[3]))
+    return GroupRecord(*values)  # type: ignore[arg-type]
+
+
+def by_channel(conn: sqlite3.Connection, channel: bytes) -> GroupRecord | None:
+    return _record(conn.execute(f"SELECT {_COLUMNS} FROM groups WHERE channel = ?", (channel,)).fetchone())
+
+
+def by_address(conn: sqlite3.Connection, address_id: str) -> GroupRecord | None:
+    return _record(
+        conn.execute(f"SELECT {_COLUMNS} FROM groups WHERE address_id = ?", (address_id,)).fetchone()
+    )
+
+
+def by_id(conn: sqlite3.Connection, group_id: int) -> GroupRecord | None:
+    return _record(conn.execute(f"SELECT {_COLUMNS} FROM groups WHERE id = ?", (group_id,)).fetchone())
+
+
+def count_live(conn: sqlite3.Connection) -> int:
+    (n,) = conn.execute("SELECT count(*) FROM groups WHERE state NOT IN ('rejected', 'removed')").fetchone()
+    return int(n)
+
+
+def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
+    return {s: n for s, n in conn.execute("SELECT state, count(*) FROM groups GROUP BY state")}
+
+
+def insert(
+    conn: sqlite3.Connection,
+    *,
+    channel: bytes,
+    service_group: bytes,
+    state: GroupState,
+    profile: bytes,
+    profile_version: int,
+    kind: str,
+    name: str,
+    now: int,
+    address_id: str | None = None,
+    activation_deadline: int | None = None,
+    reason_code: str | None = None,
+    reason: str | None = None,
+) -> GroupRecord:
+    cursor = conn.execute(
+        "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
+        "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
+        "activation_deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            channel,
+            service_group,
+            state.value,
+            reason_code,
+            reason,
+            address_id,
+            now if address_id else None,
+            profile,
+            profile_version,
+            kind,
+            name,
+            now,
+            now,
+            activation_deadline,
+        ),
+    )
+    record = by_id(conn, int(cursor.lastrowid or 0))
+    assert record is not None
+    return record
+
+
+def set_state(
+    conn: sqlite3.Connection,
+    group_id: int,
+    state: GroupState,
+    now: int,
+    *,
+    reason_code: str | None = None,
+    reason: str | None = None,
+) -> None:
+    conn.execute(
+        "UPDATE groups SET state = ?, reason_code = ?, reason = ?, updated_at = ? WHERE id = ?",
+        (state.value, reason_code, reason, now, group_id),
+    )
+
+
+def issue_address(conn: sqlite3.Connection, group_id: int, address_id: str, now: int, deadline: int) -> None:
+    conn.execute(
+        "UPDATE groups SET address_id = ?, address_issued_at = ?, activation_deadline = ?, "
+        "updated_at = ? WHERE id = ?",
+        (address_id, now, deadline, now, group_id),
+    )
+
+
+def set_profile(
+    conn: sqlite3.Connection, group_id: int, profile: bytes, version: int, name: str, now: int
+) -> None:
+    conn.execute(
+        "UPDATE groups SET profile = ?, profile_version = ?, name = ?, updated_at = ? WHERE id = ?",
+        (profile, version, name, now, group_id),
+    )
+
+
+def overdue(conn: sqlite3.Connection, now: int, limit: int = 1000) -> list[GroupRecord]:
+    """Accepted groups whose activation deadline has passed."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM groups WHERE state = 'accepted' AND activation_deadline < ? LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    return [r for r in map(_record, rows) if r is not None]
+
+
+def listing(
+    conn: sqlite3.Connection, *, state: str | None = None, limit: int = 100, after: int = 0
+) -> list[GroupRecord]:
+    if state is None:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM groups WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM groups WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
+            (state, after, limit),
+        ).fetchall()
+    return [r for r in map(_record, rows) if r is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    seq: int
+    at: int
+    event: str
+    detail: str
+
+
+def append_log(
+    conn: sqlite3.Connection, group_id: int, now: int, event: str, detail: str, *, keep: int
+) -> None:
+    """Append to the group's service log, keeping only the newest ``keep`` entries."""
+    (last,) = conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM service_log WHERE group_id = ?", (group_id,)
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO service_log (group_id, seq, at, event, detail) VALUES (?, ?, ?, ?, ?)",
+        (group_id, last + 1, now, event, detail),
+    )
+    conn.execute("DELETE FROM service_log WHERE group_id = ? AND seq <= ?", (group_id, last + 1 - keep))
+
+
+def read_log(conn: sqlite3.Connection, group_id: int, limit: int = 1000) -> list[LogRow]:
+    rows = conn.execute(
+        "SELECT seq, at, event, detail FROM service_log WHERE group_id = ? ORDER BY seq DESC LIMIT ?",
+        (group_id, limit),
+    ).fetchall()
+    return [LogRow(*r) for r in reversed(rows)]

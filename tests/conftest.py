@@ -1,0 +1,56 @@
+"""Shared fixtures: a factory that runs the real daemon (see ``relayproc.py``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from relayproc import RunningRelay  # noqa: E402
+
+RelayFactory = Callable[..., RunningRelay]
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
+    """Start real relays: ``relay_factory(policy={...}, server={...})`` writes a relay.toml."""
+    started: list[RunningRelay] = []
+    counter = iter(range(1000))
+
+    def start(**sections: dict[str, object]) -> RunningRelay:
+        n = next(counter)
+        config = None
+        if sections:
+            config = tmp_path / f"relay{n}.toml"
+            config.write_text(to_toml(sections))
+        relay = RunningRelay(data=tmp_path / f"relay{n}", config=config)
+        started.append(relay)
+        return relay.start()
+
+    yield start
+    for relay in started:
+        relay.kill()
+
+
+@pytest.fixture
+def relay(relay_factory: RelayFactory) -> RunningRelay:
+    return relay_factory()
+
+
+def to_toml(sections: dict[str, dict[str, object]]) -> str:
+    import json
+
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = json.dumps(value)
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
