@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 class Failure(Exception):
     """A command failed; ``fields`` go into the JSON answer."""
 
-    def __init__(self, reason: str, **fields: Any) -> None:
+    def __init__(self, reason: str, /, **fields: Any) -> None:
         super().__init__(reason)
         self.fields = {"status": "error", "reason": reason, **fields}
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from relayproc import RunningRelay  # noqa: E402
+from relayproc import RunningRelay
 
 RelayFactory = Callable[..., RunningRelay]
 
@@ -48,9 +48,7 @@ def to_toml(sections: dict[str, dict[str, object]]) -> str:
     for name, values in sections.items():
         lines.append(f"[{name}]")
         for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            else:
-                text = json.dumps(value)
+            # json.dumps writes TOML-compatible strings, numbers and arrays; booleans differ
+            text = ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
             lines.append(f"{key} = {text}")
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ class RunningRelay:
     data: Path
     config: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    listen_on: str = "127.0.0.1:0"
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
@@ -34,12 +35,24 @@ class RunningRelay:
 
     def start(self, timeout: float = 20.0) -> RunningRelay:
         self._ready.clear()
-        args = [sys.executable, "-m", "relay", "serve", "--data", str(self.data),
-                "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+        args = [
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--data",
+            str(self.data),
+            "--listen",
+            self.listen_on,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]
         if self.config is not None:
             args += ["--config", str(self.config)]
         self.proc = subprocess.Popen(
-            args + self.extra_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            args + self.extra_args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()

@@ -78,7 +78,13 @@ class OwnerState:
         return Signed(**{k: b64d(v) for k, v in self.owner_cert.items()})
 
     def relay(self, contact: str) -> RelayEntry | None:
-        return next((r for r in self.relays if r.contact == contact), None)
+        """The entry for this relay, matched by its pinned fingerprint: a relay that moved
+        to another host or port but holds the same key is the same relay."""
+        fingerprint = parse_address(contact).fingerprint
+        for entry in self.relays:
+            if parse_address(entry.contact).fingerprint == fingerprint:
+                return entry
+        return None
 
     def profile(self) -> Signed:
         """The current profile, signed by the owner key; relays = the group addresses we hold."""
@@ -170,6 +176,7 @@ async def add_relay(state: OwnerState, path: Path, contact: str, *, timeout: flo
         entry = RelayEntry(contact=contact, service_group=b64e(secrets.token_bytes(16)))
         state.relays.append(entry)
         state.save(path)  # before sending: a retry must reuse this service group
+    entry.contact = contact
     async with open_session(address, timeout=timeout) as session:
         suite = crypto.strongest_suite(list(session.card.seal_keys))
         plaintext = make_invitation(

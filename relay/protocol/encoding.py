@@ -40,6 +40,9 @@ def decode(data: bytes, type_: type[T], *, limit: int, what: str = "message") ->
         raise RemoteProtocolError(ErrorCode.BAD_TYPE, f"{what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise RemoteProtocolError(ErrorCode.MALFORMED, f"{what} is not valid MessagePack: {exc}") from None
+    except UnicodeDecodeError:
+        # msgspec reports invalid UTF-8 in a string this way, not as a DecodeError.
+        raise RemoteProtocolError(ErrorCode.MALFORMED, f"{what} holds a string that is not UTF-8") from None
 
 
 def b64e(data: bytes) -> str:

@@ -113,7 +113,7 @@ class GroupService:
             self.metrics.inc("relay_invitations_total", outcome="refused")
             log.info("invitation.refused", code=exc.code.value, remembered=False)
             return InviteResult(status="refused", state="none", code=exc.code.value, reason=exc.reason)
-        return self._answer(record, verified)
+        return self._answer(record, verified, frame.suite)
 
     def _register(
         self,
@@ -177,7 +177,7 @@ class GroupService:
         )
         return record
 
-    def _answer(self, record: GroupRecord, verified: VerifiedInvitation) -> InviteResult:
+    def _answer(self, record: GroupRecord, verified: VerifiedInvitation, suite: str) -> InviteResult:
         state = record.state
         bound = structlog.contextvars.bound_contextvars(group=record.id)
         with bound:
@@ -189,7 +189,7 @@ class GroupService:
                     self.identity.signing_key, verified.invitation, address, record.address_issued_at
                 )
                 self.metrics.inc("relay_invitations_total", outcome="accepted")
-                log.info("invitation.accepted", state=state.value)
+                log.info("invitation.accepted", state=state.value, suite=suite)
                 return InviteResult(status="accepted", state=state.value, grant=grant)
             if state is GroupState.INVITED:
                 self.metrics.inc("relay_invitations_total", outcome="pending_approval")

@@ -1,0 +1,107 @@
+"""The ``relay`` command's contract: one JSON object with --json, exit 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from relayproc import RunningRelay
+
+
+def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def run_json(*args: str) -> tuple[int, dict[str, object]]:
+    code, out, err = run(*args, "--json")
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, (out, err)
+    return code, json.loads(lines[0])
+
+
+def test_init_creates_keys_once_and_prints_the_address(tmp_path: Path) -> None:
+    code, first = run_json("init", "--data", str(tmp_path / "d"))
+    assert code == 0 and first["created"] is True
+    assert str(first["address"]).startswith("http://127.0.0.1:7300/r#")
+    assert oct((tmp_path / "d" / "identity.key").stat().st_mode & 0o777) == "0o600"
+    code, second = run_json("init", "--data", str(tmp_path / "d"))
+    assert code == 0 and second["created"] is False and second["address"] == first["address"]
+    code, address = run_json("address", "--data", str(tmp_path / "d"))
+    assert code == 0 and address["address"] == first["address"] and address["running"] is False
+
+
+def test_address_of_a_running_relay_uses_the_bound_port(relay: RunningRelay) -> None:
+    code, out = run_json("address", "--data", str(relay.data))
+    assert code == 0 and out["address"] == relay.address and out["running"] is True
+
+
+def test_failures_exit_1_with_a_reason(tmp_path: Path) -> None:
+    code, out = run_json("address", "--data", str(tmp_path / "nothing"))
+    assert code == 1 and out["status"] == "error" and "relay init" in str(out["reason"])
+    code, out = run_json(
+        "owner", "add-relay", "--state", str(tmp_path / "missing.json"), "http://127.0.0.1:1/r#" + "A" * 43
+    )
+    assert code == 1 and "owner create" in str(out["reason"])
+    code, out = run_json("admin", "groups", "--data", str(tmp_path))
+    assert code == 1 and out["code"] == "unreachable"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[policy]\nmax_owners = 'many'\n")
+    code, out = run_json("init", "--data", str(tmp_path / "d"), "--config", str(bad))
+    assert code == 1 and "max_owners" in str(out["reason"])
+
+
+def test_usage_errors_exit_2() -> None:
+    code, _, err = run("owner", "create", "--json")
+    assert code == 2 and "--state" in err
+    code, _, _ = run("no-such-command")
+    assert code == 2
+
+
+def test_owner_commands_and_a_refusal(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(policy={"max_description_length": 10})
+    state = str(tmp_path / "o.json")
+    code, created = run_json(
+        "owner", "create", "--state", state, "--name", "Ok", "--description", "far too long a description"
+    )
+    assert code == 0 and created["status"] == "ok"
+    code, again = run_json("owner", "create", "--state", state, "--name", "Other")
+    assert code == 1 and "already exists" in str(again["reason"])
+    code, refused = run_json("owner", "add-relay", "--state", state, relay.address)
+    assert code == 1 and refused["status"] == "refused" and refused["code"] == "description_too_long"
+
+    good = str(tmp_path / "g.json")
+    run_json("owner", "create", "--state", good, "--name", "Good")
+    code, added = run_json("owner", "add-relay", "--state", good, relay.address)
+    assert code == 0 and added["status"] == "accepted"
+    code, published = run_json("owner", "publish", "--state", good)
+    assert code == 0 and published["version"] == 2 and str(published["link"]).startswith("chat-relay:/c/")
+    code, log = run_json("owner", "log", "--state", good)
+    assert code == 0 and log["relays"][0]["state"] == "active"  # type: ignore[index]
+
+
+def test_admin_commands(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(policy={"approval": "manual"})
+    for name in ("First", "Second"):
+        state = str(tmp_path / f"{name}.json")
+        run_json("owner", "create", "--state", state, "--name", name)
+        code, pending = run_json("owner", "add-relay", "--state", state, relay.address)
+        assert code == 0 and pending["status"] == "pending_approval"
+    code, listing = run_json("admin", "groups", "--data", str(relay.data))
+    assert code == 0 and [g["state"] for g in listing["groups"]] == ["invited", "invited"]  # type: ignore[union-attr]
+    code, approved = run_json("admin", "approve", "1", "--admin", relay.admin_listen)
+    assert code == 0 and approved["group"]["state"] == "accepted"  # type: ignore[index]
+    code, rejected = run_json("admin", "reject", "2", "--reason", "spam", "--data", str(relay.data))
+    assert code == 0 and rejected["group"]["reason"] == "spam"  # type: ignore[index]
+    code, shown = run_json("admin", "group", "2", "--data", str(relay.data))
+    assert code == 0 and shown["group"]["log"][-1]["event"] == "refused"  # type: ignore[index]
+    code, missing = run_json("admin", "group", "99", "--data", str(relay.data))
+    assert code == 1 and missing["code"] == "unknown_group"
+    code, again = run_json("owner", "add-relay", "--state", str(tmp_path / "First.json"), relay.address)
+    assert (
+        code == 0 and again["status"] == "accepted" and again["group_address"] == approved["group"]["address"]
+    )  # type: ignore[index]

@@ -1,0 +1,334 @@
+"""End-to-end flows of the relay core over real sockets, against the real daemon.
+
+Covers flows 1-5 and 9 of the brief: identity and contact address, sealed
+invitations, profile checks, idempotent per-group addresses (retries,
+concurrent duplicates, restarts), activation, manual approval, activation
+time-outs, several relays, and the service-group log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sqlite3
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import trio
+from relayproc import RunningRelay
+
+from relay.client import (
+    RelayIdentityError,
+    RelayRefused,
+    add_relay,
+    create_channel,
+    publish,
+    read_log,
+)
+from relay.client.connection import open_session
+from relay.client.owner import OwnerState, RelayEntry
+from relay.protocol.addresses import parse_address
+from relay.protocol.encoding import b64e
+from relay.protocol.messages import ProfileResult, ProfileUpdate
+
+
+def new_owner(tmp_path: Path, name: str = "Weather reports", **kw: str) -> tuple[OwnerState, Path]:
+    state = create_channel(name, **kw)
+    path = tmp_path / f"owner-{b64e(state.channel)[:8]}.json"
+    state.save(path)
+    return state, path
+
+
+def admin_groups(relay: RunningRelay) -> list[dict[str, object]]:
+    return list(httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_public_info_describes_the_relay(relay: RunningRelay) -> None:
+    info = httpx.get(relay.base_url + "/").json()
+    assert info["address"] == relay.address
+    assert parse_address(relay.address).fingerprint.hex()
+    assert set(info["seal_suites"]) == {
+        "x25519-sha256-chacha20poly1305",
+        "mlkem768x25519-sha256-chacha20poly1305",
+    }
+    assert info["limits"]["max_frame_bytes"] > 0
+    assert info["policy"]["approval"] == "auto"
+    assert info["software"].startswith("chat-relay/")
+
+
+async def test_invitation_gives_an_address_and_publish_activates(relay: RunningRelay, tmp_path: Path) -> None:
+    state, path = new_owner(tmp_path)
+    result = await add_relay(state, path, relay.address)
+    assert result.status == "accepted" and result.state == "accepted"
+    assert result.group_address is not None
+    granted = parse_address(result.group_address)
+    assert granted.fingerprint == parse_address(relay.address).fingerprint
+    # the owner used the strongest suite both sides have: the post-quantum hybrid
+    assert relay.wait_for_event("invitation.accepted")["suite"].startswith("mlkem768x25519")
+
+    published = await publish(state, path)
+    assert published.version == 2
+    assert published.relays[0]["state"] == "active"
+    assert result.group_address in httpx.URL("http://x/?" + published.link.split("?", 1)[1]).params.get_list(
+        "relay"
+    )
+    [group] = admin_groups(relay)
+    assert group["state"] == "active" and group["profile_version"] == 2
+
+    [log] = await read_log(state)
+    events = [e["event"] for e in log["entries"]]  # type: ignore[union-attr]
+    assert events == ["address_issued", "profile_updated", "active"]
+
+
+async def test_same_invitation_same_address_on_retry_and_concurrently(
+    relay: RunningRelay, tmp_path: Path
+) -> None:
+    state, path = new_owner(tmp_path)
+    first = await add_relay(state, path, relay.address)
+    again = await add_relay(state, path, relay.address)
+    assert again.group_address == first.group_address
+
+    results: list[str | None] = []
+
+    async def one() -> None:
+        results.append((await add_relay(state, path, relay.address)).group_address)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(16):
+            nursery.start_soon(one)
+    assert results == [first.group_address] * 16
+    assert len(admin_groups(relay)) == 1
+
+
+async def test_concurrent_first_invitations_create_one_group(relay: RunningRelay, tmp_path: Path) -> None:
+    """Duplicates racing for a channel the relay has never seen still get one address."""
+    state, path = new_owner(tmp_path)
+    results: list[str | None] = []
+
+    async def one() -> None:
+        # each racer holds its own copy of the state, with the same service group
+        copy = OwnerState.load(path)
+        results.append((await add_relay(copy, tmp_path / "unused.json", relay.address)).group_address)
+
+    # the service group is chosen (and saved) before any sending
+    state.relays.append(RelayEntry(contact=relay.address, service_group=b64e(b"\x07" * 16)))
+    state.save(path)
+    async with trio.open_nursery() as nursery:
+        for _ in range(12):
+            nursery.start_soon(one)
+    assert len(set(results)) == 1 and results[0] is not None
+    assert len(admin_groups(relay)) == 1
+
+
+async def test_same_address_after_relay_restart(tmp_path: Path) -> None:
+    relay = RunningRelay(data=tmp_path / "relay", listen_on=f"127.0.0.1:{free_port()}").start()
+    try:
+        state, path = new_owner(tmp_path)
+        first = await add_relay(state, path, relay.address)
+        assert relay.stop() == 0
+        relay.start()
+        again = await add_relay(state, path, relay.address)
+        assert again.group_address == first.group_address
+        # the identity survived the restart too: same contact address
+        assert relay.address == state.relays[0].contact
+    finally:
+        relay.kill()
+
+
+async def test_a_second_service_group_for_a_channel_is_refused(relay: RunningRelay, tmp_path: Path) -> None:
+    state, path = new_owner(tmp_path)
+    await add_relay(state, path, relay.address)
+    state.relays[0].service_group = b64e(b"\x01" * 16)
+    with pytest.raises(RelayRefused) as caught:
+        await add_relay(state, path, relay.address)
+    assert caught.value.code == "service_group_mismatch"
+
+
+async def test_policy_refusal_is_clear_and_remembered(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(policy={"deny_patterns": ["casino"], "max_name_length": 40})
+    state, path = new_owner(tmp_path, "Best casino offers")
+    refused = await add_relay(state, path, relay.address)
+    assert refused.status == "refused" and refused.code == "denied"
+    assert "deny list" in (refused.reason or "")
+    # the owner renames the channel, but the relay remembers its refusal
+    state.name = "Gardening tips"
+    again = await add_relay(state, path, relay.address)
+    assert (again.status, again.code, again.reason) == ("refused", "denied", refused.reason)
+    relay.restart()
+    after_restart = await add_relay(state, path, relay.address)
+    assert (after_restart.status, after_restart.code) == ("refused", "denied")
+
+    other, other_path = new_owner(tmp_path, "x" * 41)
+    too_long = await add_relay(other, other_path, relay.address)
+    assert too_long.code == "name_too_long" and "41" in (too_long.reason or "")
+
+
+async def test_kind_and_capacity_policies(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(policy={"kinds": ["group"], "max_groups": 1})
+    channel, path = new_owner(tmp_path, "A channel", kind="channel")
+    assert (await add_relay(channel, path, relay.address)).code == "kind_not_allowed"
+    group, gpath = new_owner(tmp_path, "A group", kind="group")
+    assert (await add_relay(group, gpath, relay.address)).status == "accepted"
+    second, spath = new_owner(tmp_path, "Another group", kind="group")
+    full = await add_relay(second, spath, relay.address)
+    assert full.status == "refused" and full.code == "relay_full"
+
+
+async def test_manual_approval_parks_the_invitation(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(policy={"approval": "manual"})
+    state, path = new_owner(tmp_path)
+    pending = await add_relay(state, path, relay.address)
+    assert pending.status == "pending_approval" and pending.group_address is None
+    [group] = admin_groups(relay)
+    assert group["state"] == "invited" and group["address"] is None
+
+    approved = httpx.post(f"{relay.admin_url}/admin/groups/{group['id']}/approve").json()
+    assert approved["state"] == "accepted"
+    accepted = await add_relay(state, path, relay.address)
+    assert accepted.status == "accepted" and accepted.group_address == approved["address"]
+    # approving twice is out of order
+    twice = httpx.post(f"{relay.admin_url}/admin/groups/{group['id']}/approve")
+    assert twice.status_code == 409 and twice.json()["error"] == "out_of_order"
+
+    other, opath = new_owner(tmp_path, "Other")
+    await add_relay(other, opath, relay.address)
+    gid = next(g for g in admin_groups(relay) if g["name"] == "Other")["id"]
+    rejected = httpx.post(f"{relay.admin_url}/admin/groups/{gid}/reject", json={"reason": "not here"})
+    assert rejected.json()["state"] == "rejected"
+    refusal = await add_relay(other, opath, relay.address)
+    assert refusal.code == "rejected_by_operator" and refusal.reason == "not here"
+
+
+async def test_activation_timeout_removes_the_group(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(policy={"activation_timeout": 1})
+    state, path = new_owner(tmp_path)
+    await add_relay(state, path, relay.address)
+    relay.wait_for_event("group.activation_timeout", timeout=10)
+    [group] = admin_groups(relay)
+    assert group["state"] == "removed" and group["reason_code"] == "activation_timeout"
+    again = await add_relay(state, path, relay.address)
+    assert again.status == "refused" and again.code == "activation_timeout"
+    [log] = await read_log(state)
+    assert log["entries"][-1]["event"] == "removed"  # type: ignore[index]
+
+
+async def test_two_relays_and_unlisting(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a, b = relay_factory(), relay_factory()
+    state, path = new_owner(tmp_path)
+    ga = (await add_relay(state, path, a.address)).group_address
+    gb = (await add_relay(state, path, b.address)).group_address
+    published = await publish(state, path)
+    assert [r["state"] for r in published.relays] == ["active", "active"]
+    assert published.link.count("relay=") == 2
+
+    # the owners drop relay B: a newer signed profile without it makes B stop serving
+    dropped = state.relays.pop()
+    state.profile_version += 1
+    profile = state.profile()
+    assert gb is not None and ga is not None
+    async with open_session(parse_address(gb)) as session:
+        answer = await session.request(ProfileUpdate(profile=profile))
+    assert isinstance(answer, ProfileResult) and answer.state == "removed"
+    state.relays.append(dropped)
+    [ra, rb] = await read_log(state)
+    assert rb["state"] == "removed"
+    assert rb["entries"][-1]["detail"] == "a newer profile no longer lists this relay"  # type: ignore[index]
+    assert ra["state"] == "active"
+
+
+async def test_client_refuses_a_relay_that_is_not_the_pinned_one(
+    relay_factory,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    a, b = relay_factory(), relay_factory()
+    # B's host and port, but A's fingerprint: B cannot prove it holds A's key
+    impostor = b.address.split("#")[0] + "#" + a.address.split("#")[1]
+    state, path = new_owner(tmp_path)
+    with pytest.raises(RelayIdentityError):
+        await add_relay(state, path, impostor)
+    assert admin_groups(b) == []
+
+
+def _values(obj: object, out: set[bytes]) -> None:
+    if isinstance(obj, bytes):
+        out.add(obj)
+        with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
+            _values(msgspec.msgpack.decode(obj), out)
+    elif isinstance(obj, str):
+        out.add(obj.encode())
+    elif isinstance(obj, dict):
+        for value in obj.values():  # field names are the protocol's, not the channel's
+            _values(value, out)
+    elif isinstance(obj, list):
+        for item in obj:
+            _values(item, out)
+
+
+async def test_two_channels_of_one_person_share_nothing_at_the_relay(
+    relay: RunningRelay, tmp_path: Path
+) -> None:
+    """Nothing the relay stores for one channel appears in the other channel's rows."""
+    owned = []
+    for name in ("Channel one", "Channel two"):
+        state, path = new_owner(tmp_path, name)
+        await add_relay(state, path, relay.address)
+        await publish(state, path)
+        owned.append(state)
+
+    db = sqlite3.connect(f"file:{relay.data / 'relay.db'}?mode=ro", uri=True)
+    per_group: dict[int, set[bytes]] = {}
+    for row in db.execute("SELECT * FROM groups"):
+        values: set[bytes] = set()
+        for cell in row[1:]:
+            _values(cell, values)
+        per_group[row[0]] = values
+    for group_id, detail in db.execute("SELECT group_id, detail FROM service_log"):
+        _values(detail, per_group[group_id])
+    assert len(per_group) == 2
+
+    fingerprint = relay.address.split("#")[1].encode()
+    shared = {
+        v
+        for v in per_group[1] & per_group[2]
+        # identifiers only (no prose from the relay's own log texts), and not the relay's own
+        # identity, which every group of this relay shares by design
+        if len(v) >= 8 and b" " not in v and fingerprint not in v and relay.listen.encode() not in v
+    }
+    assert shared == set()
+    # and the secrets' public halves really are present per group (the check is not vacuous)
+    for state, gid in zip(owned, (1, 2), strict=True):
+        assert state.channel in per_group[gid]
+        assert state.cert().signer in per_group[gid]
+
+
+async def test_sigterm_drains_and_exits_zero(relay: RunningRelay, tmp_path: Path) -> None:
+    state, path = new_owner(tmp_path)
+    await add_relay(state, path, relay.address)
+    assert relay.stop() == 0
+    assert relay.events("relay.stopped")
+    for line in relay.raw_lines:
+        assert line.startswith("{"), line
+
+
+async def test_logs_are_json_without_client_addresses(relay: RunningRelay, tmp_path: Path) -> None:
+    state, path = new_owner(tmp_path)
+    await add_relay(state, path, relay.address)
+    await publish(state, path)
+    relay.stop()
+    assert relay.lines and len(relay.lines) == len(relay.raw_lines)
+    for line in relay.lines:
+        assert "event" in line and "level" in line and "ts" in line
+        if line["event"] != "relay.ready":
+            # the relay's own bound address appears only in relay.ready; no peer address anywhere
+            assert "127.0.0.1" not in str(line)
+        # no whole key: owner and root keys never appear in any encoding
+        for key in (state.cert().signer,):
+            assert b64e(key) not in str(line)
