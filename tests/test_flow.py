@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -30,8 +31,10 @@ from relay.client import (
 from relay.client.connection import open_session
 from relay.client.owner import OwnerState, RelayEntry
 from relay.protocol.addresses import parse_address
+from relay.protocol.crypto import SUITE_X25519, seal, seal_info
 from relay.protocol.encoding import b64e
-from relay.protocol.messages import ProfileResult, ProfileUpdate
+from relay.protocol.invitation import SEAL_PURPOSE, make_invitation
+from relay.protocol.messages import Invite, InviteResult, ProfileResult, ProfileUpdate
 
 
 def new_owner(tmp_path: Path, name: str = "Weather reports", **kw: str) -> tuple[OwnerState, Path]:
@@ -332,3 +335,53 @@ async def test_logs_are_json_without_client_addresses(relay: RunningRelay, tmp_p
         # no whole key: owner and root keys never appear in any encoding
         for key in (state.cert().signer,):
             assert b64e(key) not in str(line)
+
+
+async def test_remembered_refusals_are_bounded(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(policy={"deny_patterns": ["spam"]}, storage={"max_closed_groups": 2})
+    codes = []
+    for n in range(4):
+        state, path = new_owner(tmp_path, f"spam {n}")
+        codes.append((await add_relay(state, path, relay.address)).code)
+    assert codes == ["denied"] * 4
+    assert len(admin_groups(relay)) == 2
+    hit = relay.wait_for_event("bound.hit")
+    assert hit["bound"] == "max_closed_groups" and hit["limit"] == 2
+    metrics = httpx.get(f"{relay.admin_url}/metrics").text
+    assert 'relay_bounds_hit_total{bound="max_closed_groups"} 2' in metrics
+
+
+async def test_client_addresses_are_logged_only_when_the_operator_opts_in(
+    relay_factory,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    relay = relay_factory(logging={"log_client_ip": True})
+    state, path = new_owner(tmp_path)
+    await add_relay(state, path, relay.address)
+    opened = relay.wait_for_event("connection.opened")
+    assert opened["peer"] == "127.0.0.1"
+    assert relay.wait_for_event("invitation.accepted")["peer"] == "127.0.0.1"
+
+
+async def test_the_classic_x25519_suite_is_accepted_too(relay: RunningRelay, tmp_path: Path) -> None:
+    state, _ = new_owner(tmp_path)
+    address = parse_address(relay.address)
+    async with open_session(address) as session:
+        assert SUITE_X25519.name in session.card.seal_keys
+        plaintext = make_invitation(
+            owner_key=state.owner_key,
+            relay_fingerprint=address.fingerprint,
+            service_group=b"\x05" * 16,
+            profile=state.profile(),
+            channel=state.channel,
+            now=int(time.time()),
+        )
+        sealed = seal(
+            SUITE_X25519.name,
+            session.card.seal_keys[SUITE_X25519.name],
+            plaintext,
+            seal_info(SEAL_PURPOSE, address.fingerprint),
+        )
+        answer = await session.request(Invite(suite=SUITE_X25519.name, sealed=sealed))
+    assert isinstance(answer, InviteResult) and answer.status == "accepted"
+    assert relay.wait_for_event("invitation.accepted")["suite"] == SUITE_X25519.name

@@ -126,3 +126,4 @@ class AdminEndpoint:
         self.metrics.set("relay_db_commits_total", stats.commits)
         self.metrics.set("relay_db_jobs_total", stats.jobs)
         self.metrics.set("relay_db_commit_seconds_total", stats.commit_seconds)
+        self.metrics.set("relay_bounds_hit_total", stats.queue_full, bound="db_pending_jobs")

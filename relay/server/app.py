@@ -103,8 +103,11 @@ class Relay:
                 public_base=base,
                 metrics=self.metrics,
                 log_keep=storage.service_log_max,
+                max_closed=storage.max_closed_groups,
             )
-            public = PublicEndpoint(service, server, self.metrics)
+            public = PublicEndpoint(
+                service, server, self.metrics, log_client_ip=self.config.logging.log_client_ip
+            )
             admin = AdminEndpoint(
                 service, self.metrics, lambda: self.ready is not None, server.handshake_timeout
             )

@@ -58,6 +58,7 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
     service_log_max: Annotated[int, Meta(ge=10)] = 1000
     max_pending_writes: Annotated[int, Meta(ge=1)] = 10_000
+    max_closed_groups: Annotated[int, Meta(ge=0)] = 100_000
 
 
 class LoggingConfig(Struct, forbid_unknown_fields=True, frozen=True):

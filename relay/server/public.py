@@ -57,11 +57,14 @@ CLOSE_UNKNOWN_GROUP = 4404
 
 
 class PublicEndpoint:
-    def __init__(self, service: GroupService, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, service: GroupService, config: ServerConfig, metrics: Metrics, *, log_client_ip: bool = False
+    ) -> None:
         self.service = service
         self.config = config
         self.metrics = metrics
         self.identity = service.identity
+        self.log_client_ip = log_client_ip
         self.open_connections = 0
         self._ids = itertools.count(1)
 
@@ -98,7 +101,11 @@ class PublicEndpoint:
         self.metrics.inc("relay_connections_total")
         self.metrics.set("relay_connections_open", self.open_connections)
         try:
-            with structlog.contextvars.bound_contextvars(conn=f"c{next(self._ids)}"):
+            # Client addresses are personal data: bound only if the operator opted in.
+            peer = {"peer": _peer(stream)} if self.log_client_ip else {}
+            with structlog.contextvars.bound_contextvars(conn=f"c{next(self._ids)}", **peer):
+                if peer:
+                    log.info("connection.opened")
                 await serve_http_connection(
                     stream,
                     on_http=self._http,
@@ -198,3 +205,10 @@ class PublicEndpoint:
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(encode(Error(code=code.value, reason=reason)))
             await ws.close(close_code, code.value)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "unknown"

@@ -67,6 +67,7 @@ class GroupService:
         public_base: str,
         metrics: Metrics,
         log_keep: int = 1000,
+        max_closed: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -75,6 +76,7 @@ class GroupService:
         self.public_base = public_base
         self.metrics = metrics
         self.log_keep = log_keep
+        self.max_closed = max_closed
         self._clock = clock
 
     def now(self) -> int:
@@ -154,6 +156,7 @@ class GroupService:
             groups.append_log(
                 conn, record.id, now, "refused", f"{refusal.code.value}: {refusal.reason}", keep=self.log_keep
             )
+            self._prune_closed(conn)
             return record
         if groups.count_live(conn) >= policy.max_groups:
             raise PolicyRefusal(
@@ -176,6 +179,13 @@ class GroupService:
             conn, record.id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
         )
         return record
+
+    def _prune_closed(self, conn: sqlite3.Connection) -> None:
+        """Remembered refusals are bounded too: fresh root keys cost an attacker nothing."""
+        dropped = groups.prune_closed(conn, self.max_closed)
+        if dropped:
+            self.metrics.inc("relay_bounds_hit_total", dropped, bound="max_closed_groups")
+            log.warning("bound.hit", bound="max_closed_groups", limit=self.max_closed, dropped=dropped)
 
     def _answer(self, record: GroupRecord, verified: VerifiedInvitation, suite: str) -> InviteResult:
         state = record.state
@@ -248,6 +258,8 @@ class GroupService:
                     reason or "listed in the owner-signed profile",
                     keep=self.log_keep,
                 )
+                if after.terminal:
+                    self._prune_closed(conn)
             elif not listed:
                 groups.append_log(
                     conn,
@@ -344,7 +356,9 @@ class GroupService:
             groups.append_log(
                 conn, group_id, now, "refused", f"rejected by the operator: {reason}", keep=self.log_keep
             )
-            return _require(conn, group_id)
+            record = _require(conn, group_id)
+            self._prune_closed(conn)
+            return record
 
         record = await self.db.transact(apply)
         log.info("group.rejected", group=group_id)
@@ -370,6 +384,8 @@ class GroupService:
                     conn, record.id, now, after.value, "activation time-out", keep=self.log_keep
                 )
                 expired.append(record.id)
+            if expired:
+                self._prune_closed(conn)
             return expired
 
         expired = await self.db.transact(apply)

@@ -65,6 +65,18 @@ def count_live(conn: sqlite3.Connection) -> int:
     return int(n)
 
 
+def prune_closed(conn: sqlite3.Connection, keep: int) -> int:
+    """Forget the oldest rejected/removed groups beyond ``keep``; returns how many were dropped."""
+    (closed,) = conn.execute("SELECT count(*) FROM groups WHERE state IN ('rejected', 'removed')").fetchone()
+    excess = int(closed) - keep
+    if excess <= 0:
+        return 0
+    victims = "SELECT id FROM groups WHERE state IN ('rejected', 'removed') ORDER BY updated_at, id LIMIT ?"
+    conn.execute(f"DELETE FROM service_log WHERE group_id IN ({victims})", (excess,))
+    conn.execute(f"DELETE FROM groups WHERE id IN ({victims})", (excess,))
+    return excess
+
+
 def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
     return {s: n for s, n in conn.execute("SELECT state, count(*) FROM groups GROUP BY state")}
 
