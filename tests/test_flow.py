@@ -385,3 +385,15 @@ async def test_the_classic_x25519_suite_is_accepted_too(relay: RunningRelay, tmp
         answer = await session.request(Invite(suite=SUITE_X25519.name, sealed=sealed))
     assert isinstance(answer, InviteResult) and answer.status == "accepted"
     assert relay.wait_for_event("invitation.accepted")["suite"] == SUITE_X25519.name
+
+
+async def test_sigterm_closes_idle_sessions_at_once(relay_factory) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory(server={"shutdown_grace": 30})
+    async with open_session(parse_address(relay.address)) as session:
+        assert session.card.relay_key
+        started = time.monotonic()
+        # stop() blocks; run it in a thread while this session sits idle
+        code = await trio.to_thread.run_sync(relay.stop)
+        assert code == 0
+        assert time.monotonic() - started < 10
+    assert relay.events("relay.stopped")

@@ -140,6 +140,7 @@ class Relay:
                         await self._stop.wait()
                         log.info("relay.stopping", open_connections=public.open_connections)
                         acceptors.cancel_scope.cancel()
+                        public.drain()
                     connections.cancel_scope.deadline = trio.current_time() + server.shutdown_grace
                 db_nursery.cancel_scope.cancel()
         finally:

@@ -50,6 +50,7 @@ log = structlog.get_logger("relay.public")
 SOFTWARE = f"chat-relay/{__version__}"
 MAX_ERRORS_PER_CONNECTION = 16
 # WebSocket close codes (RFC 6455 plus the private 4000-4999 range).
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNSUPPORTED = 1003
@@ -66,6 +67,8 @@ class PublicEndpoint:
         self.identity = service.identity
         self.log_client_ip = log_client_ip
         self.open_connections = 0
+        self.draining = False
+        self._idle: set[trio.CancelScope] = set()
         self._ids = itertools.count(1)
 
     @property
@@ -119,6 +122,12 @@ class PublicEndpoint:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
+    def drain(self) -> None:
+        """Shutdown: close sessions waiting for their next frame now; requests in flight finish."""
+        self.draining = True
+        for scope in self._idle:
+            scope.cancel()
+
     async def _http(self, request: HttpRequest) -> HttpResponse:
         if request.method == "GET" and request.target.split("?")[0] in ("/", "/info"):
             return HttpResponse(200, json.dumps(self.info()).encode())
@@ -138,8 +147,13 @@ class PublicEndpoint:
         log.debug("session.opened", endpoint=endpoint.value)
         while True:
             timeout = self.config.idle_timeout if session.greeted else self.config.handshake_timeout
+            if self.draining:
+                await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+                return
+            idle = trio.CancelScope()
+            self._idle.add(idle)
             try:
-                with trio.fail_after(timeout):
+                with idle, trio.fail_after(timeout):
                     data = await ws.receive()
             except trio.TooSlowError:
                 await self._fail(ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY)
@@ -151,6 +165,11 @@ class PublicEndpoint:
                 await self._fail(ws, ErrorCode.BAD_TYPE, "only binary frames are accepted", CLOSE_UNSUPPORTED)
                 return
             except ConnectionClosed:
+                return
+            finally:
+                self._idle.discard(idle)
+            if idle.cancelled_caught:
+                await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
             try:
                 reply = await self._dispatch(session, address_id, data)

@@ -85,9 +85,12 @@ class Database:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
-            for job in batch:
-                job.done.set()
+            try:
+                # Not abandoned on cancel: the thread always finishes its transaction first.
+                await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
+            finally:
+                for job in batch:
+                    job.done.set()
 
     async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside a committed transaction and return its result.
