@@ -20,7 +20,7 @@ import structlog
 
 from relay.protocol import crypto
 from relay.protocol.addresses import group_address, parse_address
-from relay.protocol.encoding import b64e, decode
+from relay.protocol.encoding import b64e, decode, encode
 from relay.protocol.errors import ErrorCode, PolicyRefusal, ProtocolError, RemoteProtocolError
 from relay.protocol.invitation import (
     SEAL_PURPOSE,
@@ -136,22 +136,22 @@ class GroupService:
                 )
             return existing
         profile = verified.profile.profile
-        common = dict(
+        new = groups.NewGroup(
             channel=invitation.channel,
             service_group=invitation.service_group,
-            profile=_encode_signed(verified.profile.signed),
+            profile=encode(verified.profile.signed),
             profile_version=profile.version,
             kind=profile.kind,
             name=profile.name[:256],
-            now=now,
         )
         if refusal is not None:
             record = groups.insert(
                 conn,
+                new,
                 state=GroupState.REJECTED,
+                now=now,
                 reason_code=refusal.code.value,
                 reason=refusal.reason,
-                **common,  # type: ignore[arg-type]
             )
             groups.append_log(
                 conn, record.id, now, "refused", f"{refusal.code.value}: {refusal.reason}", keep=self.log_keep
@@ -163,17 +163,18 @@ class GroupService:
                 ErrorCode.RELAY_FULL, f"this relay serves its maximum of {policy.max_groups} groups"
             )
         if policy.approval == "manual":
-            record = groups.insert(conn, state=GroupState.INVITED, **common)  # type: ignore[arg-type]
+            record = groups.insert(conn, new, state=GroupState.INVITED, now=now)
             groups.append_log(
                 conn, record.id, now, "pending_approval", "waiting for the operator", keep=self.log_keep
             )
             return record
         record = groups.insert(
             conn,
+            new,
             state=GroupState.ACCEPTED,
+            now=now,
             address_id=address_id,
             activation_deadline=now + policy.activation_timeout,
-            **common,  # type: ignore[arg-type]
         )
         groups.append_log(
             conn, record.id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
@@ -241,7 +242,7 @@ class GroupService:
                     f"{record.profile_version}",
                 )
             groups.set_profile(
-                conn, record.id, _encode_signed(frame.profile), version, verified.profile.name[:256], now
+                conn, record.id, encode(frame.profile), version, verified.profile.name[:256], now
             )
             groups.append_log(
                 conn, record.id, now, "profile_updated", f"version {version}", keep=self.log_keep
@@ -399,12 +400,6 @@ def _require(conn: sqlite3.Connection, group_id: int) -> GroupRecord:
     if record is None:
         raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, f"no group {group_id}")
     return record
-
-
-def _encode_signed(signed: Signed) -> bytes:
-    from relay.protocol.encoding import encode
-
-    return encode(signed)
 
 
 def _decode_signed(blob: bytes) -> Signed:

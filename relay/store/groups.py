@@ -81,16 +81,23 @@ def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
     return {s: n for s, n in conn.execute("SELECT state, count(*) FROM groups GROUP BY state")}
 
 
+@dataclass(frozen=True, slots=True)
+class NewGroup:
+    """What an invitation contributes to a new group row."""
+
+    channel: bytes
+    service_group: bytes
+    profile: bytes
+    profile_version: int
+    kind: str
+    name: str
+
+
 def insert(
     conn: sqlite3.Connection,
+    group: NewGroup,
     *,
-    channel: bytes,
-    service_group: bytes,
     state: GroupState,
-    profile: bytes,
-    profile_version: int,
-    kind: str,
-    name: str,
     now: int,
     address_id: str | None = None,
     activation_deadline: int | None = None,
@@ -102,17 +109,17 @@ def insert(
         "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
         "activation_deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            channel,
-            service_group,
+            group.channel,
+            group.service_group,
             state.value,
             reason_code,
             reason,
             address_id,
             now if address_id else None,
-            profile,
-            profile_version,
-            kind,
-            name,
+            group.profile,
+            group.profile_version,
+            group.kind,
+            group.name,
             now,
             now,
             activation_deadline,
