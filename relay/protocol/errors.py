@@ -46,6 +46,7 @@ class ErrorCode(enum.StrEnum):
     RELAY_FULL = "relay_full"
     REJECTED_BY_OPERATOR = "rejected_by_operator"
     ACTIVATION_TIMEOUT = "activation_timeout"
+    NOT_LISTED = "not_listed"
     # the relay's own trouble
     INTERNAL = "internal"
 

@@ -248,7 +248,7 @@ class GroupService:
                 conn, record.id, now, "profile_updated", f"version {version}", keep=self.log_keep
             )
             if after is not record.state:
-                reason_code = None if after is GroupState.ACTIVE else "not_listed"
+                reason_code = None if after is GroupState.ACTIVE else ErrorCode.NOT_LISTED.value
                 reason = None if after is GroupState.ACTIVE else "a newer profile no longer lists this relay"
                 groups.set_state(conn, record.id, after, now, reason_code=reason_code, reason=reason)
                 groups.append_log(
