@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -42,7 +43,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any], human: Callable[[di
 
 
 def _load_config(args: argparse.Namespace) -> Any:
-    from relay.server.config import ConfigError, load_config
+    from relay.server.config import ConfigError, load_config, validate
 
     try:
         config = load_config(Path(args.config) if getattr(args, "config", None) else None)
@@ -57,6 +58,10 @@ def _load_config(args: argparse.Namespace) -> Any:
         config = msgspec.structs.replace(
             config, server=msgspec.structs.replace(config.server, **server_overrides)
         )
+        try:
+            validate(config)
+        except ConfigError as exc:
+            raise Failure(str(exc), code="bad_config") from None
     return config
 
 
@@ -81,13 +86,26 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _alive(pid: int) -> bool:
+    """Whether the daemon that wrote ``run.json`` still runs (it may have been SIGKILLed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def cmd_address(args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.data) / "run.json"
     if run.exists():
         try:
-            return {"status": "ok", "address": json.loads(run.read_text())["address"], "running": True}
-        except (ValueError, KeyError):
-            pass
+            info = json.loads(run.read_text())
+            if _alive(int(info["pid"])):
+                return {"status": "ok", "address": info["address"], "running": True}
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged run file says nothing; fall back to the configured address
     if not (Path(args.data) / "identity.key").exists():
         raise Failure(f"no relay identity in {args.data} (run 'relay init --data {args.data}')")
     result = cmd_init(args)
@@ -95,9 +113,12 @@ def cmd_address(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from relay.server.app import Relay
+    import structlog
+
+    from relay.server.app import Relay, StartupError
     from relay.server.logsetup import configure
 
+    os.umask(0o077)  # the database, its WAL and the run file hold nothing others should read
     config = _load_config(args)
     configure(config.logging.level)
     relay = Relay(config=config, data_dir=Path(args.data))
@@ -112,8 +133,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
                             try:
                                 relay.reload_policy(_load_config(args))
                             except Failure as exc:
-                                import structlog
-
                                 structlog.get_logger("relay.app").error(
                                     "config.reload_failed", reason=str(exc)
                                 )
@@ -124,7 +143,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
             await relay.run()
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except* StartupError as group:
+        reason = str(group.exceptions[0])
+        structlog.get_logger("relay.app").error("relay.start_failed", reason=reason)
+        raise Failure(reason, code="cannot_start") from None
 
 
 # --- owner -------------------------------------------------------------------
@@ -195,7 +219,11 @@ def _admin(args: argparse.Namespace) -> Any:
 
 def cmd_admin_groups(args: argparse.Namespace) -> dict[str, Any]:
     with _admin(args) as admin:
-        return {"status": "ok", "groups": admin.groups(args.state_filter)}
+        page = admin.groups(args.state_filter, after=args.after, limit=args.limit)
+    result: dict[str, Any] = {"status": "ok", "groups": page}
+    if len(page) == args.limit:
+        result["next_after"] = page[-1]["id"]  # more may follow: pass it as --after
+    return result
 
 
 def cmd_admin_group(args: argparse.Namespace) -> dict[str, Any]:
@@ -287,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--admin", help="operator HOST:PORT")
         if name == "groups":
             p.add_argument("--state", dest="state_filter", help="only groups in this state")
+            p.add_argument("--after", type=int, default=0, help="only groups with an id above this")
+            p.add_argument("--limit", type=int, default=100, help="at most this many (up to 1000)")
         else:
             p.add_argument("id", type=int)
         if name == "reject":

@@ -93,6 +93,10 @@ def test_admin_commands(relay_factory, tmp_path: Path) -> None:  # type: ignore[
         assert code == 0 and pending["status"] == "pending_approval"
     code, listing = run_json("admin", "groups", "--data", str(relay.data))
     assert code == 0 and [g["state"] for g in listing["groups"]] == ["invited", "invited"]  # type: ignore[union-attr]
+    code, page = run_json("admin", "groups", "--data", str(relay.data), "--limit", "1")
+    assert code == 0 and [g["id"] for g in page["groups"]] == [1] and page["next_after"] == 1  # type: ignore[union-attr]
+    code, page = run_json("admin", "groups", "--data", str(relay.data), "--limit", "1", "--after", "1")
+    assert code == 0 and [g["id"] for g in page["groups"]] == [2]  # type: ignore[union-attr]
     code, approved = run_json("admin", "approve", "1", "--admin", relay.admin_listen)
     assert code == 0 and approved["group"]["state"] == "accepted"  # type: ignore[index]
     code, rejected = run_json("admin", "reject", "2", "--reason", "spam", "--data", str(relay.data))
@@ -105,3 +109,45 @@ def test_admin_commands(relay_factory, tmp_path: Path) -> None:  # type: ignore[
     assert (
         code == 0 and again["status"] == "accepted" and again["group_address"] == approved["group"]["address"]
     )  # type: ignore[index]
+
+
+def test_serve_refuses_a_busy_port_and_a_busy_data_folder(relay: RunningRelay, tmp_path: Path) -> None:
+    """Start-up failures exit 1 with one readable reason, not a traceback."""
+    code, out, err = run("serve", "--data", str(tmp_path / "other"), "--listen", relay.listen, "--json")
+    assert code == 1, (out, err)
+    failure = json.loads(err.strip().splitlines()[-1])
+    assert failure["code"] == "cannot_start" and relay.listen in failure["reason"], failure
+    assert "Traceback" not in err
+    assert any(json.loads(line)["event"] == "relay.start_failed" for line in out.splitlines())
+
+    code, _, err = run("serve", "--data", str(relay.data), "--listen", "127.0.0.1:0", "--json")
+    assert code == 1
+    assert "already running" in json.loads(err.strip().splitlines()[-1])["reason"]
+    # the running relay was not disturbed by either attempt
+    code, answer = run_json("address", "--data", str(relay.data))
+    assert code == 0 and answer["address"] == relay.address
+
+
+def test_bad_addresses_in_the_configuration_name_the_key(tmp_path: Path) -> None:
+    for toml, key in (
+        ('[server]\npublic_url = "relay.example.org"\n', "server.public_url"),
+        ('[server]\npublic_url = "https://relay.example.org:443/chat"\n', "server.public_url"),
+        ('[server]\nlisten = "0.0.0.0"\n', "server.listen"),
+        ('[server]\nadmin_listen = "127.0.0.1:70000"\n', "server.admin_listen"),
+    ):
+        path = tmp_path / "relay.toml"
+        path.write_text(toml)
+        code, out = run_json("init", "--data", str(tmp_path / "d"), "--config", str(path))
+        assert code == 1 and str(out["reason"]).startswith(key), (toml, out)
+    code, _, err = run("serve", "--data", str(tmp_path / "d"), "--listen", "nowhere", "--json")
+    assert code == 1 and json.loads(err)["reason"].startswith("server.listen"), err
+
+
+def test_private_files_and_a_stale_run_file(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    relay = relay_factory()
+    for name in ("relay.db", "relay.db-wal", "identity.key", "run.json"):
+        assert (relay.data / name).stat().st_mode & 0o077 == 0, name
+    relay.kill()  # SIGKILL leaves run.json behind, naming a dead pid
+    assert (relay.data / "run.json").exists()
+    code, out = run_json("address", "--data", str(relay.data))
+    assert code == 0 and out["running"] is False

@@ -51,8 +51,11 @@ class AdminClient:
             raise RelayRefused(str(body.get("reason", body)), code=str(body.get("error", "error")))
         return body
 
-    def groups(self, state: str | None = None) -> list[dict[str, Any]]:
-        params = {"state": state} if state else {}
+    def groups(self, state: str | None = None, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """One page of groups in id order: those with an id above ``after``, at most ``limit``."""
+        params: dict[str, str | int] = {"after": after, "limit": limit}
+        if state:
+            params["state"] = state
         return list(self._call("GET", "/admin/groups", params=params)["groups"])
 
     def group(self, group_id: int) -> dict[str, Any]:

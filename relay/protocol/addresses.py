@@ -51,8 +51,12 @@ def group_address(base: str, fingerprint: bytes, address_id: str) -> str:
 
 def parse_address(text: str) -> RelayAddress:
     """Parse a contact or group address; anything else is ``bad_type`` with the reason."""
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # urllib checks the port only when asked, with a ValueError
+    except ValueError:
+        port = None
+    if port is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise RemoteProtocolError(
             ErrorCode.BAD_TYPE, f"not a relay address (need http(s)://HOST:PORT/...#KEY): {text!r}"
         )
@@ -78,7 +82,10 @@ class ChannelLink:
 
 
 def parse_link(text: str) -> ChannelLink:
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise RemoteProtocolError(ErrorCode.BAD_TYPE, f"not a channel link: {text!r}") from None
     if parts.scheme != LINK_SCHEME or not re.match(r"^/[cg]/", parts.path):
         raise RemoteProtocolError(ErrorCode.BAD_TYPE, f"not a channel link: {text!r}")
     kind = "channel" if parts.path[1] == "c" else "group"

@@ -43,6 +43,9 @@ def decode(data: bytes, type_: type[T], *, limit: int, what: str = "message") ->
     except UnicodeDecodeError:
         # msgspec reports invalid UTF-8 in a string this way, not as a DecodeError.
         raise RemoteProtocolError(ErrorCode.MALFORMED, f"{what} holds a string that is not UTF-8") from None
+    except RecursionError:
+        # msgspec recurses per nesting level, even through fields it skips.
+        raise RemoteProtocolError(ErrorCode.MALFORMED, f"{what} is nested too deeply") from None
 
 
 def b64e(data: bytes) -> str:

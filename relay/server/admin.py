@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from urllib.parse import parse_qsl
 
 import structlog
 import trio
@@ -85,10 +86,13 @@ class AdminEndpoint:
             await self._refresh_gauges()
             return HttpResponse(200, self.metrics.render().encode(), "text/plain; version=0.0.4")
         if path == "/admin/groups" and method == "GET":
-            params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+            params = dict(parse_qsl(query))
             state = params.get("state") or None
-            after = int(params.get("after", "0") or 0)
-            limit = min(int(params.get("limit", "100") or 100), 1000)
+            try:
+                after = int(params.get("after") or 0)
+                limit = min(max(int(params.get("limit") or 100), 1), 1000)
+            except ValueError:
+                return _json(400, {"error": "bad_request", "reason": "after and limit must be integers"})
             records = await self.service.db.transact(
                 lambda conn: groups.listing(conn, state=state, limit=limit, after=after)
             )

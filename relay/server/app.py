@@ -9,10 +9,12 @@ addresses are written to ``DATA/run.json`` for the admin command line.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import resource
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,6 +35,35 @@ log = structlog.get_logger("relay.app")
 
 DB_FILE = "relay.db"
 RUN_FILE = "run.json"
+LOCK_FILE = "relay.lock"
+
+
+class StartupError(Exception):
+    """The relay cannot start (data folder in use, port taken); the message says why."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data folder: two daemons on one database would each
+    believe their own answers, and their group addresses would diverge."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(f"another relay is already running with the data folder {data_dir}") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+async def _listen(text: str) -> list[trio.SocketListener]:
+    host, port = split_host_port(text)
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {text}: {exc.strerror or exc}") from None
 
 
 @dataclass
@@ -81,6 +112,10 @@ class Relay:
         log.info("config.reloaded")
 
     async def run(self, *, task_status: trio.TaskStatus[ReadyInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        with data_dir_lock(self.data_dir):
+            await self._run(task_status)
+
+    async def _run(self, task_status: trio.TaskStatus[ReadyInfo]) -> None:
         raise_fd_limit()
         server = self.config.server
         storage = self.config.storage
@@ -90,12 +125,17 @@ class Relay:
             max_pending=storage.max_pending_writes,
         )
         try:
-            host, port = split_host_port(server.listen)
-            admin_host, admin_port = split_host_port(server.admin_listen)
-            public_listeners = await trio.open_tcp_listeners(port, host=host)
-            admin_listeners = await trio.open_tcp_listeners(admin_port, host=admin_host)
+            public_listeners = await _listen(server.listen)
+            admin_listeners = await _listen(server.admin_listen)
             listen = _host_port(public_listeners[0])
             base = server.public_url.rstrip("/") or f"http://{listen}"
+            if not server.public_url and split_host_port(server.listen)[0] in ("0.0.0.0", "::", ""):
+                # Addresses would name 0.0.0.0, which no client can dial.
+                log.warning(
+                    "config.public_url_missing",
+                    reason="listening on all interfaces without server.public_url; "
+                    "set it to the URL clients reach this relay at",
+                )
             service = GroupService(
                 db=db,
                 identity=self.identity,

@@ -77,14 +77,41 @@ class ConfigError(Exception):
     """A configuration file that cannot be used; the message names the key and the reason."""
 
 
-def check_patterns(config: Config) -> None:
+def validate(config: Config) -> Config:
+    """Checks msgspec cannot express: addresses and patterns.  Raises :class:`ConfigError`."""
     import re
+    from urllib.parse import urlsplit
 
+    for key in ("listen", "admin_listen"):
+        try:
+            split_host_port(getattr(config.server, key))
+        except ConfigError as exc:
+            raise ConfigError(f"server.{key}: {exc}") from None
+    url = config.server.public_url
+    if url:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            port = None
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or port is None
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise ConfigError(
+                f"server.public_url: {url!r} must be http(s)://HOST:PORT with no path "
+                "(the address clients reach this relay's public port at)"
+            )
     for index, pattern in enumerate(config.policy.deny_patterns):
         try:
             re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"policy.deny_patterns[{index}]: not a regular expression: {exc}") from None
+    return config
 
 
 def load_config(path: Path | None) -> Config:
@@ -98,12 +125,11 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"{path}: {str(exc).replace('`$.', '`')}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    check_patterns(config)
-    return config
+    return validate(config)
 
 
 def split_host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
         raise ConfigError(f"{text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)

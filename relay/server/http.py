@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import h11
+import structlog
 import trio
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -29,9 +30,12 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError as WSLocalError
 from wsproto.utilities import RemoteProtocolError as WSRemoteError
 
+log = structlog.get_logger("relay.http")
+
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
 READ_SIZE = 64 * 1024
+CLOSE_LINGER = 1.0  # seconds a closing WebSocket waits for the peer to close its side
 
 
 class ConnectionClosed(Exception):
@@ -123,6 +127,27 @@ class WebSocket:
         self._closed = True
         with contextlib.suppress(ConnectionClosed, WSLocalError):
             await self._write(self._ws.send(CloseConnection(code=code, reason=reason[:120])))
+        await self._linger()
+
+    async def _linger(self) -> None:
+        """Half-close, then discard what the peer still sends until it closes too (bounded).
+
+        Closing a socket that holds unread bytes makes the kernel send RST, and the peer may
+        then lose the error frame and the Close just sent (typically a client still writing
+        an oversized frame).  RFC 6455 has the server close TCP after the Close handshake;
+        this waits for the peer's side of it, never longer than ``CLOSE_LINGER``.
+        """
+        stream = self._stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return
+        with (
+            trio.move_on_after(CLOSE_LINGER),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            async with self._send_lock:
+                await stream.send_eof()
+            while await stream.receive_some(READ_SIZE):
+                pass
 
     async def _write(self, data: bytes) -> None:
         async with self._send_lock:
@@ -192,7 +217,12 @@ async def serve_http_connection(
         await _upgrade(stream, bytes(raw), target, on_websocket, max_message)
         return
     headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
-    response = await on_http(HttpRequest(request.method.decode(), target, headers, bytes(body)))
+    try:
+        response = await on_http(HttpRequest(request.method.decode(), target, headers, bytes(body)))
+    except Exception:
+        # A handler's bug fails this request alone; escaping, it would stop the whole daemon.
+        log.exception("http.internal_error", method=request.method.decode(), path=target.split("?")[0])
+        response = HttpResponse(500, b'{"error":"internal"}')
     await _send_response(stream, conn, response)
 
 

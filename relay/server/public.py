@@ -54,6 +54,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNSUPPORTED = 1003
+CLOSE_INTERNAL = 1011
 CLOSE_UNKNOWN_GROUP = 4404
 
 
@@ -109,13 +110,17 @@ class PublicEndpoint:
             with structlog.contextvars.bound_contextvars(conn=f"c{next(self._ids)}", **peer):
                 if peer:
                     log.info("connection.opened")
-                await serve_http_connection(
-                    stream,
-                    on_http=self._http,
-                    on_websocket=self._route,
-                    head_timeout=self.config.handshake_timeout,
-                    max_message=self.config.max_frame_bytes,
-                )
+                try:
+                    await serve_http_connection(
+                        stream,
+                        on_http=self._http,
+                        on_websocket=self._route,
+                        head_timeout=self.config.handshake_timeout,
+                        max_message=self.config.max_frame_bytes,
+                    )
+                except Exception:
+                    # Last line of defence: one connection's failure never stops the relay.
+                    log.exception("connection.internal_error")
         finally:
             self.open_connections -= 1
             self.metrics.set("relay_connections_open", self.open_connections)
@@ -181,6 +186,15 @@ class PublicEndpoint:
                     await self._fail(ws, exc.code, exc.reason, close)
                     return
                 reply = Error(code=exc.code.value, reason=exc.reason)
+            except Exception:
+                # Our bug, not the peer's rule break: fail this connection alone.  Left to
+                # escape, it would cancel the connections nursery and stop the whole relay.
+                log.exception("session.internal_error")
+                self.metrics.inc("relay_refusals_total", code=ErrorCode.INTERNAL.value)
+                await self._fail(
+                    ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
+                )
+                return
             try:
                 await ws.send(encode(reply))
             except ConnectionClosed:

@@ -13,6 +13,7 @@ Must not: hold any policy, or be touched from more than the one worker thread.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -62,6 +63,8 @@ class Database:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = path
+        # Created private before SQLite opens it: its -wal and -shm files copy this mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
