@@ -118,15 +118,11 @@ async def connect(relay: RunningRelay, path: str = "/r") -> AsyncIterator[RawSes
 # --- channels and invitations built by hand --------------------------------------------
 
 
-def _sign(key: ed25519.Ed25519PrivateKey, label: bytes, body: bytes) -> Signed:
-    return Signed(body=body, signer=crypto.public_bytes(key), sig=crypto.sign(key, label, body))
-
-
 def owner_cert(signer: ed25519.Ed25519PrivateKey, channel: bytes, owner: ed25519.Ed25519PrivateKey) -> Signed:
     body = encode(
         OwnerCert(channel=channel, owner_key=crypto.public_bytes(owner), issued_at=int(time.time()))
     )
-    return _sign(signer, crypto.Label.OWNER_CERT, body)
+    return crypto.signed(signer, crypto.Label.OWNER_CERT, body)
 
 
 @dataclass
@@ -176,7 +172,7 @@ class Channel:
             "updated_at": int(time.time()),
         }
         values.update(fields)
-        return _sign(signer or self.owner, crypto.Label.PROFILE, encode(Profile(**values)))  # type: ignore[arg-type]
+        return crypto.signed(signer or self.owner, crypto.Label.PROFILE, encode(Profile(**values)))  # type: ignore[arg-type]
 
     def invitation(
         self,

@@ -103,10 +103,7 @@ class OwnerState:
                 direct_messages=self.direct_messages,
             )
         )
-        owner = self.owner_key
-        return Signed(
-            body=body, signer=crypto.public_bytes(owner), sig=crypto.sign(owner, crypto.Label.PROFILE, body)
-        )
+        return crypto.signed(self.owner_key, crypto.Label.PROFILE, body)
 
     def link(self) -> ChannelLink:
         return ChannelLink(
@@ -144,9 +141,7 @@ def create_channel(name: str, *, kind: str = "channel", description: str = "") -
     body = encode(
         OwnerCert(channel=channel, owner_key=crypto.public_bytes(owner), issued_at=int(time.time()))
     )
-    cert = Signed(
-        body=body, signer=crypto.public_bytes(root), sig=crypto.sign(root, crypto.Label.OWNER_CERT, body)
-    )
+    cert = crypto.signed(root, crypto.Label.OWNER_CERT, body)
     return OwnerState(
         kind=kind,
         name=name,

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
 from relay.protocol.encoding import b64e
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
+from relay.protocol.messages import Signed
 
 SIGNATURE_PREFIX = b"chat-relay/v1/"
 SEAL_INFO_PREFIX = b"chat-relay/v1/seal/"
@@ -42,6 +43,11 @@ def signing_input(label: bytes, body: bytes) -> bytes:
 
 def sign(key: ed25519.Ed25519PrivateKey, label: bytes, body: bytes) -> bytes:
     return key.sign(signing_input(label, body))
+
+
+def signed(key: ed25519.Ed25519PrivateKey, label: bytes, body: bytes) -> Signed:
+    """``body`` as it travels: the exact bytes, the signer's public key and the signature."""
+    return Signed(body=body, signer=public_bytes(key), sig=sign(key, label, body))
 
 
 def verify(public_key: bytes, label: bytes, body: bytes, signature: bytes) -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from relay.protocol import crypto
 from relay.protocol.encoding import decode, encode
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
-from relay.protocol.messages import RelayCard, Signed, Welcome
+from relay.protocol.messages import RelayCard, Welcome
 
 MAX_CARD = 8 * 1024
 
@@ -35,13 +35,7 @@ def make_welcome(
             software=software,
         )
     )
-    return Welcome(
-        card=Signed(
-            body=body,
-            signer=crypto.public_bytes(identity),
-            sig=crypto.sign(identity, crypto.Label.WELCOME, body),
-        )
-    )
+    return Welcome(card=crypto.signed(identity, crypto.Label.WELCOME, body))
 
 
 def verify_welcome(welcome: Welcome, *, fingerprint: bytes, nonce: bytes) -> RelayCard:

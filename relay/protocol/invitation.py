@@ -52,12 +52,7 @@ def make_invitation(
             nonce=secrets.token_bytes(16),
         )
     )
-    signed = Signed(
-        body=body,
-        signer=crypto.public_bytes(owner_key),
-        sig=crypto.sign(owner_key, crypto.Label.INVITATION, body),
-    )
-    return encode(signed)
+    return encode(crypto.signed(owner_key, crypto.Label.INVITATION, body))
 
 
 def check_fresh(created_at: int, now: int, max_age: int, what: str) -> None:
@@ -107,11 +102,7 @@ def make_grant(
             issued_at=issued_at,
         )
     )
-    return Signed(
-        body=body,
-        signer=crypto.public_bytes(identity),
-        sig=crypto.sign(identity, crypto.Label.ADDRESS_GRANT, body),
-    )
+    return crypto.signed(identity, crypto.Label.ADDRESS_GRANT, body)
 
 
 def verify_grant(signed: Signed, *, relay_key: bytes, channel: bytes, service_group: bytes) -> AddressGrant:
@@ -146,11 +137,7 @@ def make_owner_request(
             nonce=secrets.token_bytes(16),
         )
     )
-    return Signed(
-        body=body,
-        signer=crypto.public_bytes(owner_key),
-        sig=crypto.sign(owner_key, crypto.Label.OWNER_REQUEST, body),
-    )
+    return crypto.signed(owner_key, crypto.Label.OWNER_REQUEST, body)
 
 
 def verify_owner_request(signed: Signed, *, relay_fingerprint: bytes, now: int, max_age: int) -> OwnerRequest:
