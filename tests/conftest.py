@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from relayproc import RunningRelay
-
-RelayFactory = Callable[..., RunningRelay]
+from relayproc import RelayFactory, RunningRelay
 
 
 @pytest.fixture

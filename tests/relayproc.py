@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass
@@ -112,3 +112,9 @@ class RunningRelay:
     def restart(self) -> RunningRelay:
         self.stop()
         return self.start()
+
+
+class RelayFactory(Protocol):
+    """The ``relay_factory`` fixture: start a relay with the given ``relay.toml`` sections."""
+
+    def __call__(self, **sections: dict[str, object]) -> RunningRelay: ...

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from relayproc import RunningRelay
+from relayproc import RelayFactory, RunningRelay
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 from wire import (
     HYBRID,
@@ -123,7 +123,9 @@ async def expect_refused_before_hello(
 # --- framing and decoding --------------------------------------------------------------
 
 
-async def test_oversized_frame_is_frame_too_large_and_closes(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_oversized_frame_is_frame_too_large_and_closes(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
     relay = relay_factory(server={"max_frame_bytes": 4096})
     assert httpx.get(relay.base_url + "/").json()["limits"]["max_frame_bytes"] == 4096
 
@@ -303,7 +305,7 @@ async def test_requests_on_the_wrong_kind_of_address_are_unexpected(
 # --- sealing and signatures ------------------------------------------------------------
 
 
-async def test_invitation_sealed_to_another_relay(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_invitation_sealed_to_another_relay(relay_factory: RelayFactory, tmp_path: Path) -> None:
     a, b = relay_factory(), relay_factory()
     fp_a, fp_b = fingerprint_of(a), fingerprint_of(b)
     async with connect(b) as session:
@@ -465,7 +467,9 @@ async def test_stale_and_future_invitations(relay: RunningRelay, tmp_path: Path)
     await assert_still_serves(relay, tmp_path)
 
 
-async def test_replayed_invitation_same_address_then_stale(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_replayed_invitation_same_address_then_stale(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
     relay = relay_factory(policy={"invitation_max_age": 2})
     channel = Channel()
     fingerprint = fingerprint_of(relay)
@@ -533,7 +537,7 @@ POLICY_CASES = {
 
 @pytest.mark.parametrize("code", list(POLICY_CASES))
 async def test_policy_refusal_is_typed_and_remembered_across_restart(
-    relay_factory,  # type: ignore[no-untyped-def]
+    relay_factory: RelayFactory,
     tmp_path: Path,
     code: str,
 ) -> None:
@@ -625,7 +629,9 @@ async def test_profile_listing_an_unparseable_address_does_not_crash_the_relay(
     await assert_still_serves(relay, tmp_path)
 
 
-async def test_profile_update_to_a_removed_group_is_group_closed(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_profile_update_to_a_removed_group_is_group_closed(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
     relay = relay_factory(policy={"activation_timeout": 1})
     channel = Channel()
     address, address_id = address_id_of(await invite(relay, channel), relay, channel)
@@ -654,7 +660,9 @@ async def _wait_closed(stream: trio.SocketStream, timeout: float) -> bytes:
         return data
 
 
-async def test_silent_tcp_client_is_closed_after_handshake_timeout(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_silent_tcp_client_is_closed_after_handshake_timeout(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
     relay = relay_factory(server={"handshake_timeout": 1})
     host, port = relay.listen.rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
@@ -666,7 +674,7 @@ async def test_silent_tcp_client_is_closed_after_handshake_timeout(relay_factory
     await assert_still_serves(relay, tmp_path)
 
 
-async def test_websocket_without_hello_times_out(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_websocket_without_hello_times_out(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(server={"handshake_timeout": 1, "idle_timeout": 1})
     async with connect(relay) as session:
         started = time.monotonic()
@@ -682,7 +690,7 @@ async def test_websocket_without_hello_times_out(relay_factory, tmp_path: Path) 
     await assert_still_serves(relay, tmp_path)
 
 
-async def test_a_thousand_half_open_connections(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_thousand_half_open_connections(relay_factory: RelayFactory, tmp_path: Path) -> None:
     timeout = 2
     relay = relay_factory(server={"handshake_timeout": timeout})
     host, port = relay.listen.rsplit(":", 1)
@@ -736,7 +744,7 @@ async def test_a_thousand_half_open_connections(relay_factory, tmp_path: Path) -
     await assert_still_serves(relay, tmp_path)
 
 
-async def test_max_connections_bound(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_max_connections_bound(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(server={"max_connections": 50, "handshake_timeout": 30})
     host, port = relay.listen.rsplit(":", 1)
     streams = []

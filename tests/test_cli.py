@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relayproc import RunningRelay
+from relayproc import RelayFactory, RunningRelay
 
 
 def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -62,7 +62,7 @@ def test_usage_errors_exit_2() -> None:
     assert code == 2
 
 
-def test_owner_commands_and_a_refusal(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_owner_commands_and_a_refusal(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"max_description_length": 10})
     state = str(tmp_path / "o.json")
     code, created = run_json(
@@ -84,7 +84,7 @@ def test_owner_commands_and_a_refusal(relay_factory, tmp_path: Path) -> None:  #
     assert code == 0 and log["relays"][0]["state"] == "active"  # type: ignore[index]
 
 
-def test_admin_commands(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_admin_commands(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"approval": "manual"})
     for name in ("First", "Second"):
         state = str(tmp_path / f"{name}.json")
@@ -143,7 +143,7 @@ def test_bad_addresses_in_the_configuration_name_the_key(tmp_path: Path) -> None
     assert code == 1 and json.loads(err)["reason"].startswith("server.listen"), err
 
 
-def test_private_files_and_a_stale_run_file(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_private_files_and_a_stale_run_file(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory()
     for name in ("relay.db", "relay.db-wal", "identity.key", "run.json"):
         assert (relay.data / name).stat().st_mode & 0o077 == 0, name

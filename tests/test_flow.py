@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 import trio
-from relayproc import RunningRelay
+from relayproc import RelayFactory, RunningRelay
 
 from relay.client import (
     RelayIdentityError,
@@ -155,7 +155,7 @@ async def test_a_second_service_group_for_a_channel_is_refused(relay: RunningRel
     assert caught.value.code == "service_group_mismatch"
 
 
-async def test_policy_refusal_is_clear_and_remembered(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_policy_refusal_is_clear_and_remembered(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"deny_patterns": ["casino"], "max_name_length": 40})
     state, path = new_owner(tmp_path, "Best casino offers")
     refused = await add_relay(state, path, relay.address)
@@ -174,7 +174,7 @@ async def test_policy_refusal_is_clear_and_remembered(relay_factory, tmp_path: P
     assert too_long.code == "name_too_long" and "41" in (too_long.reason or "")
 
 
-async def test_kind_and_capacity_policies(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_kind_and_capacity_policies(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"kinds": ["group"], "max_groups": 1})
     channel, path = new_owner(tmp_path, "A channel", kind="channel")
     assert (await add_relay(channel, path, relay.address)).code == "kind_not_allowed"
@@ -185,7 +185,7 @@ async def test_kind_and_capacity_policies(relay_factory, tmp_path: Path) -> None
     assert full.status == "refused" and full.code == "relay_full"
 
 
-async def test_manual_approval_parks_the_invitation(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_manual_approval_parks_the_invitation(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"approval": "manual"})
     state, path = new_owner(tmp_path)
     pending = await add_relay(state, path, relay.address)
@@ -210,7 +210,7 @@ async def test_manual_approval_parks_the_invitation(relay_factory, tmp_path: Pat
     assert refusal.code == "rejected_by_operator" and refusal.reason == "not here"
 
 
-async def test_activation_timeout_removes_the_group(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_activation_timeout_removes_the_group(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"activation_timeout": 1})
     state, path = new_owner(tmp_path)
     await add_relay(state, path, relay.address)
@@ -223,7 +223,7 @@ async def test_activation_timeout_removes_the_group(relay_factory, tmp_path: Pat
     assert log["entries"][-1]["event"] == "removed"  # type: ignore[index]
 
 
-async def test_two_relays_and_unlisting(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_two_relays_and_unlisting(relay_factory: RelayFactory, tmp_path: Path) -> None:
     a, b = relay_factory(), relay_factory()
     state, path = new_owner(tmp_path)
     ga = (await add_relay(state, path, a.address)).group_address
@@ -248,8 +248,8 @@ async def test_two_relays_and_unlisting(relay_factory, tmp_path: Path) -> None: 
 
 
 async def test_client_refuses_a_relay_that_is_not_the_pinned_one(
-    relay_factory,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    relay_factory: RelayFactory,
+    tmp_path: Path,
 ) -> None:
     a, b = relay_factory(), relay_factory()
     # B's host and port, but A's fingerprint: B cannot prove it holds A's key
@@ -337,7 +337,7 @@ async def test_logs_are_json_without_client_addresses(relay: RunningRelay, tmp_p
             assert b64e(key) not in str(line)
 
 
-async def test_remembered_refusals_are_bounded(relay_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_remembered_refusals_are_bounded(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"deny_patterns": ["spam"]}, storage={"max_closed_groups": 2})
     codes = []
     for n in range(4):
@@ -352,7 +352,7 @@ async def test_remembered_refusals_are_bounded(relay_factory, tmp_path: Path) ->
 
 
 async def test_client_addresses_are_logged_only_when_the_operator_opts_in(
-    relay_factory,  # type: ignore[no-untyped-def]
+    relay_factory: RelayFactory,
     tmp_path: Path,
 ) -> None:
     relay = relay_factory(logging={"log_client_ip": True})
@@ -387,7 +387,7 @@ async def test_the_classic_x25519_suite_is_accepted_too(relay: RunningRelay, tmp
     assert relay.wait_for_event("invitation.accepted")["suite"] == SUITE_X25519.name
 
 
-async def test_sigterm_closes_idle_sessions_at_once(relay_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_sigterm_closes_idle_sessions_at_once(relay_factory: RelayFactory) -> None:
     relay = relay_factory(server={"shutdown_grace": 30})
     async with open_session(parse_address(relay.address)) as session:
         assert session.card.relay_key
