@@ -25,7 +25,13 @@ from relay.protocol import crypto
 from relay.protocol.addresses import ChannelLink, parse_address
 from relay.protocol.encoding import b64d, b64e, encode
 from relay.protocol.errors import ProtocolError
-from relay.protocol.invitation import SEAL_PURPOSE, make_invitation, make_owner_request, verify_grant
+from relay.protocol.invitation import (
+    ACTION_READ_LOG,
+    SEAL_PURPOSE,
+    make_invitation,
+    make_owner_request,
+    verify_grant,
+)
 from relay.protocol.messages import (
     Invite,
     InviteResult,
@@ -264,7 +270,7 @@ async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str
             relay_fingerprint=address.fingerprint,
             channel=state.channel,
             service_group=b64d(entry.service_group),
-            action="read_log",
+            action=ACTION_READ_LOG,
             now=int(time.time()),
         )
         item: dict[str, object] = {"relay": entry.contact}

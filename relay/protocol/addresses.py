@@ -92,5 +92,8 @@ def parse_link(text: str) -> ChannelLink:
     channel = b64d(parts.path[3:], length=32, what="channel id")
     relays = tuple(v for k, v in parse_qsl(parts.query) if k == "relay")
     for relay in relays:
-        parse_address(relay)
+        if parse_address(relay).address_id is None:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_TYPE, f"a channel link names group addresses, not a contact address: {relay!r}"
+            )
     return ChannelLink(kind, channel, relays)

@@ -180,9 +180,10 @@ def seal(suite_name: str, public_key: bytes, plaintext: bytes, info: bytes) -> b
                 mlkem.MLKEM768PublicKey.from_public_bytes(public_key[:MLKEM768_PUBLIC_LEN]),
                 x25519.X25519PublicKey.from_public_bytes(public_key[MLKEM768_PUBLIC_LEN:]),
             )
+        # A low-order X25519 key parses but fails here; it comes from the peer's card.
+        return suite.suite().encrypt(plaintext, recipient, info=info)
     except ValueError as exc:
         raise RemoteProtocolError(ErrorCode.BAD_TYPE, f"bad {suite_name} public key: {exc}") from None
-    return suite.suite().encrypt(plaintext, recipient, info=info)
 
 
 def seal_info(purpose: bytes, relay_fingerprint: bytes) -> bytes:

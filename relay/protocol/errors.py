@@ -21,7 +21,6 @@ class ErrorCode(enum.StrEnum):
     UNEXPECTED_MESSAGE = "unexpected_message"
     UNSUPPORTED_VERSION = "unsupported_version"
     TIMEOUT = "timeout"
-    BUSY = "busy"
     # sealing and signatures
     SEAL_FAILED = "seal_failed"
     UNSUPPORTED_SUITE = "unsupported_suite"

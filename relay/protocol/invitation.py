@@ -118,6 +118,9 @@ def verify_grant(signed: Signed, *, relay_key: bytes, channel: bytes, service_gr
     return grant
 
 
+ACTION_READ_LOG = "read_log"
+
+
 def make_owner_request(
     owner_key: ed25519.Ed25519PrivateKey,
     *,
@@ -140,10 +143,20 @@ def make_owner_request(
     return crypto.signed(owner_key, crypto.Label.OWNER_REQUEST, body)
 
 
-def verify_owner_request(signed: Signed, *, relay_fingerprint: bytes, now: int, max_age: int) -> OwnerRequest:
-    """Signature, relay binding and freshness; the caller checks the signer is an owner."""
+def verify_owner_request(
+    signed: Signed, *, action: str, relay_fingerprint: bytes, now: int, max_age: int
+) -> OwnerRequest:
+    """Signature, action, relay binding and freshness; the caller checks the signer is an owner.
+
+    The action is signed so that a request captured for one command cannot be replayed as
+    another.
+    """
     crypto.verify(signed.signer, crypto.Label.OWNER_REQUEST, signed.body, signed.sig)
     request = decode(signed.body, OwnerRequest, limit=MAX_SIGNED_BODY, what="owner request")
+    if request.action != action:
+        raise RemoteProtocolError(
+            ErrorCode.UNEXPECTED_MESSAGE, f"the request was signed for {request.action!r}, not {action!r}"
+        )
     if not crypto.same_secret(request.relay, relay_fingerprint):
         raise RemoteProtocolError(ErrorCode.WRONG_RELAY, "the request names another relay")
     check_fresh(request.created_at, now, max_age, "owner request")

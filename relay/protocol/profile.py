@@ -104,8 +104,10 @@ class ProfilePolicy:
                 f"kind {profile.kind!r} is not served here (allowed: {', '.join(self.kinds)})",
             )
         name = profile.name
-        if not name.strip() or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
-            raise PolicyRefusal(ErrorCode.NAME_INVALID, "the name is empty or holds control characters")
+        if not name.strip() or any(_unfit_for_a_name(c) for c in name):
+            raise PolicyRefusal(
+                ErrorCode.NAME_INVALID, "the name is empty or holds control or text-direction characters"
+            )
         if len(name) > self.max_name_length:
             raise PolicyRefusal(
                 ErrorCode.NAME_TOO_LONG,
@@ -138,3 +140,12 @@ class ProfilePolicy:
             "approval": self.approval,
             "activation_timeout": self.activation_timeout,
         }
+
+
+def _unfit_for_a_name(char: str) -> bool:
+    """C0/C1 controls, and the bidi controls that make a name read as another (U+202E...).
+
+    Zero-width joiners stay allowed: emoji sequences need them.
+    """
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code < 0xA0 or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069

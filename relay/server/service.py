@@ -23,6 +23,7 @@ from relay.protocol.addresses import group_address, parse_address
 from relay.protocol.encoding import b64e, decode, encode
 from relay.protocol.errors import ErrorCode, PolicyRefusal, ProtocolError, RemoteProtocolError
 from relay.protocol.invitation import (
+    ACTION_READ_LOG,
     SEAL_PURPOSE,
     VerifiedInvitation,
     make_grant,
@@ -301,6 +302,7 @@ class GroupService:
     async def read_log(self, frame: LogRequest) -> LogResult:
         request = verify_owner_request(
             frame.request,
+            action=ACTION_READ_LOG,
             relay_fingerprint=self.identity.fingerprint,
             now=self.now(),
             max_age=self.policy.policy.invitation_max_age,

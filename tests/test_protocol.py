@@ -1,0 +1,830 @@
+"""Unit tests of the pure protocol rules in ``relay.protocol``, with plain bytes and no I/O.
+
+Covers the owner-authorisation chain, profile verification and the operator's
+policy, invitations (sealing, relay binding, freshness, labels), grants,
+owner requests and the welcome card, the group state machine, the
+per-connection session rules, and address and link parsing.  Every refusal is
+checked for its exact ``ErrorCode``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import AbstractContextManager
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from make_vectors import (
+    T0,
+    fixture,
+    make_invitation_signed,
+    make_owner_request_signed,
+    make_profile,
+    owner_cert,
+)
+
+from relay.protocol import crypto
+from relay.protocol.addresses import (
+    ChannelLink,
+    RelayAddress,
+    contact_address,
+    group_address,
+    parse_address,
+    parse_link,
+)
+from relay.protocol.encoding import b64d, b64e, decode, encode
+from relay.protocol.errors import ErrorCode, PolicyRefusal, ProtocolError, RemoteProtocolError
+from relay.protocol.handshake import make_welcome, verify_welcome
+from relay.protocol.invitation import (
+    CLOCK_SKEW,
+    SEAL_PURPOSE,
+    check_fresh,
+    make_grant,
+    make_invitation,
+    make_owner_request,
+    verify_grant,
+    verify_invitation,
+    verify_owner_request,
+)
+from relay.protocol.messages import (
+    PROTOCOL_VERSION,
+    Hello,
+    Invitation,
+    Invite,
+    LogRequest,
+    ProfileUpdate,
+    RelayCard,
+    Signed,
+    Welcome,
+)
+from relay.protocol.profile import MAX_SIGNED_BODY, ProfilePolicy, verify_owner_chain, verify_profile
+from relay.protocol.session import Endpoint, Session
+from relay.protocol.state import GroupState, Transition, transition
+
+F = fixture()
+MAX_AGE = 600
+
+
+def new_key() -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def pub(key: ed25519.Ed25519PrivateKey) -> bytes:
+    return crypto.public_bytes(key)
+
+
+def raises(code: ErrorCode) -> AbstractContextManager[pytest.ExceptionInfo[RemoteProtocolError]]:
+    """``pytest.raises`` for a typed protocol error with exactly this code."""
+    return pytest.raises(RemoteProtocolError, match=rf"^{code.value}: ")
+
+
+def flip(data: bytes, index: int = 0) -> bytes:
+    return data[:index] + bytes([data[index] ^ 1]) + data[index + 1 :]
+
+
+# --- the owner-authorisation chain -------------------------------------------------------
+
+
+def test_chain_of_root_then_owner_authorises_both_owners() -> None:
+    owners = verify_owner_chain(F.channel, F.root_public, [F.cert1, F.cert2])
+    assert owners == {F.owner_public, F.owner2_public}
+    assert F.root_public not in owners  # the root is an owner only if a cert names it
+
+
+def test_chain_order_matters() -> None:
+    with raises(ErrorCode.UNAUTHORISED_OWNER):
+        verify_owner_chain(F.channel, F.root_public, [F.cert2, F.cert1])
+
+
+def test_owner_key_the_root_never_authorised() -> None:
+    stranger = new_key()
+    cert = owner_cert(stranger, F.channel, pub(new_key()))
+    with raises(ErrorCode.UNAUTHORISED_OWNER):
+        verify_owner_chain(F.channel, F.root_public, [F.cert1, cert])
+
+
+def test_cert_signed_by_the_root_of_another_channel() -> None:
+    other_root = new_key()
+    cert = owner_cert(other_root, F.channel, F.owner_public)
+    with raises(ErrorCode.UNAUTHORISED_OWNER):
+        verify_owner_chain(F.channel, F.root_public, [cert])
+
+
+def test_cert_for_another_channel() -> None:
+    other_channel = crypto.channel_id(pub(new_key()))
+    cert = owner_cert(F.root, other_channel, F.owner_public)
+    with raises(ErrorCode.CHANNEL_MISMATCH):
+        verify_owner_chain(F.channel, F.root_public, [cert])
+
+
+def test_root_key_that_does_not_name_the_channel() -> None:
+    other_root = new_key()
+    cert = owner_cert(other_root, F.channel, F.owner_public)
+    with raises(ErrorCode.CHANNEL_MISMATCH):
+        verify_owner_chain(F.channel, pub(other_root), [cert])
+
+
+@pytest.mark.parametrize("part", ["sig", "body"])
+def test_cert_with_a_bad_signature(part: str) -> None:
+    cert = F.cert1
+    if part == "sig":
+        cert = Signed(body=cert.body, signer=cert.signer, sig=flip(cert.sig, 10))
+    else:
+        cert = Signed(body=flip(cert.body, len(cert.body) - 1), signer=cert.signer, sig=cert.sig)
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_owner_chain(F.channel, F.root_public, [cert])
+
+
+def test_cert_signed_under_another_label() -> None:
+    body = F.cert1.body
+    cert = crypto.signed(F.root, crypto.Label.PROFILE, body)
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_owner_chain(F.channel, F.root_public, [cert])
+
+
+def test_no_cert_means_no_owner() -> None:
+    with raises(ErrorCode.UNAUTHORISED_OWNER):
+        verify_owner_chain(F.channel, F.root_public, [])
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"\xc1", ErrorCode.MALFORMED), (encode({"channel": 1}), ErrorCode.BAD_TYPE)],
+)
+def test_signed_cert_whose_body_is_not_a_cert(body: bytes, code: ErrorCode) -> None:
+    cert = crypto.signed(F.root, crypto.Label.OWNER_CERT, body)
+    with raises(code):
+        verify_owner_chain(F.channel, F.root_public, [cert])
+
+
+# --- profile verification ------------------------------------------------------------------
+
+
+def test_profile_verifies_and_returns_its_owners() -> None:
+    verified = verify_profile(F.profile)
+    assert verified.owners == {F.owner_public, F.owner2_public}
+    assert verified.profile.version == 2
+    assert verified.profile.relays == [F.group_address]
+    assert verified.signed is F.profile
+
+
+def test_profile_signed_by_the_root_is_not_owner_signed() -> None:
+    signed = make_profile(F.root, F.root_public, [F.cert1])
+    with raises(ErrorCode.UNAUTHORISED_OWNER):
+        verify_profile(signed)
+
+
+def test_profile_signed_by_an_owner_whose_cert_was_dropped() -> None:
+    signed = make_profile(F.owner2, F.root_public, [F.cert1])
+    with raises(ErrorCode.UNAUTHORISED_OWNER):
+        verify_profile(signed)
+
+
+def test_profile_with_a_bad_signature() -> None:
+    signed = make_profile(F.owner, F.root_public, [F.cert1])
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_profile(Signed(body=signed.body, signer=signed.signer, sig=flip(signed.sig)))
+
+
+def test_profile_signed_under_the_cert_label() -> None:
+    good = make_profile(F.owner, F.root_public, [F.cert1])
+    signed = crypto.signed(F.owner, crypto.Label.OWNER_CERT, good.body)
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_profile(signed)
+
+
+def test_profile_whose_channel_is_not_its_root() -> None:
+    signed = make_profile(F.owner, F.root_public, [F.cert1], channel=bytes(32))
+    with raises(ErrorCode.CHANNEL_MISMATCH):
+        verify_profile(signed)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"\x8a\xa7channel", ErrorCode.MALFORMED),  # a map cut short
+        (encode({"channel": "not bytes"}), ErrorCode.BAD_TYPE),
+        (bytes(MAX_SIGNED_BODY + 1), ErrorCode.FRAME_TOO_LARGE),
+    ],
+)
+def test_profile_body_that_does_not_decode(body: bytes, code: ErrorCode) -> None:
+    with raises(code):
+        verify_profile(crypto.signed(F.owner, crypto.Label.PROFILE, body))
+
+
+def test_profile_version_must_be_positive() -> None:
+    with raises(ErrorCode.BAD_TYPE):
+        verify_profile(make_profile(F.owner, F.root_public, [F.cert1], version=0))
+
+
+# --- the operator's policy -----------------------------------------------------------------
+
+
+def profile_with(**fields: object) -> object:
+    certs = fields.pop("certs", [F.cert1])
+    return verify_profile(make_profile(F.owner, F.root_public, certs, **fields))  # type: ignore[arg-type]
+
+
+def refusal(policy: ProfilePolicy, **fields: object) -> ErrorCode | None:
+    try:
+        policy.check(profile_with(**fields))  # type: ignore[arg-type]
+    except PolicyRefusal as exc:
+        assert isinstance(exc, RemoteProtocolError)
+        return exc.code
+    return None
+
+
+def test_default_policy_accepts_a_plain_profile() -> None:
+    assert refusal(ProfilePolicy()) is None
+
+
+def test_kind_not_allowed() -> None:
+    policy = ProfilePolicy(kinds=("channel",))
+    assert refusal(policy, kind="group") is ErrorCode.KIND_NOT_ALLOWED
+    assert refusal(policy, kind="channel") is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "   ", "\t", "bell\x07", "del\x7f", "nel\x85", "line\nbreak", "evil\u202egnp.exe", "iso\u2066late"],
+)
+def test_invalid_names(name: str) -> None:
+    assert refusal(ProfilePolicy(), name=name) is ErrorCode.NAME_INVALID
+
+
+@pytest.mark.parametrize("name", ["Weather", "Café ☕", "a\xa0b", "family \U0001f468\u200d\U0001f469"])
+def test_valid_names(name: str) -> None:
+    assert refusal(ProfilePolicy(), name=name) is None
+
+
+def test_name_length_limit_is_inclusive() -> None:
+    policy = ProfilePolicy(max_name_length=10)
+    assert refusal(policy, name="x" * 10) is None
+    assert refusal(policy, name="x" * 11) is ErrorCode.NAME_TOO_LONG
+    assert refusal(policy, name="é" * 10) is None  # characters, not bytes
+
+
+def test_description_length_limit_is_inclusive() -> None:
+    policy = ProfilePolicy(max_description_length=5)
+    assert refusal(policy, description="12345") is None
+    assert refusal(policy, description="123456") is ErrorCode.DESCRIPTION_TOO_LONG
+
+
+def test_deny_patterns_match_name_or_description_ignoring_case() -> None:
+    policy = ProfilePolicy(deny_patterns=("casino", r"^spam\b"))
+    assert refusal(policy, name="Best CASINO") is ErrorCode.DENIED
+    assert refusal(policy, description="spam and eggs") is ErrorCode.DENIED
+    assert refusal(policy, description="no spam here") is None
+    assert refusal(policy, name="Weather") is None
+
+
+def test_too_many_owners_counts_authorised_keys() -> None:
+    policy = ProfilePolicy(max_owners=1)
+    assert refusal(policy, certs=[F.cert1]) is None
+    assert refusal(policy, certs=[F.cert1, F.cert2]) is ErrorCode.TOO_MANY_OWNERS
+
+
+def test_first_broken_rule_is_reported() -> None:
+    policy = ProfilePolicy(kinds=("channel",), max_name_length=3)
+    assert refusal(policy, kind="group", name="far too long") is ErrorCode.KIND_NOT_ALLOWED
+
+
+def test_policy_summary_hides_the_deny_list() -> None:
+    summary = ProfilePolicy(deny_patterns=("secret-pattern",)).summary()
+    assert "secret-pattern" not in repr(summary)
+    assert summary["kinds"] == ["channel", "group"]
+
+
+# --- invitations ---------------------------------------------------------------------------
+
+
+def invitation(**kw: object) -> Signed:
+    args: dict[str, object] = {
+        "relay": F.fingerprint,
+        "channel": F.channel,
+        "profile": F.profile,
+        "created_at": T0,
+    }
+    args.update(kw)
+    owner = args.pop("owner", F.owner)
+    return make_invitation_signed(owner, **args)  # type: ignore[arg-type]
+
+
+def verify_at(signed: Signed, now: int = T0, fingerprint: bytes = F.fingerprint) -> object:
+    return verify_invitation(encode(signed), relay_fingerprint=fingerprint, now=now, max_age=MAX_AGE)
+
+
+def test_invitation_verifies() -> None:
+    verified = verify_at(invitation())
+    assert verified.invitation.service_group == bytes([0x11]) * 16  # type: ignore[attr-defined]
+    assert verified.profile.owners == {F.owner_public, F.owner2_public}  # type: ignore[attr-defined]
+
+
+def test_invitation_signed_by_a_chained_owner() -> None:
+    verify_at(invitation(owner=F.owner2))
+
+
+def test_invitation_naming_another_relay() -> None:
+    other = crypto.fingerprint(pub(new_key()))
+    with raises(ErrorCode.WRONG_RELAY):
+        verify_at(invitation(relay=other))
+
+
+@pytest.mark.parametrize("suite", sorted(crypto.SUITES))
+def test_invitation_sealed_to_another_relay_does_not_open(suite: str) -> None:
+    plaintext = encode(invitation())
+    other_keys = crypto.SealKeys.generate()
+    other_fingerprint = crypto.fingerprint(pub(new_key()))
+    sealed = crypto.seal(
+        suite,
+        other_keys.public_keys()[suite],
+        plaintext,
+        crypto.seal_info(SEAL_PURPOSE, other_fingerprint),
+    )
+    with raises(ErrorCode.SEAL_FAILED):
+        F.seal_keys.open(suite, sealed, crypto.seal_info(SEAL_PURPOSE, F.fingerprint))
+    # even with our own keys, info naming another relay does not open
+    sealed_to_us = crypto.seal(
+        suite, F.seal_keys.public_keys()[suite], plaintext, crypto.seal_info(SEAL_PURPOSE, other_fingerprint)
+    )
+    with raises(ErrorCode.SEAL_FAILED):
+        F.seal_keys.open(suite, sealed_to_us, crypto.seal_info(SEAL_PURPOSE, F.fingerprint))
+    assert other_keys.open(suite, sealed, crypto.seal_info(SEAL_PURPOSE, other_fingerprint)) == plaintext
+
+
+@pytest.mark.parametrize("suite", sorted(crypto.SUITES))
+def test_seal_open_verify_round_trip(suite: str) -> None:
+    plaintext = make_invitation(
+        owner_key=F.owner,
+        relay_fingerprint=F.fingerprint,
+        service_group=bytes(16),
+        profile=F.profile,
+        channel=F.channel,
+        now=T0,
+    )
+    info = crypto.seal_info(SEAL_PURPOSE, F.fingerprint)
+    sealed = crypto.seal(suite, F.seal_keys.public_keys()[suite], plaintext, info)
+    opened = F.seal_keys.open(suite, sealed, info)
+    assert opened == plaintext
+    verified = verify_invitation(opened, relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE)
+    assert verified.invitation.service_group == bytes(16)
+
+
+def test_corrupted_sealed_payload() -> None:
+    info = crypto.seal_info(SEAL_PURPOSE, F.fingerprint)
+    name = crypto.SUITE_X25519.name
+    sealed = crypto.seal(name, F.seal_keys.public_keys()[name], b"payload", info)
+    with raises(ErrorCode.SEAL_FAILED):
+        F.seal_keys.open(name, flip(sealed, len(sealed) - 1), info)
+    with raises(ErrorCode.SEAL_FAILED):
+        F.seal_keys.open(name, sealed[:20], info)
+
+
+def test_unknown_suite() -> None:
+    with raises(ErrorCode.UNSUPPORTED_SUITE):
+        F.seal_keys.open("rot13", b"x" * 64, b"")
+    with raises(ErrorCode.UNSUPPORTED_SUITE):
+        crypto.seal("rot13", bytes(32), b"x", b"")
+    with raises(ErrorCode.UNSUPPORTED_SUITE):
+        crypto.strongest_suite(["rot13"])
+
+
+def test_strongest_suite_prefers_the_hybrid() -> None:
+    both = [crypto.SUITE_X25519.name, crypto.SUITE_HYBRID.name, "rot13"]
+    assert crypto.strongest_suite(both) == crypto.SUITE_HYBRID.name
+    assert crypto.strongest_suite([crypto.SUITE_X25519.name]) == crypto.SUITE_X25519.name
+
+
+@pytest.mark.parametrize(
+    ("suite", "key"),
+    [
+        (crypto.SUITE_X25519.name, bytes(31)),
+        (crypto.SUITE_HYBRID.name, bytes(32)),
+        (crypto.SUITE_HYBRID.name, b"\xff" * 1216),
+    ],
+)
+def test_seal_to_a_malformed_public_key(suite: str, key: bytes) -> None:
+    with raises(ErrorCode.BAD_TYPE):
+        crypto.seal(suite, key, b"x", b"")
+
+
+@pytest.mark.parametrize("suite", sorted(crypto.SUITES))
+def test_seal_to_a_low_order_x25519_key_is_a_typed_error(suite: str) -> None:
+    """An all-zero X25519 key (a low-order point) in a relay's card must not crash the client:
+    it parses, and only ``Suite.encrypt`` fails (with a plain ``ValueError``)."""
+    key = F.seal_keys.public_keys()[suite][: -crypto.X25519_KEY_LEN] + bytes(32)
+    with raises(ErrorCode.BAD_TYPE):
+        crypto.seal(suite, key, b"x", b"")
+
+
+def test_invitation_freshness_boundaries() -> None:
+    now = T0 + 10_000
+    verify_at(invitation(created_at=now - MAX_AGE), now=now)
+    with raises(ErrorCode.INVITATION_STALE):
+        verify_at(invitation(created_at=now - MAX_AGE - 1), now=now)
+    verify_at(invitation(created_at=now + CLOCK_SKEW), now=now)
+    with raises(ErrorCode.INVITATION_STALE):
+        verify_at(invitation(created_at=now + CLOCK_SKEW + 1), now=now)
+
+
+def test_check_fresh_names_the_direction() -> None:
+    with pytest.raises(RemoteProtocolError, match="in the future"):
+        check_fresh(T0 + CLOCK_SKEW + 5, T0, MAX_AGE, "thing")
+    with pytest.raises(RemoteProtocolError, match="s old"):
+        check_fresh(T0 - MAX_AGE - 5, T0, MAX_AGE, "thing")
+
+
+@pytest.mark.parametrize("label", [crypto.Label.PROFILE, crypto.Label.OWNER_REQUEST, crypto.Label.WELCOME])
+def test_invitation_signed_under_a_wrong_label(label: bytes) -> None:
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_at(invitation(label=label))
+
+
+def test_invitation_signed_by_a_stranger() -> None:
+    with raises(ErrorCode.UNAUTHORISED_OWNER):
+        verify_at(invitation(owner=new_key()))
+
+
+def test_invitation_and_profile_for_different_channels() -> None:
+    with raises(ErrorCode.CHANNEL_MISMATCH):
+        verify_at(invitation(channel=bytes(32)))
+
+
+def test_invitation_with_an_unverifiable_profile() -> None:
+    bad = Signed(body=F.profile.body, signer=F.profile.signer, sig=flip(F.profile.sig))
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_at(invitation(profile=bad))
+
+
+def test_invitation_with_a_tampered_body() -> None:
+    good = invitation()
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_at(Signed(body=flip(good.body, 5), signer=good.signer, sig=good.sig))
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "code"),
+    [
+        (b"", ErrorCode.MALFORMED),
+        (b"\xa3abc", ErrorCode.BAD_TYPE),
+        (bytes(MAX_SIGNED_BODY * 2 + 1), ErrorCode.FRAME_TOO_LARGE),
+    ],
+)
+def test_opened_plaintext_that_is_not_a_signed_invitation(plaintext: bytes, code: ErrorCode) -> None:
+    with raises(code):
+        verify_invitation(plaintext, relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE)
+
+
+# --- address grants, owner requests, the welcome card --------------------------------------
+
+
+def grant_for(invitation_body: Invitation, key: ed25519.Ed25519PrivateKey = F.relay) -> Signed:
+    return make_grant(key, invitation_body, F.group_address, T0)
+
+
+def invitation_body(**kw: object) -> Invitation:
+    return decode(invitation(**kw).body, Invitation, limit=1 << 20)
+
+
+def test_grant_verifies_for_its_relay_and_channel() -> None:
+    grant = verify_grant(
+        grant_for(invitation_body()),
+        relay_key=F.relay_public,
+        channel=F.channel,
+        service_group=bytes([0x11]) * 16,
+    )
+    assert grant.address == F.group_address
+
+
+def test_grant_signed_by_another_relay() -> None:
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_grant(
+            grant_for(invitation_body(), new_key()),
+            relay_key=F.relay_public,
+            channel=F.channel,
+            service_group=bytes([0x11]) * 16,
+        )
+
+
+def test_grant_for_another_channel_or_service_group() -> None:
+    grant = grant_for(invitation_body())
+    with raises(ErrorCode.CHANNEL_MISMATCH):
+        verify_grant(grant, relay_key=F.relay_public, channel=bytes(32), service_group=bytes([0x11]) * 16)
+    with raises(ErrorCode.CHANNEL_MISMATCH):
+        verify_grant(grant, relay_key=F.relay_public, channel=F.channel, service_group=bytes(16))
+
+
+def test_grant_naming_another_relay() -> None:
+    grant = grant_for(invitation_body(relay=bytes(32)))
+    with raises(ErrorCode.WRONG_RELAY):
+        verify_grant(grant, relay_key=F.relay_public, channel=F.channel, service_group=bytes([0x11]) * 16)
+
+
+def test_owner_request_rules() -> None:
+    request = make_owner_request(
+        F.owner,
+        relay_fingerprint=F.fingerprint,
+        channel=F.channel,
+        service_group=bytes(16),
+        action="read_log",
+        now=T0,
+    )
+    got = verify_owner_request(
+        request, action="read_log", relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE
+    )
+    assert got.action == "read_log"
+    with raises(ErrorCode.WRONG_RELAY):
+        verify_owner_request(request, action="read_log", relay_fingerprint=bytes(32), now=T0, max_age=MAX_AGE)
+    with raises(ErrorCode.INVITATION_STALE):
+        verify_owner_request(
+            request, action="read_log", relay_fingerprint=F.fingerprint, now=T0 + MAX_AGE + 1, max_age=MAX_AGE
+        )
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_owner_request(
+            Signed(body=request.body, signer=F.owner2_public, sig=request.sig),
+            action="read_log",
+            relay_fingerprint=F.fingerprint,
+            now=T0,
+            max_age=MAX_AGE,
+        )
+    with raises(ErrorCode.UNEXPECTED_MESSAGE):  # signed for one command, replayed as another
+        verify_owner_request(
+            request, action="remove_group", relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE
+        )
+
+
+def test_owner_request_is_not_an_invitation() -> None:
+    request = make_owner_request_signed(F.owner, relay=F.fingerprint, channel=F.channel, created_at=T0)
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_at(request)
+
+
+NONCE = bytes(range(32))
+
+
+def welcome(key: ed25519.Ed25519PrivateKey = F.relay, nonce: bytes = NONCE) -> Welcome:
+    return make_welcome(key, F.seal_keys.public_keys(), nonce, T0, "chat-relay/test")
+
+
+def test_welcome_verifies_against_the_pinned_fingerprint() -> None:
+    card = verify_welcome(welcome(), fingerprint=F.fingerprint, nonce=NONCE)
+    assert card.seal_keys == F.seal_keys.public_keys()
+    assert card.relay_key == F.relay_public
+
+
+def test_welcome_from_another_relay() -> None:
+    with raises(ErrorCode.WRONG_RELAY):
+        verify_welcome(welcome(new_key()), fingerprint=F.fingerprint, nonce=NONCE)
+
+
+def test_welcome_for_another_nonce_is_a_replay() -> None:
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_welcome(welcome(nonce=bytes(32)), fingerprint=F.fingerprint, nonce=NONCE)
+
+
+def test_welcome_card_naming_another_key() -> None:
+    body = encode(RelayCard(relay_key=pub(new_key()), seal_keys={}, nonce=NONCE, time=T0, software="x"))
+    forged = Welcome(card=crypto.signed(F.relay, crypto.Label.WELCOME, body))
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_welcome(forged, fingerprint=F.fingerprint, nonce=NONCE)
+
+
+def test_welcome_with_a_bad_signature() -> None:
+    card = welcome().card
+    tampered = Welcome(card=Signed(body=card.body, signer=card.signer, sig=flip(card.sig)))
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_welcome(tampered, fingerprint=F.fingerprint, nonce=NONCE)
+
+
+def test_verify_refuses_keys_and_signatures_of_the_wrong_length() -> None:
+    with raises(ErrorCode.BAD_SIGNATURE):
+        crypto.verify(bytes(31), b"x", b"", bytes(64))
+    with raises(ErrorCode.BAD_SIGNATURE):
+        crypto.verify(F.owner_public, b"x", b"", bytes(63))
+
+
+# --- the group state machine ---------------------------------------------------------------
+
+S, T = GroupState, Transition
+ALLOWED = {
+    (S.INVITED, T.APPROVE): S.ACCEPTED,
+    (S.INVITED, T.REJECT): S.REJECTED,
+    (S.INVITED, T.REMOVE): S.REMOVED,
+    (S.ACCEPTED, T.ACTIVATE): S.ACTIVE,
+    (S.ACCEPTED, T.UNLIST): S.ACCEPTED,
+    (S.ACCEPTED, T.TIMEOUT): S.REMOVED,
+    (S.ACCEPTED, T.REMOVE): S.REMOVED,
+    (S.ACTIVE, T.ACTIVATE): S.ACTIVE,
+    (S.ACTIVE, T.UNLIST): S.REMOVED,
+    (S.ACTIVE, T.SUSPEND): S.SUSPENDED,
+    (S.ACTIVE, T.REMOVE): S.REMOVED,
+    (S.SUSPENDED, T.ACTIVATE): S.SUSPENDED,
+    (S.SUSPENDED, T.RESUME): S.ACTIVE,
+    (S.SUSPENDED, T.UNLIST): S.REMOVED,
+    (S.SUSPENDED, T.REMOVE): S.REMOVED,
+}
+DISALLOWED = [pair for pair in itertools.product(S, T) if pair not in ALLOWED]
+
+
+@pytest.mark.parametrize(("state", "event"), sorted(ALLOWED))
+def test_allowed_transition(state: GroupState, event: Transition) -> None:
+    assert transition(state, event) is ALLOWED[(state, event)]
+
+
+@pytest.mark.parametrize(("state", "event"), DISALLOWED)
+def test_disallowed_transition(state: GroupState, event: Transition) -> None:
+    code = ErrorCode.GROUP_CLOSED if state in (S.REJECTED, S.REMOVED) else ErrorCode.OUT_OF_ORDER
+    with raises(code):
+        transition(state, event)
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "code"),
+    [
+        (S.INVITED, T.ACTIVATE, ErrorCode.OUT_OF_ORDER),  # a profile before the operator approved
+        (S.ACCEPTED, T.APPROVE, ErrorCode.OUT_OF_ORDER),  # approving twice
+        (S.ACTIVE, T.RESUME, ErrorCode.OUT_OF_ORDER),
+        (S.INVITED, T.TIMEOUT, ErrorCode.OUT_OF_ORDER),
+        (S.REMOVED, T.ACTIVATE, ErrorCode.GROUP_CLOSED),
+        (S.REJECTED, T.APPROVE, ErrorCode.GROUP_CLOSED),
+    ],
+)
+def test_named_disallowed_transitions(state: GroupState, event: Transition, code: ErrorCode) -> None:
+    with raises(code):
+        transition(state, event)
+
+
+def test_terminal_and_address_holding_states() -> None:
+    assert {s for s in S if s.terminal} == {S.REJECTED, S.REMOVED}
+    assert {s for s in S if s.has_address} == {S.ACCEPTED, S.ACTIVE, S.SUSPENDED}
+    assert [s.value for s in S] == ["invited", "accepted", "active", "rejected", "suspended", "removed"]
+
+
+# --- per-connection session rules ----------------------------------------------------------
+
+HELLO = encode(Hello(version=PROTOCOL_VERSION, nonce=NONCE))
+INVITE = encode(Invite(suite=crypto.SUITE_X25519.name, sealed=b"sealed"))
+LOG_REQUEST = encode(LogRequest(request=F.cert1))
+PROFILE_UPDATE = encode(ProfileUpdate(profile=F.profile))
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+@pytest.mark.parametrize("frame", [INVITE, LOG_REQUEST, PROFILE_UPDATE])
+def test_anything_before_hello_is_unexpected(endpoint: Endpoint, frame: bytes) -> None:
+    session = Session(endpoint, max_frame=1 << 16)
+    with raises(ErrorCode.UNEXPECTED_MESSAGE):
+        session.receive(frame)
+    assert not session.greeted
+    assert isinstance(session.receive(HELLO), Hello)
+    assert session.greeted
+
+
+def test_hello_with_another_version() -> None:
+    session = Session(Endpoint.CONTACT, max_frame=1 << 16)
+    with raises(ErrorCode.UNSUPPORTED_VERSION):
+        session.receive(encode(Hello(version=PROTOCOL_VERSION + 1, nonce=NONCE)))
+    assert not session.greeted
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "accepted", "refused"),
+    [
+        (Endpoint.CONTACT, [INVITE, LOG_REQUEST], [PROFILE_UPDATE, HELLO]),
+        (Endpoint.GROUP, [PROFILE_UPDATE], [INVITE, LOG_REQUEST, HELLO]),
+    ],
+)
+def test_frames_allowed_per_endpoint(endpoint: Endpoint, accepted: list[bytes], refused: list[bytes]) -> None:
+    session = Session(endpoint, max_frame=1 << 16)
+    session.receive(HELLO)
+    for frame in refused:
+        with raises(ErrorCode.UNEXPECTED_MESSAGE):
+            session.receive(frame)
+    for frame in accepted:
+        assert encode(session.receive(frame)) == frame  # still usable after a refusal
+
+
+def test_session_frame_size_limit() -> None:
+    session = Session(Endpoint.GROUP, max_frame=len(HELLO))
+    assert isinstance(session.receive(HELLO), Hello)  # exactly the limit is fine
+    with raises(ErrorCode.FRAME_TOO_LARGE):
+        session.receive(PROFILE_UPDATE)  # an allowed frame, but longer than the limit
+    with raises(ErrorCode.FRAME_TOO_LARGE):
+        Session(Endpoint.GROUP, max_frame=len(HELLO) - 1).receive(HELLO)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\xc1", ErrorCode.MALFORMED),
+        (HELLO + b"\x00", ErrorCode.MALFORMED),
+        (encode({"type": "welcome", "card": F.cert1}), ErrorCode.BAD_TYPE),  # a relay frame
+        (encode({"type": "hello", "version": 1}), ErrorCode.BAD_TYPE),
+        (encode({"type": "hello", "version": 1, "nonce": bytes(31)}), ErrorCode.BAD_TYPE),
+        (encode([1, 2]), ErrorCode.BAD_TYPE),
+    ],
+)
+def test_session_decoding_errors(data: bytes, code: ErrorCode) -> None:
+    with raises(code):
+        Session(Endpoint.CONTACT, max_frame=1 << 16).receive(data)
+
+
+# --- addresses and links -------------------------------------------------------------------
+
+FP = b64e(F.fingerprint)
+ID = b64e(bytes(range(16)))
+
+
+@pytest.mark.parametrize(
+    ("text", "base", "address_id"),
+    [
+        (f"http://relay.example:7300/r#{FP}", "http://relay.example:7300", None),
+        (f"https://relay.example:443/g/{ID}#{FP}", "https://relay.example:443", ID),
+        (f"http://127.0.0.1:0/r#{FP}", "http://127.0.0.1:0", None),
+        (f"http://[::1]:7300/g/{ID}#{FP}", "http://[::1]:7300", ID),
+    ],
+)
+def test_good_addresses(text: str, base: str, address_id: str | None) -> None:
+    parsed = parse_address(text)
+    assert parsed == RelayAddress(base, F.fingerprint, address_id)
+    assert str(parsed) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "relay.example:7300",
+        f"ftp://relay.example:7300/r#{FP}",
+        f"http://relay.example/r#{FP}",  # no port
+        f"http://:7300/r#{FP}",  # no host
+        f"http://relay.example:99999/r#{FP}",  # port out of range
+        f"http://relay.example:port/r#{FP}",
+        f"http://[::1:7300/r#{FP}",  # broken IPv6 literal
+        "http://relay.example:7300/r",  # no fingerprint
+        f"http://relay.example:7300/r#{FP[:-1]}",  # 31 bytes and a bit
+        f"http://relay.example:7300/r#{b64e(bytes(31))}",
+        f"http://relay.example:7300/r#{FP}=",  # padded
+        f"http://relay.example:7300/r#{FP[:-1]}+",  # other alphabet
+        f"http://relay.example:7300/r#{FP[:-1]}B",  # non-zero trailing bits
+        f"http://relay.example:7300/x#{FP}",
+        f"http://relay.example:7300/r/#{FP}",
+        f"http://relay.example:7300/g/{ID[:-1]}#{FP}",
+        f"http://relay.example:7300/g/{ID}A#{FP}",
+        f"http://relay.example:7300/g/{ID[:-1]}!#{FP}",
+        f"http://relay.example:7300/g/{ID}/x#{FP}",
+    ],
+)
+def test_bad_addresses(text: str) -> None:
+    with raises(ErrorCode.BAD_TYPE):
+        parse_address(text)
+
+
+def test_address_formatting() -> None:
+    assert contact_address("http://h:1/", F.fingerprint) == f"http://h:1/r#{FP}"
+    assert group_address("http://h:1", F.fingerprint, ID) == f"http://h:1/g/{ID}#{FP}"
+    assert RelayAddress("https://h:1", F.fingerprint, ID).websocket_url == f"wss://h:1/g/{ID}"
+    assert RelayAddress("http://h:1", F.fingerprint).websocket_url == "ws://h:1/r"
+
+
+def test_link_round_trip_with_several_relays() -> None:
+    relays = (group_address("http://a:1", F.fingerprint, ID), group_address("https://b:2", bytes(32), ID))
+    link = ChannelLink("channel", F.channel, relays)
+    text = str(link)
+    assert text.count("relay=") == 2
+    assert parse_link(text) == link
+    assert parse_link(str(ChannelLink("group", F.channel, ()))) == ChannelLink("group", F.channel, ())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        f"https://x:1/c/{b64e(F.channel)}",
+        f"chat-relay:/x/{b64e(F.channel)}",
+        f"chat-relay:/c/{b64e(bytes(31))}",
+        f"chat-relay:/c/{b64e(F.channel)}/more",
+        f"chat-relay:/c/{b64e(F.channel)}?relay=nonsense",
+        f"chat-relay:/c/{b64e(F.channel)}?relay=http%3A%2F%2Fa%3A99999%2Fr%23{FP}",
+        "chat-relay://[::1/c/x",
+        f"chat-relay:/c/{b64e(F.channel)}?relay=http%3A%2F%2Fa%3A1%2Fr%23{FP}",  # a contact address
+    ],
+)
+def test_bad_links(text: str) -> None:
+    with raises(ErrorCode.BAD_TYPE):
+        parse_link(text)
+
+
+def test_b64d_is_strict() -> None:
+    assert b64d(b64e(b"\x00\xff"), length=2) == b"\x00\xff"
+    for text in ("AP8=", "AP/", "AP9", "é", "A"):
+        with raises(ErrorCode.BAD_TYPE):
+            b64d(text)
+    with raises(ErrorCode.BAD_TYPE):
+        b64d(b64e(b"abc"), length=4)
+
+
+def test_every_error_is_a_protocol_error_with_a_wire_code() -> None:
+    exc = PolicyRefusal(ErrorCode.DENIED, "no")
+    assert isinstance(exc, RemoteProtocolError) and isinstance(exc, ProtocolError)
+    assert str(exc) == "denied: no"
+    assert {c.value for c in ErrorCode} >= {"malformed", "bad_type", "frame_too_large", "internal"}
