@@ -71,13 +71,15 @@ class PublicEndpoint:
         self.draining = False
         self._idle: set[trio.CancelScope] = set()
         self._ids = itertools.count(1)
+        # Derived once: the ML-KEM public key costs a computation on every call.
+        self._seal_public = self.identity.seal_keys.public_keys()
 
     @property
     def contact_address(self) -> str:
         return contact_address(self.service.public_base, self.identity.fingerprint)
 
     def info(self) -> dict[str, object]:
-        seal_keys = self.identity.seal_keys.public_keys()
+        seal_keys = self._seal_public
         return {
             "software": SOFTWARE,
             "protocol": 1,
@@ -210,7 +212,7 @@ class PublicEndpoint:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
             return make_welcome(
                 self.identity.signing_key,
-                self.identity.seal_keys.public_keys(),
+                self._seal_public,
                 frame.nonce,
                 self.service.now(),
                 SOFTWARE,

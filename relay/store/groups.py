@@ -61,24 +61,33 @@ def by_id(conn: sqlite3.Connection, group_id: int) -> GroupRecord | None:
 
 
 def count_live(conn: sqlite3.Connection) -> int:
-    (n,) = conn.execute("SELECT count(*) FROM groups WHERE state NOT IN ('rejected', 'removed')").fetchone()
+    """Groups not rejected or removed, from the per-state counts the triggers keep (O(1))."""
+    (n,) = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM group_counts WHERE state NOT IN ('rejected', 'removed')"
+    ).fetchone()
     return int(n)
 
 
 def prune_closed(conn: sqlite3.Connection, keep: int) -> int:
     """Forget the oldest rejected/removed groups beyond ``keep``; returns how many were dropped."""
-    (closed,) = conn.execute("SELECT count(*) FROM groups WHERE state IN ('rejected', 'removed')").fetchone()
+    (closed,) = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM group_counts WHERE state IN ('rejected', 'removed')"
+    ).fetchone()
     excess = int(closed) - keep
     if excess <= 0:
         return 0
-    victims = "SELECT id FROM groups WHERE state IN ('rejected', 'removed') ORDER BY updated_at, id LIMIT ?"
+    # Without statistics SQLite prefers the state index and sorts every closed group.
+    victims = (
+        "SELECT id FROM groups INDEXED BY groups_closed_by_age "
+        "WHERE state IN ('rejected', 'removed') ORDER BY updated_at, id LIMIT ?"
+    )
     conn.execute(f"DELETE FROM service_log WHERE group_id IN ({victims})", (excess,))
     conn.execute(f"DELETE FROM groups WHERE id IN ({victims})", (excess,))
     return excess
 
 
 def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
-    return {s: n for s, n in conn.execute("SELECT state, count(*) FROM groups GROUP BY state")}
+    return {s: n for s, n in conn.execute("SELECT state, n FROM group_counts")}
 
 
 @dataclass(frozen=True, slots=True)
