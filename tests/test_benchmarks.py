@@ -1,0 +1,31 @@
+"""The benchmark command still runs end to end (tiny counts; no figure is checked here).
+
+Speed is measured by ``python -m benchmarks``, never asserted in a test: this only keeps the
+command from rotting as the relay changes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_benchmark_command_runs(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--processes", "1", "--invitations", "100",
+         "--round-trips", "100", "--groups", "200", "--prefill", "500", "--quiet-wait", "0",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "invitations/s" in done.stdout and "WebSocket echo (baseline)" in done.stdout
+    figures = json.loads(out.read_text())
+    runs = {run["load"]: run for run in figures["throughput"]}
+    assert (runs["invite"]["ok"], runs["invite"]["errors"]) == (100, 0)
+    assert (runs["echo"]["ok"], runs["echo"]["errors"]) == (100, 0)
+    assert figures["comparison"][0]["invitations_per_s"] > 0
