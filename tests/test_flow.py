@@ -28,7 +28,7 @@ from relay.client import (
     publish,
     read_log,
 )
-from relay.client.connection import open_session
+from relay.client.connection import RelaySession, open_session
 from relay.client.owner import OwnerState, RelayEntry
 from relay.protocol.addresses import parse_address
 from relay.protocol.crypto import SUITE_X25519, seal, seal_info
@@ -46,6 +46,22 @@ def new_owner(tmp_path: Path, name: str = "Weather reports", **kw: str) -> tuple
 
 def admin_groups(relay: RunningRelay) -> list[dict[str, object]]:
     return list(httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"])
+
+
+def x25519_invite(session: RelaySession, state: OwnerState, relay: RunningRelay) -> Invite:
+    """An invitation sealed with the classic X25519 suite (the client would pick the hybrid)."""
+    fingerprint = parse_address(relay.address).fingerprint
+    plaintext = make_invitation(
+        owner_key=state.owner_key,
+        relay_fingerprint=fingerprint,
+        service_group=b"\x05" * 16,
+        profile=state.profile(),
+        channel=state.channel,
+        now=int(time.time()),
+    )
+    key = session.card.seal_keys[SUITE_X25519.name]
+    sealed = seal(SUITE_X25519.name, key, plaintext, seal_info(SEAL_PURPOSE, fingerprint))
+    return Invite(suite=SUITE_X25519.name, sealed=sealed)
 
 
 def free_port() -> int:
@@ -365,24 +381,9 @@ async def test_client_addresses_are_logged_only_when_the_operator_opts_in(
 
 async def test_the_classic_x25519_suite_is_accepted_too(relay: RunningRelay, tmp_path: Path) -> None:
     state, _ = new_owner(tmp_path)
-    address = parse_address(relay.address)
-    async with open_session(address) as session:
+    async with open_session(parse_address(relay.address)) as session:
         assert SUITE_X25519.name in session.card.seal_keys
-        plaintext = make_invitation(
-            owner_key=state.owner_key,
-            relay_fingerprint=address.fingerprint,
-            service_group=b"\x05" * 16,
-            profile=state.profile(),
-            channel=state.channel,
-            now=int(time.time()),
-        )
-        sealed = seal(
-            SUITE_X25519.name,
-            session.card.seal_keys[SUITE_X25519.name],
-            plaintext,
-            seal_info(SEAL_PURPOSE, address.fingerprint),
-        )
-        answer = await session.request(Invite(suite=SUITE_X25519.name, sealed=sealed))
+        answer = await session.request(x25519_invite(session, state, relay))
     assert isinstance(answer, InviteResult) and answer.status == "accepted"
     assert relay.wait_for_event("invitation.accepted")["suite"] == SUITE_X25519.name
 
@@ -397,3 +398,31 @@ async def test_sigterm_closes_idle_sessions_at_once(relay_factory: RelayFactory)
         assert code == 0
         assert time.monotonic() - started < 10
     assert relay.events("relay.stopped")
+
+
+async def test_sighup_reloads_the_policy_and_keeps_connections(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    import signal
+
+    relay = relay_factory(policy={"kinds": ["channel", "group"]})
+    assert relay.config is not None and relay.proc is not None
+    group, _ = new_owner(tmp_path, "A group", kind="group")
+    async with open_session(parse_address(relay.address)) as session:
+        relay.config.write_text('[policy]\nkinds = ["channel"]\n')
+        relay.proc.send_signal(signal.SIGHUP)
+        relay.wait_for_event("config.reloaded")
+        # the session opened before the reload stays open, and the new policy applies to it
+        answer = await session.request(x25519_invite(session, group, relay))
+    assert isinstance(answer, InviteResult)
+    assert (answer.status, answer.code) == ("refused", "kind_not_allowed")
+    assert httpx.get(relay.base_url + "/").json()["policy"]["kinds"] == ["channel"]
+
+    # a broken file is refused with its reason, and the policy in force stays
+    relay.config.write_text("[policy]\nkinds = 7\n")
+    relay.proc.send_signal(signal.SIGHUP)
+    failed = relay.wait_for_event("config.reload_failed")
+    assert "kinds" in failed["reason"]
+    channel, cpath = new_owner(tmp_path, "A channel")
+    assert (await add_relay(channel, cpath, relay.address)).status == "accepted"
+    assert relay.proc.poll() is None
