@@ -194,11 +194,23 @@ def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
 
     path = _state_path(args)
     state = OwnerState.load(path)
-    result = trio.run(publish, state, path)
+    return _published(trio.run(publish, state, path))
+
+
+def _published(result: Any) -> dict[str, Any]:
+    """A publish's answer; a relay that did not take the profile makes it a failure."""
     out = {"status": "ok", "version": result.version, "link": result.link, "relays": result.relays}
     if any(r.get("status") == "error" for r in result.relays):
-        raise Failure("a relay refused the profile", **{**out, "status": "error"})
+        raise Failure("a relay did not take the new profile", **{**out, "status": "error"})
     return out
+
+
+def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, remove_relay
+
+    path = _state_path(args)
+    state = OwnerState.load(path)
+    return _published(trio.run(remove_relay, state, path, args.relay_address))
 
 
 def cmd_owner_log(args: argparse.Namespace) -> dict[str, Any]:
@@ -295,9 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="")
     p = command(owner, "add-relay", cmd_owner_add_relay, "invite a relay to serve the channel")
     p.add_argument("--state", required=True)
-    p.add_argument("relay_address")
+    p.add_argument("relay_address", metavar="RELAY_ADDRESS")
     p = command(owner, "publish", cmd_owner_publish, "sign the profile listing the relays and notify them")
     p.add_argument("--state", required=True)
+    p = command(
+        owner, "remove-relay", cmd_owner_remove_relay, "publish a profile without a relay; it stops serving"
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument("relay_address", metavar="RELAY_ADDRESS")
     p = command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")
     p.add_argument("--state", required=True)
 

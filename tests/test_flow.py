@@ -21,20 +21,22 @@ import trio
 from relayproc import RelayFactory, RunningRelay
 
 from relay.client import (
+    RelayError,
     RelayIdentityError,
     RelayRefused,
     add_relay,
     create_channel,
     publish,
     read_log,
+    remove_relay,
 )
 from relay.client.connection import RelaySession, open_session
 from relay.client.owner import OwnerState, RelayEntry
 from relay.protocol.addresses import parse_address
 from relay.protocol.crypto import SUITE_X25519, seal, seal_info
-from relay.protocol.encoding import b64e
+from relay.protocol.encoding import b64d, b64e
 from relay.protocol.invitation import SEAL_PURPOSE, make_invitation
-from relay.protocol.messages import Invite, InviteResult, ProfileResult, ProfileUpdate
+from relay.protocol.messages import Invite, InviteResult
 
 
 def new_owner(tmp_path: Path, name: str = "Weather reports", **kw: str) -> tuple[OwnerState, Path]:
@@ -48,13 +50,15 @@ def admin_groups(relay: RunningRelay) -> list[dict[str, object]]:
     return list(httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"])
 
 
-def x25519_invite(session: RelaySession, state: OwnerState, relay: RunningRelay) -> Invite:
+def x25519_invite(
+    session: RelaySession, state: OwnerState, relay: RunningRelay, service_group: bytes = b"\x05" * 16
+) -> Invite:
     """An invitation sealed with the classic X25519 suite (the client would pick the hybrid)."""
     fingerprint = parse_address(relay.address).fingerprint
     plaintext = make_invitation(
         owner_key=state.owner_key,
         relay_fingerprint=fingerprint,
-        service_group=b"\x05" * 16,
+        service_group=service_group,
         profile=state.profile(),
         channel=state.channel,
         now=int(time.time()),
@@ -229,14 +233,23 @@ async def test_manual_approval_parks_the_invitation(relay_factory: RelayFactory,
 async def test_activation_timeout_removes_the_group(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(policy={"activation_timeout": 1})
     state, path = new_owner(tmp_path)
-    await add_relay(state, path, relay.address)
+    first = await add_relay(state, path, relay.address)
+    old_service_group = b64d(state.relays[0].service_group)
     relay.wait_for_event("group.activation_timeout", timeout=10)
     [group] = admin_groups(relay)
     assert group["state"] == "removed" and group["reason_code"] == "activation_timeout"
-    again = await add_relay(state, path, relay.address)
-    assert again.status == "refused" and again.code == "activation_timeout"
     [log] = await read_log(state)
     assert log["entries"][-1]["event"] == "removed"  # type: ignore[index]
+    # the same invitation again gets the remembered answer ...
+    async with open_session(parse_address(relay.address)) as session:
+        answer = await session.request(x25519_invite(session, state, relay, old_service_group))
+    assert isinstance(answer, InviteResult)
+    assert (answer.status, answer.code) == ("refused", "activation_timeout")
+    # ... and add-relay starts afresh: a new service group gets a new address
+    again = await add_relay(state, path, relay.address)
+    assert again.status == "accepted" and again.group_address not in (None, first.group_address)
+    assert b64d(state.relays[0].service_group) != old_service_group
+    assert [g["state"] for g in admin_groups(relay)] == ["accepted"]
 
 
 async def test_two_relays_and_unlisting(relay_factory: RelayFactory, tmp_path: Path) -> None:
@@ -249,18 +262,24 @@ async def test_two_relays_and_unlisting(relay_factory: RelayFactory, tmp_path: P
     assert published.link.count("relay=") == 2
 
     # the owners drop relay B: a newer signed profile without it makes B stop serving
-    dropped = state.relays.pop()
-    state.profile_version += 1
-    profile = state.profile()
-    assert gb is not None and ga is not None
-    async with open_session(parse_address(gb)) as session:
-        answer = await session.request(ProfileUpdate(profile=profile))
-    assert isinstance(answer, ProfileResult) and answer.state == "removed"
-    state.relays.append(dropped)
+    removed = await remove_relay(state, path, b.address)
+    assert [(r["group_address"], r["state"]) for r in removed.relays] == [(ga, "active"), (gb, "removed")]
+    assert removed.link.count("relay=") == 1 and removed.version == published.version + 1
+    assert [g["state"] for g in admin_groups(b)] == ["removed"]
+    with pytest.raises(RelayError, match="not a relay of this channel"):
+        await remove_relay(state, path, b.address)
     [ra, rb] = await read_log(state)
     assert rb["state"] == "removed"
     assert rb["entries"][-1]["detail"] == "a newer profile no longer lists this relay"  # type: ignore[index]
     assert ra["state"] == "active"
+
+    # the owners may take B back later: a new service group, a new address; the old one stays dead
+    back = await add_relay(state, path, b.address)
+    assert back.status == "accepted" and back.group_address not in (None, gb)
+    assert [r["state"] for r in (await publish(state, path)).relays] == ["active", "active"]
+    with pytest.raises(RelayRefused, match="no group has this address"):
+        async with open_session(parse_address(gb)):
+            pass
 
 
 async def test_client_refuses_a_relay_that_is_not_the_pinned_one(

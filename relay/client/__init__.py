@@ -1,7 +1,7 @@
 """The client library: what owners (and, later, members) use to talk to relays.
 
 Public surface: :class:`OwnerState`, :func:`create_channel`, :func:`add_relay`,
-:func:`publish`, :func:`read_log`, :class:`AdminClient`, and the exception
+:func:`publish`, :func:`remove_relay`, :func:`read_log`, :class:`AdminClient`, and the exception
 hierarchy rooted at :class:`RelayError`.  It never imports the server.
 """
 
@@ -21,6 +21,7 @@ from relay.client.owner import (
     create_channel,
     publish,
     read_log,
+    remove_relay,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "create_channel",
     "publish",
     "read_log",
+    "remove_relay",
 ]

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from relay.client.connection import open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused
 from relay.protocol import crypto
-from relay.protocol.addresses import ChannelLink, parse_address
+from relay.protocol.addresses import ChannelLink, RelayAddress, parse_address
 from relay.protocol.encoding import b64d, b64e, encode
 from relay.protocol.errors import ProtocolError
 from relay.protocol.invitation import (
@@ -51,6 +51,7 @@ class RelayEntry:
     service_group: str  # b64
     group_address: str | None = None
     status: str = "new"
+    listed: bool = True  # False once the owners removed the relay: kept to read its log
 
 
 @dataclass
@@ -104,17 +105,19 @@ class OwnerState:
                 name=self.name,
                 description=self.description,
                 owners=[self.cert()],
-                relays=[r.group_address for r in self.relays if r.group_address],
+                relays=list(self.listed_addresses()),
                 updated_at=int(time.time()),
                 direct_messages=self.direct_messages,
             )
         )
         return crypto.signed(self.owner_key, crypto.Label.PROFILE, body)
 
+    def listed_addresses(self) -> tuple[str, ...]:
+        """The group addresses the profile lists: granted, and not removed by the owners."""
+        return tuple(r.group_address for r in self.relays if r.group_address and r.listed)
+
     def link(self) -> ChannelLink:
-        return ChannelLink(
-            self.kind, self.channel, tuple(r.group_address for r in self.relays if r.group_address)
-        )
+        return ChannelLink(self.kind, self.channel, self.listed_addresses())
 
     # --- the file ---
     @classmethod
@@ -167,17 +170,50 @@ class AddRelayResult:
     reason: str | None = None
 
 
+# A relay answers these when the owners closed the group themselves (they unlisted the relay, or
+# never activated it in time): asking again with a new service group starts afresh.
+OWNERS_CLOSED = ("not_listed", "activation_timeout")
+
+
 async def add_relay(state: OwnerState, path: Path, contact: str, *, timeout: float = 15.0) -> AddRelayResult:
-    """Send the sealed, signed service-group invitation; idempotent for one state file."""
+    """Send the sealed, signed service-group invitation; idempotent for one state file.
+
+    A relay the owners removed (or let lapse before activation) is invited again through a new
+    service group, and grants a new address; any other refusal is the relay's remembered answer.
+    """
     address = parse_address_or_raise(contact)
     if address.address_id is not None:
         raise RelayError("that is a group address; add-relay needs a relay's contact address (/r)")
     entry = state.relay(contact)
-    if entry is None:
-        entry = RelayEntry(contact=contact, service_group=b64e(secrets.token_bytes(16)))
-        state.relays.append(entry)
-        state.save(path)  # before sending: a retry must reuse this service group
+    if entry is not None and not entry.listed:
+        entry = _fresh_entry(state, path, contact, replacing=entry)
+    elif entry is None:
+        entry = _fresh_entry(state, path, contact)
     entry.contact = contact
+    result = await _invite(state, entry, address, timeout)
+    if result.status == "refused" and result.code in OWNERS_CLOSED:
+        entry = _fresh_entry(state, path, contact, replacing=entry)
+        result = await _invite(state, entry, address, timeout)
+    state.save(path)
+    return result
+
+
+def _fresh_entry(
+    state: OwnerState, path: Path, contact: str, *, replacing: RelayEntry | None = None
+) -> RelayEntry:
+    """A new service group for this relay, saved before anything is sent: a retry must reuse it."""
+    if replacing is not None:
+        state.relays.remove(replacing)
+    entry = RelayEntry(contact=contact, service_group=b64e(secrets.token_bytes(16)))
+    state.relays.append(entry)
+    state.save(path)
+    return entry
+
+
+async def _invite(
+    state: OwnerState, entry: RelayEntry, address: RelayAddress, timeout: float
+) -> AddRelayResult:
+    """One invitation on a fresh connection; records the answer in ``entry``."""
     async with open_session(address, timeout=timeout) as session:
         suite = crypto.strongest_suite(list(session.card.seal_keys))
         plaintext = make_invitation(
@@ -197,32 +233,32 @@ async def add_relay(state: OwnerState, path: Path, contact: str, *, timeout: flo
         answer = await session.request(Invite(suite=suite, sealed=sealed))
     if not isinstance(answer, InviteResult):
         raise RelayProtocolError(f"expected invite_result, got {type(answer).__name__}")
-    result = AddRelayResult(status=answer.status, state=answer.state, code=answer.code, reason=answer.reason)
-    if answer.status == "accepted":
-        if answer.grant is None:
-            raise RelayProtocolError("accepted without a signed address grant")
-        try:
-            grant = verify_grant(
-                answer.grant,
-                relay_key=session.card.relay_key,
-                channel=state.channel,
-                service_group=b64d(entry.service_group),
-            )
-            granted = parse_address(grant.address)
-        except ProtocolError as exc:
-            raise RelayProtocolError(f"bad address grant: {exc.reason}", code=exc.code.value) from None
-        if granted.fingerprint != address.fingerprint or granted.address_id is None:
-            raise RelayProtocolError("the granted address is not an address of this relay")
-        if entry.group_address not in (None, grant.address):
-            raise RelayProtocolError("the relay granted a different address than before")
-        entry.group_address = grant.address
-        result = AddRelayResult(status="accepted", state=answer.state, group_address=grant.address)
     entry.status = answer.status
-    state.save(path)
-    return result
+    if answer.status != "accepted":
+        return AddRelayResult(
+            status=answer.status, state=answer.state, code=answer.code, reason=answer.reason
+        )
+    if answer.grant is None:
+        raise RelayProtocolError("accepted without a signed address grant")
+    try:
+        grant = verify_grant(
+            answer.grant,
+            relay_key=session.card.relay_key,
+            channel=state.channel,
+            service_group=b64d(entry.service_group),
+        )
+        granted = parse_address(grant.address)
+    except ProtocolError as exc:
+        raise RelayProtocolError(f"bad address grant: {exc.reason}", code=exc.code.value) from None
+    if granted.fingerprint != address.fingerprint or granted.address_id is None:
+        raise RelayProtocolError("the granted address is not an address of this relay")
+    if entry.group_address not in (None, grant.address):
+        raise RelayProtocolError("the relay granted a different address than before")
+    entry.group_address = grant.address
+    return AddRelayResult(status="accepted", state=answer.state, group_address=grant.address)
 
 
-def parse_address_or_raise(text: str):  # type: ignore[no-untyped-def]
+def parse_address_or_raise(text: str) -> RelayAddress:
     try:
         return parse_address(text)
     except ProtocolError as exc:
@@ -236,14 +272,17 @@ class PublishResult:
     relays: list[dict[str, object]]
 
 
-async def publish(state: OwnerState, path: Path, *, timeout: float = 15.0) -> PublishResult:
-    """Sign a new profile version that lists every granted address, and notify each relay."""
+async def publish(
+    state: OwnerState, path: Path, *, timeout: float = 15.0, also_notify: RelayEntry | None = None
+) -> PublishResult:
+    """Sign a new profile version that lists every granted address, and notify each relay
+    (and ``also_notify``, a relay just removed, so that it stops serving the channel)."""
     state.profile_version += 1
     state.save(path)  # versions only grow, even if a notification fails below
     signed = state.profile()
     outcomes: list[dict[str, object]] = []
     for entry in state.relays:
-        if entry.group_address is None:
+        if entry.group_address is None or not (entry.listed or entry is also_notify):
             continue
         outcome: dict[str, object] = {"relay": entry.contact, "group_address": entry.group_address}
         try:
@@ -258,6 +297,22 @@ async def publish(state: OwnerState, path: Path, *, timeout: float = 15.0) -> Pu
         outcomes.append(outcome)
     state.save(path)
     return PublishResult(version=state.profile_version, link=str(state.link()), relays=outcomes)
+
+
+async def remove_relay(
+    state: OwnerState, path: Path, contact: str, *, timeout: float = 15.0
+) -> PublishResult:
+    """Stop using a relay: publish a profile version without it, to the others and to it.
+
+    The entry stays in the state file (unlisted) so that its service-group log can still be
+    read; the relay itself answers ``removed`` and keeps refusing the channel afterwards.
+    """
+    parse_address_or_raise(contact)
+    entry = state.relay(contact)
+    if entry is None or not entry.listed:
+        raise RelayError(f"{contact} is not a relay of this channel", code="unknown_relay")
+    entry.listed = False
+    return await publish(state, path, timeout=timeout, also_notify=entry)
 
 
 async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str, object]]:

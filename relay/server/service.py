@@ -50,6 +50,10 @@ from relay.store.groups import GroupRecord
 
 log = structlog.get_logger("relay.service")
 
+# Removals the owners caused; after them the channel may come back with a new service group.
+# Refusals by policy or by the operator stay remembered.
+_OWNERS_CLOSED = (ErrorCode.NOT_LISTED.value, ErrorCode.ACTIVATION_TIMEOUT.value)
+
 
 @dataclass
 class PolicyHolder:
@@ -130,12 +134,16 @@ class GroupService:
         invitation = verified.invitation
         existing = groups.by_channel(conn, invitation.channel)
         if existing is not None:
-            if not crypto.same_secret(existing.service_group, invitation.service_group):
+            if crypto.same_secret(existing.service_group, invitation.service_group):
+                return existing
+            if existing.state is not GroupState.REMOVED or existing.reason_code not in _OWNERS_CLOSED:
                 raise RemoteProtocolError(
                     ErrorCode.SERVICE_GROUP_MISMATCH,
                     "this relay already serves the channel through another service group",
                 )
-            return existing
+            # The owners closed the old group themselves (unlisted the relay, or never
+            # activated it): a new service group starts afresh, the old address stays dead.
+            groups.delete(conn, existing.id)
         profile = verified.profile.profile
         new = groups.NewGroup(
             channel=invitation.channel,

@@ -86,6 +86,12 @@ def prune_closed(conn: sqlite3.Connection, keep: int) -> int:
     return excess
 
 
+def delete(conn: sqlite3.Connection, group_id: int) -> None:
+    """Forget a group and its service log."""
+    conn.execute("DELETE FROM service_log WHERE group_id = ?", (group_id,))
+    conn.execute("DELETE FROM groups WHERE id = ?", (group_id,))
+
+
 def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
     return {s: n for s, n in conn.execute("SELECT state, n FROM group_counts")}
 
