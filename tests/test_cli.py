@@ -82,6 +82,11 @@ def test_owner_commands_and_a_refusal(relay_factory: RelayFactory, tmp_path: Pat
     assert code == 0 and published["version"] == 2 and str(published["link"]).startswith("chat-relay:/c/")
     code, log = run_json("owner", "log", "--state", good)
     assert code == 0 and log["relays"][0]["state"] == "active"  # type: ignore[index]
+    code, removed = run_json("owner", "remove-relay", "--state", good, relay.address)
+    assert code == 0 and removed["version"] == 3 and "relay=" not in str(removed["link"])
+    assert [r["state"] for r in removed["relays"]] == ["removed"]  # type: ignore[union-attr]
+    code, again = run_json("owner", "remove-relay", "--state", good, relay.address)
+    assert code == 1 and again["code"] == "unknown_relay"
 
 
 def test_admin_commands(relay_factory: RelayFactory, tmp_path: Path) -> None:
