@@ -305,7 +305,7 @@ async def remove_relay(
     """Stop using a relay: publish a profile version without it, to the others and to it.
 
     The entry stays in the state file (unlisted) so that its service-group log can still be
-    read; the relay itself answers ``removed`` and keeps refusing the channel afterwards.
+    read; the relay answers ``removed``.  A later :func:`add_relay` to it starts afresh.
     """
     parse_address_or_raise(contact)
     entry = state.relay(contact)
