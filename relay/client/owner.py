@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -68,16 +69,16 @@ class OwnerState:
     direct_messages: bool = False
     relays: list[RelayEntry] = field(default_factory=list)
 
-    # --- keys and ids ---
-    @property
+    # --- keys and ids (the secrets never change, so each is derived once) ---
+    @cached_property
     def root_key(self) -> ed25519.Ed25519PrivateKey:
         return ed25519.Ed25519PrivateKey.from_private_bytes(b64d(self.root_secret))
 
-    @property
+    @cached_property
     def owner_key(self) -> ed25519.Ed25519PrivateKey:
         return ed25519.Ed25519PrivateKey.from_private_bytes(b64d(self.owner_secret))
 
-    @property
+    @cached_property
     def channel(self) -> bytes:
         return crypto.channel_id(crypto.public_bytes(self.root_key))
 
