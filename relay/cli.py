@@ -230,10 +230,11 @@ def _admin(args: argparse.Namespace) -> Any:
 
 
 def cmd_admin_groups(args: argparse.Namespace) -> dict[str, Any]:
+    limit = min(max(args.limit, 1), 1000)  # what the operator port serves at most
     with _admin(args) as admin:
-        page = admin.groups(args.state_filter, after=args.after, limit=args.limit)
+        page = admin.groups(args.state_filter, after=args.after, limit=limit)
     result: dict[str, Any] = {"status": "ok", "groups": page}
-    if len(page) == args.limit:
+    if len(page) == limit:
         result["next_after"] = page[-1]["id"]  # more may follow: pass it as --after
     return result
 
