@@ -44,6 +44,7 @@ from relay.protocol.messages import (
     ProfileUpdate,
     Signed,
 )
+from relay.protocol.state import OWNERS_CLOSED
 
 
 @dataclass
@@ -171,11 +172,6 @@ class AddRelayResult:
     reason: str | None = None
 
 
-# A relay answers these when the owners closed the group themselves (they unlisted the relay, or
-# never activated it in time): asking again with a new service group starts afresh.
-OWNERS_CLOSED = ("not_listed", "activation_timeout")
-
-
 async def add_relay(state: OwnerState, path: Path, contact: str, *, timeout: float = 15.0) -> AddRelayResult:
     """Send the sealed, signed service-group invitation; idempotent for one state file.
 
@@ -186,10 +182,8 @@ async def add_relay(state: OwnerState, path: Path, contact: str, *, timeout: flo
     if address.address_id is not None:
         raise RelayError("that is a group address; add-relay needs a relay's contact address (/r)")
     entry = state.relay(contact)
-    if entry is not None and not entry.listed:
+    if entry is None or not entry.listed:
         entry = _fresh_entry(state, path, contact, replacing=entry)
-    elif entry is None:
-        entry = _fresh_entry(state, path, contact)
     entry.contact = contact
     result = await _invite(state, entry, address, timeout)
     if result.status == "refused" and result.code in OWNERS_CLOSED:

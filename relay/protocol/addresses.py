@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
 from relay.protocol.encoding import b64d, b64e
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
@@ -49,17 +49,29 @@ def group_address(base: str, fingerprint: bytes, address_id: str) -> str:
     return str(RelayAddress(base.rstrip("/"), fingerprint, address_id))
 
 
-def parse_address(text: str) -> RelayAddress:
-    """Parse a contact or group address; anything else is ``bad_type`` with the reason."""
+def _split_base(text: str, what: str) -> SplitResult:
+    """``text`` split as a URL whose base is ``http(s)://HOST:PORT``, the port written out."""
     try:
         parts = urlsplit(text)
         port = parts.port  # urllib checks the port only when asked, with a ValueError
     except ValueError:
         port = None
     if port is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RemoteProtocolError(
-            ErrorCode.BAD_TYPE, f"not a relay address (need http(s)://HOST:PORT/...#KEY): {text!r}"
-        )
+        raise RemoteProtocolError(ErrorCode.BAD_TYPE, f"not {what}: {text!r}")
+    return parts
+
+
+def parse_base(text: str) -> str:
+    """A public base URL, ``http(s)://HOST:PORT`` and nothing after it (a trailing ``/`` aside)."""
+    parts = _split_base(text, "http(s)://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise RemoteProtocolError(ErrorCode.BAD_TYPE, f"not http(s)://HOST:PORT with no path: {text!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_address(text: str) -> RelayAddress:
+    """Parse a contact or group address; anything else is ``bad_type`` with the reason."""
+    parts = _split_base(text, "a relay address (need http(s)://HOST:PORT/...#KEY)")
     fingerprint = b64d(parts.fragment, length=32, what="relay fingerprint")
     base = f"{parts.scheme}://{parts.netloc}"
     if parts.path == "/r":

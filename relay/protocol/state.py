@@ -7,7 +7,8 @@ States (see docs/protocol.md):
        └─reject─> rejected  └─timeout/remove─> removed <──unlist/remove─┘
 
 ``rejected`` and ``removed`` are terminal: a repeated invitation for such a
-channel gets the same refusal.  Pure code: callers apply the returned state.
+channel gets the same refusal, unless the owners closed the group themselves
+(:data:`OWNERS_CLOSED`).  Pure code: callers apply the returned state.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class GroupState(enum.StrEnum):
     @property
     def has_address(self) -> bool:
         return self in (GroupState.ACCEPTED, GroupState.ACTIVE, GroupState.SUSPENDED)
+
+
+# Reason codes of removals the owners caused (they unlisted the relay, or never activated the
+# group in time).  After one, a new service group may bring the channel back with a new
+# address; refusals by policy or by the operator stay remembered.
+OWNERS_CLOSED = frozenset({ErrorCode.NOT_LISTED.value, ErrorCode.ACTIVATION_TIMEOUT.value})
 
 
 class Transition(enum.StrEnum):

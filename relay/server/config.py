@@ -80,32 +80,22 @@ class ConfigError(Exception):
 def validate(config: Config) -> Config:
     """Checks msgspec cannot express: addresses and patterns.  Raises :class:`ConfigError`."""
     import re
-    from urllib.parse import urlsplit
+
+    from relay.protocol.addresses import parse_base
+    from relay.protocol.errors import ProtocolError
 
     for key in ("listen", "admin_listen"):
         try:
             split_host_port(getattr(config.server, key))
         except ConfigError as exc:
             raise ConfigError(f"server.{key}: {exc}") from None
-    url = config.server.public_url
-    if url:
+    if config.server.public_url:
         try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            port = None
-        if (
-            parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or port is None
-            or parts.path not in ("", "/")
-            or parts.query
-            or parts.fragment
-        ):
+            parse_base(config.server.public_url)
+        except ProtocolError as exc:
             raise ConfigError(
-                f"server.public_url: {url!r} must be http(s)://HOST:PORT with no path "
-                "(the address clients reach this relay's public port at)"
-            )
+                f"server.public_url: {exc.reason} (the URL clients reach this relay's public port at)"
+            ) from None
     for index, pattern in enumerate(config.policy.deny_patterns):
         try:
             re.compile(pattern)

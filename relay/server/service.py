@@ -41,7 +41,7 @@ from relay.protocol.messages import (
     Signed,
 )
 from relay.protocol.profile import MAX_SIGNED_BODY, ProfilePolicy, VerifiedProfile, verify_profile
-from relay.protocol.state import GroupState, Transition, transition
+from relay.protocol.state import OWNERS_CLOSED, GroupState, Transition, transition
 from relay.server.identity import Identity
 from relay.server.metrics import Metrics
 from relay.store import groups
@@ -49,10 +49,6 @@ from relay.store.db import Database
 from relay.store.groups import GroupRecord
 
 log = structlog.get_logger("relay.service")
-
-# Removals the owners caused; after them the channel may come back with a new service group.
-# Refusals by policy or by the operator stay remembered.
-_OWNERS_CLOSED = (ErrorCode.NOT_LISTED.value, ErrorCode.ACTIVATION_TIMEOUT.value)
 
 
 @dataclass
@@ -136,7 +132,7 @@ class GroupService:
         if existing is not None:
             if crypto.same_secret(existing.service_group, invitation.service_group):
                 return existing
-            if existing.state is not GroupState.REMOVED or existing.reason_code not in _OWNERS_CLOSED:
+            if existing.state is not GroupState.REMOVED or existing.reason_code not in OWNERS_CLOSED:
                 raise RemoteProtocolError(
                     ErrorCode.SERVICE_GROUP_MISMATCH,
                     "this relay already serves the channel through another service group",
