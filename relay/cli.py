@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,13 @@ def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
     path = _state_path(args)
     if path.exists():
         raise Failure(f"{path} already exists; it holds another channel's secrets")
-    state = create_channel(args.name, kind=args.kind, description=args.description)
+    state = create_channel(
+        args.name,
+        kind=args.kind,
+        description=args.description,
+        admission=args.admission,
+        max_members=args.max_members,
+    )
     state.save(path)
     from relay.protocol.encoding import b64e
 
@@ -194,6 +201,10 @@ def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
 
     path = _state_path(args)
     state = OwnerState.load(path)
+    if args.admission is not None:
+        state.admission = args.admission
+    if args.max_members is not None:
+        state.max_members = args.max_members
     return _published(trio.run(publish, state, path))
 
 
@@ -218,6 +229,81 @@ def cmd_owner_log(args: argparse.Namespace) -> dict[str, Any]:
 
     state = OwnerState.load(_state_path(args))
     return {"status": "ok", "relays": trio.run(read_log, state)}
+
+
+def _owner_command(args: argparse.Namespace, action: str, member: str = "", note: str = "") -> dict[str, Any]:
+    from relay.client.owner import OwnerState, owner_command
+
+    state = OwnerState.load(_state_path(args))
+    views = trio.run(partial(owner_command, state, action, member=member, note=note))
+    relays = [{k: v for k, v in view.__dict__.items() if v not in (None, "")} for view in views]
+    if not relays:
+        raise Failure("no relay serves this channel yet (add one and publish)", code="no_relay")
+    out = {"status": "ok", "relays": relays}
+    if all("error" in r for r in relays):
+        first = relays[0]
+        raise Failure(str(first.get("reason")), **{**out, "status": "error", "code": first["error"]})
+    return out
+
+
+def cmd_owner_pending(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "list_pending")
+
+
+def cmd_owner_approve(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "approve_member", member=args.member)
+
+
+def cmd_owner_refuse(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "refuse_member", member=args.member, note=args.reason or "")
+
+
+def cmd_owner_suspend(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "suspend_admission")
+
+
+def cmd_owner_resume(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "resume_admission")
+
+
+# --- member ------------------------------------------------------------------
+
+
+def _member_out(state: Any) -> dict[str, Any]:
+    relays = [{k: v for k, v in r.__dict__.items() if v is not None} for r in state.relays]
+    out = {
+        "status": "ok",
+        "member": state.member_id,
+        "profile_version": state.profile_version,
+        "relays": relays,
+    }
+    if relays and all(r["status"] in ("refused", "unusable") for r in relays):
+        raise Failure("no relay took the request", **{**out, "status": "refused"})
+    return out
+
+
+def cmd_member_join(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.member import MemberState, join
+    from relay.protocol.errors import ProtocolError
+
+    path = _state_path(args)
+    if path.exists():
+        state = MemberState.load(path)
+        if state.link != args.link:
+            raise Failure(f"{path} holds a member of another channel link; use another --state file")
+    else:
+        try:
+            state = MemberState.new(args.link, name=args.name, about=args.about)
+        except ProtocolError as exc:
+            raise Failure(exc.reason, code=exc.code.value) from None
+    return _member_out(trio.run(partial(join, state, path, wait=args.wait)))
+
+
+def cmd_member_status(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.member import MemberState, status
+
+    path = _state_path(args)
+    return _member_out(trio.run(partial(status, MemberState.load(path), path, wait=args.wait)))
 
 
 # --- operator ----------------------------------------------------------------
@@ -254,12 +340,47 @@ def cmd_admin_reject(args: argparse.Namespace) -> dict[str, Any]:
         return {"status": "ok", "group": admin.reject(args.id, args.reason)}
 
 
+def cmd_admin_held(args: argparse.Namespace) -> dict[str, Any]:
+    limit = min(max(args.limit, 1), 1000)
+    with _admin(args) as admin:
+        page = admin.held(dead_only=args.dead, after=args.after, limit=limit)
+    result: dict[str, Any] = {"status": "ok", "requests": page}
+    if len(page) == limit:
+        result["next_after"] = page[-1]["id"]
+    return result
+
+
+def cmd_admin_retry(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "request": admin.retry(args.id)}
+
+
 # --- human output ------------------------------------------------------------
 
 
 def _human(result: dict[str, Any]) -> str:
     if "address" in result and len(result) <= 4:
         return str(result["address"])
+    if "requests" in result:
+        rows = [
+            f"{r['id']:>8}  {r['group']:>6}  {r['status']:<8} {r['attempts']:>3}  {r.get('last_error') or ''}"
+            for r in result["requests"]
+        ]
+        return "\n".join(["      id   group  status   try  last error", *rows]) if rows else "no requests"
+    if "member" in result and "relays" in result:
+        lines = [f"member {result['member']}"]
+        for relay in result["relays"]:
+            why = f" ({relay.get('code')}: {relay.get('reason')})" if relay.get("code") else ""
+            lines.append(f"  {relay['address']}: {relay['status']}{why}")
+        return "\n".join(lines)
+    if "relays" in result and result["relays"] and "admission" in result["relays"][0]:
+        lines = []
+        for relay in result["relays"]:
+            admission, members = relay["admission"], relay["members"]
+            lines.append(f"{relay['relay']}: {relay['state']}, admission {admission}, {members} members")
+            for p in relay.get("pending", []):
+                lines.append(f"  pending {p['member']}  {p['name']!r}  {p['about']}")
+        return "\n".join(lines)
     if "groups" in result:
         rows = [f"{g['id']:>6}  {g['state']:<10} {g['kind']:<8} {g['name']}" for g in result["groups"]]
         return "\n".join(["    id  state      kind     name", *rows]) if rows else "no groups"
@@ -306,11 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--kind", choices=["channel", "group"], default="channel")
     p.add_argument("--description", default="")
+    p.add_argument("--admission", choices=["auto", "approval"], default="auto", help="how members get in")
+    p.add_argument("--max-members", type=int, default=0, help="the owners' member limit (0: none)")
     p = command(owner, "add-relay", cmd_owner_add_relay, "invite a relay to serve the channel")
     p.add_argument("--state", required=True)
     p.add_argument("relay_address", metavar="RELAY_ADDRESS")
     p = command(owner, "publish", cmd_owner_publish, "sign the profile listing the relays and notify them")
     p.add_argument("--state", required=True)
+    p.add_argument("--admission", choices=["auto", "approval"], help="change how members get in")
+    p.add_argument("--max-members", type=int, help="change the owners' member limit (0: none)")
     p = command(
         owner, "remove-relay", cmd_owner_remove_relay, "publish a profile without a relay; it stops serving"
     )
@@ -318,6 +443,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("relay_address", metavar="RELAY_ADDRESS")
     p = command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")
     p.add_argument("--state", required=True)
+    p = command(owner, "pending", cmd_owner_pending, "list members waiting for the owners' approval")
+    p.add_argument("--state", required=True)
+    p = command(owner, "approve", cmd_owner_approve, "admit a member waiting for approval")
+    p.add_argument("--state", required=True)
+    p.add_argument("member", metavar="MEMBER", help="the member id, as 'relay owner pending' shows it")
+    p = command(owner, "refuse", cmd_owner_refuse, "turn down a member waiting for approval")
+    p.add_argument("--state", required=True)
+    p.add_argument("member", metavar="MEMBER", help="the member id, as 'relay owner pending' shows it")
+    p.add_argument("--reason", help="told to the member")
+    p = command(owner, "suspend-admission", cmd_owner_suspend, "pause admissions on every relay")
+    p.add_argument("--state", required=True)
+    p = command(owner, "resume-admission", cmd_owner_resume, "resume admissions on every relay")
+    p.add_argument("--state", required=True)
+
+    member = sub.add_parser("member", help="member commands").add_subparsers(dest="member_cmd", required=True)
+    p = command(member, "join", cmd_member_join, "ask every relay of a channel link to admit you")
+    p.add_argument("--state", required=True, help="your member file (created on first join; one per channel)")
+    p.add_argument("--name", default="member", help="the name the owners see")
+    p.add_argument("--about", default="", help="a line about you for the owners")
+    p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for a decision")
+    p.add_argument("link", metavar="LINK")
+    p = command(member, "status", cmd_member_status, "ask each relay for the decision on your request")
+    p.add_argument("--state", required=True)
+    p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for a decision")
 
     admin = sub.add_parser("admin", help="operator commands (operator port)").add_subparsers(
         dest="admin_cmd", required=True
@@ -327,14 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
         ("group", cmd_admin_group, "show one group and its service log"),
         ("approve", cmd_admin_approve, "approve a group waiting for manual approval"),
         ("reject", cmd_admin_reject, "reject a group waiting for manual approval"),
+        ("held", cmd_admin_held, "list join requests still queued (held or dead-lettered)"),
+        ("retry", cmd_admin_retry, "put a dead-lettered join request back in its queue"),
     ):
         p = command(admin, name, func, help_)
         p.add_argument("--data")
         p.add_argument("--admin", help="operator HOST:PORT")
+        if name in ("groups", "held"):
+            p.add_argument("--after", type=int, default=0, help="only those with an id above this")
+            p.add_argument("--limit", type=int, default=100, help="at most this many (up to 1000)")
         if name == "groups":
             p.add_argument("--state", dest="state_filter", help="only groups in this state")
-            p.add_argument("--after", type=int, default=0, help="only groups with an id above this")
-            p.add_argument("--limit", type=int, default=100, help="at most this many (up to 1000)")
+        elif name == "held":
+            p.add_argument("--dead", action="store_true", help="only dead-lettered requests")
         else:
             p.add_argument("id", type=int)
         if name == "reject":

@@ -34,12 +34,23 @@ from relay.protocol.messages import (
     Invitation,
     Invite,
     InviteResult,
+    Join,
+    JoinRequest,
+    JoinResult,
+    JoinStatus,
     LogEntry,
     LogRequest,
     LogResult,
+    MemberProfile,
+    MemberRequest,
     OwnerCert,
+    OwnerCommand,
+    OwnerCommandResult,
     OwnerRequest,
+    PendingMember,
     Profile,
+    ProfileAnswer,
+    ProfileRequest,
     ProfileResult,
     ProfileUpdate,
     Signed,
@@ -64,12 +75,17 @@ SERVICE_GROUP = bytes([0x11]) * 16
 INVITATION_NONCE = bytes([0x22]) * 16
 HELLO_NONCE = bytes([0x33]) * 32
 REQUEST_NONCE = bytes([0x44]) * 16
+MEMBER_SECRET = bytes([0x07]) * 32
+JOIN_NONCE = bytes([0x55]) * 16
 ADDRESS_ID = b64e(bytes(range(16)))
 BASE = "http://relay.example:7300"
 HTTPS_BASE = "https://relay.example:443"
 SOFTWARE = "chat-relay/0.1.0"
 PROFILE_NAME = "Example channel"
 PROFILE_DESCRIPTION = "Test vectors for chat-relay"
+
+
+MEMBER = ed25519.Ed25519PrivateKey.from_private_bytes(MEMBER_SECRET)
 
 
 # --- builders (also used by test_protocol.py and test_fuzz.py) ---------------
@@ -291,6 +307,8 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         "x25519_public": seal_public[crypto.SUITE_X25519.name].hex(),
         "mlkem768_seed": MLKEM_SEED.hex(),
         "hybrid_public_sha256": crypto.digest(seal_public[crypto.SUITE_HYBRID.name]).hex(),
+        "member_secret": MEMBER_SECRET.hex(),
+        "member_public": crypto.public_bytes(MEMBER).hex(),
     }
     vectors["owner_cert_1"] = _signed_group(
         "The root key authorises owner_public for the channel (OwnerCert, signed by the root).",
@@ -371,6 +389,53 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         nonce=REQUEST_NONCE.hex(),
         created_at=T0 + 6,
     )
+    member_profile = encode(MemberProfile(name="Ada", about="reads the weather"))
+    join = crypto.signed(
+        MEMBER,
+        crypto.Label.JOIN_REQUEST,
+        encode(
+            JoinRequest(
+                relay=f.fingerprint,
+                channel=f.channel,
+                address=ADDRESS_ID,
+                member_profile=member_profile,
+                created_at=T0 + 7,
+                nonce=JOIN_NONCE,
+            )
+        ),
+    )
+    vectors["join_request"] = _signed_group(
+        "A JoinRequest to the group address ADDRESS_ID, signed by the member key; member_profile is "
+        "an encoded MemberProfile.",
+        crypto.Label.JOIN_REQUEST,
+        join,
+        address=ADDRESS_ID,
+        member_profile=member_profile.hex(),
+        nonce=JOIN_NONCE.hex(),
+        created_at=T0 + 7,
+    )
+    status = crypto.signed(
+        MEMBER,
+        crypto.Label.MEMBER_REQUEST,
+        encode(
+            MemberRequest(
+                relay=f.fingerprint,
+                channel=f.channel,
+                address=ADDRESS_ID,
+                action="status",
+                created_at=T0 + 8,
+                nonce=JOIN_NONCE,
+            )
+        ),
+    )
+    vectors["member_request"] = _signed_group(
+        "A MemberRequest asking for the decision on the member's join request, signed by the member key.",
+        crypto.Label.MEMBER_REQUEST,
+        status,
+        action="status",
+        nonce=JOIN_NONCE.hex(),
+        created_at=T0 + 8,
+    )
     sealed_x = bytes.fromhex(vectors["seal_x25519"]["sealed"])
     frames = {
         "hello": Hello(version=PROTOCOL_VERSION, nonce=HELLO_NONCE),
@@ -389,6 +454,25 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         "log_result": LogResult(
             state="active",
             entries=[LogEntry(seq=1, at=T0 + 4, event="address_issued", detail=f.group_address)],
+        ),
+        "profile_request": ProfileRequest(),
+        "profile": ProfileAnswer(profile=f.profile, state="active"),
+        "join": Join(request=join),
+        "join_result_held": JoinResult(
+            status="held",
+            reason="the group is not active yet; the request is kept and decided once it is",
+            received_at=T0 + 7,
+        ),
+        "join_status": JoinStatus(request=status, wait=30.0),
+        "join_result_admitted": JoinResult(status="admitted", received_at=T0 + 7, decided_at=T0 + 8),
+        "owner_command": OwnerCommand(request=request),
+        "owner_result": OwnerCommandResult(
+            state="active",
+            admission="open",
+            members=1,
+            pending=[
+                PendingMember(member=crypto.public_bytes(MEMBER), name="Ada", about="", received_at=T0 + 7)
+            ],
         ),
         "error": Error(code="unknown_group", reason="no group has this address"),
     }

@@ -28,6 +28,7 @@ from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from relay.protocol.handshake import verify_welcome
 from relay.protocol.invitation import SEAL_PURPOSE, verify_grant, verify_invitation, verify_owner_request
+from relay.protocol.membership import stored_join, verify_join_request, verify_member_request
 from relay.protocol.messages import (
     AddressGrant,
     ClientFrame,
@@ -36,11 +37,21 @@ from relay.protocol.messages import (
     Invitation,
     Invite,
     InviteResult,
+    Join,
+    JoinRequest,
+    JoinResult,
+    JoinStatus,
     LogRequest,
     LogResult,
+    MemberProfile,
+    MemberRequest,
     OwnerCert,
+    OwnerCommand,
+    OwnerCommandResult,
     OwnerRequest,
     Profile,
+    ProfileAnswer,
+    ProfileRequest,
     ProfileResult,
     ProfileUpdate,
     RelayCard,
@@ -71,6 +82,13 @@ FRAME_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     ProfileResult,
     LogRequest,
     LogResult,
+    ProfileRequest,
+    ProfileAnswer,
+    Join,
+    JoinStatus,
+    JoinResult,
+    OwnerCommand,
+    OwnerCommandResult,
     Error,
 )
 BODY_STRUCTS: tuple[type[msgspec.Struct], ...] = (
@@ -81,11 +99,26 @@ BODY_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     AddressGrant,
     RelayCard,
     OwnerRequest,
+    JoinRequest,
+    MemberRequest,
+    MemberProfile,
 )
 TARGETS: list[tuple[Any, tuple[type, ...]]] = [
     *((t, (t,)) for t in FRAME_STRUCTS + BODY_STRUCTS),
-    (ClientFrame, (Hello, Invite, ProfileUpdate, LogRequest)),
-    (RelayFrame, (Welcome, InviteResult, ProfileResult, LogResult, Error)),
+    (ClientFrame, (Hello, Invite, ProfileUpdate, LogRequest, ProfileRequest, Join, JoinStatus, OwnerCommand)),
+    (
+        RelayFrame,
+        (
+            Welcome,
+            InviteResult,
+            ProfileResult,
+            LogResult,
+            ProfileAnswer,
+            JoinResult,
+            OwnerCommandResult,
+            Error,
+        ),
+    ),
 ]
 TAGS = [str(t.__struct_config__.tag) for t in FRAME_STRUCTS]
 FIELD_NAMES = sorted({name for t in FRAME_STRUCTS + BODY_STRUCTS for name in t.__struct_fields__})
@@ -359,9 +392,34 @@ def test_verifiers_on_arbitrary_signed_values(signed: Signed, key: bytes, certs:
     only_protocol_errors(verify_owner_chain, F.channel, F.root_public, [F.cert1, *certs])
     only_protocol_errors(verify_grant, signed, relay_key=key, channel=F.channel, service_group=bytes(16))
     only_protocol_errors(
-        verify_owner_request, signed, action="read_log", relay_fingerprint=F.fingerprint, now=T0, max_age=600
+        verify_owner_request,
+        signed,
+        actions=("read_log",),
+        relay_fingerprint=F.fingerprint,
+        now=T0,
+        max_age=600,
     )
     only_protocol_errors(verify_welcome, Welcome(card=signed), fingerprint=crypto.fingerprint(key), nonce=key)
+    only_protocol_errors(
+        verify_join_request,
+        signed,
+        relay_fingerprint=F.fingerprint,
+        channel=F.channel,
+        address_id="A" * 22,
+        now=T0,
+        max_age=600,
+        max_profile_bytes=1024,
+    )
+    only_protocol_errors(
+        verify_member_request,
+        signed,
+        relay_fingerprint=F.fingerprint,
+        channel=F.channel,
+        address_id="A" * 22,
+        now=T0,
+        max_age=600,
+    )
+    only_protocol_errors(stored_join, encode(signed))
     only_protocol_errors(
         verify_invitation, encode(signed), relay_fingerprint=F.fingerprint, now=T0, max_age=600
     )
@@ -374,6 +432,8 @@ LABELS = [
     crypto.Label.ADDRESS_GRANT,
     crypto.Label.WELCOME,
     crypto.Label.OWNER_REQUEST,
+    crypto.Label.JOIN_REQUEST,
+    crypto.Label.MEMBER_REQUEST,
 ]
 
 
@@ -393,12 +453,32 @@ def test_verifiers_on_validly_signed_random_bodies(label: bytes, body: bytes) ->
     only_protocol_errors(
         verify_owner_request,
         by_owner,
-        action="read_log",
+        actions=("read_log",),
         relay_fingerprint=F.fingerprint,
         now=T0,
         max_age=600,
     )
     only_protocol_errors(verify_welcome, Welcome(card=by_relay), fingerprint=F.fingerprint, nonce=bytes(32))
+    only_protocol_errors(
+        verify_join_request,
+        by_owner,
+        relay_fingerprint=F.fingerprint,
+        channel=F.channel,
+        address_id="A" * 22,
+        now=T0,
+        max_age=600,
+        max_profile_bytes=1024,
+    )
+    only_protocol_errors(
+        verify_member_request,
+        by_owner,
+        relay_fingerprint=F.fingerprint,
+        channel=F.channel,
+        address_id="A" * 22,
+        now=T0,
+        max_age=600,
+    )
+    only_protocol_errors(stored_join, encode(by_owner))
     only_protocol_errors(
         verify_invitation, encode(by_owner), relay_fingerprint=F.fingerprint, now=T0, max_age=600
     )

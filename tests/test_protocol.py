@@ -530,26 +530,32 @@ def test_owner_request_rules() -> None:
         now=T0,
     )
     got = verify_owner_request(
-        request, action="read_log", relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE
+        request, actions=("read_log",), relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE
     )
     assert got.action == "read_log"
     with raises(ErrorCode.WRONG_RELAY):
-        verify_owner_request(request, action="read_log", relay_fingerprint=bytes(32), now=T0, max_age=MAX_AGE)
+        verify_owner_request(
+            request, actions=("read_log",), relay_fingerprint=bytes(32), now=T0, max_age=MAX_AGE
+        )
     with raises(ErrorCode.INVITATION_STALE):
         verify_owner_request(
-            request, action="read_log", relay_fingerprint=F.fingerprint, now=T0 + MAX_AGE + 1, max_age=MAX_AGE
+            request,
+            actions=("read_log",),
+            relay_fingerprint=F.fingerprint,
+            now=T0 + MAX_AGE + 1,
+            max_age=MAX_AGE,
         )
     with raises(ErrorCode.BAD_SIGNATURE):
         verify_owner_request(
             Signed(body=request.body, signer=F.owner2_public, sig=request.sig),
-            action="read_log",
+            actions=("read_log",),
             relay_fingerprint=F.fingerprint,
             now=T0,
             max_age=MAX_AGE,
         )
     with raises(ErrorCode.UNEXPECTED_MESSAGE):  # signed for one command, replayed as another
         verify_owner_request(
-            request, action="remove_group", relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE
+            request, actions=("remove_group",), relay_fingerprint=F.fingerprint, now=T0, max_age=MAX_AGE
         )
 
 

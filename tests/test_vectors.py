@@ -38,6 +38,7 @@ from relay.protocol.invitation import (
     verify_invitation,
     verify_owner_request,
 )
+from relay.protocol.membership import verify_join_request, verify_member_request
 from relay.protocol.messages import (
     PROTOCOL_VERSION,
     AddressGrant,
@@ -47,12 +48,23 @@ from relay.protocol.messages import (
     Invitation,
     Invite,
     InviteResult,
+    Join,
+    JoinRequest,
+    JoinResult,
+    JoinStatus,
     LogEntry,
     LogRequest,
     LogResult,
+    MemberProfile,
+    MemberRequest,
     OwnerCert,
+    OwnerCommand,
+    OwnerCommandResult,
     OwnerRequest,
+    PendingMember,
     Profile,
+    ProfileAnswer,
+    ProfileRequest,
     ProfileResult,
     ProfileUpdate,
     RelayCard,
@@ -90,7 +102,7 @@ SEAL_KEYS = crypto.SealKeys.from_secrets(h(KEYS["x25519_secret"]), h(KEYS["mlkem
 # --- keys and identifiers ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["root", "owner", "owner2", "relay"])
+@pytest.mark.parametrize("name", ["root", "owner", "owner2", "relay", "member"])
 def test_public_keys_derive_from_the_secrets(name: str) -> None:
     assert crypto.public_bytes(private(name)).hex() == KEYS[f"{name}_public"]
 
@@ -125,6 +137,8 @@ SIGNED_GROUPS = {
     "address_grant": ("relay", crypto.Label.ADDRESS_GRANT),
     "welcome_card": ("relay", crypto.Label.WELCOME),
     "owner_request": ("owner", crypto.Label.OWNER_REQUEST),
+    "join_request": ("member", crypto.Label.JOIN_REQUEST),
+    "member_request": ("member", crypto.Label.MEMBER_REQUEST),
 }
 
 
@@ -285,7 +299,7 @@ def test_owner_request_body_and_verification() -> None:
     assert encode(expected).hex() == g["body"]
     request = verify_owner_request(
         signed_of("owner_request"),
-        action="read_log",
+        actions=("read_log",),
         relay_fingerprint=FINGERPRINT,
         now=g["created_at"],
         max_age=600,
@@ -381,6 +395,43 @@ def expected_frames() -> dict[str, tuple[msgspec.Struct, Any]]:
             ),
             RelayFrame,
         ),
+        "profile_request": (ProfileRequest(), ClientFrame),
+        "profile": (ProfileAnswer(profile=signed_of("profile"), state="active"), RelayFrame),
+        "join": (Join(request=signed_of("join_request")), ClientFrame),
+        "join_result_held": (
+            JoinResult(
+                status="held",
+                reason="the group is not active yet; the request is kept and decided once it is",
+                received_at=V["join_request"]["created_at"],
+            ),
+            RelayFrame,
+        ),
+        "join_status": (JoinStatus(request=signed_of("member_request"), wait=30.0), ClientFrame),
+        "join_result_admitted": (
+            JoinResult(
+                status="admitted",
+                received_at=V["join_request"]["created_at"],
+                decided_at=V["member_request"]["created_at"],
+            ),
+            RelayFrame,
+        ),
+        "owner_command": (OwnerCommand(request=signed_of("owner_request")), ClientFrame),
+        "owner_result": (
+            OwnerCommandResult(
+                state="active",
+                admission="open",
+                members=1,
+                pending=[
+                    PendingMember(
+                        member=h(KEYS["member_public"]),
+                        name="Ada",
+                        about="",
+                        received_at=V["join_request"]["created_at"],
+                    )
+                ],
+            ),
+            RelayFrame,
+        ),
         "error": (Error(code="unknown_group", reason="no group has this address"), RelayFrame),
     }
 
@@ -398,6 +449,13 @@ def test_every_frame_type_has_a_vector() -> None:
         "profile_result",
         "log_request",
         "log_result",
+        "profile_request",
+        "profile",
+        "join",
+        "join_result",
+        "join_status",
+        "owner_command",
+        "owner_result",
         "error",
     }
 
@@ -535,9 +593,55 @@ def test_doc_names_every_error_code_frame_label_suite_and_state() -> None:
     assert missing_codes == set()
     tags = {t.__struct_config__.tag for t in (Hello, Welcome, Invite, InviteResult, ProfileUpdate)}
     tags |= {t.__struct_config__.tag for t in (ProfileResult, LogRequest, LogResult, Error)}
+    tags |= {t.__struct_config__.tag for t in (ProfileRequest, ProfileAnswer, Join, JoinStatus, JoinResult)}
+    tags |= {t.__struct_config__.tag for t in (OwnerCommand, OwnerCommandResult)}
     labels = {v.decode() for k, v in vars(crypto.Label).items() if not k.startswith("_")}
     states = {s.value for s in GroupState}
     suites = set(crypto.SUITES)
     assert (tags | labels | states | suites) - rows == set()
     # transitions are in the middle column of the state table
     assert [t.value for t in Transition if f"| `{t.value}` |" not in DOC] == []
+
+
+def test_join_request_body_and_verification() -> None:
+    g = V["join_request"]
+    member_profile = h(g["member_profile"])
+    assert decode(member_profile, MemberProfile, limit=1 << 10) == MemberProfile(
+        name="Ada", about="reads the weather"
+    )
+    expected = JoinRequest(
+        relay=FINGERPRINT,
+        channel=CHANNEL,
+        address=g["address"],
+        member_profile=member_profile,
+        created_at=g["created_at"],
+        nonce=h(g["nonce"]),
+    )
+    assert encode(expected).hex() == g["body"]
+    verified = verify_join_request(
+        signed_of("join_request"),
+        relay_fingerprint=FINGERPRINT,
+        channel=CHANNEL,
+        address_id=g["address"],
+        now=g["created_at"],
+        max_age=600,
+        max_profile_bytes=1024,
+    )
+    assert verified.member_key.hex() == KEYS["member_public"]
+    m = V["member_request"]
+    status = verify_member_request(
+        signed_of("member_request"),
+        relay_fingerprint=FINGERPRINT,
+        channel=CHANNEL,
+        address_id=g["address"],
+        now=m["created_at"],
+        max_age=600,
+    )
+    assert status == MemberRequest(
+        relay=FINGERPRINT,
+        channel=CHANNEL,
+        address=g["address"],
+        action="status",
+        created_at=m["created_at"],
+        nonce=h(m["nonce"]),
+    )

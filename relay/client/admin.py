@@ -66,3 +66,13 @@ class AdminClient:
 
     def reject(self, group_id: int, reason: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/admin/groups/{group_id}/reject", json={"reason": reason}))
+
+    def held(self, *, dead_only: bool = False, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Join requests still queued (held or dead-lettered), in arrival order, one page."""
+        params: dict[str, str | int] = {"after": after, "limit": limit}
+        if dead_only:
+            params["status"] = "dead"
+        return list(self._call("GET", "/admin/held", params=params)["requests"])
+
+    def retry(self, request_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/admin/held/{request_id}/retry"))

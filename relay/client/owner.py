@@ -10,8 +10,6 @@ for the same group and gets the same address.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.client.connection import open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused
+from relay.client.statefile import load_state, save_private
 from relay.protocol import crypto
 from relay.protocol.addresses import ChannelLink, RelayAddress, parse_address
 from relay.protocol.encoding import b64d, b64e, encode
@@ -39,6 +38,8 @@ from relay.protocol.messages import (
     LogRequest,
     LogResult,
     OwnerCert,
+    OwnerCommand,
+    OwnerCommandResult,
     Profile,
     ProfileResult,
     ProfileUpdate,
@@ -68,6 +69,8 @@ class OwnerState:
     owner_cert: dict[str, str]
     profile_version: int = 1
     direct_messages: bool = False
+    admission: str = "auto"  # "auto" | "approval": signed into the profile
+    max_members: int = 0  # 0: no limit of the owners' own
     relays: list[RelayEntry] = field(default_factory=list)
 
     # --- keys and ids (the secrets never change, so each is derived once) ---
@@ -110,6 +113,8 @@ class OwnerState:
                 relays=list(self.listed_addresses()),
                 updated_at=int(time.time()),
                 direct_messages=self.direct_messages,
+                admission=self.admission,
+                max_members=self.max_members,
             )
         )
         return crypto.signed(self.owner_key, crypto.Label.PROFILE, body)
@@ -124,27 +129,18 @@ class OwnerState:
     # --- the file ---
     @classmethod
     def load(cls, path: Path) -> OwnerState:
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RelayError(f"no owner state at {path} (run 'relay owner create' first)") from None
-        except ValueError as exc:
-            raise RelayError(f"{path} is not an owner state file: {exc}") from None
+        raw = load_state(path, "owner", "relay owner create")
         raw["relays"] = [RelayEntry(**r) for r in raw.get("relays", [])]
         return cls(**raw)
 
     def save(self, path: Path) -> None:
         """Write atomically with mode 0600: the file holds the channel's secrets."""
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        save_private(path, asdict(self))
 
 
-def create_channel(name: str, *, kind: str = "channel", description: str = "") -> OwnerState:
+def create_channel(
+    name: str, *, kind: str = "channel", description: str = "", admission: str = "auto", max_members: int = 0
+) -> OwnerState:
     """A new channel: a fresh root key, a fresh owner key, and the root's cert for it."""
     root = ed25519.Ed25519PrivateKey.generate()
     owner = ed25519.Ed25519PrivateKey.generate()
@@ -160,6 +156,8 @@ def create_channel(name: str, *, kind: str = "channel", description: str = "") -
         root_secret=b64e(root.private_bytes_raw()),
         owner_secret=b64e(owner.private_bytes_raw()),
         owner_cert={"body": b64e(cert.body), "signer": b64e(cert.signer), "sig": b64e(cert.sig)},
+        admission=admission,
+        max_members=max_members,
     )
 
 
@@ -339,3 +337,79 @@ async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str
             item.update(error=exc.code, reason=exc.reason)
         out.append(item)
     return out
+
+
+# --- admission: the owners' commands through each relay's service group ------------------
+
+
+@dataclass(frozen=True)
+class AdmissionView:
+    """One relay's answer to an owner command."""
+
+    relay: str
+    state: str | None = None
+    admission: str | None = None
+    members: int | None = None
+    pending: list[dict[str, object]] = field(default_factory=list)
+    detail: str = ""
+    error: str | None = None
+    reason: str | None = None
+
+
+async def owner_command(
+    state: OwnerState,
+    action: str,
+    *,
+    member: str = "",
+    note: str = "",
+    timeout: float = 15.0,
+) -> list[AdmissionView]:
+    """Send one owner command (``list_pending``, ``approve_member``, ...) to every listed relay.
+
+    ``member`` is the member id as the pending list shows it (the member key, base64url).
+    """
+    try:
+        subject = b64d(member, length=32, what="member id") if member else b""
+    except ProtocolError as exc:
+        raise RelayError(exc.reason, code=exc.code.value) from None
+    views: list[AdmissionView] = []
+    for entry in state.relays:
+        if not entry.listed or entry.group_address is None:
+            continue
+        address = parse_address(entry.contact)
+        request = make_owner_request(
+            state.owner_key,
+            relay_fingerprint=address.fingerprint,
+            channel=state.channel,
+            service_group=b64d(entry.service_group),
+            action=action,
+            now=int(time.time()),
+            subject=subject,
+            note=note,
+        )
+        try:
+            async with open_session(address, timeout=timeout) as session:
+                answer = await session.request(OwnerCommand(request=request))
+            if not isinstance(answer, OwnerCommandResult):
+                raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
+            views.append(
+                AdmissionView(
+                    relay=entry.contact,
+                    state=answer.state,
+                    admission=answer.admission,
+                    members=answer.members,
+                    pending=[
+                        {
+                            "member": b64e(p.member),
+                            "name": p.name,
+                            "about": p.about,
+                            "received_at": p.received_at,
+                        }
+                        for p in answer.pending
+                    ],
+                    detail=answer.detail,
+                )
+            )
+        except RelayError as exc:
+            views.append(AdmissionView(relay=entry.contact, error=exc.code, reason=exc.reason))
+    return views

@@ -35,6 +35,8 @@ class Label:
     ADDRESS_GRANT = b"address-grant"
     WELCOME = b"welcome"
     OWNER_REQUEST = b"owner-request"
+    JOIN_REQUEST = b"join-request"
+    MEMBER_REQUEST = b"member-request"
 
 
 def signing_input(label: bytes, body: bytes) -> bytes:

@@ -46,6 +46,16 @@ class ErrorCode(enum.StrEnum):
     REJECTED_BY_OPERATOR = "rejected_by_operator"
     ACTIVATION_TIMEOUT = "activation_timeout"
     NOT_LISTED = "not_listed"
+    # members
+    REQUEST_STALE = "request_stale"
+    RATE_LIMITED = "rate_limited"
+    QUEUE_FULL = "queue_full"
+    MEMBER_PROFILE_TOO_LARGE = "member_profile_too_large"
+    ADMISSION_SUSPENDED = "admission_suspended"
+    MEMBER_LIMIT = "member_limit"
+    REFUSED_BY_OWNERS = "refused_by_owners"
+    REQUEST_EXPIRED = "request_expired"
+    UNKNOWN_MEMBER = "unknown_member"
     # the relay's own trouble
     INTERNAL = "internal"
 

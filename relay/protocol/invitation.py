@@ -11,6 +11,7 @@ parameter.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -55,16 +56,15 @@ def make_invitation(
     return encode(crypto.signed(owner_key, crypto.Label.INVITATION, body))
 
 
-def check_fresh(created_at: int, now: int, max_age: int, what: str) -> None:
+def check_fresh(
+    created_at: int, now: int, max_age: int, what: str, code: ErrorCode = ErrorCode.INVITATION_STALE
+) -> None:
+    """A signed request older than ``max_age`` (or from the future) is refused: a captured
+    request cannot be replayed later."""
     if created_at > now + CLOCK_SKEW:
-        raise RemoteProtocolError(
-            ErrorCode.INVITATION_STALE, f"the {what} is dated {created_at - now} s in the future"
-        )
+        raise RemoteProtocolError(code, f"the {what} is dated {created_at - now} s in the future")
     if now - created_at > max_age:
-        raise RemoteProtocolError(
-            ErrorCode.INVITATION_STALE,
-            f"the {what} is {now - created_at} s old; the limit is {max_age} s",
-        )
+        raise RemoteProtocolError(code, f"the {what} is {now - created_at} s old; the limit is {max_age} s")
 
 
 def verify_invitation(
@@ -119,6 +119,20 @@ def verify_grant(signed: Signed, *, relay_key: bytes, channel: bytes, service_gr
 
 
 ACTION_READ_LOG = "read_log"
+ACTION_LIST_PENDING = "list_pending"
+ACTION_APPROVE_MEMBER = "approve_member"
+ACTION_REFUSE_MEMBER = "refuse_member"
+ACTION_SUSPEND_ADMISSION = "suspend_admission"
+ACTION_RESUME_ADMISSION = "resume_admission"
+OWNER_COMMANDS = frozenset(
+    {
+        ACTION_LIST_PENDING,
+        ACTION_APPROVE_MEMBER,
+        ACTION_REFUSE_MEMBER,
+        ACTION_SUSPEND_ADMISSION,
+        ACTION_RESUME_ADMISSION,
+    }
+)
 
 
 def make_owner_request(
@@ -129,6 +143,8 @@ def make_owner_request(
     service_group: bytes,
     action: str,
     now: int,
+    subject: bytes = b"",
+    note: str = "",
 ) -> Signed:
     body = encode(
         OwnerRequest(
@@ -138,24 +154,27 @@ def make_owner_request(
             action=action,
             created_at=now,
             nonce=secrets.token_bytes(16),
+            subject=subject,
+            note=note,
         )
     )
     return crypto.signed(owner_key, crypto.Label.OWNER_REQUEST, body)
 
 
 def verify_owner_request(
-    signed: Signed, *, action: str, relay_fingerprint: bytes, now: int, max_age: int
+    signed: Signed, *, actions: Collection[str], relay_fingerprint: bytes, now: int, max_age: int
 ) -> OwnerRequest:
     """Signature, action, relay binding and freshness; the caller checks the signer is an owner.
 
     The action is signed so that a request captured for one command cannot be replayed as
-    another.
+    another: it must be one of ``actions``, those the frame it came in may carry.
     """
     crypto.verify(signed.signer, crypto.Label.OWNER_REQUEST, signed.body, signed.sig)
     request = decode(signed.body, OwnerRequest, limit=MAX_SIGNED_BODY, what="owner request")
-    if request.action != action:
+    if request.action not in actions:
         raise RemoteProtocolError(
-            ErrorCode.UNEXPECTED_MESSAGE, f"the request was signed for {request.action!r}, not {action!r}"
+            ErrorCode.UNEXPECTED_MESSAGE,
+            f"the request was signed for {request.action!r}, not {' or '.join(sorted(actions))!r}",
         )
     if not crypto.same_secret(request.relay, relay_fingerprint):
         raise RemoteProtocolError(ErrorCode.WRONG_RELAY, "the request names another relay")

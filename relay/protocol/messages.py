@@ -58,6 +58,10 @@ class Profile(Struct, frozen=True):
     relays: Annotated[list[Address], Meta(max_length=64)]
     updated_at: Timestamp
     direct_messages: bool = False
+    # Admission rules the owners sign, so that no relay can change them: "auto" admits at
+    # once, "approval" asks the owners; ``max_members`` 0 means no limit of the owners' own.
+    admission: Annotated[str, Meta(max_length=16)] = "auto"
+    max_members: Annotated[int, Meta(ge=0, le=2**40)] = 0
 
 
 class Invitation(Struct, frozen=True):
@@ -91,12 +95,52 @@ class RelayCard(Struct, frozen=True):
     software: ShortText
 
 
-class OwnerRequest(Struct, frozen=True):
-    """An owner's signed command in the service group (read the log, ...)."""
+class OwnerRequest(Struct, frozen=True, omit_defaults=True):
+    """An owner's signed command in the service group (read the log, approve a member, ...).
+
+    ``subject`` names the member a decision is about; ``note`` is the owners' reason for a
+    refusal.  Both are left out of the encoding when empty, so older requests keep their bytes.
+    """
 
     relay: Digest
     channel: Digest
     service_group: Id16
+    action: Annotated[str, Meta(max_length=32)]
+    created_at: Timestamp
+    nonce: Id16
+    subject: Annotated[bytes, Meta(max_length=32)] = b""
+    note: Annotated[str, Meta(max_length=500)] = ""
+
+
+class MemberProfile(Struct, frozen=True):
+    """What a member tells the owners about themselves when asking to join."""
+
+    name: ShortText
+    about: ShortText = ""
+
+
+class JoinRequest(Struct, frozen=True):
+    """A member (the signer) asks ``relay`` to admit them to ``channel``.
+
+    It names the relay and the group address, so it cannot be replayed at another relay or
+    group; ``member_profile`` is an encoded :class:`MemberProfile`, kept as bytes so that the
+    relay stores exactly what was signed.
+    """
+
+    relay: Digest
+    channel: Digest
+    address: Annotated[str, Meta(max_length=64)]
+    member_profile: Annotated[bytes, Meta(max_length=65536)]
+    created_at: Timestamp
+    nonce: Id16
+
+
+class MemberRequest(Struct, frozen=True):
+    """A member's signed question about their own join request (``action`` is "status")."""
+
+    relay: Digest
+    channel: Digest
+    address: Annotated[str, Meta(max_length=64)]
     action: Annotated[str, Meta(max_length=32)]
     created_at: Timestamp
     nonce: Id16
@@ -152,10 +196,68 @@ class LogResult(Struct, frozen=True, tag="log_result", tag_field="type"):
     entries: list[LogEntry]
 
 
+class ProfileRequest(Struct, frozen=True, tag="profile_request", tag_field="type"):
+    """A member asks a group address for the owner-signed profile it holds."""
+
+
+class ProfileAnswer(Struct, frozen=True, tag="profile", tag_field="type"):
+    profile: Signed
+    state: str
+
+
+class Join(Struct, frozen=True, tag="join", tag_field="type"):
+    request: Signed  # a JoinRequest signed by the member key
+
+
+class JoinStatus(Struct, frozen=True, tag="join_status", tag_field="type"):
+    """Ask for the decision on one's join request; wait up to ``wait`` seconds for one."""
+
+    request: Signed  # a MemberRequest signed by the member key
+    wait: Annotated[float, Meta(ge=0, le=3600)] = 0.0
+
+
+class JoinResult(Struct, frozen=True, tag="join_result", tag_field="type"):
+    status: str  # "held" | "pending_approval" | "admitted" | "refused"
+    code: str | None = None
+    reason: str | None = None
+    received_at: int | None = None
+    decided_at: int | None = None
+
+
+class OwnerCommand(Struct, frozen=True, tag="owner_command", tag_field="type"):
+    """An owner command on the contact address: list pending members, decide, pause admission."""
+
+    request: Signed  # an OwnerRequest signed by an owner key
+
+
+class PendingMember(Struct, frozen=True):
+    member: bytes  # the member's key: owners decide about it by this key
+    name: str
+    about: str
+    received_at: int
+
+
+class OwnerCommandResult(Struct, frozen=True, tag="owner_result", tag_field="type"):
+    state: str
+    admission: str  # "open" | "suspended"
+    members: int
+    pending: list[PendingMember]
+    detail: str = ""
+
+
 class Error(Struct, frozen=True, tag="error", tag_field="type"):
     code: str
     reason: str
 
 
-ClientFrame = Hello | Invite | ProfileUpdate | LogRequest
-RelayFrame = Welcome | InviteResult | ProfileResult | LogResult | Error
+ClientFrame = Hello | Invite | ProfileUpdate | LogRequest | ProfileRequest | Join | JoinStatus | OwnerCommand
+RelayFrame = (
+    Welcome
+    | InviteResult
+    | ProfileResult
+    | LogResult
+    | ProfileAnswer
+    | JoinResult
+    | OwnerCommandResult
+    | Error
+)

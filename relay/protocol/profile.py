@@ -23,6 +23,7 @@ from relay.protocol.messages import OwnerCert, Profile, Signed
 MAX_SIGNED_BODY = 64 * 1024
 
 KINDS = ("channel", "group")
+ADMISSION_MODES = ("auto", "approval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,11 @@ def verify_owner_chain(channel: bytes, root_key: bytes, certs: list[Signed]) -> 
 def verify_profile(signed: Signed) -> VerifiedProfile:
     """Verify a signed profile end to end (chain, then the profile's own signature)."""
     profile = decode(signed.body, Profile, limit=MAX_SIGNED_BODY, what="profile")
+    if profile.admission not in ADMISSION_MODES:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_TYPE,
+            f"admission must be one of {', '.join(ADMISSION_MODES)}, not {profile.admission!r}",
+        )
     owners = verify_owner_chain(profile.channel, profile.root_key, profile.owners)
     if signed.signer not in owners:
         raise RemoteProtocolError(

@@ -2,9 +2,10 @@
 
 Every connection starts with ``hello``; after that a contact address (``/r``)
 takes invitations and owner requests, and a group address (``/g/ID``) takes
-profile updates.  :class:`Session` decodes a frame (with the size limit) and
-raises ``unexpected_message`` for a frame out of order.  Pure, like h11's
-connection object: bytes in, typed frames out.
+profile updates and members' requests.  :class:`Session` decodes a frame (with
+the size limit), raises ``unexpected_message`` for a frame out of order and
+``rate_limited`` for a connection sending faster than its token bucket allows.
+Pure, like h11's connection object: bytes and the time in, typed frames out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from relay.protocol.messages import (
     ClientFrame,
     Hello,
     Invite,
+    Join,
+    JoinStatus,
     LogRequest,
+    OwnerCommand,
+    ProfileRequest,
     ProfileUpdate,
 )
 
@@ -29,20 +34,46 @@ class Endpoint(enum.StrEnum):
 
 
 _ALLOWED: dict[Endpoint, tuple[type, ...]] = {
-    Endpoint.CONTACT: (Invite, LogRequest),
-    Endpoint.GROUP: (ProfileUpdate,),
+    Endpoint.CONTACT: (Invite, LogRequest, OwnerCommand),
+    Endpoint.GROUP: (ProfileUpdate, ProfileRequest, Join, JoinStatus),
 }
+
+
+class TokenBucket:
+    """``rate`` requests per second on average, bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
 class Session:
     """The state of one client connection, as far as the rules care."""
 
-    def __init__(self, endpoint: Endpoint, *, max_frame: int) -> None:
+    def __init__(self, endpoint: Endpoint, *, max_frame: int, rate: float = 0, burst: float = 0) -> None:
         self.endpoint = endpoint
         self.max_frame = max_frame
         self.greeted = False
+        self.bucket = TokenBucket(rate, max(burst, 1)) if rate > 0 else None
 
-    def receive(self, data: bytes) -> ClientFrame:
+    def receive(self, data: bytes, now: float = 0.0) -> ClientFrame:
+        # Checked before decoding: a flood should cost the relay as little as possible.
+        if self.greeted and self.bucket is not None and not self.bucket.take(now):
+            raise RemoteProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"too many requests on this connection (at most {self.bucket.rate:g}/s); slow down",
+            )
         frame: ClientFrame = decode(data, ClientFrame, limit=self.max_frame, what="frame")  # type: ignore[arg-type]
         if not self.greeted:
             if not isinstance(frame, Hello):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
@@ -20,12 +21,27 @@ from relay.protocol.errors import ProtocolError
 from relay.server.http import HttpRequest, HttpResponse, serve_http_connection
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
-from relay.store import groups
+from relay.store import groups, joins
 from relay.store.groups import GroupRecord
+from relay.store.joins import JoinRow
 
 log = structlog.get_logger("relay.admin")
 
 _GROUP = re.compile(r"^/admin/groups/(\d+)(/approve|/reject)?$")
+_RETRY = re.compile(r"^/admin/held/(\d+)/retry$")
+
+
+def held_view(row: JoinRow) -> dict[str, object]:
+    """A queued join request as the operator sees it: a short member tag, never the whole key."""
+    return {
+        "id": row.id,
+        "group": row.group_id,
+        "member": b64e(row.member_key)[:12],
+        "status": row.status.value,
+        "received_at": row.received_at,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+    }
 
 
 def group_view(record: GroupRecord, address: str | None) -> dict[str, object]:
@@ -97,6 +113,21 @@ class AdminEndpoint:
                 lambda conn: groups.listing(conn, state=state, limit=limit, after=after)
             )
             return _json(200, {"groups": [group_view(r, self.service.address_of(r)) for r in records]})
+        if path == "/admin/held" and method == "GET":
+            params = dict(parse_qsl(query))
+            statuses = ("dead",) if params.get("status") == "dead" else ("held", "dead")
+            try:
+                after = int(params.get("after") or 0)
+                limit = min(max(int(params.get("limit") or 100), 1), 1000)
+            except ValueError:
+                return _json(400, {"error": "bad_request", "reason": "after and limit must be integers"})
+            queued = await self.service.db.transact(
+                lambda conn: joins.listing(conn, statuses=statuses, after=after, limit=limit)
+            )
+            return _json(200, {"requests": [held_view(r) for r in queued]})
+        retry = _RETRY.match(path)
+        if retry is not None and method == "POST":
+            return await self._retry(int(retry.group(1)))
         match = _GROUP.match(path)
         if match is None:
             return _json(404, {"error": "not_found"})
@@ -122,7 +153,25 @@ class AdminEndpoint:
             return _json(200, group_view(record, self.service.address_of(record)))
         return _json(405, {"error": "method_not_allowed"})
 
+    async def _retry(self, request_id: int) -> HttpResponse:
+        def apply(conn: sqlite3.Connection) -> JoinRow | None:
+            if not joins.retry(conn, request_id):
+                return None
+            return joins.by_id(conn, request_id)
+
+        row = await self.service.db.transact(apply)
+        if row is None:
+            return _json(404, {"error": "not_found", "reason": f"no dead-lettered request {request_id}"})
+        log.info("queue.retried", request=request_id, group=row.group_id)
+        self.service.group_changed(row.group_id)
+        return _json(200, held_view(row))
+
     async def _refresh_gauges(self) -> None:
+        totals = await self.service.db.transact(joins.totals)
+        self.metrics.set("relay_queue_held", totals.held)
+        self.metrics.set("relay_queue_pending_approval", totals.pending)
+        self.metrics.set("relay_queue_dead", totals.dead)
+        self.metrics.set("relay_members", totals.members)
         counts = await self.service.db.transact(groups.count_by_state)
         for state in ("invited", "accepted", "active", "rejected", "suspended", "removed"):
             self.metrics.set("relay_groups", counts.get(state, 0), state=state)

@@ -24,11 +24,13 @@ import trio
 
 from relay.protocol.addresses import contact_address
 from relay.server.admin import AdminEndpoint
+from relay.server.admission import Admissions
 from relay.server.config import Config, split_host_port
 from relay.server.identity import Identity, load_or_create
 from relay.server.metrics import Metrics
 from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
+from relay.server.worker import JoinWorker
 from relay.store.db import Database
 
 log = structlog.get_logger("relay.app")
@@ -64,6 +66,13 @@ async def _listen(text: str) -> list[trio.SocketListener]:
         return await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise StartupError(f"cannot listen on {text}: {exc.strerror or exc}") from None
+
+
+async def _own_nursery(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+    """A nursery that lives until cancelled, for tasks that must stop at a chosen moment."""
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 @dataclass
@@ -145,14 +154,24 @@ class Relay:
                 log_keep=storage.service_log_max,
                 max_closed=storage.max_closed_groups,
             )
+            admissions = Admissions(
+                service, self.config.members, self.metrics, max_waiters=server.max_connections
+            )
+            worker = JoinWorker(admissions)
+            admissions.on_held = worker.mark
+            service.group_listeners.append(worker.mark)
             public = PublicEndpoint(
-                service, server, self.metrics, log_client_ip=self.config.logging.log_client_ip
+                service, admissions, server, self.metrics, log_client_ip=self.config.logging.log_client_ip
             )
             admin = AdminEndpoint(
                 service, self.metrics, lambda: self.ready is not None, server.handshake_timeout
             )
             async with trio.open_nursery() as db_nursery:
                 await db_nursery.start(db.serve)
+                # The worker stops after the connections and before the writer: its last
+                # transaction still commits.
+                workers = await db_nursery.start(_own_nursery)
+                await workers.start(worker.run)
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as acceptors:
                         for handler, listeners in (
@@ -182,6 +201,7 @@ class Relay:
                         acceptors.cancel_scope.cancel()
                         public.drain()
                     connections.cancel_scope.deadline = trio.current_time() + server.shutdown_grace
+                workers.cancel_scope.cancel()
                 db_nursery.cancel_scope.cancel()
         finally:
             db.close()

@@ -27,6 +27,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     handshake_timeout: PositiveSeconds = 10.0
     idle_timeout: PositiveSeconds = 120.0
     shutdown_grace: PositiveSeconds = 10.0
+    requests_per_second: PositiveSeconds = 20.0
+    request_burst: Annotated[int, Meta(ge=1)] = 40
 
 
 class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -61,6 +63,19 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_closed_groups: Annotated[int, Meta(ge=0)] = 100_000
 
 
+class MembersConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    max_profile_bytes: Annotated[int, Meta(ge=16, le=65536)] = 1024
+    max_per_group: Annotated[int, Meta(ge=1)] = 1_000_000
+    max_queued_per_group: Annotated[int, Meta(ge=1)] = 50_000
+    max_refused_per_group: Annotated[int, Meta(ge=0)] = 10_000
+    max_request_age: Annotated[int, Meta(ge=1)] = 7 * 24 * 3600
+    max_attempts: Annotated[int, Meta(ge=1)] = 5
+    retry_base: PositiveSeconds = 1.0
+    retry_max: PositiveSeconds = 300.0
+    worker_slice: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    max_status_wait: Annotated[float, Meta(ge=0)] = 60.0
+
+
 class LoggingConfig(Struct, forbid_unknown_fields=True, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     log_client_ip: bool = False
@@ -70,6 +85,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    members: MembersConfig = msgspec.field(default_factory=MembersConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 
 

@@ -19,7 +19,29 @@ _HELP: dict[str, str] = {
     "relay_db_jobs_total": "Jobs committed (several per commit with group commit)",
     "relay_db_commit_seconds_total": "Time spent in transactions",
     "relay_groups": "Groups by state",
+    "relay_join_requests_total": "Join requests answered at arrival, by outcome (duplicate: asked again)",
+    "relay_admission_refusals_total": "Join requests refused, by reason code",
+    "relay_owner_decisions_total": "Owners' approvals and refusals of waiting members",
+    "relay_queue_decided_total": "Held join requests the worker decided, by outcome",
+    "relay_queue_failures_total": "Failed attempts to process a held join request",
+    "relay_queue_dead_letters_total": "Join requests dead-lettered after max_attempts",
+    "relay_queue_expired_total": "Join requests refused for waiting longer than max_request_age",
+    "relay_queue_turn_failures_total": "Worker transactions that failed as a whole (retried with back-off)",
+    "relay_queue_held": "Join requests held now",
+    "relay_queue_pending_approval": "Join requests waiting for the owners now",
+    "relay_queue_dead": "Dead-lettered join requests now",
+    "relay_members": "Admitted members, over all groups",
 }
+_GAUGES = frozenset(
+    {
+        "relay_connections_open",
+        "relay_groups",
+        "relay_queue_held",
+        "relay_queue_pending_approval",
+        "relay_queue_dead",
+        "relay_members",
+    }
+)
 
 
 class Metrics:
@@ -40,7 +62,7 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for name in sorted(self.values):
-            kind = "gauge" if name in ("relay_connections_open", "relay_groups") else "counter"
+            kind = "gauge" if name in _GAUGES else "counter"
             lines.append(f"# HELP {name} {_HELP.get(name, name)}")
             lines.append(f"# TYPE {name} {kind}")
             for labels, value in sorted(self.values[name].items()):

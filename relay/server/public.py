@@ -26,11 +26,16 @@ from relay.protocol.messages import (
     Error,
     Hello,
     Invite,
+    Join,
+    JoinStatus,
     LogRequest,
+    OwnerCommand,
+    ProfileRequest,
     ProfileUpdate,
     RelayFrame,
 )
 from relay.protocol.session import Endpoint, Session
+from relay.server.admission import Admissions, GroupBinding
 from relay.server.config import ServerConfig
 from relay.server.http import (
     ConnectionClosed,
@@ -60,9 +65,16 @@ CLOSE_UNKNOWN_GROUP = 4404
 
 class PublicEndpoint:
     def __init__(
-        self, service: GroupService, config: ServerConfig, metrics: Metrics, *, log_client_ip: bool = False
+        self,
+        service: GroupService,
+        admissions: Admissions,
+        config: ServerConfig,
+        metrics: Metrics,
+        *,
+        log_client_ip: bool = False,
     ) -> None:
         self.service = service
+        self.admissions = admissions
         self.config = config
         self.metrics = metrics
         self.identity = service.identity
@@ -134,6 +146,7 @@ class PublicEndpoint:
         self.draining = True
         for scope in self._idle:
             scope.cancel()
+        self.admissions.waiters.wake_all()
 
     async def _http(self, request: HttpRequest) -> HttpResponse:
         if request.method == "GET" and request.target.split("?")[0] in ("/", "/info"):
@@ -149,11 +162,19 @@ class PublicEndpoint:
         return HttpResponse(404, b'{"error":"not_found","reason":"not a relay address"}')
 
     async def _session(self, endpoint: Endpoint, address_id: str | None, ws: WebSocket) -> None:
-        session = Session(endpoint, max_frame=self.config.max_frame_bytes)
+        session = _Connection(
+            Session(
+                endpoint,
+                max_frame=self.config.max_frame_bytes,
+                rate=self.config.requests_per_second,
+                burst=self.config.request_burst,
+            ),
+            address_id,
+        )
         errors = 0
         log.debug("session.opened", endpoint=endpoint.value)
         while True:
-            timeout = self.config.idle_timeout if session.greeted else self.config.handshake_timeout
+            timeout = self.config.idle_timeout if session.rules.greeted else self.config.handshake_timeout
             if self.draining:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
@@ -179,11 +200,11 @@ class PublicEndpoint:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
             try:
-                reply = await self._dispatch(session, address_id, data)
+                reply = await self._dispatch(session, data)
             except RemoteProtocolError as exc:
                 errors += 1
-                self._count_refusal(exc)
-                if not session.greeted or errors >= MAX_ERRORS_PER_CONNECTION:
+                self._count_refusal(exc, session)
+                if not session.rules.greeted or errors >= MAX_ERRORS_PER_CONNECTION:
                     close = CLOSE_UNKNOWN_GROUP if exc.code is ErrorCode.UNKNOWN_GROUP else CLOSE_POLICY
                     await self._fail(ws, exc.code, exc.reason, close)
                     return
@@ -205,11 +226,11 @@ class PublicEndpoint:
                 await ws.close(CLOSE_UNKNOWN_GROUP, "unknown group")
                 return
 
-    async def _dispatch(self, session: Session, address_id: str | None, data: bytes) -> RelayFrame:
-        frame = session.receive(data)
+    async def _dispatch(self, session: _Connection, data: bytes) -> RelayFrame:
+        frame = session.rules.receive(data, trio.current_time())
         if isinstance(frame, Hello):
-            if address_id is not None and await self.service.group_by_address(address_id) is None:
-                raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+            if session.address_id is not None:
+                session.group = await self.admissions.bind(session.address_id)
             return make_welcome(
                 self.identity.signing_key,
                 self._seal_public,
@@ -219,15 +240,32 @@ class PublicEndpoint:
             )
         if isinstance(frame, Invite):
             return await self.service.invite(frame)
-        if isinstance(frame, ProfileUpdate):
-            assert address_id is not None
-            return await self.service.update_profile(address_id, frame)
         if isinstance(frame, LogRequest):
             return await self.service.read_log(frame)
+        if isinstance(frame, OwnerCommand):
+            return await self.admissions.owner_command(frame)
+        # The session admits the frames below only on a group address, bound at hello.
+        group = session.group
+        assert group is not None
+        if isinstance(frame, ProfileUpdate):
+            return await self.service.update_profile(group.address_id, frame)
+        if isinstance(frame, Join):
+            return await self.admissions.join(group, frame)
+        if isinstance(frame, JoinStatus):
+            return await self.admissions.status(group, frame)
+        if isinstance(frame, ProfileRequest):
+            return await self.admissions.profile(group)
         raise AssertionError(f"session let through {type(frame).__name__}")
 
-    def _count_refusal(self, exc: RemoteProtocolError) -> None:
+    def _count_refusal(self, exc: RemoteProtocolError, session: _Connection) -> None:
         self.metrics.inc("relay_refusals_total", code=exc.code.value)
+        if exc.code is ErrorCode.RATE_LIMITED:
+            # One event per connection: logging every refused frame of a flood would be a flood.
+            if not session.rate_limited:
+                session.rate_limited = True
+                self.metrics.inc("relay_bounds_hit_total", bound="request_rate")
+                log.warning("bound.hit", bound="request_rate", limit=self.config.requests_per_second)
+            return
         event = "request.refused_by_policy" if isinstance(exc, PolicyRefusal) else "request.refused"
         log.info(event, code=exc.code.value, reason=exc.reason)
 
@@ -240,6 +278,16 @@ class PublicEndpoint:
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(encode(Error(code=code.value, reason=reason)))
             await ws.close(close_code, code.value)
+
+
+class _Connection:
+    """One WebSocket session: the protocol rules, and the group its address named."""
+
+    def __init__(self, rules: Session, address_id: str | None) -> None:
+        self.rules = rules
+        self.address_id = address_id
+        self.group: GroupBinding | None = None
+        self.rate_limited = False
 
 
 def _peer(stream: trio.SocketStream) -> str:

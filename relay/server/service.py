@@ -36,6 +36,7 @@ from relay.protocol.messages import (
     LogEntry,
     LogRequest,
     LogResult,
+    OwnerRequest,
     ProfileResult,
     ProfileUpdate,
     Signed,
@@ -79,9 +80,15 @@ class GroupService:
         self.log_keep = log_keep
         self.max_closed = max_closed
         self._clock = clock
+        self.group_listeners: list[Callable[[int], None]] = []
 
     def now(self) -> int:
         return int(self._clock())
+
+    def group_changed(self, group_id: int) -> None:
+        """Hook: wake whatever waits on this group's state (the join worker)."""
+        for listener in self.group_listeners:
+            listener(group_id)
 
     def address_of(self, record: GroupRecord) -> str | None:
         if record.address_id is None:
@@ -140,15 +147,7 @@ class GroupService:
             # The owners closed the old group themselves (unlisted the relay, or never
             # activated it): a new service group starts afresh, the old address stays dead.
             groups.delete(conn, existing.id)
-        profile = verified.profile.profile
-        new = groups.NewGroup(
-            channel=invitation.channel,
-            service_group=invitation.service_group,
-            profile=encode(verified.profile.signed),
-            profile_version=profile.version,
-            kind=profile.kind,
-            name=profile.name[:256],
-        )
+        new = _new_group(invitation.service_group, verified.profile)
         if refusal is not None:
             record = groups.insert(
                 conn,
@@ -246,9 +245,7 @@ class GroupService:
                     f"profile version {version} is not newer than the stored version "
                     f"{record.profile_version}",
                 )
-            groups.set_profile(
-                conn, record.id, encode(frame.profile), version, verified.profile.name[:256], now
-            )
+            groups.set_profile(conn, record.id, _new_group(record.service_group, verified), version, now)
             groups.append_log(
                 conn, record.id, now, "profile_updated", f"version {version}", keep=self.log_keep
             )
@@ -280,6 +277,7 @@ class GroupService:
         before, after, version, group_id = await self.db.transact(apply)
         with structlog.contextvars.bound_contextvars(group=group_id):
             if after is not before:
+                self.group_changed(group_id)
                 if after is GroupState.ACTIVE:
                     self.metrics.inc("relay_activations_total")
                     log.info("group.activated", version=version)
@@ -306,7 +304,7 @@ class GroupService:
     async def read_log(self, frame: LogRequest) -> LogResult:
         request = verify_owner_request(
             frame.request,
-            action=ACTION_READ_LOG,
+            actions=(ACTION_READ_LOG,),
             relay_fingerprint=self.identity.fingerprint,
             now=self.now(),
             max_age=self.policy.policy.invitation_max_age,
@@ -319,13 +317,7 @@ class GroupService:
             return record, groups.read_log(conn, record.id)
 
         record, rows = await self.db.transact(read)
-        if record is None or not crypto.same_secret(record.service_group, request.service_group):
-            raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no service group for this channel")
-        owners = verify_profile(_decode_signed(record.profile)).owners
-        if frame.request.signer not in owners:
-            raise RemoteProtocolError(
-                ErrorCode.UNAUTHORISED_OWNER, "only the channel's owners may read its service log"
-            )
+        record = check_owner(record, request, frame.request.signer)
         entries = [LogEntry(seq=r.seq, at=r.at, event=r.event, detail=r.detail) for r in rows]
         return LogResult(state=record.state.value, entries=entries)
 
@@ -398,7 +390,36 @@ class GroupService:
         expired = await self.db.transact(apply)
         for group_id in expired:
             log.info("group.activation_timeout", group=group_id)
+            self.group_changed(group_id)
         return len(expired)
+
+
+def _new_group(service_group: bytes, verified: VerifiedProfile) -> groups.NewGroup:
+    """The row fields a verified profile gives: its exact bytes, and the rules copied out of it."""
+    profile = verified.profile
+    return groups.NewGroup(
+        channel=profile.channel,
+        service_group=service_group,
+        profile=encode(verified.signed),
+        profile_version=profile.version,
+        kind=profile.kind,
+        name=profile.name[:256],
+        admission=profile.admission,
+        max_members=profile.max_members,
+    )
+
+
+def check_owner(record: GroupRecord | None, request: OwnerRequest, signer: bytes) -> GroupRecord:
+    """The group an owner request is about, if the signer is one of its owners.
+
+    The service group id is the owners' shared secret for this relay; the signer must be an
+    owner in the profile the relay holds (verified again: the stored bytes are not trusted).
+    """
+    if record is None or not crypto.same_secret(record.service_group, request.service_group):
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no service group for this channel")
+    if signer not in verify_profile(decode_signed(record.profile)).owners:
+        raise RemoteProtocolError(ErrorCode.UNAUTHORISED_OWNER, "only the channel's owners may do this")
+    return record
 
 
 def _require(conn: sqlite3.Connection, group_id: int) -> GroupRecord:
@@ -408,5 +429,5 @@ def _require(conn: sqlite3.Connection, group_id: int) -> GroupRecord:
     return record
 
 
-def _decode_signed(blob: bytes) -> Signed:
+def decode_signed(blob: bytes) -> Signed:
     return decode(blob, Signed, limit=MAX_SIGNED_BODY * 2, what="stored profile")

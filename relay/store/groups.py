@@ -15,7 +15,8 @@ from relay.protocol.state import GroupState
 
 _COLUMNS = (
     "id, channel, service_group, state, reason_code, reason, address_id, address_issued_at, "
-    "profile, profile_version, kind, name, invited_at, updated_at, activation_deadline"
+    "profile, profile_version, kind, name, invited_at, updated_at, activation_deadline, "
+    "admission, max_members, admission_suspended"
 )
 
 
@@ -36,6 +37,9 @@ class GroupRecord:
     invited_at: int
     updated_at: int
     activation_deadline: int | None
+    admission: str  # the owners' signed admission rule: "auto" | "approval"
+    max_members: int  # the owners' signed limit; 0 = none
+    admission_suspended: bool  # paused by an owner command
 
 
 def _record(row: tuple[object, ...] | None) -> GroupRecord | None:
@@ -43,6 +47,7 @@ def _record(row: tuple[object, ...] | None) -> GroupRecord | None:
         return None
     values = list(row)
     values[3] = GroupState(str(values[3]))
+    values[17] = bool(values[17])
     return GroupRecord(*values)  # type: ignore[arg-type]
 
 
@@ -81,14 +86,16 @@ def prune_closed(conn: sqlite3.Connection, keep: int) -> int:
         "SELECT id FROM groups INDEXED BY groups_closed_by_age "
         "WHERE state IN ('rejected', 'removed') ORDER BY updated_at, id LIMIT ?"
     )
-    conn.execute(f"DELETE FROM service_log WHERE group_id IN ({victims})", (excess,))
+    for table in ("service_log", "join_requests"):
+        conn.execute(f"DELETE FROM {table} WHERE group_id IN ({victims})", (excess,))
     conn.execute(f"DELETE FROM groups WHERE id IN ({victims})", (excess,))
     return excess
 
 
 def delete(conn: sqlite3.Connection, group_id: int) -> None:
-    """Forget a group and its service log."""
+    """Forget a group, its service log and its join requests."""
     conn.execute("DELETE FROM service_log WHERE group_id = ?", (group_id,))
+    conn.execute("DELETE FROM join_requests WHERE group_id = ?", (group_id,))
     conn.execute("DELETE FROM groups WHERE id = ?", (group_id,))
 
 
@@ -106,6 +113,8 @@ class NewGroup:
     profile_version: int
     kind: str
     name: str
+    admission: str = "auto"
+    max_members: int = 0
 
 
 def insert(
@@ -122,7 +131,8 @@ def insert(
     cursor = conn.execute(
         "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
         "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
-        "activation_deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "activation_deadline, admission, max_members) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             group.channel,
             group.service_group,
@@ -138,6 +148,8 @@ def insert(
             now,
             now,
             activation_deadline,
+            group.admission,
+            group.max_members,
         ),
     )
     record = by_id(conn, int(cursor.lastrowid or 0))
@@ -168,12 +180,19 @@ def issue_address(conn: sqlite3.Connection, group_id: int, address_id: str, now:
     )
 
 
-def set_profile(
-    conn: sqlite3.Connection, group_id: int, profile: bytes, version: int, name: str, now: int
-) -> None:
+def set_profile(conn: sqlite3.Connection, group_id: int, group: NewGroup, version: int, now: int) -> None:
+    """Store a newer signed profile and the admission rules copied out of it."""
     conn.execute(
-        "UPDATE groups SET profile = ?, profile_version = ?, name = ?, updated_at = ? WHERE id = ?",
-        (profile, version, name, now, group_id),
+        "UPDATE groups SET profile = ?, profile_version = ?, name = ?, admission = ?, max_members = ?, "
+        "updated_at = ? WHERE id = ?",
+        (group.profile, version, group.name, group.admission, group.max_members, now, group_id),
+    )
+
+
+def set_admission_suspended(conn: sqlite3.Connection, group_id: int, suspended: bool, now: int) -> None:
+    conn.execute(
+        "UPDATE groups SET admission_suspended = ?, updated_at = ? WHERE id = ?",
+        (int(suspended), now, group_id),
     )
 
 

@@ -65,6 +65,84 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX groups_closed_by_age ON groups (updated_at, id) WHERE state IN ('rejected', 'removed');
         """,
     ),
+    (
+        3,
+        # Members' join requests: the durable queue.  A row is the member key's one request per
+        # group (UNIQUE), so a duplicate can never become a second membership.  The per-group
+        # counts live in their own small table, kept by triggers: updating them in ``groups``
+        # would rewrite the profile blob on every request.  The owners' admission rules are
+        # copied out of the signed profile into columns, so the intake never decodes it.
+        """
+        ALTER TABLE groups ADD COLUMN admission TEXT NOT NULL DEFAULT 'auto';
+        ALTER TABLE groups ADD COLUMN max_members INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE groups ADD COLUMN admission_suspended INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE group_queues (
+            group_id INTEGER PRIMARY KEY,
+            held INTEGER NOT NULL DEFAULT 0,
+            pending INTEGER NOT NULL DEFAULT 0,
+            dead INTEGER NOT NULL DEFAULT 0,
+            members INTEGER NOT NULL DEFAULT 0,
+            refused INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO group_queues (group_id) SELECT id FROM groups;
+        CREATE TRIGGER groups_queue_insert AFTER INSERT ON groups BEGIN
+            INSERT INTO group_queues (group_id) VALUES (NEW.id);
+        END;
+        CREATE TRIGGER groups_queue_delete AFTER DELETE ON groups BEGIN
+            DELETE FROM group_queues WHERE group_id = OLD.id;
+        END;
+        CREATE TABLE join_requests (
+            id INTEGER PRIMARY KEY,
+            group_id INTEGER NOT NULL REFERENCES groups (id),
+            member_key BLOB NOT NULL,
+            request BLOB NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            code TEXT,
+            reason TEXT,
+            received_at INTEGER NOT NULL,
+            decided_at INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        CREATE UNIQUE INDEX join_requests_member ON join_requests (group_id, member_key);
+        CREATE INDEX join_requests_held ON join_requests (group_id, id) WHERE status = 'held';
+        CREATE INDEX join_requests_waiting_age ON join_requests (received_at)
+            WHERE status IN ('held', 'dead');
+        CREATE INDEX join_requests_dead ON join_requests (id) WHERE status = 'dead';
+        CREATE INDEX join_requests_pending ON join_requests (group_id, id) WHERE status = 'pending_approval';
+        CREATE INDEX join_requests_refused ON join_requests (group_id, id) WHERE status = 'refused';
+        CREATE TRIGGER join_count_insert AFTER INSERT ON join_requests BEGIN
+            UPDATE group_queues SET
+                held = held + (NEW.status = 'held'),
+                pending = pending + (NEW.status = 'pending_approval'),
+                dead = dead + (NEW.status = 'dead'),
+                members = members + (NEW.status = 'admitted'),
+                refused = refused + (NEW.status = 'refused')
+            WHERE group_id = NEW.group_id;
+        END;
+        CREATE TRIGGER join_count_delete AFTER DELETE ON join_requests BEGIN
+            UPDATE group_queues SET
+                held = held - (OLD.status = 'held'),
+                pending = pending - (OLD.status = 'pending_approval'),
+                dead = dead - (OLD.status = 'dead'),
+                members = members - (OLD.status = 'admitted'),
+                refused = refused - (OLD.status = 'refused')
+            WHERE group_id = OLD.group_id;
+        END;
+        CREATE TRIGGER join_count_status AFTER UPDATE OF status ON join_requests
+        WHEN OLD.status IS NOT NEW.status BEGIN
+            UPDATE group_queues SET
+                held = held - (OLD.status = 'held') + (NEW.status = 'held'),
+                pending = pending - (OLD.status = 'pending_approval') + (NEW.status = 'pending_approval'),
+                dead = dead - (OLD.status = 'dead') + (NEW.status = 'dead'),
+                members = members - (OLD.status = 'admitted') + (NEW.status = 'admitted'),
+                refused = refused - (OLD.status = 'refused') + (NEW.status = 'refused')
+            WHERE group_id = NEW.group_id;
+        END;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

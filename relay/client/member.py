@@ -1,0 +1,202 @@
+"""The member's side: join a channel through its link, and learn the decision.
+
+The member trusts no relay.  The profile each relay serves is verified against
+the channel id in the link and the owner chain; a relay serving an altered
+profile is reported and skipped.  Each relay gets its own signed join request,
+bound to that relay and group address, so no relay can replay it at another.
+The member key is made once per state file (one per channel), and saved
+(mode 0600) before any request is sent, so a retry after a crash asks with the
+same key and gets the first decision again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from relay.client.connection import RelaySession, open_session
+from relay.client.errors import RelayError, RelayProtocolError
+from relay.client.statefile import load_state, save_private
+from relay.protocol import crypto
+from relay.protocol.addresses import ChannelLink, parse_address, parse_link
+from relay.protocol.encoding import b64d, b64e
+from relay.protocol.errors import ProtocolError
+from relay.protocol.membership import make_join_request, make_member_request
+from relay.protocol.messages import (
+    Join,
+    JoinResult,
+    JoinStatus,
+    MemberProfile,
+    ProfileAnswer,
+    ProfileRequest,
+)
+from relay.protocol.profile import VerifiedProfile, verify_profile
+
+
+@dataclass
+class MemberRelay:
+    """One relay of the channel, as this member sees it."""
+
+    address: str  # the group address from the link
+    status: str = "new"  # new | held | pending_approval | admitted | refused | unusable
+    code: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class MemberState:
+    """A member's keys and view of one channel (the secret key included)."""
+
+    link: str
+    member_secret: str
+    name: str
+    about: str = ""
+    profile_version: int = 0
+    relays: list[MemberRelay] = field(default_factory=list)
+
+    @cached_property
+    def member_key(self) -> ed25519.Ed25519PrivateKey:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(b64d(self.member_secret))
+
+    @property
+    def member_id(self) -> str:
+        """What owners see in their pending list: the public member key, base64url."""
+        return b64e(crypto.public_bytes(self.member_key))
+
+    @cached_property
+    def parsed_link(self) -> ChannelLink:
+        return parse_link(self.link)
+
+    @classmethod
+    def new(cls, link: str, *, name: str, about: str = "") -> MemberState:
+        parsed = parse_link(link)  # refuse a bad link before a key is made for it
+        key = ed25519.Ed25519PrivateKey.generate()
+        return cls(
+            link=link,
+            member_secret=b64e(key.private_bytes_raw()),
+            name=name,
+            about=about,
+            relays=[MemberRelay(address=a) for a in parsed.relays],
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> MemberState:
+        raw = load_state(path, "member", "relay member join")
+        raw["relays"] = [MemberRelay(**r) for r in raw.get("relays", [])]
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        save_private(path, asdict(self))
+
+
+async def _fetch_profile(session: RelaySession, channel: bytes) -> VerifiedProfile:
+    answer = await session.request(ProfileRequest())
+    if not isinstance(answer, ProfileAnswer):
+        raise RelayProtocolError(f"expected profile, got {type(answer).__name__}")
+    try:
+        verified = verify_profile(answer.profile)
+    except ProtocolError as exc:
+        raise RelayProtocolError(
+            f"the relay served a profile that does not verify ({exc.reason})", code=exc.code.value
+        ) from None
+    if verified.profile.channel != channel:
+        raise RelayProtocolError("the relay served the profile of another channel", code="channel_mismatch")
+    return verified
+
+
+async def join(state: MemberState, path: Path, *, wait: float = 0.0, timeout: float = 15.0) -> MemberState:
+    """Ask every relay of the link to admit this member; records each answer in ``state``.
+
+    With ``wait`` > 0 the connection stays open after a ``held`` or ``pending_approval``
+    answer, for up to ``wait`` seconds, to learn the decision.
+    """
+    state.save(path)  # the key exists on disk before any relay sees it
+    channel = state.parsed_link.channel
+    profile = MemberProfile(name=state.name, about=state.about)
+    newest: VerifiedProfile | None = None
+    for entry in state.relays:
+        try:
+            address = parse_address(entry.address)
+            assert address.address_id is not None  # parse_link admits group addresses only
+            async with open_session(address, timeout=timeout) as session:
+                verified = await _fetch_profile(session, channel)
+                if newest is None or verified.profile.version > newest.profile.version:
+                    newest = verified
+                request = make_join_request(
+                    state.member_key,
+                    relay_fingerprint=address.fingerprint,
+                    channel=channel,
+                    address_id=address.address_id,
+                    profile=profile,
+                    now=int(time.time()),
+                )
+                answer = _result(await session.request(Join(request=request)))
+                if wait > 0 and answer.status in ("held", "pending_approval"):
+                    answer = await _status(session, state, address.address_id, address.fingerprint, wait)
+            _record(entry, answer)
+        except RelayError as exc:
+            entry.status, entry.code, entry.reason = "unusable", exc.code, exc.reason
+    if newest is not None:
+        state.profile_version = max(state.profile_version, newest.profile.version)
+        _mark_unlisted(state, newest)
+    state.save(path)
+    return state
+
+
+def _mark_unlisted(state: MemberState, newest: VerifiedProfile) -> None:
+    """A relay the newest profile no longer lists is not the channel's any more.
+
+    Before activation the newest profile may list no relay at all; then the link is all we have.
+    """
+    listed = set(newest.profile.relays)
+    if not listed:
+        return
+    for entry in state.relays:
+        if entry.address not in listed:
+            entry.status, entry.code = "unusable", "not_listed"
+            entry.reason = f"profile version {newest.profile.version} does not list this relay"
+
+
+async def status(state: MemberState, path: Path, *, wait: float = 0.0, timeout: float = 15.0) -> MemberState:
+    """Ask each relay for the decision on this member's request (waiting up to ``wait`` s)."""
+    for entry in state.relays:
+        if entry.status == "new":
+            continue
+        try:
+            address = parse_address(entry.address)
+            assert address.address_id is not None
+            async with open_session(address, timeout=timeout + wait) as session:
+                answer = await _status(session, state, address.address_id, address.fingerprint, wait)
+            _record(entry, answer)
+        except RelayError as exc:
+            entry.code, entry.reason = exc.code, exc.reason
+    state.save(path)
+    return state
+
+
+async def _status(
+    session: RelaySession, state: MemberState, address_id: str, fingerprint: bytes, wait: float
+) -> JoinResult:
+    request = make_member_request(
+        state.member_key,
+        relay_fingerprint=fingerprint,
+        channel=state.parsed_link.channel,
+        address_id=address_id,
+        now=int(time.time()),
+    )
+    session.timeout = max(session.timeout, wait + 5)
+    return _result(await session.request(JoinStatus(request=request, wait=wait)))
+
+
+def _result(answer: object) -> JoinResult:
+    if not isinstance(answer, JoinResult):
+        raise RelayProtocolError(f"expected join_result, got {type(answer).__name__}")
+    return answer
+
+
+def _record(entry: MemberRelay, answer: JoinResult) -> None:
+    entry.status, entry.code, entry.reason = answer.status, answer.code, answer.reason

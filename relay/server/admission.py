@@ -1,0 +1,392 @@
+"""Members at a group address (profile, join, status) and the owners' admission commands.
+
+A join request is verified on the trio thread (signature, binding, age, size),
+then stored and answered in one transaction through the group-commit writer:
+the answer (``held``, ``admitted``, ``pending_approval`` or ``refused``) is
+sent only after COMMIT, so nothing acknowledged can be lost.  A request to an
+active group with nothing queued ahead is decided at once; anything else is
+held for :class:`relay.server.worker.JoinWorker`.  The rules themselves live in
+``relay.protocol.admission``; this module reads the counts and applies them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import structlog
+import trio
+
+from relay.protocol import admission
+from relay.protocol.admission import Decision, GroupRules, JoinState
+from relay.protocol.encoding import b64e, encode
+from relay.protocol.errors import ErrorCode, RemoteProtocolError
+from relay.protocol.invitation import (
+    ACTION_APPROVE_MEMBER,
+    ACTION_REFUSE_MEMBER,
+    ACTION_RESUME_ADMISSION,
+    ACTION_SUSPEND_ADMISSION,
+    OWNER_COMMANDS,
+    verify_owner_request,
+)
+from relay.protocol.membership import stored_join, verify_join_request, verify_member_request
+from relay.protocol.messages import (
+    Join,
+    JoinResult,
+    JoinStatus,
+    OwnerCommand,
+    OwnerCommandResult,
+    PendingMember,
+    ProfileAnswer,
+)
+from relay.server.config import MembersConfig
+from relay.server.metrics import Metrics
+from relay.server.service import GroupService, check_owner, decode_signed
+from relay.store import groups, joins
+from relay.store.groups import GroupRecord
+from relay.store.joins import JoinRow
+
+log = structlog.get_logger("relay.admission")
+
+MAX_PENDING_LISTED = 200
+
+
+@dataclass(frozen=True, slots=True)
+class GroupBinding:
+    """The group a connection's address named at ``hello`` (the state is read per request)."""
+
+    id: int
+    channel: bytes
+    address_id: str
+
+
+def rules_of(record: GroupRecord, counts: joins.QueueCounts, operator_cap: int) -> GroupRules:
+    owners_cap = record.max_members
+    cap = min(owners_cap, operator_cap) if owners_cap else operator_cap
+    return GroupRules(
+        state=record.state,
+        reason_code=record.reason_code,
+        reason=record.reason,
+        admission=record.admission,
+        max_members=cap,
+        admission_suspended=record.admission_suspended,
+        members=counts.members,
+    )
+
+
+def result_of(row: JoinRow) -> JoinResult:
+    return JoinResult(
+        status=row.status.wire,
+        code=row.code,
+        reason=row.reason,
+        received_at=row.received_at,
+        decided_at=row.decided_at,
+    )
+
+
+def member_id(key: bytes) -> str:
+    """How owners and operators name a member: the key in base64url (it is not a secret)."""
+    return b64e(key)
+
+
+class DecisionWaiters:
+    """Connections waiting for the decision on a request (``join_status`` with ``wait``).
+
+    Bounded: past ``limit`` waiting keys a status request is answered at once instead.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._events: dict[tuple[int, bytes], tuple[trio.Event, int]] = {}
+
+    @contextmanager
+    def waiting(self, key: tuple[int, bytes]) -> Iterator[trio.Event | None]:
+        if key not in self._events and len(self._events) >= self.limit:
+            yield None
+            return
+        event, users = self._events.get(key, (trio.Event(), 0))
+        self._events[key] = (event, users + 1)
+        try:
+            yield event
+        finally:
+            current = self._events.get(key)
+            if current is not None and current[0] is event:
+                if current[1] <= 1:
+                    del self._events[key]
+                else:
+                    self._events[key] = (event, current[1] - 1)
+
+    def decided(self, key: tuple[int, bytes]) -> None:
+        entry = self._events.pop(key, None)
+        if entry is not None:
+            entry[0].set()
+
+    def wake_all(self) -> None:
+        """Shutdown: every waiting connection answers with what it has now."""
+        for event, _ in self._events.values():
+            event.set()
+        self._events.clear()
+
+
+class Admissions:
+    def __init__(
+        self,
+        service: GroupService,
+        config: MembersConfig,
+        metrics: Metrics,
+        *,
+        max_waiters: int,
+        on_held: Callable[[int], None] = lambda group_id: None,
+    ) -> None:
+        self.service = service
+        self.db = service.db
+        self.config = config
+        self.metrics = metrics
+        self.waiters = DecisionWaiters(max_waiters)
+        self.on_held = on_held  # the worker's wake-up: a request is queued behind others
+
+    # --- at a group address --------------------------------------------------
+
+    async def bind(self, address_id: str) -> GroupBinding:
+        record = await self.service.group_by_address(address_id)
+        if record is None:
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+        return GroupBinding(record.id, record.channel, address_id)
+
+    async def profile(self, group: GroupBinding) -> ProfileAnswer:
+        record = await self.db.transact(lambda conn: groups.by_id(conn, group.id))
+        if record is None:
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+        if record.state.terminal:
+            raise RemoteProtocolError(ErrorCode.GROUP_CLOSED, f"the group is {record.state.value}")
+        return ProfileAnswer(profile=decode_signed(record.profile), state=record.state.value)
+
+    async def join(self, group: GroupBinding, frame: Join) -> JoinResult:
+        now = self.service.now()
+        verified = verify_join_request(
+            frame.request,
+            relay_fingerprint=self.service.identity.fingerprint,
+            channel=group.channel,
+            address_id=group.address_id,
+            now=now,
+            max_age=self.service.policy.policy.invitation_max_age,
+            max_profile_bytes=self.config.max_profile_bytes,
+        )
+        new = joins.NewJoin(
+            group_id=group.id,
+            member_key=verified.member_key,
+            request=encode(frame.request),
+            name=verified.profile.name[:64],
+        )
+        stored, row, counts = await self.db.transact(lambda conn: self._arrive(conn, new, now))
+        outcome = "duplicate" if not stored else row.status.wire
+        if row.code == ErrorCode.QUEUE_FULL.value:
+            outcome = "refused"
+            self.metrics.inc("relay_bounds_hit_total", bound="group_queue")
+            log.warning(
+                "bound.hit", bound="group_queue", group=group.id, limit=self.config.max_queued_per_group
+            )
+        self.metrics.inc("relay_join_requests_total", outcome=outcome)
+        if stored and row.status is JoinState.REFUSED and row.code:
+            self.metrics.inc("relay_admission_refusals_total", code=row.code)
+        if stored and row.status is JoinState.HELD and counts.held > 1:
+            self.on_held(group.id)
+        log.debug("member.join", group=group.id, status=row.status.value, code=row.code, stored=stored)
+        return result_of(row)
+
+    def _arrive(
+        self, conn: sqlite3.Connection, new: joins.NewJoin, now: int
+    ) -> tuple[bool, JoinRow, joins.QueueCounts]:
+        record = groups.by_id(conn, new.group_id)
+        if record is None:
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+        counts = joins.counts(conn, new.group_id)
+        existing = joins.by_member(conn, new.group_id, new.member_key)
+        existing_decision = existing.decision if existing else None
+        arrival = admission.arrive(
+            rules_of(record, counts, self.config.max_per_group),
+            existing=existing_decision,
+            same_request=existing is not None and existing.request == new.request,
+            queued_ahead=counts.held,
+            undecided=counts.undecided,
+            queue_bound=self.config.max_queued_per_group,
+        )
+        if not arrival.store:
+            if existing is not None and arrival.decision is existing_decision:
+                return False, existing, counts
+            return False, _unstored(new, arrival.decision, now), counts
+        if existing is not None:
+            joins.delete(conn, existing.id)  # a "not now" refusal, asked again: decided afresh
+        row_id = joins.insert(conn, new, arrival.decision, now)
+        self.after_decision(conn, record, new.member_key, new.name, arrival.decision, now)
+        row = joins.by_id(conn, row_id)
+        assert row is not None
+        return True, row, joins.counts(conn, new.group_id)
+
+    def after_decision(
+        self,
+        conn: sqlite3.Connection,
+        record: GroupRecord,
+        member_key: bytes,
+        name: str,
+        decision: Decision,
+        now: int,
+    ) -> None:
+        """What follows a decision in the same transaction: the owners' log, the refusal bound."""
+        if decision.state is JoinState.PENDING_APPROVAL:
+            groups.append_log(
+                conn,
+                record.id,
+                now,
+                "member_pending",
+                f"{name!r} ({member_id(member_key)}) asks to join",
+                keep=self.service.log_keep,
+            )
+        elif decision.state is JoinState.REFUSED:
+            dropped = joins.prune_refused(conn, record.id, self.config.max_refused_per_group)
+            if dropped:
+                self.metrics.inc("relay_bounds_hit_total", dropped, bound="refused_per_group")
+
+    async def status(self, group: GroupBinding, frame: JoinStatus) -> JoinResult:
+        verify_member_request(
+            frame.request,
+            relay_fingerprint=self.service.identity.fingerprint,
+            channel=group.channel,
+            address_id=group.address_id,
+            now=self.service.now(),
+            max_age=self.service.policy.policy.invitation_max_age,
+        )
+        key = (group.id, frame.request.signer)
+        wait = min(frame.wait, self.config.max_status_wait)
+        # Registered before reading, so a decision committed in between still wakes us.
+        with self.waiters.waiting(key) as event:
+            row = await self._read(key)
+            if event is not None and wait > 0 and row.status.undecided:
+                with trio.move_on_after(wait):
+                    await event.wait()
+                row = await self._read(key)
+        return result_of(row)
+
+    async def _read(self, key: tuple[int, bytes]) -> JoinRow:
+        row = await self.db.transact(lambda conn: joins.by_member(conn, *key))
+        if row is None:
+            raise RemoteProtocolError(
+                ErrorCode.UNKNOWN_MEMBER, "this relay holds no join request from this key"
+            )
+        return row
+
+    # --- the owners' commands (contact address, service group) -----------------
+
+    async def owner_command(self, frame: OwnerCommand) -> OwnerCommandResult:
+        request = verify_owner_request(
+            frame.request,
+            actions=OWNER_COMMANDS,
+            relay_fingerprint=self.service.identity.fingerprint,
+            now=self.service.now(),
+            max_age=self.service.policy.policy.invitation_max_age,
+        )
+        now = self.service.now()
+        signer = frame.request.signer
+
+        def apply(conn: sqlite3.Connection) -> tuple[OwnerCommandResult, GroupRecord, Decision | None]:
+            record = check_owner(groups.by_channel(conn, request.channel), request, signer)
+            decision = None
+            detail = ""
+            if request.action in (ACTION_APPROVE_MEMBER, ACTION_REFUSE_MEMBER):
+                decision = self._owners_decide(
+                    conn, record, request.subject, request.action, request.note, now
+                )
+                detail = f"{member_id(request.subject)} {decision.state.value}"
+            elif request.action in (ACTION_SUSPEND_ADMISSION, ACTION_RESUME_ADMISSION):
+                suspend = request.action == ACTION_SUSPEND_ADMISSION
+                if record.admission_suspended != suspend:
+                    groups.set_admission_suspended(conn, record.id, suspend, now)
+                    event = "admission_suspended" if suspend else "admission_resumed"
+                    groups.append_log(conn, record.id, now, event, "by an owner", keep=self.service.log_keep)
+                record = replace(record, admission_suspended=suspend)
+                detail = "admission suspended" if suspend else "admission open"
+            counts = joins.counts(conn, record.id)
+            pending = [
+                PendingMember(
+                    member=row.member_key,
+                    name=row.name,
+                    about=_about(row),
+                    received_at=row.received_at,
+                )
+                for row in joins.pending(conn, record.id, MAX_PENDING_LISTED)
+            ]
+            result = OwnerCommandResult(
+                state=record.state.value,
+                admission="suspended" if record.admission_suspended else "open",
+                members=counts.members,
+                pending=pending,
+                detail=detail,
+            )
+            return result, record, decision
+
+        result, record, decision = await self.db.transact(apply)
+        with structlog.contextvars.bound_contextvars(group=record.id):
+            log.info("owner.command", action=request.action)
+            if decision is not None:
+                self.waiters.decided((record.id, request.subject))
+                self.metrics.inc("relay_owner_decisions_total", outcome=decision.state.value)
+        return result
+
+    def _owners_decide(
+        self,
+        conn: sqlite3.Connection,
+        record: GroupRecord,
+        member_key: bytes,
+        action: str,
+        note: str,
+        now: int,
+    ) -> Decision:
+        row = joins.by_member(conn, record.id, member_key)
+        if row is None:
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_MEMBER, "no join request from this member key")
+        if action == ACTION_APPROVE_MEMBER:
+            rules = rules_of(record, joins.counts(conn, record.id), self.config.max_per_group)
+            decision = admission.approve(rules, row.status)
+        else:
+            decision = admission.refuse(row.status, note)
+        joins.set_decision(conn, row.id, decision, now)
+        verb = "member_admitted" if decision.state is JoinState.ADMITTED else "member_refused"
+        groups.append_log(
+            conn,
+            record.id,
+            now,
+            verb,
+            f"{row.name!r} ({member_id(member_key)}) by an owner",
+            keep=self.service.log_keep,
+        )
+        self.after_decision(conn, record, member_key, row.name, decision, now)
+        return decision
+
+
+def _unstored(new: joins.NewJoin, decision: Decision, now: int) -> JoinRow:
+    """The answer to a request that is refused without being stored (``queue_full``)."""
+    return JoinRow(
+        id=0,
+        group_id=new.group_id,
+        member_key=new.member_key,
+        request=new.request,
+        name=new.name,
+        status=decision.state,
+        code=decision.code,
+        reason=decision.reason,
+        received_at=now,
+        decided_at=now,
+        attempts=0,
+        next_attempt_ms=0,
+        last_error=None,
+    )
+
+
+def _about(row: JoinRow) -> str:
+    """The member's "about" line, from the stored request (decoded only for the owners' list)."""
+    try:
+        return stored_join(row.request).profile.about[:500]
+    except RemoteProtocolError:
+        return ""

@@ -1,0 +1,229 @@
+"""Join requests as rows: the durable per-group queue, members, and the per-group counts.
+
+Functions here run on the database worker thread inside a transaction opened
+by :class:`relay.store.db.Database`.  The ``id`` of a row is its arrival order.
+The counts in ``group_queues`` are kept by triggers (migration 3), so they can
+never disagree with the rows.  The signed request is stored as received, byte
+for byte.  No policy here: the decisions come from ``relay.protocol.admission``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from relay.protocol.admission import Decision, JoinState
+
+_COLUMNS = (
+    "id, group_id, member_key, request, name, status, code, reason, received_at, decided_at, "
+    "attempts, next_attempt_ms, last_error"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRow:
+    id: int
+    group_id: int
+    member_key: bytes
+    request: bytes  # the encoded Signed join request, body bytes exactly as signed
+    name: str
+    status: JoinState
+    code: str | None
+    reason: str | None
+    received_at: int
+    decided_at: int | None
+    attempts: int
+    next_attempt_ms: int
+    last_error: str | None
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(self.status, self.code, self.reason)
+
+
+def _row(values: tuple[object, ...] | None) -> JoinRow | None:
+    if values is None:
+        return None
+    fields = list(values)
+    fields[5] = JoinState(str(fields[5]))
+    return JoinRow(*fields)  # type: ignore[arg-type]
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[JoinRow]:
+    return [r for r in map(_row, cursor.fetchall()) if r is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    held: int = 0
+    pending: int = 0
+    dead: int = 0
+    members: int = 0
+    refused: int = 0
+
+    @property
+    def undecided(self) -> int:
+        return self.held + self.pending + self.dead
+
+
+def counts(conn: sqlite3.Connection, group_id: int) -> QueueCounts:
+    row = conn.execute(
+        "SELECT held, pending, dead, members, refused FROM group_queues WHERE group_id = ?", (group_id,)
+    ).fetchone()
+    return QueueCounts(*row) if row else QueueCounts()
+
+
+def totals(conn: sqlite3.Connection) -> QueueCounts:
+    """Sums over every group (for metrics and stats: one pass over a small table)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(held), 0), coalesce(sum(pending), 0), coalesce(sum(dead), 0), "
+        "coalesce(sum(members), 0), coalesce(sum(refused), 0) FROM group_queues"
+    ).fetchone()
+    return QueueCounts(*row)
+
+
+def by_member(conn: sqlite3.Connection, group_id: int, member_key: bytes) -> JoinRow | None:
+    return _row(
+        conn.execute(
+            f"SELECT {_COLUMNS} FROM join_requests WHERE group_id = ? AND member_key = ?",
+            (group_id, member_key),
+        ).fetchone()
+    )
+
+
+def by_id(conn: sqlite3.Connection, row_id: int) -> JoinRow | None:
+    return _row(conn.execute(f"SELECT {_COLUMNS} FROM join_requests WHERE id = ?", (row_id,)).fetchone())
+
+
+@dataclass(frozen=True, slots=True)
+class NewJoin:
+    group_id: int
+    member_key: bytes
+    request: bytes
+    name: str
+
+
+def insert(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int) -> int:
+    """Store an arriving request with its first decision; returns its id (arrival order)."""
+    decided_at = None if decision.state.undecided else now
+    cursor = conn.execute(
+        "INSERT INTO join_requests (group_id, member_key, request, name, status, code, reason, "
+        "received_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            join.group_id,
+            join.member_key,
+            join.request,
+            join.name,
+            decision.state.value,
+            decision.code,
+            decision.reason,
+            now,
+            decided_at,
+        ),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def delete(conn: sqlite3.Connection, row_id: int) -> None:
+    conn.execute("DELETE FROM join_requests WHERE id = ?", (row_id,))
+
+
+def set_decision(conn: sqlite3.Connection, row_id: int, decision: Decision, now: int) -> None:
+    decided_at = None if decision.state.undecided else now
+    conn.execute(
+        "UPDATE join_requests SET status = ?, code = ?, reason = ?, decided_at = ?, last_error = NULL "
+        "WHERE id = ?",
+        (decision.state.value, decision.code, decision.reason, decided_at, row_id),
+    )
+
+
+def record_failure(
+    conn: sqlite3.Connection, row_id: int, error: str, next_attempt_ms: int, *, dead: bool
+) -> None:
+    """Count a failed attempt; after too many the request waits for the operator (``dead``)."""
+    conn.execute(
+        "UPDATE join_requests SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ?, "
+        "status = CASE WHEN ? THEN 'dead' ELSE status END WHERE id = ?",
+        (next_attempt_ms, error[:500], dead, row_id),
+    )
+
+
+def retry(conn: sqlite3.Connection, row_id: int) -> bool:
+    """Put a dead request back at its place in the queue, with a fresh count of attempts."""
+    cursor = conn.execute(
+        "UPDATE join_requests SET status = 'held', attempts = 0, next_attempt_ms = 0 "
+        "WHERE id = ? AND status = 'dead'",
+        (row_id,),
+    )
+    return cursor.rowcount == 1
+
+
+def due(conn: sqlite3.Connection, group_id: int, now_ms: int, limit: int) -> list[JoinRow]:
+    """The group's held requests in arrival order, skipping those waiting out a back-off."""
+    return _rows(
+        conn.execute(
+            f"SELECT {_COLUMNS} FROM join_requests WHERE group_id = ? AND status = 'held' "
+            "AND next_attempt_ms <= ? ORDER BY id LIMIT ?",
+            (group_id, now_ms, limit),
+        )
+    )
+
+
+def next_due_ms(conn: sqlite3.Connection, group_id: int) -> int | None:
+    """When the group's earliest held request may be tried (None: nothing held)."""
+    (value,) = conn.execute(
+        "SELECT min(next_attempt_ms) FROM join_requests WHERE group_id = ? AND status = 'held'",
+        (group_id,),
+    ).fetchone()
+    return None if value is None else int(value)
+
+
+def groups_with_held(conn: sqlite3.Connection) -> list[int]:
+    return [g for (g,) in conn.execute("SELECT group_id FROM group_queues WHERE held > 0")]
+
+
+def expired(conn: sqlite3.Connection, received_before: int, limit: int) -> list[JoinRow]:
+    """Held or dead requests older than the age limit, oldest first."""
+    return _rows(
+        conn.execute(
+            f"SELECT {_COLUMNS} FROM join_requests WHERE status IN ('held', 'dead') "
+            "AND received_at < ? ORDER BY received_at LIMIT ?",
+            (received_before, limit),
+        )
+    )
+
+
+def pending(conn: sqlite3.Connection, group_id: int, limit: int) -> list[JoinRow]:
+    return _rows(
+        conn.execute(
+            f"SELECT {_COLUMNS} FROM join_requests WHERE group_id = ? AND status = 'pending_approval' "
+            "ORDER BY id LIMIT ?",
+            (group_id, limit),
+        )
+    )
+
+
+def listing(
+    conn: sqlite3.Connection, *, statuses: tuple[str, ...], after: int = 0, limit: int = 100
+) -> list[JoinRow]:
+    """For the operator: requests in the given states, in arrival order, one page at a time."""
+    marks = ", ".join("?" for _ in statuses)
+    return _rows(
+        conn.execute(
+            f"SELECT {_COLUMNS} FROM join_requests WHERE status IN ({marks}) AND id > ? ORDER BY id LIMIT ?",
+            (*statuses, after, limit),
+        )
+    )
+
+
+def prune_refused(conn: sqlite3.Connection, group_id: int, keep: int) -> int:
+    """Forget the group's oldest refusals beyond ``keep`` (fresh member keys cost nothing)."""
+    excess = counts(conn, group_id).refused - keep
+    if excess <= 0:
+        return 0
+    conn.execute(
+        "DELETE FROM join_requests WHERE id IN (SELECT id FROM join_requests "
+        "INDEXED BY join_requests_refused WHERE group_id = ? AND status = 'refused' ORDER BY id LIMIT ?)",
+        (group_id, excess),
+    )
+    return excess
