@@ -235,10 +235,11 @@ async def test_a_relay_that_alters_the_profile_is_not_used(
 async def test_member_who_disconnects_before_the_answer_finds_the_decision_later(
     relay: RunningRelay, tmp_path: Path
 ) -> None:
+    from wire import connect
+
     from relay.protocol.addresses import parse_address
     from relay.protocol.membership import make_join_request
     from relay.protocol.messages import Join, MemberProfile
-    from wire import connect
 
     owner, _ = await active_channel(relay, tmp_path)
     state, path = member(tmp_path, owner)
