@@ -27,6 +27,7 @@ from relay.server.admin import AdminEndpoint
 from relay.server.config import Config, split_host_port
 from relay.server.identity import Identity, load_or_create
 from relay.server.metrics import Metrics
+from relay.server.notify import Notifier
 from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
 from relay.store.db import Database
@@ -92,6 +93,7 @@ class Relay:
     data_dir: Path
     identity: Identity = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
+    notifier: Notifier = field(default_factory=Notifier)
     ready: ReadyInfo | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _policy: PolicyHolder = field(init=False)
@@ -153,6 +155,8 @@ class Relay:
             )
             async with trio.open_nursery() as db_nursery:
                 await db_nursery.start(db.serve)
+                # In the outermost nursery: the heartbeat goes on while connections drain.
+                db_nursery.start_soon(self.notifier.watchdog)
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as acceptors:
                         for handler, listeners in (
@@ -176,9 +180,11 @@ class Relay:
                             admin_listen=self.ready.admin_listen,
                             pid=os.getpid(),
                         )
+                        self.notifier.ready(f"serving on {self.ready.listen}")
                         task_status.started(self.ready)
                         await self._stop.wait()
                         log.info("relay.stopping", open_connections=public.open_connections)
+                        self.notifier.stopping()
                         acceptors.cancel_scope.cancel()
                         public.drain()
                     connections.cancel_scope.deadline = trio.current_time() + server.shutdown_grace
