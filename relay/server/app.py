@@ -125,7 +125,9 @@ class Relay:
             self.data_dir / DB_FILE,
             synchronous=storage.synchronous,
             max_pending=storage.max_pending_writes,
+            on_commit=self._observe_commit,
         )
+        self.metrics.set("relay_start_time_seconds", time.time())
         try:
             public_listeners = await _listen(server.listen)
             admin_listeners = await _listen(server.admin_listen)
@@ -193,6 +195,10 @@ class Relay:
             db.close()
             (self.data_dir / RUN_FILE).unlink(missing_ok=True)
         log.info("relay.stopped")
+
+    def _observe_commit(self, seconds: float, jobs: int) -> None:
+        self.metrics.observe("relay_db_commit_seconds", seconds)
+        self.metrics.observe("relay_db_batch_size", jobs)
 
     async def _sweep(self, service: GroupService) -> None:
         """Expire groups the owners never activated; checks a few times per time-out."""

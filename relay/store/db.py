@@ -59,6 +59,7 @@ class Database:
         synchronous: str = "FULL",
         max_pending: int = 10_000,
         max_batch: int = 512,
+        on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
@@ -74,6 +75,9 @@ class Database:
         self._send, self._receive = trio.open_memory_channel[_Job[Any]](max_pending)
         self._max_batch = max_batch
         self.stats = CommitStats()
+        # Called on the trio thread after each commit with (seconds, jobs): the metrics'
+        # histograms are not thread-safe, so the worker thread never touches them.
+        self.on_commit = on_commit
 
     def close(self) -> None:
         self._conn.close()
@@ -90,10 +94,12 @@ class Database:
                     break
             try:
                 # Not abandoned on cancel: the thread always finishes its transaction first.
-                await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
+                seconds = await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
             finally:
                 for job in batch:
                     job.done.set()
+            if seconds is not None and self.on_commit is not None:
+                self.on_commit(seconds, len(batch))
 
     async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside a committed transaction and return its result.
@@ -117,7 +123,8 @@ class Database:
             raise job.error
         return job.result  # type: ignore[return-value]
 
-    def _run_batch(self, batch: list[_Job[Any]]) -> None:
+    def _run_batch(self, batch: list[_Job[Any]]) -> float | None:
+        """One transaction for the whole batch; returns its duration, or None if it failed."""
         conn = self._conn
         started = time.perf_counter()
         try:
@@ -137,11 +144,13 @@ class Database:
             log.error("store.commit_failed", error=str(exc), jobs=len(batch))
             for job in batch:
                 job.result, job.error = None, exc
-            return
+            return None
+        seconds = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.jobs += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self.stats.commit_seconds += time.perf_counter() - started
+        self.stats.commit_seconds += seconds
+        return seconds
 
     def backup(self, target: Path) -> None:
         """A consistent copy through SQLite's online backup API (run on the worker thread)."""
