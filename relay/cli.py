@@ -254,6 +254,33 @@ def cmd_admin_reject(args: argparse.Namespace) -> dict[str, Any]:
         return {"status": "ok", "group": admin.reject(args.id, args.reason)}
 
 
+def cmd_admin_suspend(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.suspend(args.id, args.reason)}
+
+
+def cmd_admin_resume(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.resume(args.id)}
+
+
+def cmd_admin_remove(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.remove(args.id, args.reason)}
+
+
+def cmd_admin_stats(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", **admin.stats()}
+
+
+def cmd_admin_backup(args: argparse.Namespace) -> dict[str, Any]:
+    # The relay writes the file itself, so it needs a path that means the same to it.
+    target = Path(args.file).expanduser().absolute()
+    with _admin(args) as admin:
+        return {"status": "ok", **admin.backup(str(target))}
+
+
 # --- human output ------------------------------------------------------------
 
 
@@ -327,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("group", cmd_admin_group, "show one group and its service log"),
         ("approve", cmd_admin_approve, "approve a group waiting for manual approval"),
         ("reject", cmd_admin_reject, "reject a group waiting for manual approval"),
+        ("suspend", cmd_admin_suspend, "suspend an active group (resume undoes it)"),
+        ("resume", cmd_admin_resume, "resume a suspended group"),
+        ("remove", cmd_admin_remove, "remove a group for good; repeated invitations are refused"),
+        ("stats", cmd_admin_stats, "groups by state, connections, database commits, uptime, version"),
+        ("backup", cmd_admin_backup, "write an online backup of the database to a new FILE"),
     ):
         p = command(admin, name, func, help_)
         p.add_argument("--data")
@@ -335,10 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--state", dest="state_filter", help="only groups in this state")
             p.add_argument("--after", type=int, default=0, help="only groups with an id above this")
             p.add_argument("--limit", type=int, default=100, help="at most this many (up to 1000)")
-        else:
+        elif name == "backup":
+            p.add_argument("file", metavar="FILE", help="a new file, written by the relay itself (mode 0600)")
+        elif name != "stats":
             p.add_argument("id", type=int)
         if name == "reject":
             p.add_argument("--reason", required=True)
+        if name in ("suspend", "remove"):
+            p.add_argument("--reason", help="told to the owners in the service log")
     return parser
 
 

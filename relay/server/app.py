@@ -94,6 +94,7 @@ class Relay:
     identity: Identity = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     notifier: Notifier = field(default_factory=Notifier)
+    started: float = field(default_factory=time.time)
     ready: ReadyInfo | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _policy: PolicyHolder = field(init=False)
@@ -127,7 +128,7 @@ class Relay:
             max_pending=storage.max_pending_writes,
             on_commit=self._observe_commit,
         )
-        self.metrics.set("relay_start_time_seconds", time.time())
+        self.metrics.set("relay_start_time_seconds", self.started)
         try:
             public_listeners = await _listen(server.listen)
             admin_listeners = await _listen(server.admin_listen)
@@ -153,7 +154,12 @@ class Relay:
                 service, server, self.metrics, log_client_ip=self.config.logging.log_client_ip
             )
             admin = AdminEndpoint(
-                service, self.metrics, lambda: self.ready is not None, server.handshake_timeout
+                service,
+                self.metrics,
+                lambda: self.ready is not None,
+                server.handshake_timeout,
+                open_connections=lambda: public.open_connections,
+                started=self.started,
             )
             async with trio.open_nursery() as db_nursery:
                 await db_nursery.start(db.serve)
