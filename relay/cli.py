@@ -65,6 +65,27 @@ def _load_config(args: argparse.Namespace) -> Any:
     return config
 
 
+def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
+    """Every error in the file and the RELAY_* environment, each naming its key and source."""
+    from relay.server.config import check_config
+
+    path = Path(args.config) if args.config else None
+    config, errors, variables = check_config(path, os.environ)
+    if config is None:
+        lines = "\n".join(f"  - {error}" for error in errors)
+        count = f"{len(errors)} error{'s' if len(errors) > 1 else ''}"
+        raise Failure(f"{count} in the configuration:\n{lines}", code="bad_config", errors=errors)
+    source = str(path) if path else "built-in defaults"
+    overrides = f" + {', '.join(variables)}" if variables else ""
+    return {
+        "status": "ok",
+        "config": str(path) if path else None,
+        "environment": variables,
+        "summary": f"ok: {source}{overrides}; public {config.server.listen}, "
+        f"operator {config.server.admin_listen}, approval {config.policy.approval}",
+    }
+
+
 def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     from relay.protocol.addresses import contact_address
     from relay.server.app import DB_FILE
@@ -285,6 +306,8 @@ def cmd_admin_backup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _human(result: dict[str, Any]) -> str:
+    if "summary" in result:
+        return str(result["summary"])
     if "address" in result and len(result) <= 4:
         return str(result["address"])
     if "groups" in result:
@@ -323,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--listen", help="public HOST:PORT (port 0 picks a free port)")
     p.add_argument("--admin-listen", help="operator HOST:PORT (loopback by default)")
+    config = sub.add_parser("config", help="configuration commands").add_subparsers(
+        dest="config_cmd", required=True
+    )
+    p = command(
+        config, "check", cmd_config_check, "check a config file and the RELAY_* environment; list every error"
+    )
+    p.add_argument("--config", help="the relay.toml to check (default: built-in defaults)")
     p = command(sub, "address", cmd_address, "print the relay's contact address")
     p.add_argument("--data", required=True)
     p.add_argument("--config")
