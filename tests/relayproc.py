@@ -54,7 +54,12 @@ class RunningRelay:
             args + self.extra_args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            # RELAY_* variables of the shell running the tests would override the test's config.
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
+                "PYTHONUNBUFFERED": "1",
+                **self.env,
+            },
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         if not self._ready.wait(timeout):

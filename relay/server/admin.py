@@ -1,8 +1,10 @@
 """The operator port (loopback by default): health, readiness, metrics and the admin API.
 
 Plain HTTP/1.1 with JSON bodies, served through the same h11 glue as the public
-port.  It exposes what an operator needs to run the relay and nothing a client
-could use; it must never be bound to a public interface without a firewall.
+port.  It exposes what an operator needs to run the relay (groups and their
+state changes, stats, online backups written by the relay to a new file the
+operator names) and nothing a client could use; it must never be bound to a
+public interface without a firewall, since it has no authentication.
 """
 
 from __future__ import annotations
