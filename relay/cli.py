@@ -310,7 +310,7 @@ def _human(result: dict[str, Any]) -> str:
         return str(result["summary"])
     if "address" in result and len(result) <= 4:
         return str(result["address"])
-    if "groups" in result:
+    if isinstance(result.get("groups"), list):
         rows = [f"{g['id']:>6}  {g['state']:<10} {g['kind']:<8} {g['name']}" for g in result["groups"]]
         return "\n".join(["    id  state      kind     name", *rows]) if rows else "no groups"
     if "relays" in result and "link" not in result:

@@ -88,6 +88,8 @@ def test_stats(relay: RunningRelay) -> None:
     assert out["connections"] == {"open": 0, "total": 0}
     assert 0 <= float(out["uptime_seconds"]) < 60 and abs(int(out["started"]) - time.time()) < 60  # type: ignore[arg-type]
     assert set(out["db"]) == {"commits", "jobs", "largest_batch", "commit_seconds", "queue_full"}  # type: ignore[arg-type]
+    code, text, _ = run("admin", "stats", "--admin", relay.admin_listen)  # the human form too
+    assert code == 0 and "uptime_seconds: " in text and '"active": 0' in text
 
 
 async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tmp_path: Path) -> None:
