@@ -66,6 +66,27 @@ def _load_config(args: argparse.Namespace) -> Any:
     return config
 
 
+def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
+    """Every error in the file and the RELAY_* environment, each naming its key and source."""
+    from relay.server.config import check_config
+
+    path = Path(args.config) if args.config else None
+    config, errors, variables = check_config(path, os.environ)
+    if config is None:
+        lines = "\n".join(f"  - {error}" for error in errors)
+        count = f"{len(errors)} error{'s' if len(errors) > 1 else ''}"
+        raise Failure(f"{count} in the configuration:\n{lines}", code="bad_config", errors=errors)
+    source = str(path) if path else "built-in defaults"
+    overrides = f" + {', '.join(variables)}" if variables else ""
+    return {
+        "status": "ok",
+        "config": str(path) if path else None,
+        "environment": variables,
+        "summary": f"ok: {source}{overrides}; public {config.server.listen}, "
+        f"operator {config.server.admin_listen}, approval {config.policy.approval}",
+    }
+
+
 def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     from relay.protocol.addresses import contact_address
     from relay.server.app import DB_FILE
@@ -355,10 +376,39 @@ def cmd_admin_retry(args: argparse.Namespace) -> dict[str, Any]:
         return {"status": "ok", "request": admin.retry(args.id)}
 
 
+def cmd_admin_suspend(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.suspend(args.id, args.reason)}
+
+
+def cmd_admin_resume(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.resume(args.id)}
+
+
+def cmd_admin_remove(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", "group": admin.remove(args.id, args.reason)}
+
+
+def cmd_admin_stats(args: argparse.Namespace) -> dict[str, Any]:
+    with _admin(args) as admin:
+        return {"status": "ok", **admin.stats()}
+
+
+def cmd_admin_backup(args: argparse.Namespace) -> dict[str, Any]:
+    # The relay writes the file itself, so it needs a path that means the same to it.
+    target = Path(args.file).expanduser().absolute()
+    with _admin(args) as admin:
+        return {"status": "ok", **admin.backup(str(target))}
+
+
 # --- human output ------------------------------------------------------------
 
 
 def _human(result: dict[str, Any]) -> str:
+    if "summary" in result:
+        return str(result["summary"])
     if "address" in result and len(result) <= 4:
         return str(result["address"])
     if "requests" in result:
@@ -381,7 +431,7 @@ def _human(result: dict[str, Any]) -> str:
             for p in relay.get("pending", []):
                 lines.append(f"  pending {p['member']}  {p['name']!r}  {p['about']}")
         return "\n".join(lines)
-    if "groups" in result:
+    if isinstance(result.get("groups"), list):
         rows = [f"{g['id']:>6}  {g['state']:<10} {g['kind']:<8} {g['name']}" for g in result["groups"]]
         return "\n".join(["    id  state      kind     name", *rows]) if rows else "no groups"
     if "relays" in result and "link" not in result:
@@ -417,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--listen", help="public HOST:PORT (port 0 picks a free port)")
     p.add_argument("--admin-listen", help="operator HOST:PORT (loopback by default)")
+    config = sub.add_parser("config", help="configuration commands").add_subparsers(
+        dest="config_cmd", required=True
+    )
+    p = command(
+        config, "check", cmd_config_check, "check a config file and the RELAY_* environment; list every error"
+    )
+    p.add_argument("--config", help="the relay.toml to check (default: built-in defaults)")
     p = command(sub, "address", cmd_address, "print the relay's contact address")
     p.add_argument("--data", required=True)
     p.add_argument("--config")
@@ -478,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("reject", cmd_admin_reject, "reject a group waiting for manual approval"),
         ("held", cmd_admin_held, "list join requests still queued (held or dead-lettered)"),
         ("retry", cmd_admin_retry, "put a dead-lettered join request back in its queue"),
+        ("suspend", cmd_admin_suspend, "suspend an active group (resume undoes it)"),
+        ("resume", cmd_admin_resume, "resume a suspended group"),
+        ("remove", cmd_admin_remove, "remove a group for good; repeated invitations are refused"),
+        ("stats", cmd_admin_stats, "groups by state, connections, database commits, uptime, version"),
+        ("backup", cmd_admin_backup, "write an online backup of the database to a new FILE"),
     ):
         p = command(admin, name, func, help_)
         p.add_argument("--data")
@@ -489,10 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--state", dest="state_filter", help="only groups in this state")
         elif name == "held":
             p.add_argument("--dead", action="store_true", help="only dead-lettered requests")
-        else:
+        elif name == "backup":
+            p.add_argument("file", metavar="FILE", help="a new file, written by the relay itself (mode 0600)")
+        elif name != "stats":
             p.add_argument("id", type=int)
         if name == "reject":
             p.add_argument("--reason", required=True)
+        if name in ("suspend", "remove"):
+            p.add_argument("--reason", help="told to the owners in the service log")
     return parser
 
 

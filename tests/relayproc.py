@@ -25,6 +25,7 @@ class RunningRelay:
     config: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     listen_on: str = "127.0.0.1:0"
+    env: dict[str, str] = field(default_factory=dict)  # extra environment variables
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
@@ -53,7 +54,12 @@ class RunningRelay:
             args + self.extra_args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # RELAY_* variables of the shell running the tests would override the test's config.
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
+                "PYTHONUNBUFFERED": "1",
+                **self.env,
+            },
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         if not self._ready.wait(timeout):

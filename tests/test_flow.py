@@ -419,6 +419,22 @@ async def test_sigterm_closes_idle_sessions_at_once(relay_factory: RelayFactory)
     assert relay.events("relay.stopped")
 
 
+def test_sigterm_with_a_stuck_connection_exits_within_shutdown_grace(relay_factory: RelayFactory) -> None:
+    """A connection that is neither idle in a session nor finishing a request (a half-sent
+    HTTP head) holds the stop for shutdown_grace at most, then the relay exits 0 anyway."""
+    relay = relay_factory(server={"shutdown_grace": 1, "handshake_timeout": 60})
+    host, port = relay.listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as stuck:
+        stuck.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # no blank line: the head never ends
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert relay.stop(timeout=10) == 0
+        elapsed = time.monotonic() - started
+    assert 0.8 <= elapsed < 1 + 3, elapsed  # it did wait for the stuck connection, not longer
+    assert relay.wait_for_event("relay.stopping")["open_connections"] == 1
+    assert relay.events("relay.stopped")
+
+
 async def test_sighup_reloads_the_policy_and_keeps_connections(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:

@@ -261,3 +261,16 @@ async def test_member_who_disconnects_before_the_answer_finds_the_decision_later
     state.relays[0].status = "held"
     await status(state, path, wait=5)
     assert statuses(state) == ["admitted"]
+
+
+async def test_remembered_refusals_are_bounded(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    relay = relay_factory(members={"max_refused_per_group": 1})
+    owner, _ = await active_channel(relay, tmp_path)
+    await owner_command(owner, "suspend_admission")
+    for name in ("a", "b", "c"):
+        assert statuses(await joined(tmp_path, owner, name)) == ["refused"]
+    with sqlite3.connect(relay.data / "relay.db", timeout=10) as db:
+        assert db.execute("SELECT count(*) FROM join_requests").fetchone() == (1,)
+    hit = relay.wait_for_event("bound.hit")
+    assert (hit["bound"], hit["dropped"]) == ("refused_per_group", 1)
+    assert metric(relay, 'relay_bounds_hit_total{bound="refused_per_group"}') == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -57,3 +58,51 @@ def test_systemd_unit_is_hardened() -> None:
     match = re.search(r"Overall exposure level for chat-relay.service: (\d+\.\d+)", done.stdout)
     assert match, done.stdout + done.stderr
     assert float(match.group(1)) <= 2.0, match.group(0)
+
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def test_dockerfile_meets_the_container_checklist() -> None:
+    text = DOCKERFILE.read_text()
+    stages = re.findall(r"^FROM (\S+)", text, re.M)
+    assert len(stages) == 2 and "python:3.11-slim" in text, stages  # multi-stage, slim base
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and not user[-1].startswith(("0", "root")), user  # non-root
+    assert re.search(r'^VOLUME \["/data"\]', text, re.M)
+    assert re.search(r"^EXPOSE 7300 7301$", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*\n.*127\.0\.0\.1:7301/healthz", text, re.M)
+    entry = re.search(r"^ENTRYPOINT (.*)$", text, re.M)
+    cmd = re.search(r"^CMD (.*)$", text, re.M)
+    assert entry and cmd
+    argv = [*json.loads(entry.group(1)), *json.loads(cmd.group(1))]
+    assert argv == [
+        "relay",
+        "serve",
+        "--data",
+        "/data",
+        "--listen",
+        "0.0.0.0:7300",
+        "--admin-listen",
+        "127.0.0.1:7301",
+    ]
+    # the documented entry point is this one
+    assert "docker run -v relay-data:/data -p 7300:7300 chat-relay" in (ROOT / "README.md").read_text()
+
+
+def _docker_works() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "version"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _docker_works(), reason="docker is not installed or its daemon is not running")
+def test_docker_image_builds() -> None:
+    done = subprocess.run(
+        ["docker", "build", "-q", "-t", "chat-relay:test", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr

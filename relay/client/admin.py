@@ -76,3 +76,21 @@ class AdminClient:
 
     def retry(self, request_id: int) -> dict[str, Any]:
         return dict(self._call("POST", f"/admin/held/{request_id}/retry"))
+
+    def suspend(self, group_id: int, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else {}
+        return dict(self._call("POST", f"/admin/groups/{group_id}/suspend", json=body))
+
+    def resume(self, group_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/admin/groups/{group_id}/resume"))
+
+    def remove(self, group_id: int, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else {}
+        return dict(self._call("POST", f"/admin/groups/{group_id}/remove", json=body))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/admin/stats"))
+
+    def backup(self, path: str, *, timeout: float = 3600.0) -> dict[str, Any]:
+        """Ask the relay to write an online backup to ``path``, absolute, on the relay's machine."""
+        return dict(self._call("POST", "/admin/backup", json={"path": path}, timeout=timeout))

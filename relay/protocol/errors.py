@@ -44,6 +44,8 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_OWNERS = "too_many_owners"
     RELAY_FULL = "relay_full"
     REJECTED_BY_OPERATOR = "rejected_by_operator"
+    SUSPENDED_BY_OPERATOR = "suspended_by_operator"
+    REMOVED_BY_OPERATOR = "removed_by_operator"
     ACTIVATION_TIMEOUT = "activation_timeout"
     NOT_LISTED = "not_listed"
     # members

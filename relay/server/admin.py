@@ -1,8 +1,10 @@
 """The operator port (loopback by default): health, readiness, metrics and the admin API.
 
 Plain HTTP/1.1 with JSON bodies, served through the same h11 glue as the public
-port.  It exposes what an operator needs to run the relay and nothing a client
-could use; it must never be bound to a public interface without a firewall.
+port.  It exposes what an operator needs to run the relay (groups and their
+state changes, stats, online backups written by the relay to a new file the
+operator names) and nothing a client could use; it must never be bound to a
+public interface without a firewall, since it has no authentication.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import structlog
 import trio
 
+from relay import __version__
 from relay.protocol.encoding import b64e
 from relay.protocol.errors import ProtocolError
 from relay.server.http import HttpRequest, HttpResponse, serve_http_connection
@@ -27,7 +32,9 @@ from relay.store.joins import JoinRow
 
 log = structlog.get_logger("relay.admin")
 
-_GROUP = re.compile(r"^/admin/groups/(\d+)(/approve|/reject)?$")
+_GROUP = re.compile(r"^/admin/groups/(\d+)(/approve|/reject|/suspend|/resume|/remove)?$")
+_STATES = ("invited", "accepted", "active", "rejected", "suspended", "removed")
+MAX_REASON = 500
 _RETRY = re.compile(r"^/admin/held/(\d+)/retry$")
 
 
@@ -66,14 +73,41 @@ def _json(status: int, body: object) -> HttpResponse:
     return HttpResponse(status, json.dumps(body).encode())
 
 
+class BadRequest(Exception):
+    """The request itself is wrong (HTTP 400); the message says how."""
+
+
+def _body(body: bytes) -> dict[str, object]:
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    return value
+
+
+def _reason(body: bytes, default: str) -> str:
+    return str(_body(body).get("reason") or default)[:MAX_REASON]
+
+
 class AdminEndpoint:
     def __init__(
-        self, service: GroupService, metrics: Metrics, ready: Callable[[], bool], head_timeout: float
+        self,
+        service: GroupService,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        head_timeout: float,
+        *,
+        open_connections: Callable[[], int] = lambda: 0,
+        started: float | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.ready = ready
         self.head_timeout = head_timeout
+        self.open_connections = open_connections
+        self.started = time.time() if started is None else started
 
     async def handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -91,6 +125,8 @@ class AdminEndpoint:
         except ProtocolError as exc:
             status = 404 if exc.code.value == "unknown_group" else 409
             return _json(status, {"error": exc.code.value, "reason": exc.reason})
+        except BadRequest as exc:
+            return _json(400, {"error": "bad_request", "reason": str(exc)})
 
     async def _route(self, method: str, path: str, query: str, body: bytes) -> HttpResponse:
         if path == "/healthz":
@@ -101,6 +137,10 @@ class AdminEndpoint:
         if path == "/metrics":
             await self._refresh_gauges()
             return HttpResponse(200, self.metrics.render().encode(), "text/plain; version=0.0.4")
+        if path == "/admin/stats" and method == "GET":
+            return _json(200, await self._stats())
+        if path == "/admin/backup" and method == "POST":
+            return await self._backup(body)
         if path == "/admin/groups" and method == "GET":
             params = dict(parse_qsl(query))
             state = params.get("state") or None
@@ -141,17 +181,66 @@ class AdminEndpoint:
             view = group_view(record, self.service.address_of(record))
             view["log"] = [{"seq": r.seq, "at": r.at, "event": r.event, "detail": r.detail} for r in rows]
             return _json(200, view)
-        if action == "/approve" and method == "POST":
+        if method != "POST" or action is None:
+            return _json(405, {"error": "method_not_allowed"})
+        if action == "/approve":
             record = await self.service.approve(group_id)
-            return _json(200, group_view(record, self.service.address_of(record)))
-        if action == "/reject" and method == "POST":
-            try:
-                reason = str(json.loads(body or b"{}").get("reason") or "no reason given")[:500]
-            except (ValueError, AttributeError):
-                return _json(400, {"error": "bad_request", "reason": 'body must be JSON {"reason": ...}'})
-            record = await self.service.reject(group_id, reason)
-            return _json(200, group_view(record, self.service.address_of(record)))
-        return _json(405, {"error": "method_not_allowed"})
+        elif action == "/reject":
+            record = await self.service.reject(group_id, _reason(body, "no reason given"))
+        elif action == "/suspend":
+            record = await self.service.suspend(group_id, _reason(body, "no reason given"))
+        elif action == "/resume":
+            record = await self.service.resume(group_id)
+        else:
+            record = await self.service.remove(group_id, _reason(body, "no reason given"))
+        self.metrics.inc("relay_operator_actions_total", action=action[1:])
+        return _json(200, group_view(record, self.service.address_of(record)))
+
+    async def _stats(self) -> dict[str, object]:
+        counts = await self.service.db.transact(groups.count_by_state)
+        db = self.service.db.stats
+        now = time.time()
+        return {
+            "version": __version__,
+            "started": int(self.started),
+            "uptime_seconds": round(now - self.started, 3),
+            "groups": {state: counts.get(state, 0) for state in _STATES},
+            "connections": {
+                "open": self.open_connections(),
+                "total": int(self.metrics.get("relay_connections_total")),
+            },
+            "db": {
+                "commits": db.commits,
+                "jobs": db.jobs,
+                "largest_batch": db.largest_batch,
+                "commit_seconds": round(db.commit_seconds, 6),
+                "queue_full": db.queue_full,
+            },
+        }
+
+    async def _backup(self, body: bytes) -> HttpResponse:
+        raw = _body(body).get("path")
+        if not isinstance(raw, str) or not raw:
+            raise BadRequest('give {"path": "/absolute/path/of/a/new/file"}')
+        target = Path(raw)
+        if not target.is_absolute():
+            raise BadRequest(f"{raw!r} is not an absolute path (the relay's working folder is not yours)")
+        if target.exists() or target.is_symlink():
+            raise BadRequest(f"{raw} already exists; the relay never overwrites a file")
+        if not target.parent.is_dir():
+            raise BadRequest(f"the folder {target.parent} does not exist")
+        started = time.monotonic()
+        try:
+            size = await self.service.db.backup(target)
+        except FileExistsError:
+            raise BadRequest(f"{raw} already exists; the relay never overwrites a file") from None
+        except OSError as exc:
+            # Permission denied, read-only file system (systemd's ProtectSystem), disk full.
+            raise BadRequest(f"cannot write {raw}: {exc.strerror or exc}") from None
+        seconds = round(time.monotonic() - started, 3)
+        self.metrics.inc("relay_operator_actions_total", action="backup")
+        log.info("backup.written", path=str(target), bytes=size, seconds=seconds)
+        return _json(200, {"status": "ok", "path": str(target), "bytes": size, "seconds": seconds})
 
     async def _retry(self, request_id: int) -> HttpResponse:
         def apply(conn: sqlite3.Connection) -> JoinRow | None:
@@ -173,7 +262,7 @@ class AdminEndpoint:
         self.metrics.set("relay_queue_dead", totals.dead)
         self.metrics.set("relay_members", totals.members)
         counts = await self.service.db.transact(groups.count_by_state)
-        for state in ("invited", "accepted", "active", "rejected", "suspended", "removed"):
+        for state in _STATES:
             self.metrics.set("relay_groups", counts.get(state, 0), state=state)
         stats = self.service.db.stats
         self.metrics.set("relay_db_commits_total", stats.commits)

@@ -12,6 +12,7 @@ held for :class:`relay.server.worker.JoinWorker`.  The rules themselves live in
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -146,6 +147,8 @@ class Admissions:
         self.metrics = metrics
         self.waiters = DecisionWaiters(max_waiters)
         self.on_held = on_held  # the worker's wake-up: a request is queued behind others
+        self._lock = threading.Lock()
+        self._forgotten: dict[int, int] = {}
 
     # --- at a group address --------------------------------------------------
 
@@ -181,6 +184,7 @@ class Admissions:
             name=verified.profile.name[:64],
         )
         stored, row, counts = await self.db.transact(lambda conn: self._arrive(conn, new, now))
+        self.report_bounds()
         outcome = "duplicate" if not stored else row.status.wire
         if row.code == ErrorCode.QUEUE_FULL.value:
             outcome = "refused"
@@ -245,9 +249,29 @@ class Admissions:
                 keep=self.service.log_keep,
             )
         elif decision.state is JoinState.REFUSED:
-            dropped = joins.prune_refused(conn, record.id, self.config.max_refused_per_group)
-            if dropped:
-                self.metrics.inc("relay_bounds_hit_total", dropped, bound="refused_per_group")
+            self.forget_old_refusals(conn, record.id)
+
+    def forget_old_refusals(self, conn: sqlite3.Connection, group_id: int) -> None:
+        """Remembered refusals are bounded per group; runs on the database thread, so the
+        count is handed to the trio thread through :meth:`report_bounds`."""
+        dropped = joins.prune_refused(conn, group_id, self.config.max_refused_per_group)
+        if dropped:
+            with self._lock:
+                self._forgotten[group_id] = self._forgotten.get(group_id, 0) + dropped
+
+    def report_bounds(self) -> None:
+        """Metrics and log events for refusals forgotten in the transactions just committed."""
+        with self._lock:
+            forgotten, self._forgotten = self._forgotten, {}
+        for group_id, dropped in forgotten.items():
+            self.metrics.inc("relay_bounds_hit_total", dropped, bound="refused_per_group")
+            log.warning(
+                "bound.hit",
+                bound="refused_per_group",
+                group=group_id,
+                limit=self.config.max_refused_per_group,
+                dropped=dropped,
+            )
 
     async def status(self, group: GroupBinding, frame: JoinStatus) -> JoinResult:
         verify_member_request(
@@ -327,6 +351,7 @@ class Admissions:
             return result, record, decision
 
         result, record, decision = await self.db.transact(apply)
+        self.report_bounds()
         with structlog.contextvars.bound_contextvars(group=record.id):
             log.info("owner.command", action=request.action)
             if decision is not None:

@@ -28,6 +28,7 @@ from relay.server.admission import Admissions
 from relay.server.config import Config, split_host_port
 from relay.server.identity import Identity, load_or_create
 from relay.server.metrics import Metrics
+from relay.server.notify import Notifier
 from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
 from relay.server.worker import JoinWorker
@@ -101,6 +102,8 @@ class Relay:
     data_dir: Path
     identity: Identity = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
+    notifier: Notifier = field(default_factory=Notifier)
+    started: float = field(default_factory=time.time)
     ready: ReadyInfo | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _policy: PolicyHolder = field(init=False)
@@ -132,7 +135,9 @@ class Relay:
             self.data_dir / DB_FILE,
             synchronous=storage.synchronous,
             max_pending=storage.max_pending_writes,
+            on_commit=self._observe_commit,
         )
+        self.metrics.set("relay_start_time_seconds", self.started)
         try:
             public_listeners = await _listen(server.listen)
             admin_listeners = await _listen(server.admin_listen)
@@ -164,10 +169,17 @@ class Relay:
                 service, admissions, server, self.metrics, log_client_ip=self.config.logging.log_client_ip
             )
             admin = AdminEndpoint(
-                service, self.metrics, lambda: self.ready is not None, server.handshake_timeout
+                service,
+                self.metrics,
+                lambda: self.ready is not None,
+                server.handshake_timeout,
+                open_connections=lambda: public.open_connections,
+                started=self.started,
             )
             async with trio.open_nursery() as db_nursery:
                 await db_nursery.start(db.serve)
+                # In the outermost nursery: the heartbeat goes on while connections drain.
+                db_nursery.start_soon(self.notifier.watchdog)
                 # The worker stops after the connections and before the writer: its last
                 # transaction still commits.
                 workers = await db_nursery.start(_own_nursery)
@@ -195,9 +207,11 @@ class Relay:
                             admin_listen=self.ready.admin_listen,
                             pid=os.getpid(),
                         )
+                        self.notifier.ready(f"serving on {self.ready.listen}")
                         task_status.started(self.ready)
                         await self._stop.wait()
                         log.info("relay.stopping", open_connections=public.open_connections)
+                        self.notifier.stopping()
                         acceptors.cancel_scope.cancel()
                         public.drain()
                     connections.cancel_scope.deadline = trio.current_time() + server.shutdown_grace
@@ -207,6 +221,10 @@ class Relay:
             db.close()
             (self.data_dir / RUN_FILE).unlink(missing_ok=True)
         log.info("relay.stopped")
+
+    def _observe_commit(self, seconds: float, jobs: int) -> None:
+        self.metrics.observe("relay_db_commit_seconds", seconds)
+        self.metrics.observe("relay_db_batch_size", jobs)
 
     async def _sweep(self, service: GroupService) -> None:
         """Expire groups the owners never activated; checks a few times per time-out."""

@@ -1,14 +1,21 @@
 """The relay's configuration: ``relay.toml`` decoded into typed, validated structs.
 
 Unknown keys and wrong types are errors that name the key (msgspec reports the
-path, e.g. ``$.policy.max_owners``).  Defaults here are the documented defaults
-of ``config/relay.toml``.  Reading files is the only I/O; nothing is started.
+path, e.g. ``policy.max_owners``); every error is collected, key by key, so
+``relay config check`` can list them all.  ``RELAY_<SECTION>_<KEY>`` environment
+variables override the file (``envconfig.py`` reads them) and go through the
+same validation.  Defaults here are the documented defaults of
+``config/relay.toml``.  Reading files is the only I/O; nothing is started.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -90,48 +97,114 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class ConfigError(Exception):
-    """A configuration file that cannot be used; the message names the key and the reason."""
+    """A configuration that cannot be used; each error names the key (and its source) and why."""
+
+    def __init__(self, errors: list[str] | str) -> None:
+        self.errors = [errors] if isinstance(errors, str) else errors
+        super().__init__("; ".join(self.errors))
 
 
-def validate(config: Config) -> Config:
-    """Checks msgspec cannot express: addresses and patterns.  Raises :class:`ConfigError`."""
+def problems(config: Config) -> list[tuple[str, str]]:
+    """Checks msgspec cannot express (addresses, patterns), as ``(section.key, reason)``."""
     import re
 
     from relay.protocol.addresses import parse_base
     from relay.protocol.errors import ProtocolError
 
+    found: list[tuple[str, str]] = []
     for key in ("listen", "admin_listen"):
         try:
             split_host_port(getattr(config.server, key))
         except ConfigError as exc:
-            raise ConfigError(f"server.{key}: {exc}") from None
+            found.append((f"server.{key}", str(exc)))
     if config.server.public_url:
         try:
             parse_base(config.server.public_url)
         except ProtocolError as exc:
-            raise ConfigError(
-                f"server.public_url: {exc.reason} (the URL clients reach this relay's public port at)"
-            ) from None
+            found.append(
+                ("server.public_url", f"{exc.reason} (the URL clients reach this relay's public port at)")
+            )
     for index, pattern in enumerate(config.policy.deny_patterns):
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise ConfigError(f"policy.deny_patterns[{index}]: not a regular expression: {exc}") from None
+            found.append((f"policy.deny_patterns[{index}]", f"not a regular expression: {exc}"))
+    return found
+
+
+def validate(config: Config) -> Config:
+    """Raises :class:`ConfigError` naming every key :func:`problems` finds."""
+    found = problems(config)
+    if found:
+        raise ConfigError([f"{key}: {reason}" for key, reason in found])
     return config
 
 
-def load_config(path: Path | None) -> Config:
-    if path is None:
-        return Config()
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """The file (if any) with ``RELAY_*`` environment overrides, validated; else ConfigError."""
+    config, errors, _ = check_config(path, os.environ if environ is None else environ)
+    if config is None:
+        raise ConfigError(errors)
+    return config
+
+
+def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config | None, list[str], list[str]]:
+    """Every error found in the file and the environment, not only the first.
+
+    Returns ``(config or None, errors, variables used)``.  Precedence: environment over
+    file over defaults (command-line flags are applied by the caller, over all).
+    """
+    from relay.server.envconfig import read_env
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            return None, [f"{path}: {exc.strerror}"], []
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            return None, [f"{path}: not valid TOML: {exc}"], []
+    env, sources, errors = read_env(environ, Config)
+
+    def where(section: str, key: str) -> str:
+        return sources.get((section, key)) or str(path)
+
+    sections = {name: type(getattr(Config(), name)) for name in Config.__struct_fields__}
+    for section, values in data.items():
+        if section not in sections:
+            errors.append(f"{path}: unknown section [{section}]")
+        elif not isinstance(values, dict):
+            errors.append(f"{path}: `{section}` must be a [{section}] table")
+    merged: dict[str, dict[str, Any]] = {}
+    for name in sections:
+        from_file = data.get(name)
+        merged[name] = {**(from_file if isinstance(from_file, dict) else {}), **env.get(name, {})}
+    for section, values in merged.items():
+        struct = sections[section]
+        for key, value in list(values.items()):
+            error = _check_key(struct, section, key, value)
+            if error is not None:
+                errors.append(f"{where(section, key)}: {error}")
+                del values[key]  # checked without it below, so later problems are found too
+    config = msgspec.convert(merged, Config)
+    for key, reason in problems(config):
+        section, _, name = key.partition(".")
+        source = sources.get((section, name.split("[")[0]))
+        errors.append(f"{source}: {key}: {reason}" if source else f"{key}: {reason}")
+    return (None if errors else config), errors, sorted(sources.values())
+
+
+def _check_key(struct: type[msgspec.Struct], section: str, key: str, value: object) -> str | None:
+    """Why ``section.key = value`` is refused, or None; one key at a time, so all are reported."""
+    if key not in struct.__struct_fields__:
+        close = difflib.get_close_matches(key, struct.__struct_fields__, n=1)
+        hint = f" (did you mean `{section}.{close[0]}`?)" if close else ""
+        return f"unknown option `{section}.{key}`{hint}"
     try:
-        config = msgspec.toml.decode(path.read_bytes(), type=Config)
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
+        msgspec.convert({key: value}, struct)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {str(exc).replace('`$.', '`')}") from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return validate(config)
+        return str(exc).replace("`$.", f"`{section}.")
+    return None
 
 
 def split_host_port(text: str) -> tuple[str, int]:

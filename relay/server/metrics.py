@@ -1,71 +1,136 @@
-"""Process-wide counters and gauges, rendered as Prometheus text on the operator port.
+"""Process-wide counters, gauges and histograms, rendered as Prometheus text on the operator port.
 
-Deliberately tiny: named counters with optional labels, incremented in place.
-Nothing here blocks or does I/O.
+Deliberately tiny: every metric is declared once in :data:`SPECS` (type, help,
+buckets), so adding one is one line there plus the ``inc``/``set``/``observe``
+call where it happens.  Series appear once they have a value.  All calls are
+made from the trio thread (the database reports its commits there too), so no
+locking is needed.  Nothing here blocks or does I/O.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
 
-_HELP: dict[str, str] = {
-    "relay_connections_open": "Public connections open now",
-    "relay_connections_total": "Public connections accepted",
-    "relay_invitations_total": "Invitations answered, by outcome",
-    "relay_refusals_total": "Requests refused, by error code",
-    "relay_activations_total": "Groups moved to active",
-    "relay_bounds_hit_total": "Times a bound was hit, by bound",
-    "relay_db_commits_total": "SQLite commits",
-    "relay_db_jobs_total": "Jobs committed (several per commit with group commit)",
-    "relay_db_commit_seconds_total": "Time spent in transactions",
-    "relay_groups": "Groups by state",
-    "relay_join_requests_total": "Join requests answered at arrival, by outcome (duplicate: asked again)",
-    "relay_admission_refusals_total": "Join requests refused, by reason code",
-    "relay_owner_decisions_total": "Owners' approvals and refusals of waiting members",
-    "relay_queue_decided_total": "Held join requests the worker decided, by outcome",
-    "relay_queue_failures_total": "Failed attempts to process a held join request",
-    "relay_queue_dead_letters_total": "Join requests dead-lettered after max_attempts",
-    "relay_queue_expired_total": "Join requests refused for waiting longer than max_request_age",
-    "relay_queue_turn_failures_total": "Worker transactions that failed as a whole (retried with back-off)",
-    "relay_queue_held": "Join requests held now",
-    "relay_queue_pending_approval": "Join requests waiting for the owners now",
-    "relay_queue_dead": "Dead-lettered join requests now",
-    "relay_members": "Admitted members, over all groups",
+Labels = tuple[tuple[str, str], ...]
+
+# Commit times: a fsync on a disk is around 0.1-10 ms; anything near a second is trouble.
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # the writer takes at most 512 jobs per commit
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    buckets: tuple[float, ...] = ()
+
+
+SPECS: dict[str, Spec] = {
+    "relay_start_time_seconds": Spec("gauge", "Start time of the relay process, seconds since the epoch"),
+    "relay_connections_open": Spec("gauge", "Public connections open now"),
+    "relay_connections_total": Spec("counter", "Public connections accepted"),
+    "relay_invitations_total": Spec("counter", "Invitations answered, by outcome"),
+    "relay_refusals_total": Spec("counter", "Requests refused, by error code"),
+    "relay_activations_total": Spec("counter", "Groups moved to active"),
+    "relay_operator_actions_total": Spec("counter", "Operator actions on groups, by action"),
+    "relay_bounds_hit_total": Spec("counter", "Times a bound was hit, by bound"),
+    "relay_groups": Spec("gauge", "Groups by state"),
+    "relay_db_commits_total": Spec("counter", "SQLite commits"),
+    "relay_db_jobs_total": Spec("counter", "Jobs committed (several per commit with group commit)"),
+    "relay_db_commit_seconds_total": Spec("counter", "Time spent in transactions"),
+    "relay_db_commit_seconds": Spec("histogram", "Duration of each database transaction", _SECONDS),
+    "relay_db_batch_size": Spec("histogram", "Jobs per database commit (group commit)", _BATCH),
+    "relay_join_requests_total": Spec(
+        "counter", "Join requests answered at arrival, by outcome (duplicate: asked again)"
+    ),
+    "relay_admission_refusals_total": Spec("counter", "Join requests refused, by reason code"),
+    "relay_owner_decisions_total": Spec("counter", "Owners' approvals and refusals of waiting members"),
+    "relay_queue_decided_total": Spec("counter", "Held join requests the worker decided, by outcome"),
+    "relay_queue_failures_total": Spec("counter", "Failed attempts to process a held join request"),
+    "relay_queue_dead_letters_total": Spec("counter", "Join requests dead-lettered after max_attempts"),
+    "relay_queue_expired_total": Spec(
+        "counter", "Join requests refused for waiting longer than max_request_age"
+    ),
+    "relay_queue_turn_failures_total": Spec(
+        "counter", "Worker transactions that failed as a whole (retried with back-off)"
+    ),
+    "relay_queue_held": Spec("gauge", "Join requests held now"),
+    "relay_queue_pending_approval": Spec("gauge", "Join requests waiting for the owners now"),
+    "relay_queue_dead": Spec("gauge", "Dead-lettered join requests now"),
+    "relay_members": Spec("gauge", "Admitted members, over all groups"),
 }
-_GAUGES = frozenset(
-    {
-        "relay_connections_open",
-        "relay_groups",
-        "relay_queue_held",
-        "relay_queue_pending_approval",
-        "relay_queue_dead",
-        "relay_members",
-    }
-)
+
+
+@dataclass
+class _Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # per bucket, not cumulative; last is +Inf
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.buckets) + 1)
+        # le is inclusive: a value equal to a bound falls in that bucket
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.values: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+        self.values: dict[str, dict[Labels, float]] = defaultdict(dict)
+        self.histograms: dict[str, dict[Labels, _Histogram]] = defaultdict(dict)
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        key = _key(labels)
         series = self.values[name]
         series[key] = series.get(key, 0) + amount
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self.values[name][tuple(sorted(labels.items()))] = value
+        self.values[name][_key(labels)] = value
 
     def get(self, name: str, **labels: str) -> float:
-        return self.values.get(name, {}).get(tuple(sorted(labels.items())), 0)
+        return self.values.get(name, {}).get(_key(labels), 0)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """One observation of a histogram declared in :data:`SPECS`."""
+        series = self.histograms[name]
+        key = _key(labels)
+        if key not in series:
+            series[key] = _Histogram(SPECS[name].buckets)
+        series[key].observe(value)
 
     def render(self) -> str:
         lines: list[str] = []
-        for name in sorted(self.values):
-            kind = "gauge" if name in _GAUGES else "counter"
-            lines.append(f"# HELP {name} {_HELP.get(name, name)}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in sorted(self.values[name].items()):
-                label_text = ",".join(f'{k}="{v}"' for k, v in labels)
-                lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+        for name in sorted({*self.values, *self.histograms}):
+            spec = SPECS.get(name, Spec("gauge", name))
+            lines.append(f"# HELP {name} {spec.help}")
+            lines.append(f"# TYPE {name} {spec.kind}")
+            for labels, value in sorted(self.values.get(name, {}).items()):
+                lines.append(f"{name}{_text(labels)} {_number(value)}")
+            for labels, hist in sorted(self.histograms.get(name, {}).items()):
+                cumulative = 0
+                for bound, count in zip((*hist.buckets, float("inf")), hist.counts, strict=True):
+                    cumulative += count
+                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                    lines.append(f"{name}_bucket{_text((*labels, ('le', le)))} {cumulative}")
+                lines.append(f"{name}_sum{_text(labels)} {_number(hist.total)}")
+                lines.append(f"{name}_count{_text(labels)} {hist.count}")
         return "\n".join(lines) + "\n"
+
+
+def _key(labels: dict[str, str]) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
+def _number(value: float) -> str:
+    # repr keeps every digit (a start time in seconds needs 10 of them); integers stay integers
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _text(labels: Labels) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else ""

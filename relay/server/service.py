@@ -393,6 +393,68 @@ class GroupService:
             self.group_changed(group_id)
         return len(expired)
 
+    # --- operator: suspend, resume, remove ---
+
+    async def suspend(self, group_id: int, reason: str) -> GroupRecord:
+        """Stop serving an active group for now; its address and members stay (``resume``)."""
+        record = await self._operator_change(
+            group_id,
+            Transition.SUSPEND,
+            ErrorCode.SUSPENDED_BY_OPERATOR,
+            reason,
+            f"suspended by the operator: {reason}",
+        )
+        self.group_changed(group_id)
+        log.info("group.suspended", group=group_id, reason=reason)
+        return record
+
+    async def resume(self, group_id: int) -> GroupRecord:
+        """Serve a group the operator suspended again."""
+        record = await self._operator_change(
+            group_id, Transition.RESUME, None, None, "resumed by the operator"
+        )
+        self.group_changed(group_id)
+        log.info("group.resumed", group=group_id)
+        return record
+
+    async def remove(self, group_id: int, reason: str) -> GroupRecord:
+        """Stop serving a group for good; repeated invitations get ``removed_by_operator``."""
+        record = await self._operator_change(
+            group_id,
+            Transition.REMOVE,
+            ErrorCode.REMOVED_BY_OPERATOR,
+            reason,
+            f"removed by the operator: {reason}",
+        )
+        self.group_changed(group_id)
+        log.info("group.removed", group=group_id, reason=reason)
+        return record
+
+    async def _operator_change(
+        self,
+        group_id: int,
+        event: Transition,
+        code: ErrorCode | None,
+        reason: str | None,
+        log_detail: str,
+    ) -> GroupRecord:
+        """One operator transition in one transaction, told to the owners in the service log."""
+        now = self.now()
+
+        def apply(conn: sqlite3.Connection) -> GroupRecord:
+            record = _require(conn, group_id)
+            after = transition(record.state, event)
+            groups.set_state(
+                conn, group_id, after, now, reason_code=code.value if code else None, reason=reason
+            )
+            groups.append_log(conn, group_id, now, after.value, log_detail, keep=self.log_keep)
+            record = _require(conn, group_id)  # before pruning, which may forget it at once
+            if after.terminal:
+                self._prune_closed(conn)
+            return record
+
+        return await self.db.transact(apply)
+
 
 def _new_group(service_group: bytes, verified: VerifiedProfile) -> groups.NewGroup:
     """The row fields a verified profile gives: its exact bytes, and the rules copied out of it."""

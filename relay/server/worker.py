@@ -154,6 +154,7 @@ class JoinWorker:
         return turn
 
     def _after(self, turn: Turn) -> None:
+        self.admissions.report_bounds()
         for group_id, member_key, state, code in turn.decided:
             self.admissions.waiters.decided((group_id, member_key))
             self.metrics.inc("relay_queue_decided_total", outcome=state.value)
@@ -196,10 +197,11 @@ class JoinWorker:
             for row in rows:
                 joins.set_decision(conn, row.id, decision, now)
             for group_id in {row.group_id for row in rows}:
-                joins.prune_refused(conn, group_id, self.config.max_refused_per_group)
+                self.admissions.forget_old_refusals(conn, group_id)
             return [(row.group_id, row.member_key) for row in rows]
 
         expired = await self.db.transact(apply)
+        self.admissions.report_bounds()
         for key in expired:
             self.admissions.waiters.decided(key)
         if expired:

@@ -8,7 +8,9 @@ its own SAVEPOINT, so one failing job rolls back alone), commits, and only then
 wakes the callers.  An answer therefore always means "committed", and many
 concurrent requests cost one commit.  The pending-job channel is bounded.
 
-Must not: hold any policy, or be touched from more than the one worker thread.
+Online backups read through a second, read-only connection (see :meth:`Database.backup`).
+
+Must not: hold any policy, or use the writer's connection from more than the one worker thread.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Database:
         synchronous: str = "FULL",
         max_pending: int = 10_000,
         max_batch: int = 512,
+        on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
@@ -74,6 +77,10 @@ class Database:
         self._send, self._receive = trio.open_memory_channel[_Job[Any]](max_pending)
         self._max_batch = max_batch
         self.stats = CommitStats()
+        self._backup_lock = trio.Lock()  # one backup at a time
+        # Called on the trio thread after each commit with (seconds, jobs): the metrics'
+        # histograms are not thread-safe, so the worker thread never touches them.
+        self.on_commit = on_commit
 
     def close(self) -> None:
         self._conn.close()
@@ -90,10 +97,12 @@ class Database:
                     break
             try:
                 # Not abandoned on cancel: the thread always finishes its transaction first.
-                await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
+                seconds = await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
             finally:
                 for job in batch:
                     job.done.set()
+            if seconds is not None and self.on_commit is not None:
+                self.on_commit(seconds, len(batch))
 
     async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside a committed transaction and return its result.
@@ -117,7 +126,8 @@ class Database:
             raise job.error
         return job.result  # type: ignore[return-value]
 
-    def _run_batch(self, batch: list[_Job[Any]]) -> None:
+    def _run_batch(self, batch: list[_Job[Any]]) -> float | None:
+        """One transaction for the whole batch; returns its duration, or None if it failed."""
         conn = self._conn
         started = time.perf_counter()
         try:
@@ -137,16 +147,42 @@ class Database:
             log.error("store.commit_failed", error=str(exc), jobs=len(batch))
             for job in batch:
                 job.result, job.error = None, exc
-            return
+            return None
+        seconds = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.jobs += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self.stats.commit_seconds += time.perf_counter() - started
+        self.stats.commit_seconds += seconds
+        return seconds
 
-    def backup(self, target: Path) -> None:
-        """A consistent copy through SQLite's online backup API (run on the worker thread)."""
+    async def backup(self, target: Path) -> int:
+        """Copy the database to ``target`` (a new file, created 0600) while writers go on.
+
+        The copy is read through a second, read-only connection, on a thread of its own,
+        in one ``sqlite3_backup_step`` (all pages), which is one WAL read transaction: a
+        consistent snapshot that never blocks the writer.  Why not the writer's connection
+        in ``pages=`` steps: Python's ``Connection.backup`` runs every step in one call,
+        so the writer thread (and every request waiting for a commit) would stall for the
+        whole copy; steps on a *separate* connection restart whenever a commit lands in
+        between, which under steady writes may never finish.  Returns the size in bytes.
+        """
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # refuses an existing file
+        os.close(fd)
+        try:
+            async with self._backup_lock:
+                await trio.to_thread.run_sync(self._copy_to, target)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return target.stat().st_size
+
+    def _copy_to(self, target: Path) -> None:
+        source = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True)
         dest = sqlite3.connect(target)
         try:
-            self._conn.backup(dest)
+            source.backup(dest, pages=-1)
+            # A self-contained file: no -wal/-shm beside the copy; the relay turns WAL on at start.
+            dest.execute("PRAGMA journal_mode=DELETE")
         finally:
             dest.close()
+            source.close()

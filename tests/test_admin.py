@@ -1,0 +1,143 @@
+"""Operator actions against the real daemon: suspend, resume, remove, stats and online backups."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import trio
+from relayproc import RelayFactory, RunningRelay
+from test_cli import run, run_json
+
+from relay import __version__
+from relay.client import add_relay, create_channel, publish, read_log
+from relay.client.owner import OwnerState
+from relay.protocol.encoding import b64e
+
+
+def new_owner(tmp_path: Path, name: str) -> tuple[OwnerState, Path]:
+    state = create_channel(name)
+    path = tmp_path / f"owner-{b64e(state.channel)[:8]}.json"
+    state.save(path)
+    return state, path
+
+
+def post(relay: RunningRelay, path: str, body: object = None) -> httpx.Response:
+    return httpx.post(f"{relay.admin_url}{path}", json=body)
+
+
+async def test_suspend_resume_remove(relay: RunningRelay, tmp_path: Path) -> None:
+    active, active_path = new_owner(tmp_path, "Active")
+    await add_relay(active, active_path, relay.address)
+    await publish(active, active_path)
+    pending, pending_path = new_owner(tmp_path, "Accepted only")
+    await add_relay(pending, pending_path, relay.address)
+    data = ("--data", str(relay.data))
+
+    code, out = run_json("admin", "suspend", "1", "--reason", "abuse report", *data)
+    assert code == 0 and out["group"]["state"] == "suspended"  # type: ignore[index]
+    assert out["group"]["reason_code"] == "suspended_by_operator"  # type: ignore[index]
+    # impossible changes are refused with the wire code, and change nothing
+    for action, gid, status, error in (
+        ("suspend", 1, 409, "out_of_order"),  # already suspended
+        ("suspend", 2, 409, "out_of_order"),  # accepted, not active
+        ("resume", 2, 409, "out_of_order"),
+        ("remove", 99, 404, "unknown_group"),
+    ):
+        answer = post(relay, f"/admin/groups/{gid}/{action}")
+        assert (answer.status_code, answer.json()["error"]) == (status, error), (action, gid)
+    code, out = run_json("admin", "resume", "1", *data)
+    assert code == 0 and out["group"]["state"] == "active" and out["group"]["reason_code"] is None  # type: ignore[index]
+    code, out = run_json("admin", "resume", "1", *data)
+    assert code == 1 and out["code"] == "out_of_order"
+
+    code, out = run_json("admin", "remove", "1", "--reason", "terms of service", *data)
+    assert code == 0 and out["group"]["state"] == "removed"  # type: ignore[index]
+    removed = out["group"]
+    assert isinstance(removed, dict)
+    assert (removed["reason_code"], removed["reason"]) == ("removed_by_operator", "terms of service")
+    answer = post(relay, "/admin/groups/1/resume")
+    assert (answer.status_code, answer.json()["error"]) == (409, "group_closed")
+    code, out = run_json("admin", "remove", "2", *data)  # an accepted group may be removed too
+    assert code == 0 and out["group"]["state"] == "removed"  # type: ignore[index]
+
+    # the owners see every step in their service log, and the removal is remembered
+    (log,) = await read_log(active)
+    events = [(e["event"], e["detail"]) for e in log["entries"]]  # type: ignore[union-attr]
+    assert events[-3:] == [
+        ("suspended", "suspended by the operator: abuse report"),
+        ("active", "resumed by the operator"),
+        ("removed", "removed by the operator: terms of service"),
+    ]
+    again = await add_relay(active, active_path, relay.address)
+    assert (again.status, again.code) == ("refused", "removed_by_operator")
+    for event in ("group.suspended", "group.resumed", "group.removed"):
+        assert relay.wait_for_event(event)["group"] in (1, 2)
+    metrics = httpx.get(f"{relay.admin_url}/metrics").text
+    assert 'relay_operator_actions_total{action="remove"} 2' in metrics
+
+
+def test_stats(relay: RunningRelay) -> None:
+    code, out = run_json("admin", "stats", "--admin", relay.admin_listen)
+    assert code == 0 and out["version"] == __version__
+    states = ("invited", "accepted", "active", "rejected", "suspended", "removed")
+    assert out["groups"] == dict.fromkeys(states, 0)
+    assert out["connections"] == {"open": 0, "total": 0}
+    assert 0 <= float(out["uptime_seconds"]) < 60 and abs(int(out["started"]) - time.time()) < 60  # type: ignore[arg-type]
+    assert set(out["db"]) == {"commits", "jobs", "largest_batch", "commit_seconds", "queue_full"}  # type: ignore[arg-type]
+    code, text, _ = run("admin", "stats", "--admin", relay.admin_listen)  # the human form too
+    assert code == 0 and "uptime_seconds: " in text and '"active": 0' in text
+
+
+async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    relay = relay_factory()
+    invited = 0
+    stop = trio.Event()
+
+    async def keep_inviting(n: int) -> None:
+        nonlocal invited
+        while not stop.is_set():
+            state, path = new_owner(tmp_path, f"channel {n} {invited}")
+            assert (await add_relay(state, path, relay.address)).status == "accepted"
+            invited += 1
+
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(keep_inviting, n)
+        while invited < 20:
+            await trio.sleep(0.01)
+        before = invited
+        # the CLI resolves a relative FILE against its own working folder
+        code, out, err = await trio.to_thread.run_sync(
+            lambda: run("admin", "backup", "relay.db", "--admin", relay.admin_listen, "--json", cwd=backups)
+        )
+        during = invited
+        await trio.sleep(0.2)
+        stop.set()
+    assert code == 0, (out, err)
+    target = backups / "relay.db"
+    assert str(target) in out and during > before  # owners were served during the backup
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    with sqlite3.connect(target) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (count,) = db.execute("SELECT count(*) FROM groups").fetchone()
+    assert before <= count <= invited
+    assert not (backups / "relay.db-wal").exists()  # a self-contained file
+    assert relay.wait_for_event("backup.written")["bytes"] == target.stat().st_size
+
+    for body, reason in (
+        ({"path": "relative.db"}, "not an absolute path"),
+        ({"path": str(target)}, "already exists"),
+        ({"path": str(tmp_path / "nowhere" / "x.db")}, "does not exist"),
+        ({}, "path"),
+        ([1], "JSON object"),
+    ):
+        answer = post(relay, "/admin/backup", body)
+        assert answer.status_code == 400 and reason in answer.json()["reason"], (body, answer.text)
+    code, out = run_json("admin", "backup", str(target), "--data", str(relay.data))
+    assert code == 1 and "already exists" in str(out["reason"])

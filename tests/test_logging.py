@@ -1,0 +1,151 @@
+"""The log catalogue (docs/logging.md) against the source and against a real daemon's stdout."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import re
+import secrets
+import signal
+from pathlib import Path
+
+import httpx
+from relayproc import RelayFactory
+from wire import check_error, connect
+
+from relay.client import add_relay, create_channel, publish
+from relay.protocol import crypto
+from relay.protocol.encoding import b64d, b64e
+from relay.protocol.messages import Hello
+
+ROOT = Path(__file__).parent.parent
+LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "msg"}
+
+
+def catalogue() -> dict[str, str]:
+    """Event name -> level, from the first two columns of every table in docs/logging.md."""
+    rows = re.findall(
+        r"^\| `([a-z_]+\.[a-z_.]+)` \| (\w+) \|", (ROOT / "docs" / "logging.md").read_text(), re.M
+    )
+    return dict(rows)
+
+
+def events_in_source() -> dict[str, set[str]]:
+    """Event name -> levels, for every ``<logger>.<level>("name", ...)`` call under relay/."""
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "relay").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr not in LEVELS or not node.args:
+                continue
+            first = node.args[0]
+            assert isinstance(first, ast.Constant) and isinstance(first.value, str), (
+                f"{path}:{node.lineno}: log event names must be string literals"
+            )
+            level = {"exception": "error", "critical": "error", "msg": "info"}.get(
+                node.func.attr, node.func.attr
+            )
+            found.setdefault(first.value, set()).add(level)
+    return found
+
+
+def test_every_event_in_the_source_is_catalogued_with_its_level() -> None:
+    listed = catalogue()
+    found = events_in_source()
+    assert len(found) >= 30, sorted(found)  # the scan really sees the calls
+    missing = sorted(set(found) - set(listed))
+    assert not missing, f"add these to docs/logging.md: {missing}"
+    for name, levels in found.items():
+        assert listed[name] in levels, f"{name}: catalogued as {listed[name]}, logged at {levels}"
+    unused = sorted(set(listed) - set(found))
+    assert not unused, f"catalogued but never logged: {unused}"
+
+
+def whole_key_forms(key: bytes) -> set[str]:
+    assert len(key) == 32
+    return {
+        b64e(key),
+        base64.b64encode(key).decode(),
+        base64.b64encode(key).decode().rstrip("="),
+        key.hex(),
+        key.hex().upper(),
+    }
+
+
+async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    relay = relay_factory(logging={"level": "debug"}, policy={"deny_patterns": ["spam"]})
+    assert relay.config is not None and relay.proc is not None
+    owners = []
+    for name in ("Weather", "spam and more"):
+        state = create_channel(name)
+        path = tmp_path / f"{b64e(state.channel)[:8]}.json"
+        state.save(path)
+        await add_relay(state, path, relay.address)
+        owners.append(state)
+    await publish(owners[0], tmp_path / f"{b64e(owners[0].channel)[:8]}.json")
+    # bad input: an unknown group address, then a text frame
+    async with connect(relay, f"/g/{b64e(secrets.token_bytes(16))}") as session:
+        check_error(await session.request(Hello(version=1, nonce=secrets.token_bytes(32))), "unknown_group")
+    async with connect(relay) as session:
+        await session.hello()
+        await session.send("not binary")
+        check_error(await session.recv(), "bad_type")
+    # operator actions
+    admin = relay.admin_url
+    for action in ("suspend", "resume", "remove"):
+        assert httpx.post(f"{admin}/admin/groups/1/{action}", json={"reason": "testing"}).status_code == 200
+    assert httpx.post(f"{admin}/admin/backup", json={"path": str(tmp_path / "b.db")}).status_code == 200
+    # SIGHUP: a good file, then a broken one
+    relay.config.write_text('[policy]\nkinds = ["channel"]\n')
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_for_event("config.reloaded")
+    relay.config.write_text("[policy]\nkinds = 7\n")
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_for_event("config.reload_failed")
+    card = httpx.get(relay.base_url + "/").json()
+    assert relay.stop() == 0
+
+    seen = {line["event"] for line in relay.lines}
+    for expected in (
+        "relay.ready",
+        "session.opened",
+        "invitation.accepted",
+        "invitation.refused",
+        "group.activated",
+        "request.refused",
+        "connection.failed",
+        "group.suspended",
+        "group.resumed",
+        "group.removed",
+        "backup.written",
+        "config.reloaded",
+        "config.reload_failed",
+        "relay.stopping",
+        "relay.stopped",
+    ):
+        assert expected in seen, expected
+    listed = catalogue()
+    assert len(relay.lines) == len(relay.raw_lines), "a line of stdout is not JSON"
+    assert not seen - set(listed), f"not in docs/logging.md: {sorted(seen - set(listed))}"
+    for line in relay.lines:
+        assert listed[line["event"]] == line["level"], line
+        assert isinstance(line["ts"], str)
+
+    keys = [b64d(card["identity_key"]), b64d(card["seal_keys"][crypto.SUITE_X25519.name])]
+    for state in owners:
+        keys += [
+            crypto.public_bytes(state.root_key),
+            crypto.public_bytes(state.owner_key),
+            b64d(state.root_secret),
+            b64d(state.owner_secret),
+            state.channel,
+        ]
+    forbidden = set().union(*(whole_key_forms(key) for key in keys))
+    for raw, line in zip(relay.raw_lines, relay.lines, strict=True):
+        assert not any(form in raw for form in forbidden), f"a whole key in: {raw}"
+        # the relay's own bound addresses are in relay.ready; no client address anywhere
+        rest = {k: v for k, v in line.items() if k not in ("address", "listen", "admin_listen")}
+        assert "127.0.0.1" not in str(rest), raw
