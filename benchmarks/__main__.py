@@ -5,6 +5,9 @@
 2. Growth: an idle relay's RSS and database size before and after ``--groups`` new groups
    (accepted, then activated by a published profile unless ``--no-activate``).
 
+3. With ``--joins``: the members' join benchmarks of :mod:`benchmarks.joins` (throughput, fairness,
+   restart), also runnable alone as ``python -m benchmarks.joins``.
+
 ``--quick`` is a smoke run of a few seconds; ``--json FILE`` also writes every figure as JSON
 (``benchmarks/results/`` is git-ignored for that).
 """
@@ -22,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine
+from benchmarks import joins, machine
 from benchmarks.runs import Growth, Throughput, growth, throughput
 
 AIM_RATE = 500.0  # invitations per second on the 2-core reference machine
@@ -66,6 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temp folders (relay logs, databases)")
+    p.add_argument(
+        "--joins", action="store_true", help="also run the join benchmarks (python -m benchmarks.joins)"
+    )
+    joins.add_arguments(p)
     args = p.parse_args(argv)
     quick = args.quick
     args.groups = args.groups or (1000 if quick else 10_000)
@@ -78,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.process_counts = [int(x) for x in args.processes.split(",") if x.strip()]
     if args.repeat < 1 or args.owners < 1 or not args.process_counts:
         p.error("--repeat, --owners and --processes need positive numbers")
+    if args.joins:
+        joins.resolve(args)
     return args
 
 
@@ -381,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         capacity.append(machine.parallel_capacity())
         result = report(args, runs, grown, capacity)
+        if args.joins:
+            print()
+            result["joins"] = joins.run(args)
     finally:
         if args.keep:
             print(f"kept: {work} (servers) and {owners} (owner states)", file=sys.stderr)
@@ -391,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     failed = sum(t.result.errors for t in [*runs, *(grown.loads if grown else [])])
+    failed += result.get("joins", {}).get("errors", 0)
     return 1 if failed else 0
 
 

@@ -74,7 +74,9 @@ def join_config(path: Path, *, max_queued: int = 200_000, extra: str = "") -> Pa
     return path
 
 
-def relay_daemon(workdir: Path, *, ports: tuple[int, int] | None = None, profile: Path | None = None) -> Daemon:
+def relay_daemon(
+    workdir: Path, *, ports: tuple[int, int] | None = None, profile: Path | None = None
+) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "relay.toml"
     if not config.exists():
@@ -173,7 +175,8 @@ def sqlite_baseline(
     each in its own SAVEPOINT as the group-commit writer runs jobs.
     """
     from relay.protocol.admission import Decision, JoinState
-    from relay.store import groups, joins as store
+    from relay.store import groups
+    from relay.store import joins as store
     from relay.store.migrations import migrate
 
     shutil.rmtree(folder, ignore_errors=True)
@@ -222,11 +225,13 @@ def sqlite_baseline(
 
 
 def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    relay = relay_daemon(work / "throughput", profile=args.profile_dir / "relay-joins.prof" if args.profile_dir else None)
+    relay = relay_daemon(
+        work / "throughput", profile=args.profile_dir / "relay-joins.prof" if args.profile_dir else None
+    )
     relay.start()
     try:
         group = trio.run(partial(new_group, relay.ready["address"], work / "owners", "t", activate=True))
-        warm = prepare_joins(group, args.warmup, prefix="w")
+        warm = prepare_joins(group, args.join_warmup, prefix="w")
         joins = prepare_joins(group, args.requests)
         trio.run(flood, group.address, warm, CONNECTIONS)
         before = metrics(relay)
@@ -462,7 +467,7 @@ def start_timed(relay: Daemon, timeout: float = 60.0) -> tuple[float, float]:
     relay.workdir.mkdir(parents=True, exist_ok=True)
     admin = relay.command[relay.command.index("--admin-listen") + 1]
     url = f"http://{admin}/readyz"
-    log = relay.log_path.open("wb")
+    log = relay.log_path.open("ab")
     t0_wall, t0 = time.time(), time.perf_counter()
     relay.proc = subprocess.Popen(
         [sys.executable, "-m", *relay.command],
@@ -485,7 +490,7 @@ def start_timed(relay: Daemon, timeout: float = 60.0) -> tuple[float, float]:
     if readyz is None:
         relay.kill()
         raise RuntimeError("relay did not become ready:\n" + relay.log_path.read_text()[-3000:])
-    for line in relay.log_lines():
+    for line in reversed(relay.log_lines()):
         with contextlib.suppress(ValueError):
             event = json.loads(line)
             if isinstance(event, dict) and event.get("event") == "relay.ready":
@@ -562,9 +567,17 @@ def restart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    from benchmarks.__main__ import table as render
+    """A Markdown table, as ``python -m benchmarks`` prints them."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
-    return render(header, rows)
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def listed(values: list[float]) -> str:
+    return ", ".join(f"{x:.3f}" for x in values)
 
 
 def report(out: dict[str, Any]) -> list[str]:
@@ -573,9 +586,20 @@ def report(out: dict[str, Any]) -> list[str]:
     print()
     t = out.get("throughput")
     if t:
-        print(f"Join throughput: {t['connections']} members, one persistent session each, pre-signed requests")
+        print(
+            f"Join throughput: {t['connections']} members, one persistent session each, pre-signed requests"
+        )
         print()
-        header = ["load", "requests", "seconds", "per s", "p50 / p99 ms", "relay CPU", "client CPU", "machine busy"]
+        header = [
+            "load",
+            "requests",
+            "seconds",
+            "per s",
+            "p50 / p99 ms",
+            "relay CPU",
+            "client CPU",
+            "machine busy",
+        ]
         rows = [
             [
                 "relay: join admitted (WebSocket)",
@@ -631,7 +655,14 @@ def report(out: dict[str, Any]) -> list[str]:
             "flood + drain": "both",
         }
         rows = [
-            [label, str(p["requests"]), f"{p['p50_ms']:.1f}", f"{p['p99_ms']:.1f}", f"{p['max_ms']:.1f}", meanwhile[label]]
+            [
+                label,
+                str(p["requests"]),
+                f"{p['p50_ms']:.1f}",
+                f"{p['p99_ms']:.1f}",
+                f"{p['max_ms']:.1f}",
+                meanwhile[label],
+            ]
             for label, p in f["phases"].items()
         ]
         print(table(header, rows))
@@ -641,21 +672,28 @@ def report(out: dict[str, Any]) -> list[str]:
         p99 = f["phases"]["flood + drain"]["p99_ms"]
         met = "met" if p99 < AIM_P99_MS else "MISSED"
         verdicts.append(
-            f"B's p99 while A is flooded and drained: {p99:.1f} ms (idle {f['phases']['idle']['p99_ms']:.1f} ms); "
+            f"B's p99 while A is flooded and drained: {p99:.1f} ms "
+            f"(idle {f['phases']['idle']['p99_ms']:.1f} ms); "
             f"aim < {AIM_P99_MS:.0f} ms: {met}"
         )
     r = out.get("restart")
     if r:
         print("Restart after SIGKILL: process start to ready")
         print()
-        header = ["held requests", "relay.ready line, s", "/readyz 200, s", "WAL at kill", "held after restart"]
+        header = [
+            "held requests",
+            "relay.ready line, s",
+            "/readyz 200, s",
+            "WAL at kill",
+            "held after restart",
+        ]
         rows = []
         for case in (r["baseline"], r["held"]):
             rows.append(
                 [
                     f"{case['held_before_kill']}" + (" (baseline)" if not case["filled_directly"] else ""),
-                    f"{case['ready_log_median_s']:.3f} ({', '.join(f'{x:.3f}' for x in case['ready_log_s'])})",
-                    f"{case['readyz_median_s']:.3f} ({', '.join(f'{x:.3f}' for x in case['readyz_s'])})",
+                    f"{case['ready_log_median_s']:.3f} ({listed(case['ready_log_s'])})",
+                    f"{case['readyz_median_s']:.3f} ({listed(case['readyz_s'])})",
                     ", ".join(f"{b / 1048576:.1f} MiB" for b in case["wal_bytes_at_kill"]),
                     ", ".join(f"{x:.0f}" for x in case["held_after_restart"]),
                 ]
@@ -706,7 +744,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     quick = args.quick
     args.requests = args.requests or (2000 if quick else 30_000)
-    args.warmup = 256 if quick else 2000
+    args.join_warmup = 256 if quick else 2000
     args.flood = args.flood or (2000 if quick else 50_000)
     args.held = args.held or (2000 if quick else 100_000)
     args.restart_repeat = args.restart_repeat or (1 if quick else 3)
@@ -751,7 +789,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.joins", description="Members' join benchmarks.")
     p.add_argument("--quick", action="store_true", help="a fast smoke run (small counts)")
-    p.add_argument("--quiet-wait", type=float, help="seconds to wait at most for an idle machine (default 30)")
+    p.add_argument(
+        "--quiet-wait", type=float, help="seconds to wait at most for an idle machine (default 30)"
+    )
     p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (relay logs, databases)")
     add_arguments(p)

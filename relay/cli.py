@@ -245,6 +245,15 @@ def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
     return _published(trio.run(remove_relay, state, path, args.relay_address))
 
 
+def cmd_owner_link(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+
+    state = OwnerState.load(_state_path(args))
+    if not state.listed_addresses():
+        raise Failure("no relay has granted this channel an address yet (run 'relay owner add-relay')")
+    return {"status": "ok", "link": str(state.link())}
+
+
 def cmd_owner_log(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owner import OwnerState, read_log
 
@@ -407,6 +416,8 @@ def cmd_admin_backup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _human(result: dict[str, Any]) -> str:
+    if set(result) == {"status", "link"}:
+        return str(result["link"])
     if "summary" in result:
         return str(result["summary"])
     if "address" in result and len(result) <= 4:
@@ -498,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", required=True)
     p.add_argument("relay_address", metavar="RELAY_ADDRESS")
+    p = command(owner, "link", cmd_owner_link, "print the channel link members join with")
+    p.add_argument("--state", required=True)
     p = command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")
     p.add_argument("--state", required=True)
     p = command(owner, "pending", cmd_owner_pending, "list members waiting for the owners' approval")

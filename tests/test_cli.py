@@ -156,3 +156,36 @@ def test_private_files_and_a_stale_run_file(relay_factory: RelayFactory, tmp_pat
     assert (relay.data / "run.json").exists()
     code, out = run_json("address", "--data", str(relay.data))
     assert code == 0 and out["running"] is False
+
+
+def test_members_and_owners_decide_through_the_command_line(relay: RunningRelay, tmp_path: Path) -> None:
+    owner, member = str(tmp_path / "owner.json"), str(tmp_path / "member.json")
+    assert run_json("owner", "create", "--state", owner, "--name", "Club", "--admission", "approval")[0] == 0
+    assert run_json("owner", "add-relay", "--state", owner, relay.address)[0] == 0
+    code, _ = run_json("owner", "link", "--state", str(tmp_path / "none.json"))
+    assert code == 1
+    code, link = run_json("owner", "link", "--state", owner)
+    # joining before the owners publish: held, and kept
+    code, joined = run_json("member", "join", "--state", member, "--name", "Ada", str(link["link"]))
+    assert code == 0 and [r["status"] for r in joined["relays"]] == ["held"]  # type: ignore[union-attr,index]
+    code, held = run_json("admin", "held", "--data", str(relay.data))
+    assert code == 0 and [r["status"] for r in held["requests"]] == ["held"]  # type: ignore[union-attr,index]
+    assert run_json("owner", "publish", "--state", owner)[0] == 0
+    code, status = run_json("member", "status", "--state", member, "--wait", "10")
+    assert [r["status"] for r in status["relays"]] == ["pending_approval"]  # type: ignore[union-attr,index]
+    code, pending = run_json("owner", "pending", "--state", owner)
+    [view] = pending["relays"]  # type: ignore[misc]
+    assert [p["member"] for p in view["pending"]] == [joined["member"]]
+    code, approved = run_json("owner", "approve", "--state", owner, str(joined["member"]))
+    assert code == 0 and approved["relays"][0]["members"] == 1  # type: ignore[index]
+    code, status = run_json("member", "status", "--state", member)
+    assert code == 0 and [r["status"] for r in status["relays"]] == ["admitted"]  # type: ignore[union-attr,index]
+    # a member id that is not one, and a refusal of someone not waiting
+    code, out = run_json("owner", "refuse", "--state", owner, "not-a-key")
+    assert code == 1 and out["code"] == "bad_type"
+    code, out = run_json("owner", "refuse", "--state", owner, str(joined["member"]), "--reason", "late")
+    assert code == 1 and out["code"] == "out_of_order"
+    code, out = run_json("admin", "retry", "--data", str(relay.data), "12345")
+    assert code == 1 and out["code"] == "not_found"
+    code, text, _ = run("member", "status", "--state", member)
+    assert code == 0 and "admitted" in text

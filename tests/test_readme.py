@@ -73,6 +73,11 @@ def test_quick_tour_works_as_printed(tmp_path: Path) -> None:
         state = json.loads((tmp_path / "owner.json").read_text())
         assert oct((tmp_path / "owner.json").stat().st_mode & 0o777) == "0o600"
         assert state["relays"][0]["group_address"] == addresses[0]
+        # the member joined through the link and was admitted, and keeps its key private
+        member = json.loads((tmp_path / "member.json").read_text())
+        assert [r["status"] for r in member["relays"]] == ["admitted"]
+        assert oct((tmp_path / "member.json").stat().st_mode & 0o777) == "0o600"
+        assert "no requests" in tour.stdout
     finally:
         os.killpg(relay.pid, signal.SIGTERM)
         assert relay.wait(20) == 0
