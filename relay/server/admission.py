@@ -42,6 +42,7 @@ from relay.protocol.messages import (
     PendingMember,
     ProfileAnswer,
 )
+from relay.protocol.state import GroupState
 from relay.server.config import MembersConfig
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService, check_owner, decode_signed
@@ -183,7 +184,7 @@ class Admissions:
             request=encode(frame.request),
             name=verified.profile.name[:64],
         )
-        stored, row, counts = await self.db.transact(lambda conn: self._arrive(conn, new, now))
+        stored, row, active = await self.db.transact(lambda conn: self._arrive(conn, new, now))
         self.report_bounds()
         outcome = "duplicate" if not stored else row.status.wire
         if row.code == ErrorCode.QUEUE_FULL.value:
@@ -195,14 +196,13 @@ class Admissions:
         self.metrics.inc("relay_join_requests_total", outcome=outcome)
         if stored and row.status is JoinState.REFUSED and row.code:
             self.metrics.inc("relay_admission_refusals_total", code=row.code)
-        if stored and row.status is JoinState.HELD and counts.held > 1:
-            self.on_held(group.id)
+        if stored and row.status is JoinState.HELD and active:
+            self.on_held(group.id)  # queued behind others; an inactive group's activation wakes it
         log.debug("member.join", group=group.id, status=row.status.value, code=row.code, stored=stored)
         return result_of(row)
 
-    def _arrive(
-        self, conn: sqlite3.Connection, new: joins.NewJoin, now: int
-    ) -> tuple[bool, JoinRow, joins.QueueCounts]:
+    def _arrive(self, conn: sqlite3.Connection, new: joins.NewJoin, now: int) -> tuple[bool, JoinRow, bool]:
+        """Store and decide (or answer a duplicate); returns (stored, row, group is active)."""
         record = groups.by_id(conn, new.group_id)
         if record is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
@@ -218,16 +218,17 @@ class Admissions:
             queue_bound=self.config.max_queued_per_group,
         )
         if not arrival.store:
+            active = record.state is GroupState.ACTIVE
             if existing is not None and arrival.decision is existing_decision:
-                return False, existing, counts
-            return False, _unstored(new, arrival.decision, now), counts
+                return False, existing, active
+            return False, _unstored(new, arrival.decision, now), active
         if existing is not None:
             joins.delete(conn, existing.id)  # a "not now" refusal, asked again: decided afresh
         row_id = joins.insert(conn, new, arrival.decision, now)
         self.after_decision(conn, record, new.member_key, new.name, arrival.decision, now)
         row = joins.by_id(conn, row_id)
         assert row is not None
-        return True, row, joins.counts(conn, new.group_id)
+        return True, row, record.state is GroupState.ACTIVE
 
     def after_decision(
         self,
