@@ -346,10 +346,17 @@ def _admin(args: argparse.Namespace) -> Any:
 
 
 def cmd_admin_groups(args: argparse.Namespace) -> dict[str, Any]:
-    limit = min(max(args.limit, 1), 1000)  # what the operator port serves at most
+    limit = _limit(args)
     with _admin(args) as admin:
-        page = admin.groups(args.state_filter, after=args.after, limit=limit)
-    result: dict[str, Any] = {"status": "ok", "groups": page}
+        return _paged("groups", admin.groups(args.state_filter, after=args.after, limit=limit), limit)
+
+
+def _limit(args: argparse.Namespace) -> int:
+    return int(min(max(args.limit, 1), 1000))  # what the operator port serves at most
+
+
+def _paged(key: str, page: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"status": "ok", key: page}
     if len(page) == limit:
         result["next_after"] = page[-1]["id"]  # more may follow: pass it as --after
     return result
@@ -371,13 +378,9 @@ def cmd_admin_reject(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_admin_held(args: argparse.Namespace) -> dict[str, Any]:
-    limit = min(max(args.limit, 1), 1000)
+    limit = _limit(args)
     with _admin(args) as admin:
-        page = admin.held(dead_only=args.dead, after=args.after, limit=limit)
-    result: dict[str, Any] = {"status": "ok", "requests": page}
-    if len(page) == limit:
-        result["next_after"] = page[-1]["id"]
-    return result
+        return _paged("requests", admin.held(dead_only=args.dead, after=args.after, limit=limit), limit)
 
 
 def cmd_admin_retry(args: argparse.Namespace) -> dict[str, Any]:

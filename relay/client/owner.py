@@ -308,19 +308,29 @@ async def remove_relay(
     return await publish(state, path, timeout=timeout, also_notify=entry)
 
 
+def _owner_request(
+    state: OwnerState, entry: RelayEntry, action: str, *, subject: bytes = b"", note: str = ""
+) -> tuple[RelayAddress, Signed]:
+    """A fresh owner request for ``action`` in this relay's service group, and where to send it."""
+    address = parse_address(entry.contact)
+    request = make_owner_request(
+        state.owner_key,
+        relay_fingerprint=address.fingerprint,
+        channel=state.channel,
+        service_group=b64d(entry.service_group),
+        action=action,
+        now=int(time.time()),
+        subject=subject,
+        note=note,
+    )
+    return address, request
+
+
 async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str, object]]:
     """The service-group log of every relay, as each relay keeps it."""
     out: list[dict[str, object]] = []
     for entry in state.relays:
-        address = parse_address(entry.contact)
-        request = make_owner_request(
-            state.owner_key,
-            relay_fingerprint=address.fingerprint,
-            channel=state.channel,
-            service_group=b64d(entry.service_group),
-            action=ACTION_READ_LOG,
-            now=int(time.time()),
-        )
+        address, request = _owner_request(state, entry, ACTION_READ_LOG)
         item: dict[str, object] = {"relay": entry.contact}
         try:
             async with open_session(address, timeout=timeout) as session:
@@ -376,17 +386,7 @@ async def owner_command(
     for entry in state.relays:
         if not entry.listed or entry.group_address is None:
             continue
-        address = parse_address(entry.contact)
-        request = make_owner_request(
-            state.owner_key,
-            relay_fingerprint=address.fingerprint,
-            channel=state.channel,
-            service_group=b64d(entry.service_group),
-            action=action,
-            now=int(time.time()),
-            subject=subject,
-            note=note,
-        )
+        address, request = _owner_request(state, entry, action, subject=subject, note=note)
         try:
             async with open_session(address, timeout=timeout) as session:
                 answer = await session.request(OwnerCommand(request=request))

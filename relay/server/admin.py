@@ -73,6 +73,18 @@ def _json(status: int, body: object) -> HttpResponse:
     return HttpResponse(status, json.dumps(body).encode())
 
 
+_BAD_PAGE = _json(400, {"error": "bad_request", "reason": "after and limit must be integers"})
+MAX_PAGE = 1000
+
+
+def _page(params: dict[str, str]) -> tuple[int, int] | None:
+    """``after`` and ``limit`` of a listing (limit clamped to 1..1000), or None if not integers."""
+    try:
+        return int(params.get("after") or 0), min(max(int(params.get("limit") or 100), 1), MAX_PAGE)
+    except ValueError:
+        return None
+
+
 class BadRequest(Exception):
     """The request itself is wrong (HTTP 400); the message says how."""
 
@@ -144,11 +156,10 @@ class AdminEndpoint:
         if path == "/admin/groups" and method == "GET":
             params = dict(parse_qsl(query))
             state = params.get("state") or None
-            try:
-                after = int(params.get("after") or 0)
-                limit = min(max(int(params.get("limit") or 100), 1), 1000)
-            except ValueError:
-                return _json(400, {"error": "bad_request", "reason": "after and limit must be integers"})
+            page = _page(params)
+            if page is None:
+                return _BAD_PAGE
+            after, limit = page
             records = await self.service.db.transact(
                 lambda conn: groups.listing(conn, state=state, limit=limit, after=after)
             )
@@ -156,11 +167,10 @@ class AdminEndpoint:
         if path == "/admin/held" and method == "GET":
             params = dict(parse_qsl(query))
             statuses = ("dead",) if params.get("status") == "dead" else ("held", "dead")
-            try:
-                after = int(params.get("after") or 0)
-                limit = min(max(int(params.get("limit") or 100), 1), 1000)
-            except ValueError:
-                return _json(400, {"error": "bad_request", "reason": "after and limit must be integers"})
+            page = _page(params)
+            if page is None:
+                return _BAD_PAGE
+            after, limit = page
             queued = await self.service.db.transact(
                 lambda conn: joins.listing(conn, statuses=statuses, after=after, limit=limit)
             )

@@ -404,7 +404,6 @@ class GroupService:
             reason,
             f"suspended by the operator: {reason}",
         )
-        self.group_changed(group_id)
         log.info("group.suspended", group=group_id, reason=reason)
         return record
 
@@ -413,7 +412,6 @@ class GroupService:
         record = await self._operator_change(
             group_id, Transition.RESUME, None, None, "resumed by the operator"
         )
-        self.group_changed(group_id)
         log.info("group.resumed", group=group_id)
         return record
 
@@ -426,7 +424,6 @@ class GroupService:
             reason,
             f"removed by the operator: {reason}",
         )
-        self.group_changed(group_id)
         log.info("group.removed", group=group_id, reason=reason)
         return record
 
@@ -453,7 +450,9 @@ class GroupService:
                 self._prune_closed(conn)
             return record
 
-        return await self.db.transact(apply)
+        record = await self.db.transact(apply)
+        self.group_changed(group_id)  # the join worker: held requests may now be decided or refused
+        return record
 
 
 def _new_group(service_group: bytes, verified: VerifiedProfile) -> groups.NewGroup:
