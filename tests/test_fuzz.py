@@ -385,6 +385,14 @@ def only_protocol_errors(call: Any, *args: Any, **kwargs: Any) -> Any:
         return None
 
 
+def member_verifiers(signed: Signed) -> None:
+    """The member's requests, checked by the relay: a typed error or a value, nothing else."""
+    binding = {"relay_fingerprint": F.fingerprint, "channel": F.channel, "address_id": "A" * 22}
+    only_protocol_errors(verify_join_request, signed, **binding, now=T0, max_age=600, max_profile_bytes=1024)
+    only_protocol_errors(verify_member_request, signed, **binding, now=T0, max_age=600)
+    only_protocol_errors(stored_join, encode(signed))
+
+
 @FUZZ
 @given(signed_values(), st.binary(min_size=32, max_size=32), st.lists(signed_values(), max_size=3))
 def test_verifiers_on_arbitrary_signed_values(signed: Signed, key: bytes, certs: list[Signed]) -> None:
@@ -401,26 +409,7 @@ def test_verifiers_on_arbitrary_signed_values(signed: Signed, key: bytes, certs:
         max_age=600,
     )
     only_protocol_errors(verify_welcome, Welcome(card=signed), fingerprint=crypto.fingerprint(key), nonce=key)
-    only_protocol_errors(
-        verify_join_request,
-        signed,
-        relay_fingerprint=F.fingerprint,
-        channel=F.channel,
-        address_id="A" * 22,
-        now=T0,
-        max_age=600,
-        max_profile_bytes=1024,
-    )
-    only_protocol_errors(
-        verify_member_request,
-        signed,
-        relay_fingerprint=F.fingerprint,
-        channel=F.channel,
-        address_id="A" * 22,
-        now=T0,
-        max_age=600,
-    )
-    only_protocol_errors(stored_join, encode(signed))
+    member_verifiers(signed)
     only_protocol_errors(
         verify_invitation, encode(signed), relay_fingerprint=F.fingerprint, now=T0, max_age=600
     )
@@ -460,26 +449,7 @@ def test_verifiers_on_validly_signed_random_bodies(label: bytes, body: bytes) ->
         max_age=600,
     )
     only_protocol_errors(verify_welcome, Welcome(card=by_relay), fingerprint=F.fingerprint, nonce=bytes(32))
-    only_protocol_errors(
-        verify_join_request,
-        by_owner,
-        relay_fingerprint=F.fingerprint,
-        channel=F.channel,
-        address_id="A" * 22,
-        now=T0,
-        max_age=600,
-        max_profile_bytes=1024,
-    )
-    only_protocol_errors(
-        verify_member_request,
-        by_owner,
-        relay_fingerprint=F.fingerprint,
-        channel=F.channel,
-        address_id="A" * 22,
-        now=T0,
-        max_age=600,
-    )
-    only_protocol_errors(stored_join, encode(by_owner))
+    member_verifiers(by_owner)
     only_protocol_errors(
         verify_invitation, encode(by_owner), relay_fingerprint=F.fingerprint, now=T0, max_age=600
     )
