@@ -37,6 +37,9 @@ class Label:
     OWNER_REQUEST = b"owner-request"
     JOIN_REQUEST = b"join-request"
     MEMBER_REQUEST = b"member-request"
+    EVENT = b"event"
+    HEAD = b"head"
+    DIRECT_INVITATION = b"direct-invitation"
 
 
 def signing_input(label: bytes, body: bytes) -> bytes:

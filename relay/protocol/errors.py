@@ -58,6 +58,17 @@ class ErrorCode(enum.StrEnum):
     REFUSED_BY_OWNERS = "refused_by_owners"
     REQUEST_EXPIRED = "request_expired"
     UNKNOWN_MEMBER = "unknown_member"
+    # channel traffic
+    NOT_A_MEMBER = "not_a_member"
+    EVENT_GAP = "event_gap"
+    CHAIN_BROKEN = "chain_broken"
+    EQUIVOCATION = "equivocation"
+    BAD_TIMESTAMP = "bad_timestamp"
+    EVENT_TOO_LARGE = "event_too_large"
+    GROUP_NOT_ACTIVE = "group_not_active"
+    DIRECT_MESSAGES_OFF = "direct_messages_off"
+    DIRECT_MESSAGES_OVER_THRESHOLD = "direct_messages_over_threshold"
+    INBOX_FULL = "inbox_full"
     # the relay's own trouble
     INTERNAL = "internal"
 

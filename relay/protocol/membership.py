@@ -20,10 +20,11 @@ from relay.protocol import crypto
 from relay.protocol.encoding import decode, encode
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
 from relay.protocol.invitation import check_fresh
-from relay.protocol.messages import JoinRequest, MemberProfile, MemberRequest, Signed
+from relay.protocol.messages import DirectInvitation, JoinRequest, MemberProfile, MemberRequest, Signed
 from relay.protocol.profile import MAX_SIGNED_BODY
 
 ACTION_STATUS = "status"
+ACTION_SUBSCRIBE = "subscribe"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ def verify_join_request(
     """Signature first, then what the signed body binds: relay, channel, address, age, size."""
     crypto.verify(signed.signer, crypto.Label.JOIN_REQUEST, signed.body, signed.sig)
     request = decode(signed.body, JoinRequest, limit=MAX_SIGNED_BODY * 2, what="join request")
-    _check_binding(request, relay_fingerprint, channel, address_id)
+    check_binding(request, relay_fingerprint, channel, address_id)
     check_fresh(request.created_at, now, max_age, "join request", ErrorCode.REQUEST_STALE)
     if len(request.member_profile) > max_profile_bytes:
         raise RemoteProtocolError(
@@ -115,21 +116,28 @@ def verify_member_request(
     address_id: str,
     now: int,
     max_age: int,
+    action: str = ACTION_STATUS,
 ) -> MemberRequest:
-    """A member's status question: only the member key itself may ask about its request."""
+    """A member's signed request about itself (its status, or a subscription).
+
+    The action is signed, so a request captured for one purpose cannot be replayed as another.
+    """
     crypto.verify(signed.signer, crypto.Label.MEMBER_REQUEST, signed.body, signed.sig)
     request = decode(signed.body, MemberRequest, limit=MAX_SIGNED_BODY, what="member request")
-    if request.action != ACTION_STATUS:
+    if request.action != action:
         raise RemoteProtocolError(
-            ErrorCode.UNEXPECTED_MESSAGE, f"the request was signed for {request.action!r}, not 'status'"
+            ErrorCode.UNEXPECTED_MESSAGE, f"the request was signed for {request.action!r}, not {action!r}"
         )
-    _check_binding(request, relay_fingerprint, channel, address_id)
-    check_fresh(request.created_at, now, max_age, "status request", ErrorCode.REQUEST_STALE)
+    check_binding(request, relay_fingerprint, channel, address_id)
+    check_fresh(request.created_at, now, max_age, f"{action} request", ErrorCode.REQUEST_STALE)
     return request
 
 
-def _check_binding(
-    request: JoinRequest | MemberRequest, relay_fingerprint: bytes, channel: bytes, address_id: str
+def check_binding(
+    request: JoinRequest | MemberRequest | DirectInvitation,
+    relay_fingerprint: bytes,
+    channel: bytes,
+    address_id: str,
 ) -> None:
     if not crypto.same_secret(request.relay, relay_fingerprint):
         raise RemoteProtocolError(ErrorCode.WRONG_RELAY, "the request names another relay")

@@ -62,6 +62,9 @@ class Profile(Struct, frozen=True):
     # once, "approval" asks the owners; ``max_members`` 0 means no limit of the owners' own.
     admission: Annotated[str, Meta(max_length=16)] = "auto"
     max_members: Annotated[int, Meta(ge=0, le=2**40)] = 0
+    # Direct-message invitations pass only while the channel has fewer members than this
+    # (0: no threshold); ignored unless ``direct_messages`` is set.
+    direct_messages_max_members: Annotated[int, Meta(ge=0, le=2**40)] = 0
 
 
 class Invitation(Struct, frozen=True):
@@ -113,10 +116,16 @@ class OwnerRequest(Struct, frozen=True, omit_defaults=True):
 
 
 class MemberProfile(Struct, frozen=True):
-    """What a member tells the owners about themselves when asking to join."""
+    """What a member tells the owners about themselves when asking to join.
+
+    ``seal_key`` is the member's X25519 public key for sealed direct-message invitations
+    (empty: the member takes none).  Signed inside the join request, so a relay that hands
+    it to another member cannot swap it.
+    """
 
     name: ShortText
     about: ShortText = ""
+    seal_key: Annotated[bytes, Meta(max_length=32)] = b""
 
 
 class JoinRequest(Struct, frozen=True):
@@ -144,6 +153,62 @@ class MemberRequest(Struct, frozen=True):
     action: Annotated[str, Meta(max_length=32)]
     created_at: Timestamp
     nonce: Id16
+
+
+class OwnerEvent(Struct, frozen=True):
+    """One owner event (a post) in the channel's hash chain.
+
+    ``prev`` is the id (:func:`relay.protocol.events.event_id`) of event ``seq - 1``, and 32
+    zero bytes for ``seq`` 1: an event commits to the whole history before it, so a relay
+    cannot alter, reorder or drop one without the chain showing it.
+    """
+
+    channel: Digest
+    seq: Annotated[int, Meta(ge=1, le=2**53)]
+    prev: Digest
+    created_at: Timestamp
+    content_type: Annotated[str, Meta(min_length=1, max_length=64)]
+    body: bytes
+
+
+class Head(Struct, frozen=True):
+    """A relay's signed statement of the newest event it holds for a channel.
+
+    ``tag`` is the channel's discovery tag for this relay (:func:`relay.protocol.heads.tag`),
+    never the channel id, so a head shown to one party says nothing another relay can match.
+    ``seq`` 0 with an all-zero ``id`` is an empty channel.
+    """
+
+    relay: Digest
+    tag: Digest
+    seq: Annotated[int, Meta(ge=0, le=2**53)]
+    id: Digest
+    time: Timestamp
+
+
+class DirectInvitation(Struct, frozen=True):
+    """A member (the signer) asks the relay to pass a sealed invitation to member ``to``.
+
+    ``sealed`` is HPKE-sealed to ``to``'s ``MemberProfile.seal_key``: the relay passes it on
+    and cannot read it.  Bound to relay, channel and group address like a join request.
+    """
+
+    relay: Digest
+    channel: Digest
+    address: Annotated[str, Meta(max_length=64)]
+    to: Key
+    suite: Annotated[str, Meta(max_length=64)]
+    sealed: Annotated[bytes, Meta(max_length=16384)]
+    created_at: Timestamp
+    nonce: Id16
+
+
+class DirectInvitationContent(Struct, frozen=True):
+    """What a sealed direct invitation holds: who asks, and where to reach them."""
+
+    sender: Key
+    contact: Address
+    note: ShortText = ""
 
 
 # --- frames ----------------------------------------------------------------
@@ -245,12 +310,109 @@ class OwnerCommandResult(Struct, frozen=True, tag="owner_result", tag_field="typ
     detail: str = ""
 
 
+class Post(Struct, frozen=True, tag="post", tag_field="type"):
+    """An owner publishes one event on the group address."""
+
+    event: Signed  # an OwnerEvent signed by an owner key
+
+
+class PostResult(Struct, frozen=True, tag="post_result", tag_field="type"):
+    status: str  # "stored" | "duplicate" (the same bytes again: a retry)
+    seq: int
+    id: bytes
+
+
+class Subscribe(Struct, frozen=True, tag="subscribe", tag_field="type"):
+    """An admitted member asks for history, then live events, on this connection.
+
+    ``since``: the events after this sequence number; None: the relay's latest history.
+    """
+
+    request: Signed  # a MemberRequest with action "subscribe", signed by the member key
+    since: Annotated[int, Meta(ge=0, le=2**53)] | None = None
+
+
+class Subscribed(Struct, frozen=True, tag="subscribed", tag_field="type"):
+    """The answer to ``subscribe``; the ``event`` frames follow, oldest first.
+
+    ``first_seq`` is the oldest event the relay still keeps (retention); ``head_seq`` the newest.
+    """
+
+    head_seq: int
+    first_seq: int
+    profile_version: int
+
+
+class EventFrame(Struct, frozen=True, tag="event", tag_field="type"):
+    """One event pushed to a subscribed member: the owner's signed bytes, untouched."""
+
+    event: Signed
+
+
+class HeadRequest(Struct, frozen=True, tag="head_request", tag_field="type"):
+    """Ask a group address for the relay's signed head (and the event at the head)."""
+
+
+class HeadAnswer(Struct, frozen=True, tag="head", tag_field="type"):
+    head: Signed  # a Head signed by the relay's identity key
+    event: Signed | None = None  # the event at head.seq, so an owner can chain onto it
+
+
+class Discover(Struct, frozen=True, tag="discover", tag_field="type"):
+    """Which of these channel tags does the relay serve?  Asked on the contact address."""
+
+    tags: Annotated[list[Digest], Meta(max_length=32)]
+
+
+class Discovered(Struct, frozen=True, tag="discovered", tag_field="type"):
+    heads: list[Signed]  # a signed Head per recognised tag; unknown tags are left out
+
+
+class MemberCardRequest(Struct, frozen=True, tag="member_card_request", tag_field="type"):
+    """A subscribed member asks for another member's own signed join request (its seal key)."""
+
+    member: Key
+
+
+class MemberCard(Struct, frozen=True, tag="member_card", tag_field="type"):
+    join: Signed  # the member's JoinRequest, exactly as that member signed it
+
+
+class DirectInvite(Struct, frozen=True, tag="direct_invite", tag_field="type"):
+    request: Signed  # a DirectInvitation signed by the sending member
+
+
+class DirectInviteResult(Struct, frozen=True, tag="direct_invite_result", tag_field="type"):
+    status: str  # "delivered" (pushed to the member now) | "stored" (kept until it subscribes)
+
+
+class DirectInviteDelivery(Struct, frozen=True, tag="direct_invitation", tag_field="type"):
+    """A sealed invitation pushed to the member it is for."""
+
+    request: Signed
+
+
 class Error(Struct, frozen=True, tag="error", tag_field="type"):
     code: str
     reason: str
 
 
-ClientFrame = Hello | Invite | ProfileUpdate | LogRequest | ProfileRequest | Join | JoinStatus | OwnerCommand
+ClientFrame = (
+    Hello
+    | Invite
+    | ProfileUpdate
+    | LogRequest
+    | ProfileRequest
+    | Join
+    | JoinStatus
+    | OwnerCommand
+    | Post
+    | Subscribe
+    | HeadRequest
+    | Discover
+    | MemberCardRequest
+    | DirectInvite
+)
 RelayFrame = (
     Welcome
     | InviteResult
@@ -259,5 +421,13 @@ RelayFrame = (
     | ProfileAnswer
     | JoinResult
     | OwnerCommandResult
+    | PostResult
+    | Subscribed
+    | EventFrame
+    | HeadAnswer
+    | Discovered
+    | MemberCard
+    | DirectInviteResult
+    | DirectInviteDelivery
     | Error
 )

@@ -1,0 +1,183 @@
+"""Owner events: made, verified, and checked against the chain they extend.
+
+An event is an :class:`OwnerEvent` signed by an owner key (label ``event``).
+Its id is the SHA-256 of its signed body, so an event is named by what the
+owner signed, and each event's ``prev`` is the id of the one before: the chain
+of ids is what lets a member see a relay that alters, reorders or drops events.
+
+The relay and the member apply the same rules, with one difference written in
+:func:`check_append`: the relay also refuses timestamps out of line with its own
+clock.  Pure: the caller passes ``now`` and the owner keys in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import Enum
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from relay.protocol import crypto
+from relay.protocol.encoding import decode, encode
+from relay.protocol.errors import ErrorCode, RemoteProtocolError
+from relay.protocol.messages import OwnerEvent, Signed
+
+GENESIS = bytes(32)  # ``prev`` of event 1
+ID_PREFIX = b"chat-relay/v1/event-id\x00"
+MAX_EVENT_BODY = 64 * 1024  # the default; the relay's [events] max_body_bytes may lower it
+EVENT_OVERHEAD = 512  # the signed envelope and fields around the body, generously
+CLOCK_SKEW = 120  # seconds an owner's clock may run ahead of the relay's
+CONTENT_TEXT = "text/plain"
+
+
+def event_id(body: bytes) -> bytes:
+    """The id of an event: the SHA-256 of exactly the bytes its owner signed."""
+    return hashlib.sha256(ID_PREFIX + body).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEvent:
+    """An event whose signature and signer checked out; ``signed`` holds the exact bytes."""
+
+    event: OwnerEvent
+    signed: Signed
+    id: bytes
+
+    @property
+    def seq(self) -> int:
+        return self.event.seq
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest event of a chain as far as one party knows it (seq 0: empty)."""
+
+    seq: int = 0
+    id: bytes = GENESIS
+    created_at: int = 0
+
+    @classmethod
+    def of(cls, event: VerifiedEvent) -> ChainHead:
+        return cls(event.seq, event.id, event.event.created_at)
+
+
+def make_event(
+    owner_key: ed25519.Ed25519PrivateKey,
+    *,
+    channel: bytes,
+    after: ChainHead,
+    body: bytes,
+    now: int,
+    content_type: str = CONTENT_TEXT,
+) -> Signed:
+    """Sign the event that follows ``after``; its time never goes back past ``after``'s."""
+    event = OwnerEvent(
+        channel=channel,
+        seq=after.seq + 1,
+        prev=after.id,
+        created_at=max(now, after.created_at),
+        content_type=content_type,
+        body=body,
+    )
+    return crypto.signed(owner_key, crypto.Label.EVENT, encode(event))
+
+
+def verify_event(
+    signed: Signed, *, channel: bytes, owners: frozenset[bytes], max_body: int = MAX_EVENT_BODY
+) -> VerifiedEvent:
+    """Signer, signature, size and channel: everything an event proves on its own.
+
+    The signer is checked first, so that an event signed by a key the root never
+    authorised is named as such (``unauthorised_owner``), not as a bad signature.
+    """
+    if signed.signer not in owners:
+        raise RemoteProtocolError(
+            ErrorCode.UNAUTHORISED_OWNER, "the event is signed by a key that is not an owner of the channel"
+        )
+    if len(signed.body) > max_body + EVENT_OVERHEAD:
+        raise RemoteProtocolError(
+            ErrorCode.EVENT_TOO_LARGE,
+            f"the event is {len(signed.body)} bytes; the limit is {max_body} for its body",
+        )
+    crypto.verify(signed.signer, crypto.Label.EVENT, signed.body, signed.sig)
+    event = decode(signed.body, OwnerEvent, limit=max_body + EVENT_OVERHEAD, what="event")
+    if len(event.body) > max_body:
+        raise RemoteProtocolError(
+            ErrorCode.EVENT_TOO_LARGE, f"the event body is {len(event.body)} bytes; the limit is {max_body}"
+        )
+    if not crypto.same_secret(event.channel, channel):
+        raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the event is for another channel")
+    if (event.seq == 1) != (event.prev == GENESIS):
+        raise RemoteProtocolError(ErrorCode.CHAIN_BROKEN, "only event 1 may follow the empty chain")
+    return VerifiedEvent(event=event, signed=signed, id=event_id(signed.body))
+
+
+def stored_event(signed: Signed) -> VerifiedEvent:
+    """An event as the relay stored it after verifying it: decoded again, not verified again."""
+    event = decode(signed.body, OwnerEvent, limit=MAX_EVENT_BODY + EVENT_OVERHEAD, what="stored event")
+    return VerifiedEvent(event=event, signed=signed, id=event_id(signed.body))
+
+
+class Append(Enum):
+    """What to do with a verified event, given the head and what sits at its sequence number."""
+
+    NEW = "stored"
+    DUPLICATE = "duplicate"  # the same bytes again: a retry, answered as before
+
+
+def check_append(
+    head: ChainHead,
+    event: VerifiedEvent,
+    *,
+    existing_id: bytes | None,
+    now: int | None = None,
+    max_backdate: int = 0,
+) -> Append:
+    """The chain rules for one more event.
+
+    ``existing_id`` is the id already held at ``event.seq`` (None if none).  A different
+    event at a taken sequence number is ``equivocation`` (the caller keeps both as proof);
+    a jump ahead is ``event_gap``; a ``prev`` that is not the head's id is ``chain_broken``;
+    a time before the previous event's is ``bad_timestamp``.  With ``now`` (the relay's
+    clock), an event dated more than ``CLOCK_SKEW`` ahead, or more than ``max_backdate``
+    seconds behind, is ``bad_timestamp`` too.
+    """
+    if existing_id is not None:
+        if crypto.same_secret(existing_id, event.id):
+            return Append.DUPLICATE
+        raise RemoteProtocolError(
+            ErrorCode.EQUIVOCATION,
+            f"event {event.seq} already exists with different content; both are kept as proof",
+        )
+    if event.seq <= head.seq:
+        # Only reachable when the event at that sequence was pruned by retention.
+        raise RemoteProtocolError(
+            ErrorCode.EVENT_GAP, f"event {event.seq} is older than what this relay keeps (head {head.seq})"
+        )
+    if event.seq > head.seq + 1:
+        raise RemoteProtocolError(
+            ErrorCode.EVENT_GAP,
+            f"event {event.seq} does not follow the head {head.seq}; send {head.seq + 1} first",
+        )
+    if event.event.prev != head.id:
+        raise RemoteProtocolError(
+            ErrorCode.CHAIN_BROKEN,
+            f"event {event.seq} does not chain onto event {head.seq} (prev hash differs)",
+        )
+    created = event.event.created_at
+    if created < head.created_at:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_TIMESTAMP, f"event {event.seq} is dated before event {head.seq}"
+        )
+    if now is not None:
+        if created > now + CLOCK_SKEW:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_TIMESTAMP, f"the event is dated {created - now} s in the future"
+            )
+        if now - created > max_backdate:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_TIMESTAMP,
+                f"the event is dated {now - created} s in the past; the limit is {max_backdate} s",
+            )
+    return Append.NEW
