@@ -245,6 +245,66 @@ def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
     return _published(trio.run(remove_relay, state, path, args.relay_address))
 
 
+def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+    from relay.client.posting import post
+
+    if (args.text is None) == (args.file is None):
+        raise Failure("give the post as TEXT or with --file PATH (one of them)", code="usage")
+    try:
+        body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise Failure(f"cannot read {args.file}: {exc.strerror}", code="no_file") from None
+    path = _state_path(args)
+    state = OwnerState.load(path)
+    outcome = trio.run(partial(post, state, path, body, content_type=args.content_type))
+    relays = [{k: v for k, v in r.__dict__.items() if v not in (None, 0)} for r in outcome.relays]
+    out = {"status": "ok", "seq": outcome.seq, "id": outcome.id, "relays": relays}
+    if all(r["status"] == "error" for r in relays):
+        first = relays[0]
+        raise Failure(str(first.get("reason")), **{**out, "status": "error", "code": first.get("code")})
+    return out
+
+
+def cmd_owner_new_key(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owners import new_key
+
+    path = _state_path(args)
+    if path.exists():
+        raise Failure(f"{path} already exists; it holds another owner's secrets")
+    return {"status": "ok", "owner_key": new_key(path), "state": str(path)}
+
+
+def cmd_owner_add_owner(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+    from relay.client.owners import add_owner, write_share
+
+    path = _state_path(args)
+    state = OwnerState.load(path)
+    result = _published(trio.run(add_owner, state, path, args.owner_key))
+    if args.share:
+        write_share(state, Path(args.share))
+        result["share"] = args.share
+    return result
+
+
+def cmd_owner_remove_owner(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+    from relay.client.owners import remove_owner
+
+    path = _state_path(args)
+    return _published(trio.run(remove_owner, OwnerState.load(path), path, args.owner_key))
+
+
+def cmd_owner_adopt(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owners import adopt
+    from relay.protocol.encoding import b64e
+
+    path = _state_path(args)
+    state = adopt(path, Path(args.share))
+    return {"status": "ok", "channel": b64e(state.channel), "name": state.name, "state": str(path)}
+
+
 def cmd_owner_link(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owner import OwnerState
 
@@ -334,6 +394,118 @@ def cmd_member_status(args: argparse.Namespace) -> dict[str, Any]:
 
     path = _state_path(args)
     return _member_out(trio.run(partial(status, MemberState.load(path), path, wait=args.wait)))
+
+
+def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Print each post once as it is accepted; findings go to stderr as warnings."""
+    from relay.client.member import MemberState
+    from relay.client.reader import read
+
+    path = _state_path(args)
+    state = MemberState.load(path)
+    shown: list[dict[str, Any]] = []
+    told: list[dict[str, Any]] = []
+    troubles: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        async with read(state, path, since=args.since, follow=args.follow) as items:
+            async for item in items:
+                _show_item(args, item, shown, told, troubles)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        return None  # the position is saved; a follow ends with Ctrl-C
+    lies = [t for t in told if t["lie"]]
+    out = {"status": "ok", "events": shown, "findings": told, "relays": troubles, "last_seq": state.last_seq}
+    if troubles and len(troubles) >= len(state.parsed_link.relays) and not shown:
+        raise Failure("no relay could be read", **{**out, "status": "error", "code": "no_relay"})
+    if lies and not args.follow:
+        codes = ", ".join(sorted({f"{t['relay']}: {t['code']}" for t in lies}))
+        raise Failure(f"a relay lied ({codes})", **{**out, "status": "error", "code": "relay_lied"})
+    return out if args.json and not args.follow else None
+
+
+def _show_item(
+    args: argparse.Namespace,
+    item: Any,
+    shown: list[dict[str, Any]],
+    told: list[dict[str, Any]],
+    troubles: list[dict[str, Any]],
+) -> None:
+    from relay.client.reader import InvitationReceived, RelayTrouble
+    from relay.protocol.encoding import b64e
+    from relay.protocol.follow import Accepted, Finding, ProfileAdopted
+
+    if isinstance(item, Accepted):
+        event = item.event.event
+        post: dict[str, Any] = {
+            "seq": event.seq,
+            "id": b64e(item.event.id),
+            "created_at": event.created_at,
+            "content_type": event.content_type,
+            "signer": b64e(item.event.signed.signer),
+        }
+        if event.content_type.startswith("text/"):
+            post["text"] = event.body.decode("utf-8", "replace")
+        else:
+            post["body_b64"] = b64e(event.body)
+        shown.append(post)
+        if args.follow and args.json:
+            print(json.dumps({"type": "post", **post}), flush=True)
+        elif not args.json:
+            text = post.get("text", f"<{event.content_type}, {len(event.body)} bytes>")
+            print(f"#{event.seq} {text}", flush=True)
+    elif isinstance(item, Finding):
+        finding = {
+            "relay": item.relay,
+            "code": item.code.value,
+            "detail": item.detail,
+            "seq": item.seq,
+            "lie": item.is_lie,
+        }
+        told.append(finding)
+        _warn(
+            args, {"type": "finding", **finding}, f"warning: {item.relay}: {item.code.value}: {item.detail}"
+        )
+    elif isinstance(item, RelayTrouble):
+        trouble = {"relay": item.relay, "code": item.code, "reason": item.reason}
+        troubles.append(trouble)
+        _warn(args, {"type": "relay", **trouble}, f"warning: {item.relay}: {item.code}: {item.reason}")
+    elif isinstance(item, InvitationReceived):
+        invitation = {"sender": item.sender, "contact": item.contact, "note": item.note}
+        _warn(
+            args,
+            {"type": "invitation", **invitation},
+            f"direct invitation from member {item.sender}: {item.contact} {item.note}".rstrip(),
+        )
+    elif isinstance(item, ProfileAdopted):
+        _warn(
+            args,
+            {"type": "profile", "version": item.profile.profile.version},
+            f"profile version {item.profile.profile.version} verified",
+        )
+
+
+def _warn(args: argparse.Namespace, as_json: dict[str, Any], text: str) -> None:
+    print(json.dumps(as_json) if args.json else text, file=sys.stderr, flush=True)
+
+
+def cmd_member_invite(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.direct import invite
+    from relay.client.member import MemberState
+
+    path = _state_path(args)
+    state = MemberState.load(path)
+    result = trio.run(partial(invite, state, args.member, contact=args.contact, note=args.note))
+    return {"status": "ok", **result}
+
+
+def cmd_member_invitations(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.member import MemberState
+
+    state = MemberState.load(_state_path(args))
+    return {"status": "ok", "invitations": [dict(i) for i in state.invitations]}
 
 
 # --- operator ----------------------------------------------------------------
@@ -431,6 +603,13 @@ def _human(result: dict[str, Any]) -> str:
             for r in result["requests"]
         ]
         return "\n".join(["      id   group  status   try  last error", *rows]) if rows else "no requests"
+    if "seq" in result and "id" in result and "relays" in result:  # owner post
+        lines = [f"posted #{result['seq']} ({result['id'][:8]})"]
+        for relay in result["relays"]:
+            repaired = f", after {relay['repaired']} missed posts" if relay.get("repaired") else ""
+            why = f" ({relay.get('code')}: {relay.get('reason')})" if relay["status"] == "error" else ""
+            lines.append(f"  {relay['relay']}: {relay['status']}{repaired}{why}")
+        return "\n".join(lines)
     if "member" in result and "relays" in result:
         lines = [f"member {result['member']}"]
         for relay in result["relays"]:
@@ -512,6 +691,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--state", required=True)
     p.add_argument("relay_address", metavar="RELAY_ADDRESS")
+    p = command(owner, "post", cmd_owner_post, "sign a post and store it on every relay of the channel")
+    p.add_argument("--state", required=True)
+    p.add_argument("text", metavar="TEXT", nargs="?", help="the post (or --file)")
+    p.add_argument("--file", help="post the bytes of this file")
+    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+    p = command(owner, "new-key", cmd_owner_new_key, "a co-owner's first step: make an owner key, print it")
+    p.add_argument("--state", required=True, help="the co-owner's new file")
+    p = command(
+        owner, "add-owner", cmd_owner_add_owner, "authorise another owner key and publish the profile"
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument("owner_key", metavar="OWNER_KEY", help="as 'relay owner new-key' printed it")
+    p.add_argument("--share", help="write the channel (no secrets) for the new owner to adopt to this file")
+    p = command(
+        owner, "adopt", cmd_owner_adopt, "a co-owner's second step: take over the channel file shared"
+    )
+    p.add_argument("--state", required=True, help="the file 'relay owner new-key' made")
+    p.add_argument("share", metavar="SHARE", help="the file 'relay owner add-owner --share' wrote")
+    p = command(
+        owner, "remove-owner", cmd_owner_remove_owner, "withdraw an owner key and publish the profile"
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument("owner_key", metavar="OWNER_KEY")
     p = command(owner, "link", cmd_owner_link, "print the channel link members join with")
     p.add_argument("--state", required=True)
     p = command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")
@@ -540,6 +742,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(member, "status", cmd_member_status, "ask each relay for the decision on your request")
     p.add_argument("--state", required=True)
     p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for a decision")
+
+    p = command(member, "read", cmd_member_read, "print the channel's posts, verified, from every relay")
+    p.add_argument("--state", required=True)
+    p.add_argument(
+        "--since", type=int, help="the posts after this sequence number (default: after the last shown)"
+    )
+    p.add_argument("--follow", action="store_true", help="keep printing live posts until Ctrl-C")
+    p = command(member, "invite", cmd_member_invite, "send another member a sealed direct-message invitation")
+    p.add_argument("--state", required=True)
+    p.add_argument("member", metavar="MEMBER", help="the other member's id (its member key, base64url)")
+    p.add_argument("--contact", required=True, help="where the other member can reach you")
+    p.add_argument("--note", default="", help="a line for the other member")
+    p = command(member, "invitations", cmd_member_invitations, "list the direct invitations received")
+    p.add_argument("--state", required=True)
 
     admin = sub.add_parser("admin", help="operator commands (operator port)").add_subparsers(
         dest="admin_cmd", required=True
@@ -590,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(exc.fields) if args.json else f"error: {exc}", file=sys.stderr)
             return EXIT_FAILED
     try:
-        result: dict[str, Any] = args.func(args)
+        result: dict[str, Any] | None = args.func(args)
     except Failure as exc:
         _print(
             args, exc.fields, lambda r: f"{r['status']}: {r.get('code', '')} {r['reason']}".replace("  ", " ")
@@ -603,7 +819,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda r: f"error: {r['code']}: {r['reason']}",
         )
         return EXIT_FAILED
-    _print(args, result, _human)
+    if result is not None:  # ``member read`` prints as it goes
+        _print(args, result, _human)
     return EXIT_OK
 
 

@@ -26,8 +26,8 @@ NOW = 1_800_000_000
 A, B, C = "relay-a", "relay-b", "relay-c"
 
 
-def cert(owner: ed25519.Ed25519PrivateKey, signer: ed25519.Ed25519PrivateKey = ROOT) -> Signed:
-    body = encode(OwnerCert(channel=CHANNEL, owner_key=crypto.public_bytes(owner), issued_at=NOW))
+def cert(owner: ed25519.Ed25519PrivateKey, signer: ed25519.Ed25519PrivateKey = ROOT, at: int = NOW) -> Signed:
+    body = encode(OwnerCert(channel=CHANNEL, owner_key=crypto.public_bytes(owner), issued_at=at))
     return crypto.signed(signer, crypto.Label.OWNER_CERT, body)
 
 
@@ -37,6 +37,7 @@ def profile(
     signer: ed25519.Ed25519PrivateKey = OWNER,
     certs: list[Signed] | None = None,
     name: str = "News",
+    at: int = NOW,
 ) -> Signed:
     body = Profile(
         channel=CHANNEL,
@@ -47,7 +48,7 @@ def profile(
         description="",
         owners=certs if certs is not None else [cert(o) for o in owners],
         relays=[],
-        updated_at=NOW,
+        updated_at=at,
     )
     return crypto.signed(signer, crypto.Label.PROFILE, encode(body))
 
@@ -348,3 +349,22 @@ def test_a_fork_report_is_kept_whole_for_later_proof() -> None:
     ids = {stored_event(s).id for s in fork.proof}
     assert ids == {stored_event(x).id, stored_event(y).id}
     assert all(stored_event(s).seq == 2 for s in fork.proof)
+
+
+def test_a_removed_owner_cannot_take_the_channel_back_with_its_old_cert() -> None:
+    both = verify_profile(profile(version=1, owners=(OWNER, OWNER2)))
+    f = follower(prof=both)
+    out = f.profile_seen(A, profile(version=2, owners=(OWNER,), at=NOW + 10))  # OWNER2 removed
+    assert isinstance(out[0], ProfileAdopted)
+    rogue = profile(version=3, owners=(OWNER, OWNER2), signer=OWNER2, at=NOW + 20)  # its cert is old
+    assert findings(f.profile_seen(B, rogue)) == [(B, FindingCode.UNAUTHORISED_OWNER)]
+    assert f.profile.profile.version == 2
+    # taken back by the owners: a cert issued after version 2, and then it may sign again
+    back = profile(version=3, certs=[cert(OWNER), cert(OWNER2, at=NOW + 30)], at=NOW + 30)
+    assert isinstance(f.profile_seen(A, back)[0], ProfileAdopted)
+    later = profile(version=4, certs=[cert(OWNER), cert(OWNER2, at=NOW + 30)], signer=OWNER2, at=NOW + 40)
+    assert isinstance(f.profile_seen(A, later)[0], ProfileAdopted)
+    # an owner added since (by the root, after the member's version) signs the next one
+    g = follower()
+    added = profile(version=5, certs=[cert(OWNER), cert(OWNER2, at=NOW + 5)], signer=OWNER2, at=NOW + 5)
+    assert isinstance(g.profile_seen(A, added)[0], ProfileAdopted)

@@ -52,6 +52,37 @@ class RelaySession:
             raise RelayRefused(answer.reason, code=answer.code)
         return answer
 
+    async def send(self, frame: ClientFrame) -> None:
+        """Send one frame without waiting for an answer (on a subscribed feed)."""
+        try:
+            with trio.fail_after(self.timeout):
+                await self._ws.send_message(encode(frame))
+        except trio.TooSlowError:
+            raise RelayUnreachable(f"could not send within {self.timeout:g} s") from None
+        except ConnectionClosed as exc:
+            raise RelayUnreachable(f"the relay closed the connection ({_close_code(exc)})") from None
+
+    async def receive(self) -> RelayFrame:
+        """The next frame the relay sends (an answer or a push); the caller bounds the wait."""
+        try:
+            data = await self._ws.get_message()
+        except ConnectionClosed as exc:
+            raise RelayUnreachable(f"the relay closed the connection ({_close_code(exc)})") from None
+        return _decode(data)
+
+
+def _close_code(exc: ConnectionClosed) -> str:
+    return str(exc.reason.code) if exc.reason else "?"
+
+
+def _decode(data: bytes | str) -> RelayFrame:
+    if isinstance(data, str):
+        raise RelayProtocolError("the relay sent a text frame")
+    try:
+        return decode(data, RelayFrame, limit=MAX_ANSWER, what="relay frame")  # type: ignore[arg-type]
+    except ProtocolError as exc:
+        raise RelayProtocolError(exc.reason, code=exc.code.value) from None
+
 
 async def _exchange(ws: WebSocketConnection, frame: ClientFrame, timeout: float) -> RelayFrame:
     try:
@@ -65,12 +96,7 @@ async def _exchange(ws: WebSocketConnection, frame: ClientFrame, timeout: float)
         raise RelayUnreachable(
             f"the relay closed the connection ({reason.code if reason else '?'})"
         ) from None
-    if isinstance(data, str):
-        raise RelayProtocolError("the relay sent a text frame")
-    try:
-        return decode(data, RelayFrame, limit=MAX_ANSWER, what="relay frame")  # type: ignore[arg-type]
-    except ProtocolError as exc:
-        raise RelayProtocolError(exc.reason, code=exc.code.value) from None
+    return _decode(data)
 
 
 @asynccontextmanager

@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from relay.client.connection import RelaySession, open_session
 from relay.client.errors import RelayError, RelayProtocolError
 from relay.client.statefile import load_state, save_private
 from relay.protocol import crypto
 from relay.protocol.addresses import ChannelLink, parse_address, parse_link
-from relay.protocol.encoding import b64d, b64e
+from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ProtocolError
 from relay.protocol.membership import make_join_request, make_member_request
 from relay.protocol.messages import (
@@ -33,8 +33,9 @@ from relay.protocol.messages import (
     MemberProfile,
     ProfileAnswer,
     ProfileRequest,
+    Signed,
 )
-from relay.protocol.profile import VerifiedProfile, verify_profile
+from relay.protocol.profile import MAX_SIGNED_BODY, VerifiedProfile, check_succession, verify_profile
 
 
 @dataclass
@@ -57,6 +58,12 @@ class MemberState:
     about: str = ""
     profile_version: int = 0
     relays: list[MemberRelay] = field(default_factory=list)
+    # X25519 secret (b64) for sealed direct invitations; its public key is in the join request.
+    seal_secret: str = ""
+    profile: str = ""  # the newest verified profile: encoded signed bytes, b64
+    last_seq: int = 0  # the last event shown to this member, and its id (b64): the next read's anchor
+    last_id: str = ""
+    invitations: list[dict[str, object]] = field(default_factory=list)  # received, newest last, bounded
 
     @cached_property
     def member_key(self) -> ed25519.Ed25519PrivateKey:
@@ -66,6 +73,24 @@ class MemberState:
     def member_id(self) -> str:
         """What owners see in their pending list: the public member key, base64url."""
         return b64e(crypto.public_bytes(self.member_key))
+
+    @cached_property
+    def seal_key(self) -> x25519.X25519PrivateKey:
+        return x25519.X25519PrivateKey.from_private_bytes(b64d(self.seal_secret))
+
+    def seal_public(self) -> bytes:
+        return self.seal_key.public_key().public_bytes_raw()
+
+    def verified_profile(self) -> VerifiedProfile | None:
+        """The newest profile this member verified (checked again: the file is only ours)."""
+        if not self.profile:
+            return None
+        return verify_profile(decode(b64d(self.profile), Signed, limit=4 * MAX_SIGNED_BODY, what="profile"))
+
+    def keep_profile(self, verified: VerifiedProfile) -> None:
+        if verified.profile.version >= self.profile_version or not self.profile:
+            self.profile = b64e(encode(verified.signed))
+            self.profile_version = verified.profile.version
 
     @cached_property
     def parsed_link(self) -> ChannelLink:
@@ -78,6 +103,7 @@ class MemberState:
         return cls(
             link=link,
             member_secret=b64e(key.private_bytes_raw()),
+            seal_secret=b64e(x25519.X25519PrivateKey.generate().private_bytes_raw()),
             name=name,
             about=about,
             relays=[MemberRelay(address=a) for a in parsed.relays],
@@ -114,9 +140,11 @@ async def join(state: MemberState, path: Path, *, wait: float = 0.0, timeout: fl
     With ``wait`` > 0 the connection stays open after a ``held`` or ``pending_approval``
     answer, for up to ``wait`` seconds, to learn the decision.
     """
-    state.save(path)  # the key exists on disk before any relay sees it
+    if not state.seal_secret:  # a file from before direct invitations: make the key now
+        state.seal_secret = b64e(x25519.X25519PrivateKey.generate().private_bytes_raw())
+    state.save(path)  # the keys exist on disk before any relay sees them
     channel = state.parsed_link.channel
-    profile = MemberProfile(name=state.name, about=state.about)
+    profile = MemberProfile(name=state.name, about=state.about, seal_key=state.seal_public())
     newest: VerifiedProfile | None = None
     for entry in state.relays:
         try:
@@ -124,6 +152,7 @@ async def join(state: MemberState, path: Path, *, wait: float = 0.0, timeout: fl
             assert address.address_id is not None  # parse_link admits group addresses only
             async with open_session(address, timeout=timeout) as session:
                 verified = await _fetch_profile(session, channel)
+                _check_succession(state.verified_profile(), verified)
                 if newest is None or verified.profile.version > newest.profile.version:
                     newest = verified
                 request = make_join_request(
@@ -141,10 +170,22 @@ async def join(state: MemberState, path: Path, *, wait: float = 0.0, timeout: fl
         except RelayError as exc:
             entry.status, entry.code, entry.reason = "unusable", exc.code, exc.reason
     if newest is not None:
-        state.profile_version = max(state.profile_version, newest.profile.version)
+        state.keep_profile(newest)
         _mark_unlisted(state, newest)
     state.save(path)
     return state
+
+
+def _check_succession(stored: VerifiedProfile | None, served: VerifiedProfile) -> None:
+    """A newer profile than ours must be signed by an owner we know, or one added since."""
+    if stored is None or served.profile.version <= stored.profile.version:
+        return
+    try:
+        check_succession(stored, served)
+    except ProtocolError as exc:
+        raise RelayProtocolError(
+            f"the relay served a profile that does not follow ours ({exc.reason})", code=exc.code.value
+        ) from None
 
 
 def _mark_unlisted(state: MemberState, newest: VerifiedProfile) -> None:

@@ -72,6 +72,14 @@ class OwnerState:
     admission: str = "auto"  # "auto" | "approval": signed into the profile
     max_members: int = 0  # 0: no limit of the owners' own
     relays: list[RelayEntry] = field(default_factory=list)
+    # Every owner cert of the channel in chain order (each signer authorised before it is
+    # used); empty in files written before co-owners existed: then just ``owner_cert``.
+    certs: list[dict[str, str]] = field(default_factory=list)
+    # The root public key (b64), for co-owners, whose files hold no root secret.
+    root_public: str = ""
+    # The newest events (encoded signed bytes, b64), oldest first, at most HISTORY_KEEP:
+    # what a relay that missed posts is sent again (see relay.client.posting).
+    history: list[str] = field(default_factory=list)
 
     # --- keys and ids (the secrets never change, so each is derived once) ---
     @cached_property
@@ -82,12 +90,25 @@ class OwnerState:
     def owner_key(self) -> ed25519.Ed25519PrivateKey:
         return ed25519.Ed25519PrivateKey.from_private_bytes(b64d(self.owner_secret))
 
+    @property
+    def has_root(self) -> bool:
+        """A co-owner's file holds no root secret: it signs with its own authorised key."""
+        return bool(self.root_secret)
+
+    @cached_property
+    def root_public_key(self) -> bytes:
+        return crypto.public_bytes(self.root_key) if self.has_root else b64d(self.root_public)
+
     @cached_property
     def channel(self) -> bytes:
-        return crypto.channel_id(crypto.public_bytes(self.root_key))
+        return crypto.channel_id(self.root_public_key)
 
     def cert(self) -> Signed:
-        return Signed(**{k: b64d(v) for k, v in self.owner_cert.items()})
+        return signed_from_json(self.owner_cert)
+
+    def owner_certs(self) -> list[Signed]:
+        """The profile's owner certs, in chain order."""
+        return [signed_from_json(c) for c in self.certs] if self.certs else [self.cert()]
 
     def relay(self, contact: str) -> RelayEntry | None:
         """The entry for this relay, matched by its pinned fingerprint: a relay that moved
@@ -100,16 +121,15 @@ class OwnerState:
 
     def profile(self) -> Signed:
         """The current profile, signed by the owner key; relays = the group addresses we hold."""
-        root_public = crypto.public_bytes(self.root_key)
         body = encode(
             Profile(
                 channel=self.channel,
-                root_key=root_public,
+                root_key=self.root_public_key,
                 version=self.profile_version,
                 kind=self.kind,
                 name=self.name,
                 description=self.description,
-                owners=[self.cert()],
+                owners=self.owner_certs(),
                 relays=list(self.listed_addresses()),
                 updated_at=int(time.time()),
                 direct_messages=self.direct_messages,
@@ -130,12 +150,24 @@ class OwnerState:
     @classmethod
     def load(cls, path: Path) -> OwnerState:
         raw = load_state(path, "owner", "relay owner create")
+        if raw.get("kind") == "owner-key":
+            raise RelayError(
+                f"{path} holds only a new owner key; run 'relay owner adopt' with the share file"
+            )
         raw["relays"] = [RelayEntry(**r) for r in raw.get("relays", [])]
         return cls(**raw)
 
     def save(self, path: Path) -> None:
         """Write atomically with mode 0600: the file holds the channel's secrets."""
         save_private(path, asdict(self))
+
+
+def signed_to_json(signed: Signed) -> dict[str, str]:
+    return {"body": b64e(signed.body), "signer": b64e(signed.signer), "sig": b64e(signed.sig)}
+
+
+def signed_from_json(raw: dict[str, str]) -> Signed:
+    return Signed(**{k: b64d(v) for k, v in raw.items()})
 
 
 def create_channel(
@@ -155,7 +187,7 @@ def create_channel(
         description=description,
         root_secret=b64e(root.private_bytes_raw()),
         owner_secret=b64e(owner.private_bytes_raw()),
-        owner_cert={"body": b64e(cert.body), "signer": b64e(cert.signer), "sig": b64e(cert.sig)},
+        owner_cert=signed_to_json(cert),
         admission=admission,
         max_members=max_members,
     )

@@ -30,7 +30,7 @@ from relay.protocol.errors import ErrorCode, ProtocolError
 from relay.protocol.events import VerifiedEvent, event_id, verify_event
 from relay.protocol.heads import VerifiedHead
 from relay.protocol.messages import Signed
-from relay.protocol.profile import VerifiedProfile, verify_profile
+from relay.protocol.profile import VerifiedProfile, check_succession, verify_profile
 
 
 class FindingCode(enum.StrEnum):
@@ -162,8 +162,8 @@ class Follower:
                 f"the relay holds profile version {profile_version}; "
                 f"version {self.profile.profile.version} is verified",
             )
-        if self.after_seq is not None and head_seq <= self.after_seq:
-            view.history_done = True
+        if head_seq == 0 or (self.after_seq is not None and head_seq <= self.after_seq):
+            view.history_done = True  # nothing to send: what comes next is live
         return out
 
     def event(self, relay: str, signed: Signed) -> list[Output]:
@@ -262,6 +262,12 @@ class Follower:
                     key=("profile", version),
                 )
             return []
+        try:
+            check_succession(current, verified)
+        except ProtocolError as exc:
+            return self._find(
+                relay, FindingCode.UNAUTHORISED_OWNER, exc.reason, proof=(signed,), key=("profile", version)
+            )
         self.profile = verified
         return [ProfileAdopted(verified, relay)]
 

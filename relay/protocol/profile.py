@@ -82,6 +82,31 @@ def verify_profile(signed: Signed) -> VerifiedProfile:
     return VerifiedProfile(profile=profile, signed=signed, owners=owners)
 
 
+def check_succession(current: VerifiedProfile, newer: VerifiedProfile) -> None:
+    """Whether ``newer`` may replace ``current`` (a higher version of the same channel).
+
+    Certs cannot be revoked, so a removed owner still holds a cert the root signed; what it
+    must not do is sign a newer profile that lists itself again.  So the newer version must
+    be signed by an owner of ``current``, or by an owner whose cert in ``newer`` was issued
+    after ``current`` was signed (``updated_at``, strictly: seconds), by the root or by an owner allowed
+    this way: owners added since are followed, owners removed since cannot come back on an
+    old cert.  Raises ``unauthorised_owner``.
+    """
+    allowed = set(current.owners)
+    root = newer.profile.root_key
+    since = current.profile.updated_at
+    for cert in newer.profile.owners:  # chain order: a signer is authorised before it signs
+        body = decode(cert.body, OwnerCert, limit=MAX_SIGNED_BODY, what="owner cert")
+        if (cert.signer == root or cert.signer in allowed) and body.issued_at > since:
+            allowed.add(body.owner_key)
+    if newer.signed.signer not in allowed:
+        raise RemoteProtocolError(
+            ErrorCode.UNAUTHORISED_OWNER,
+            f"profile version {newer.profile.version} is signed by a key that was not an owner "
+            f"of version {current.profile.version} nor authorised since",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ProfilePolicy:
     """The operator's rules for the channels this relay will serve (``[policy]`` in relay.toml)."""
