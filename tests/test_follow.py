@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.protocol import crypto
 from relay.protocol.encoding import encode
@@ -368,3 +370,34 @@ def test_a_removed_owner_cannot_take_the_channel_back_with_its_old_cert() -> Non
     g = follower()
     added = profile(version=5, certs=[cert(OWNER), cert(OWNER2, at=NOW + 5)], signer=OWNER2, at=NOW + 5)
     assert isinstance(g.profile_seen(A, added)[0], ProfileAdopted)
+
+
+CHAIN = chain(8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([A, B, C]), st.integers(0, 7)), max_size=40),
+    st.lists(st.binary(max_size=200), max_size=3),
+)
+def test_any_delivery_order_shows_each_event_at_most_once_in_order_and_never_a_fork(
+    sends: list[tuple[str, int]], junk: list[bytes]
+) -> None:
+    f = follower((A, B, C), after_seq=0, after_id=bytes(32))
+    out: list[Output] = []
+    for relay in (A, B, C):
+        out += f.subscribed(relay, head_seq=8, first_seq=1, profile_version=1)
+    for relay, index in sends:
+        out += f.event(relay, CHAIN[index])
+    for body in junk:
+        out += f.event(A, Signed(body=body, signer=crypto.public_bytes(OWNER), sig=bytes(64)))
+    out += f.finish(NOW)
+    shown = accepted(out)
+    assert shown == list(range(1, len(shown) + 1))  # once each, in order, from the start
+    assert {code for _, code in findings(out)} <= {
+        FindingCode.OUT_OF_ORDER,
+        FindingCode.EVENT_GAP,
+        FindingCode.RELAY_BEHIND,
+        FindingCode.BAD_SIGNATURE,
+        FindingCode.BAD_EVENT,
+    }
