@@ -454,7 +454,10 @@ def _show_item(
         if args.follow and args.json:
             print(json.dumps({"type": "post", **post}), flush=True)
         elif not args.json:
-            text = post.get("text", f"<{event.content_type}, {len(event.body)} bytes>")
+            # One line per post where it is one line: a file's final newline is not a line of its own.
+            text = str(post.get("text", f"<{event.content_type}, {len(event.body)} bytes>")).removesuffix(
+                "\n"
+            )
             print(f"#{event.seq} {text}", flush=True)
     elif isinstance(item, Finding):
         finding = {

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from relay.protocol import crypto
 from relay.protocol.errors import ErrorCode, ProtocolError
-from relay.protocol.events import VerifiedEvent, event_id, verify_event
+from relay.protocol.events import VerifiedEvent, event_id, stored_event, verify_event
 from relay.protocol.heads import VerifiedHead
 from relay.protocol.messages import Signed
 from relay.protocol.profile import VerifiedProfile, check_succession, verify_profile
@@ -186,6 +186,7 @@ class Follower:
             )
         except ProtocolError as exc:
             code = _FROM_ERROR.get(exc.code, FindingCode.BAD_EVENT)
+            self._skip_bad(view, signed)
             return self._find(relay, code, exc.reason, proof=(signed,), key=event_id(signed.body))
         out = self._check_stream(relay, view, event)
         if view.announced_head is not None and event.seq >= view.announced_head:
@@ -405,6 +406,16 @@ class Follower:
         if view.last_seq is None or seq > view.last_seq:
             view.last_seq, view.last = seq, event
         return out
+
+    def _skip_bad(self, view: _RelayView, signed: Signed) -> None:
+        """A bad event still takes its place in the relay's stream, if it says which one it is:
+        the lie is named once, not again as a gap at the next good event."""
+        try:
+            seq = stored_event(signed).seq
+        except ProtocolError:
+            return
+        if view.last_seq is None or seq == view.last_seq + 1:
+            view.last_seq, view.last = seq, None
 
     def _known_at(self, seq: int) -> VerifiedEvent | None:
         known = self._delivered.get(seq)
