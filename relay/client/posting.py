@@ -107,54 +107,95 @@ async def post(
         )
     owners = verify_owner_chain(state.channel, state.root_public_key, state.owner_certs())
     heads = [_Head(entry) for entry in targets]
-    async with trio.open_nursery() as nursery:
-        for head in heads:
-            nursery.start_soon(_fetch_head, head, state, owners, timeout)
-    base = _newest(state, heads)
-    signed = make_event(
-        state.owner_key,
-        channel=state.channel,
-        after=base,
-        body=body,
-        now=int(time.time()),
-        content_type=content_type,
-    )
-    event = stored_event(signed)
-    remember(state, event)
-    state.save(path)  # kept before any relay sees it: a relay that misses it is repaired later
-    outcome = PostOutcome(seq=event.seq, id=b64e(event.id))
     results = [RelayPost(relay=str(h.entry.group_address), status="error") for h in heads]
+    # One connection per relay for both steps: the head is asked, every task waits for the
+    # event to be signed, then posts it on the same connection.
+    reported_send, reported = trio.open_memory_channel[None](len(heads))
+    signed_box: list[VerifiedEvent] = []
+    ready = trio.Event()
     async with trio.open_nursery() as nursery:
         for head, result in zip(heads, results, strict=True):
-            nursery.start_soon(_send, state, head, event, result, timeout)
-    outcome.relays = results
-    return outcome
+            nursery.start_soon(
+                _relay_post, state, owners, head, result, reported_send, signed_box, ready, timeout
+            )
+        for _ in heads:
+            await reported.receive()
+        base = _newest(state, heads)
+        signed = make_event(
+            state.owner_key,
+            channel=state.channel,
+            after=base,
+            body=body,
+            now=int(time.time()),
+            content_type=content_type,
+        )
+        event = stored_event(signed)
+        remember(state, event)
+        state.save(path)  # kept before any relay sees it: a relay that misses it is repaired later
+        signed_box.append(event)
+        ready.set()
+    return PostOutcome(seq=event.seq, id=b64e(event.id), relays=results)
 
 
-async def _fetch_head(head: _Head, state: OwnerState, owners: frozenset[bytes], timeout: float) -> None:
+async def _relay_post(
+    state: OwnerState,
+    owners: frozenset[bytes],
+    head: _Head,
+    result: RelayPost,
+    reported: trio.MemorySendChannel[None],
+    signed_box: list[VerifiedEvent],
+    ready: trio.Event,
+    timeout: float,
+) -> None:
+    """One relay: its head (reported to :func:`post` whatever happens), then the post."""
+    told = False
     try:
         address = parse_address(str(head.entry.group_address))
         async with open_session(address, timeout=timeout) as session:
-            answer = await session.request(HeadRequest())
-            if not isinstance(answer, HeadAnswer):
-                raise RelayProtocolError(f"expected head, got {type(answer).__name__}")
-            verified = verify_head(answer.head, relay_key=session.card.relay_key, channel=state.channel)
-            head.seq = verified.head.seq
-            if head.seq == 0:
-                return
-            if answer.event is None:
-                raise RelayProtocolError("the head came without its event", code="bad_head")
-            known = {e.id: e for e in local_history(state)}
-            signer_ok = owners | ({answer.event.signer} if _id_of(answer.event) in known else set())
-            event = verify_event(answer.event, channel=state.channel, owners=frozenset(signer_ok))
-            if event.seq != head.seq or not crypto.same_secret(event.id, verified.head.id):
-                raise RelayProtocolError(
-                    "the event sent with the head is not the one it names", code="bad_head"
-                )
-            head.event = event
+            await _fetch_head(session, head, state, owners)
+            reported.send_nowait(None)
+            told = True
+            await ready.wait()
+            event = signed_box[0]
+            try:
+                answer = await _post(session, event.signed)
+            except RelayRefused as exc:
+                if exc.code != ErrorCode.EVENT_GAP:
+                    raise
+                result.repaired = await _repair(session, state, event)
+                answer = await _post(session, event.signed)
+        result.status = answer.status
+    except RelayError as exc:
+        result.code, result.reason = exc.code, exc.reason
+    finally:
+        if not told:
+            reported.send_nowait(None)
+
+
+async def _fetch_head(
+    session: RelaySession, head: _Head, state: OwnerState, owners: frozenset[bytes]
+) -> None:
+    """The relay's signed head and the event at it, verified; a failure is kept, not raised:
+    the relay still gets the post (and is repaired if it lacks events)."""
+    try:
+        answer = await session.request(HeadRequest())
+        if not isinstance(answer, HeadAnswer):
+            raise RelayProtocolError(f"expected head, got {type(answer).__name__}")
+        verified = verify_head(answer.head, relay_key=session.card.relay_key, channel=state.channel)
+        head.seq = verified.head.seq
+        if head.seq == 0:
+            return
+        if answer.event is None:
+            raise RelayProtocolError("the head came without its event", code="bad_head")
+        known = {e.id for e in local_history(state)}
+        signer_ok = owners | ({answer.event.signer} if _id_of(answer.event) in known else set())
+        event = verify_event(answer.event, channel=state.channel, owners=frozenset(signer_ok))
+        if event.seq != head.seq or not crypto.same_secret(event.id, verified.head.id):
+            raise RelayProtocolError("the event sent with the head is not the one it names", code="bad_head")
+        head.event = event
     except ProtocolError as exc:
         head.error = RelayProtocolError(exc.reason, code=exc.code.value)
-    except RelayError as exc:
+    except RelayRefused as exc:
         head.error = exc
 
 
@@ -182,24 +223,6 @@ def _newest(state: OwnerState, heads: list[_Head]) -> ChainHead:
     if history and best.id not in mine:
         remember(state, best)  # another owner's post: the next repair starts from it
     return ChainHead.of(best)
-
-
-async def _send(
-    state: OwnerState, head: _Head, event: VerifiedEvent, result: RelayPost, timeout: float
-) -> None:
-    try:
-        address = parse_address(str(head.entry.group_address))
-        async with open_session(address, timeout=timeout) as session:
-            try:
-                answer = await _post(session, event.signed)
-            except RelayRefused as exc:
-                if exc.code != ErrorCode.EVENT_GAP:
-                    raise
-                result.repaired = await _repair(session, state, event)
-                answer = await _post(session, event.signed)
-        result.status = answer.status
-    except RelayError as exc:
-        result.code, result.reason = exc.code, exc.reason
 
 
 async def _post(session: RelaySession, signed: Signed) -> PostResult:
