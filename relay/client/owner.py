@@ -80,6 +80,8 @@ class OwnerState:
     # The newest events (encoded signed bytes, b64), oldest first, at most HISTORY_KEEP:
     # what a relay that missed posts is sent again (see relay.client.posting).
     history: list[str] = field(default_factory=list)
+    # Owner keys (b64) removed since: their events stay history this owner may chain onto.
+    former_owners: list[str] = field(default_factory=list)
 
     # --- keys and ids (the secrets never change, so each is derived once) ---
     @cached_property

@@ -112,6 +112,8 @@ async def remove_owner(
     if not found:
         raise RelayError("that key is not an owner of this channel", code="unknown_owner")
     _set_certs(state, kept)
+    if owner_key not in state.former_owners:
+        state.former_owners.append(owner_key)
     return await publish(state, path, timeout=timeout)
 
 
@@ -139,6 +141,7 @@ def write_share(state: OwnerState, path: Path) -> None:
         "max_members": state.max_members,
         "relays": [asdict(r) for r in state.relays],
         "history": list(state.history),
+        "former_owners": list(state.former_owners),
     }
     save_private(path, share)
 
@@ -181,6 +184,7 @@ def adopt(path: Path, share_path: Path) -> OwnerState:
         certs=list(share["certs"]),
         root_public=share["root_public"],
         history=list(share.get("history", [])),
+        former_owners=list(share.get("former_owners", [])),
     )
     state.save(path)
     return state

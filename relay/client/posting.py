@@ -187,8 +187,11 @@ async def _fetch_head(
             return
         if answer.event is None:
             raise RelayProtocolError("the head came without its event", code="bad_head")
+        # Authorisation over time: an owner removed since may have posted the head; its event
+        # is history the next one chains over.  Any other signer is a relay's invention.
         known = {e.id for e in local_history(state)}
-        signer_ok = owners | ({answer.event.signer} if _id_of(answer.event) in known else set())
+        former = {b64d(k) for k in state.former_owners}
+        signer_ok = owners | former | ({answer.event.signer} if _id_of(answer.event) in known else set())
         event = verify_event(answer.event, channel=state.channel, owners=frozenset(signer_ok))
         if event.seq != head.seq or not crypto.same_secret(event.id, verified.head.id):
             raise RelayProtocolError("the event sent with the head is not the one it names", code="bad_head")
