@@ -407,15 +407,27 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
     told: list[dict[str, Any]] = []
     troubles: list[dict[str, Any]] = []
 
-    async def main() -> None:
-        async with read(state, path, since=args.since, follow=args.follow) as items:
-            async for item in items:
-                _show_item(args, item, shown, told, troubles)
+    stopped = []
 
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        return None  # the position is saved; a follow ends with Ctrl-C
+    async def main() -> None:
+        # Ctrl-C (or SIGTERM) ends a read cleanly: the tasks are cancelled, the position saved.
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        stopped.append(True)
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            async with read(state, path, since=args.since, follow=args.follow) as items:
+                async for item in items:
+                    _show_item(args, item, shown, told, troubles)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    if stopped:
+        return None
     lies = [t for t in told if t["lie"]]
     out = {"status": "ok", "events": shown, "findings": told, "relays": troubles, "last_seq": state.last_seq}
     if troubles and len(troubles) >= len(state.parsed_link.relays) and not shown:
