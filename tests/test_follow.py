@@ -401,3 +401,20 @@ def test_any_delivery_order_shows_each_event_at_most_once_in_order_and_never_a_f
         FindingCode.BAD_SIGNATURE,
         FindingCode.BAD_EVENT,
     }
+
+
+def test_events_past_every_relays_retention_are_skipped_with_a_notice_not_a_lie() -> None:
+    events = chain(6)
+    f = follower((A, B), after_seq=1, after_id=head_of(events[0]).id)
+    out = f.subscribed(A, head_seq=6, first_seq=4, profile_version=1)
+    out += f.subscribed(B, head_seq=6, first_seq=5, profile_version=1)
+    for signed in events[3:]:
+        out += f.event(A, signed)
+    assert accepted(out) == [4, 5, 6]
+    assert findings(out) == [(A, FindingCode.HISTORY_PRUNED)]
+    assert not next(o for o in out if isinstance(o, Finding)).is_lie
+    # one relay still keeps them: no skipping, the missing events are a gap
+    g = follower((A, B), after_seq=1, after_id=head_of(events[0]).id)
+    g.subscribed(A, head_seq=6, first_seq=4, profile_version=1)
+    g.subscribed(B, head_seq=6, first_seq=1, profile_version=1)
+    assert accepted([o for e in events[3:] for o in g.event(A, e)]) == []

@@ -47,11 +47,12 @@ class FindingCode(enum.StrEnum):
     STALE_PROFILE = "stale_profile"  # a relay serves an older profile than the member verified
     FORK = "fork"  # two different events, heads or profiles at one sequence number (or version)
     BAD_HEAD = "bad_head"  # a signed head whose event does not match it
+    HISTORY_PRUNED = "history_pruned"  # the events after --since are past every relay's retention
 
 
 # Lies about the channel's content: a read that sees one exits non-zero.  Being behind is
 # a fault worth a warning, not proof of a lie.
-LIES = frozenset(FindingCode) - {FindingCode.RELAY_BEHIND}
+LIES = frozenset(FindingCode) - {FindingCode.RELAY_BEHIND, FindingCode.HISTORY_PRUNED}
 
 _FROM_ERROR = {
     ErrorCode.BAD_SIGNATURE: FindingCode.BAD_SIGNATURE,
@@ -485,8 +486,9 @@ class Follower:
             if not self._pending:
                 return []
             self.next_seq = min(self._pending)  # no starting point given: the oldest history seen
+        out = self._skip_pruned()
         run: list[_Candidate] = []
-        prev_id, seq, out = self.last_id, self.next_seq, []
+        prev_id, seq = self.last_id, self.next_seq
         while seq in self._pending:
             choice = None
             for candidate in self._pending[seq].values():
@@ -509,6 +511,25 @@ class Follower:
             self.next_seq, self.last_id = event.seq + 1, event.id
             out.append(Accepted(event, candidate.relays[0]))
         return out
+
+    def _skip_pruned(self) -> list[Output]:
+        """Events no relay keeps any more (retention) cannot be shown: start after them.
+
+        Only when every relay that answered ``subscribed`` starts past the next event, and the
+        earliest event held is at that start: anything else is a gap, not retention.
+        """
+        assert self.next_seq is not None
+        if self.next_seq in self._pending or not self._pending:
+            return []
+        floors = [v.first_seq for v in self._views.values() if v.announced_head is not None]
+        floor = min(floors, default=0)
+        first = min(self._pending)
+        if floor <= self.next_seq or first != floor:
+            return []
+        relay = next(iter(self._pending[first].values())).relays[0]
+        detail = f"events {self.next_seq}..{floor - 1} are older than any relay keeps; showing from {floor}"
+        self.next_seq, self.last_id = floor, None
+        return [Finding(relay, FindingCode.HISTORY_PRUNED, detail, floor)]
 
     def _unchained(self, candidate: _Candidate, seq: int) -> list[Output]:
         before = self._delivered.get(seq - 1)
