@@ -78,6 +78,9 @@ def test_quick_tour_works_as_printed(tmp_path: Path) -> None:
         assert [r["status"] for r in member["relays"]] == ["admitted"]
         assert oct((tmp_path / "member.json").stat().st_mode & 0o777) == "0o600"
         assert "no requests" in tour.stdout
+        # the member read both posts, once each, in order
+        assert re.findall(r"^#\d+ .*$", tour.stdout, re.M) == ["#1 Sunny, 24 C", "#2 Rain by 6 pm"]
+        assert member["last_seq"] == 2
     finally:
         os.killpg(relay.pid, signal.SIGTERM)
         assert relay.wait(20) == 0
