@@ -131,7 +131,7 @@ async def test_direct_invitations_pass_only_when_the_owners_allow_them(
     relay: RunningRelay, tmp_path: Path
 ) -> None:
     owner, opath = await channel([relay], tmp_path)
-    ada, _ = await member(owner, tmp_path, "Ada")
+    ada, apath = await member(owner, tmp_path, "Ada")
     bob, bpath = await member(owner, tmp_path, "Bob")
     with pytest.raises(RelayError) as refused:
         await invite(ada, bob.member_id, contact="ada@example.org")
@@ -144,6 +144,23 @@ async def test_direct_invitations_pass_only_when_the_owners_allow_them(
     [received] = [i for i in items if isinstance(i, InvitationReceived)]
     assert (received.sender, received.contact, received.note) == (ada.member_id, "ada@example.org", "coffee?")
     assert MemberState.load(bpath).invitations[0]["sender"] == ada.member_id
+    # the same on the command line: Bob invites Ada back, Ada lists what she received
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    cli = [sys.executable, "-m", "relay", "member"]
+    sent_back = await trio.run_process(
+        [*cli, "invite", "--state", str(bpath), ada.member_id, "--contact", "bob@example.org", "--json"],
+        capture_stdout=True,
+        env=env,
+    )
+    assert json.loads(sent_back.stdout)["delivery"] in ("stored", "delivered")
+    await trio.run_process(
+        [*cli, "read", "--state", str(apath)], capture_stdout=True, capture_stderr=True, env=env
+    )
+    listed = await trio.run_process(
+        [*cli, "invitations", "--state", str(apath), "--json"], capture_stdout=True, env=env
+    )
+    [back] = json.loads(listed.stdout)["invitations"]
+    assert (back["sender"], back["contact"]) == (bob.member_id, "bob@example.org")
 
 
 def test_post_and_read_on_the_command_line(relay: RunningRelay, tmp_path: Path) -> None:
