@@ -418,3 +418,20 @@ def test_events_past_every_relays_retention_are_skipped_with_a_notice_not_a_lie(
     g.subscribed(A, head_seq=6, first_seq=4, profile_version=1)
     g.subscribed(B, head_seq=6, first_seq=1, profile_version=1)
     assert accepted([o for e in events[3:] for o in g.event(A, e)]) == []
+
+
+def test_a_relay_reconnected_after_a_drop_is_judged_from_where_the_member_is() -> None:
+    events = chain(5)
+    f = follower((A,), after_seq=0, after_id=bytes(32))
+    out = feed(f, A, events[:3], head=3)
+    assert f.resubscribe(A) == 3
+    out += f.subscribed(A, head_seq=5, first_seq=1, profile_version=1)
+    for signed in events[3:]:
+        out += f.event(A, signed)
+    assert accepted(out) == [1, 2, 3, 4, 5] and findings(out) == []
+    # a stream that then starts past the last event shown is a gap, as on a first subscribe
+    g = follower((A,), after_seq=0, after_id=bytes(32))
+    feed(g, A, events[:2], head=2)
+    g.resubscribe(A)
+    g.subscribed(A, head_seq=5, first_seq=1, profile_version=1)
+    assert findings(g.event(A, events[3])) == [(A, FindingCode.EVENT_GAP)]

@@ -280,3 +280,29 @@ async def test_follow_on_the_command_line_prints_json_lines_and_stops_on_ctrl_c(
         code = await trio.to_thread.run_sync(proc.wait, 20)
     assert code == 0, proc.stderr.read() if proc.stderr else ""
     assert MemberState.load(apath).last_seq == 2  # saved on the way out
+
+
+async def test_follow_reconnects_to_a_relay_that_restarted(relay: RunningRelay, tmp_path: Path) -> None:
+    owner, opath = await channel([relay], tmp_path)
+    await post(owner, opath, b"before the restart")
+    ada, apath = await member(owner, tmp_path)
+    relay.listen_on = relay.listen
+    seen: list[bytes] = []
+    troubles: list[RelayTrouble] = []
+    with trio.fail_after(30):
+        async with read(ada, apath, follow=True) as items:
+            async for item in items:
+                assert not isinstance(item, Finding), item
+                if isinstance(item, RelayTrouble):
+                    troubles.append(item)
+                if isinstance(item, Accepted):
+                    seen.append(item.event.event.body)
+                    if len(seen) == 1:
+                        await trio.to_thread.run_sync(relay.restart)
+                        await post(owner, opath, b"after the restart")
+                    if len(seen) == 2:
+                        break
+    assert seen == [b"before the restart", b"after the restart"]
+    # told it went away (and, if the restart caught it, that discovery failed), never a lie
+    assert {t.code for t in troubles} == {"unreachable"}
+    assert any(t.reason.endswith("; reconnecting") for t in troubles), troubles

@@ -28,7 +28,7 @@ from pathlib import Path
 import trio
 
 from relay.client.connection import RelaySession, open_session
-from relay.client.errors import RelayError, RelayProtocolError
+from relay.client.errors import RelayError, RelayProtocolError, RelayUnreachable
 from relay.client.member import MemberState
 from relay.protocol import crypto
 from relay.protocol.addresses import RelayAddress, parse_address
@@ -56,6 +56,7 @@ from relay.protocol.profile import VerifiedProfile, check_succession, verify_pro
 
 MAX_INVITATIONS = 100  # kept in the member file, newest last
 QUEUE = 1024  # items waiting for the reader of the channel: relays wait when it is full
+RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0  # seconds between attempts to reach a relay again
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +233,13 @@ async def _relay(run: _Read, relay: str) -> None:
             await run.emit(follower.profile_seen(relay, seen))
             if relay not in follower.profile.profile.relays and follower.profile.profile.relays:
                 raise RelayError("the newest profile does not list this relay", code="not_listed")
-            await _subscribe(run, follower, session, address, relay)
+            await _subscribe(run, follower, session, address, relay, follower.after_seq)
+    except RelayUnreachable as exc:
+        if not (run.follow and run.follower is not None and counted):
+            await run.send.send(RelayTrouble(relay, exc.code, exc.reason))
+            return
+        await run.send.send(RelayTrouble(relay, exc.code, f"{exc.reason}; reconnecting"))
+        await _reconnect(run, run.follower, relay)
     except RelayError as exc:
         await run.send.send(RelayTrouble(relay, exc.code, exc.reason))
     except ProtocolError as exc:
@@ -242,8 +249,31 @@ async def _relay(run: _Read, relay: str) -> None:
             _profile_done(run)
 
 
+async def _reconnect(run: _Read, follower: Follower, relay: str) -> None:
+    """While following: a relay that went away (restart, network, a feed dropped for being
+    slow) is subscribed to again, after the last event shown, with a growing back-off."""
+    address = parse_address(relay)
+    delay = RECONNECT_FIRST
+    while True:
+        await trio.sleep(delay)
+        try:
+            async with open_session(address, timeout=run.timeout) as session:
+                delay = RECONNECT_FIRST
+                await _subscribe(run, follower, session, address, relay, follower.resubscribe(relay))
+        except RelayUnreachable:
+            delay = min(delay * 2, RECONNECT_MAX)
+        except RelayError as exc:
+            await run.send.send(RelayTrouble(relay, exc.code, exc.reason))
+            return
+
+
 async def _subscribe(
-    run: _Read, follower: Follower, session: RelaySession, address: RelayAddress, relay: str
+    run: _Read,
+    follower: Follower,
+    session: RelaySession,
+    address: RelayAddress,
+    relay: str,
+    since: int | None,
 ) -> None:
     state = run.state
     assert address.address_id is not None
@@ -255,7 +285,7 @@ async def _subscribe(
         now=int(time.time()),
         action=ACTION_SUBSCRIBE,
     )
-    await session.send(Subscribe(request=request, since=follower.after_seq))
+    await session.send(Subscribe(request=request, since=since))
     with trio.fail_after(run.timeout):
         first = await session.receive()
     if isinstance(first, Error):

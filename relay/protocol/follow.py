@@ -115,6 +115,7 @@ class _RelayView:
     reported_behind: bool = False
     history_done: bool = False
     heard: bool = False  # it answered at all: a relay never heard from is not "behind"
+    since: int | None = None  # what this stream was asked to start after
 
 
 @dataclass
@@ -143,7 +144,7 @@ class Follower:
     last_id: bytes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self._views = {relay: _RelayView() for relay in self.relays}
+        self._views = {relay: _RelayView(since=self.after_seq) for relay in self.relays}
         if self.after_seq is not None:
             self.next_seq = self.after_seq + 1
             self.last_id = self.after_id
@@ -163,7 +164,7 @@ class Follower:
                 f"the relay holds profile version {profile_version}; "
                 f"version {self.profile.profile.version} is verified",
             )
-        if head_seq == 0 or (self.after_seq is not None and head_seq <= self.after_seq):
+        if head_seq == 0 or (view.since is not None and head_seq <= view.since):
             view.history_done = True  # nothing to send: what comes next is live
         return out
 
@@ -280,7 +281,7 @@ class Follower:
         """
         view = self._view(relay)
         view.history_done = True
-        sent = view.last_seq if view.last_seq is not None else (self.after_seq or 0)
+        sent = view.last_seq if view.last_seq is not None else (view.since or 0)
         if view.announced_head is not None and sent < view.announced_head:
             return self._find(
                 relay,
@@ -352,6 +353,14 @@ class Follower:
             best = max(best, max(self._heads))
         return best
 
+    def resubscribe(self, relay: str) -> int | None:
+        """A new stream from ``relay`` (after a reconnection): it starts after the last event
+        shown, and is judged afresh; returns the ``since`` to subscribe with."""
+        view = self._view(relay)
+        view.announced_head, view.last_seq, view.last, view.history_done = None, None, None, False
+        view.since = self.delivered_seq
+        return view.since
+
     def history_over(self, relay: str) -> bool:
         """Whether ``relay`` has sent its history up to the head it announced (or went quiet)."""
         view = self._views.get(relay)
@@ -366,7 +375,7 @@ class Follower:
     def _view(self, relay: str) -> _RelayView:
         view = self._views.get(relay)
         if view is None:
-            view = self._views[relay] = _RelayView()
+            view = self._views[relay] = _RelayView(since=self.after_seq)
         view.heard = True
         return view
 
@@ -374,7 +383,7 @@ class Follower:
         """One relay's stream runs in order, without skipping, each event chaining onto the last."""
         seq, out = event.seq, []
         if view.last_seq is None:
-            expected = None if self.after_seq is None else max(self.after_seq + 1, view.first_seq)
+            expected = None if view.since is None else max(view.since + 1, view.first_seq)
             if expected is not None and seq > expected:
                 out += self._find(
                     relay,
