@@ -19,7 +19,7 @@ does not also hold (the caches here are rebuilt from it).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -53,6 +53,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.store import events as store
 from relay.store import groups, joins
+from relay.store.db import Job
 
 log = structlog.get_logger("relay.events")
 
@@ -150,15 +151,32 @@ class Channels:
     # --- post ----------------------------------------------------------------------
 
     async def post(self, group: GroupBinding, frame: Post) -> PostResult:
-        for _ in range(3):
-            view = await self.view(group.id)
-            try:
-                return await self._post(view, frame)
-            except _StaleView:
-                self._views.pop(group.id, None)
-        raise RemoteProtocolError(ErrorCode.INTERNAL, "the group keeps changing; post again")
+        return await (await self.submit_post(group, frame))()
 
-    async def _post(self, view: GroupView, frame: Post) -> PostResult:
+    async def submit_post(self, group: GroupBinding, frame: Post) -> Callable[[], Awaitable[PostResult]]:
+        """Check what the event proves on its own and queue its transaction; returns the wait
+        for the answer.  A connection may have several posts in flight (they are committed in
+        the order submitted, often in one commit) and answers them in order."""
+        view = await self.view(group.id)
+        job = await self._submit(view, frame)
+
+        async def answer() -> PostResult:
+            try:
+                return self._answer(view, await self.db.result(job))
+            except _StaleView:
+                pass
+            for _ in range(3):  # the profile or state changed meanwhile: check again, alone
+                self._views.pop(group.id, None)
+                fresh = await self.view(group.id)
+                try:
+                    return self._answer(fresh, await self.db.result(await self._submit(fresh, frame)))
+                except _StaleView:
+                    continue
+            raise RemoteProtocolError(ErrorCode.INTERNAL, "the group keeps changing; post again")
+
+        return answer
+
+    async def _submit(self, view: GroupView, frame: Post) -> Job[_Stored]:
         if view.state is not GroupState.ACTIVE:
             raise RemoteProtocolError(
                 ErrorCode.GROUP_NOT_ACTIVE, f"the group is {view.state.value}; posts need an active group"
@@ -182,7 +200,9 @@ class Channels:
             if result.status is Append.NEW:
                 self.fanout.publish(view.id, result.seq, result.stored)
 
-        result = await self.db.transact(apply, on_commit=publish)
+        return await self.db.submit(apply, on_commit=publish)
+
+    def _answer(self, view: GroupView, result: _Stored) -> PostResult:
         if result.equivocation:
             self.metrics.inc("relay_equivocations_total")
             log.warning("event.equivocation", group=view.id, seq=result.seq, proof_kept=result.proof_kept)

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import math
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import structlog
@@ -217,7 +218,6 @@ class PublicEndpoint:
         session.nursery.cancel_scope.cancel()
 
     async def _serve(self, session: _Connection, ws: WebSocket) -> None:
-        errors = 0
         while True:
             if session.feed is not None:
                 timeout = math.inf  # a feed only reads; a dead peer shows when a send stalls
@@ -252,13 +252,13 @@ class PublicEndpoint:
             try:
                 reply = await self._dispatch(session, ws, data)
             except RemoteProtocolError as exc:
-                errors += 1
-                self._count_refusal(exc, session)
-                if not session.rules.greeted or errors >= MAX_ERRORS_PER_CONNECTION:
-                    close = CLOSE_UNKNOWN_GROUP if exc.code is ErrorCode.UNKNOWN_GROUP else CLOSE_POLICY
-                    await self._fail(ws, exc.code, exc.reason, close)
+                if session.pipeline is not None and session.pipeline.in_flight:
+                    # Answers go in order: this error waits behind the posts in flight.
+                    await session.pipeline.put(_raise(exc))
+                    continue
+                reply = await self._refused(session, ws, exc)
+                if reply is None:
                     return
-                reply = Error(code=exc.code.value, reason=exc.reason)
             except Exception:
                 # Our bug, not the peer's rule break: fail this connection alone.  Left to
                 # escape, it would cancel the connections nursery and stop the whole relay.
@@ -268,7 +268,7 @@ class PublicEndpoint:
                     ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
                 )
                 return
-            if reply is None:  # subscribed: the feed sends the answer, then the events
+            if reply is None:  # subscribed (the feed answers), or a post in flight
                 continue
             try:
                 await ws.send(encode(reply))
@@ -278,8 +278,56 @@ class PublicEndpoint:
                 await ws.close(CLOSE_UNKNOWN_GROUP, "unknown group")
                 return
 
+    async def _refused(self, session: _Connection, ws: WebSocket, exc: RemoteProtocolError) -> Error | None:
+        """The error frame for a refused request, or None once the connection is closed for it."""
+        session.errors += 1
+        self._count_refusal(exc, session)
+        if not session.rules.greeted or session.errors >= MAX_ERRORS_PER_CONNECTION:
+            close = CLOSE_UNKNOWN_GROUP if exc.code is ErrorCode.UNKNOWN_GROUP else CLOSE_POLICY
+            await self._fail(ws, exc.code, exc.reason, close)
+            return None
+        return Error(code=exc.code.value, reason=exc.reason)
+
+    async def _answer_posts(self, session: _Connection, ws: WebSocket, pipeline: _Pipeline) -> None:
+        """The answers of pipelined posts, in the order they came (one task per posting connection)."""
+        async for wait in pipeline.receive:
+            reply: RelayFrame | None
+            try:
+                reply = await wait()
+            except RemoteProtocolError as exc:
+                reply = await self._refused(session, ws, exc)
+            except Exception:
+                log.exception("session.internal_error")
+                self.metrics.inc("relay_refusals_total", code=ErrorCode.INTERNAL.value)
+                reply = None
+                await self._fail(
+                    ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
+                )
+            if reply is None:
+                assert session.nursery is not None
+                session.nursery.cancel_scope.cancel()
+                return
+            try:
+                await ws.send(encode(reply))
+            except ConnectionClosed:
+                assert session.nursery is not None
+                session.nursery.cancel_scope.cancel()
+                return
+            pipeline.done()
+
     async def _dispatch(self, session: _Connection, ws: WebSocket, data: bytes) -> RelayFrame | None:
         frame = session.rules.receive(data, trio.current_time())
+        pipeline = session.pipeline
+        if isinstance(frame, Post):
+            assert session.group is not None
+            if pipeline is None:
+                pipeline = session.pipeline = _Pipeline()
+                assert session.nursery is not None
+                session.nursery.start_soon(self._answer_posts, session, ws, pipeline)
+            await pipeline.put(await self.channels.submit_post(session.group, frame))
+            return None
+        if pipeline is not None:
+            await pipeline.idle()  # one answer per request, in order: the posts' answers first
         if isinstance(frame, Hello):
             if session.address_id is not None:
                 session.group = await self.admissions.bind(session.address_id)
@@ -309,8 +357,6 @@ class PublicEndpoint:
             return await self.admissions.status(group, frame)
         if isinstance(frame, ProfileRequest):
             return await self.admissions.profile(group)
-        if isinstance(frame, Post):
-            return await self.channels.post(group, frame)
         if isinstance(frame, HeadRequest):
             return await self.channels.head(group)
         if isinstance(frame, Subscribe):
@@ -359,6 +405,42 @@ class _Connection:
         self.rate_limited = False
         self.nursery: trio.Nursery | None = None
         self.feed: Feed | None = None
+        self.pipeline: _Pipeline | None = None
+        self.errors = 0
+
+
+POST_WINDOW = 256  # posts in flight per connection; reading waits beyond
+
+
+class _Pipeline:
+    """A connection's posts in flight: their answers are sent in order by one task."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[Callable[[], Awaitable[RelayFrame]]](POST_WINDOW)
+        self.in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def put(self, wait: Callable[[], Awaitable[RelayFrame]]) -> None:
+        if self.in_flight == 0:
+            self._idle = trio.Event()
+        self.in_flight += 1
+        await self.send.send(wait)
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+def _raise(exc: RemoteProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
+    async def wait() -> RelayFrame:
+        raise exc
+
+    return wait
 
 
 def _peer(stream: trio.SocketStream) -> str:
