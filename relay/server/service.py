@@ -41,7 +41,13 @@ from relay.protocol.messages import (
     ProfileUpdate,
     Signed,
 )
-from relay.protocol.profile import MAX_SIGNED_BODY, ProfilePolicy, VerifiedProfile, verify_profile
+from relay.protocol.profile import (
+    MAX_SIGNED_BODY,
+    ProfilePolicy,
+    VerifiedProfile,
+    check_succession,
+    verify_profile,
+)
 from relay.protocol.state import OWNERS_CLOSED, GroupState, Transition, transition
 from relay.server.identity import Identity
 from relay.server.metrics import Metrics
@@ -248,6 +254,9 @@ class GroupService:
                     f"profile version {version} is not newer than the stored version "
                     f"{record.profile_version}",
                 )
+            # Certs cannot be revoked: without this, an owner removed in the stored version could
+            # sign a newer one that lists itself again on its old root-signed cert.
+            check_succession(verify_profile(decode_signed(record.profile)), verified)
             groups.set_profile(conn, record.id, _new_group(record.service_group, verified), version, now)
             groups.append_log(
                 conn, record.id, now, "profile_updated", f"version {version}", keep=self.log_keep
