@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from relayproc import RelayFactory, RunningRelay
@@ -333,3 +334,63 @@ async def test_direct_invitation_inbox_is_bounded(relay_factory: RelayFactory, t
         await ada_feed.expect_error(
             DirectInvite(request=invitation(relay, owner, address_id, ada, bob)), "inbox_full"
         )
+
+
+async def test_a_member_who_accepts_nothing_is_disconnected(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    relay = relay_factory(events={"stall_timeout": 0.5})
+    owner, _, address_id = await active_channel(relay, tmp_path)
+    stuck, quick = await join_member(relay, owner, address_id), await join_member(relay, owner, address_id)
+    poster = Poster(owner)
+    async with (
+        group_session(relay, address_id) as owner_session,
+        raw_feed(relay, address_id, owner, stuck, receive_buffer=4096) as stuck_feed,
+        group_session(relay, address_id) as quick_feed,
+    ):
+        await subscribe(quick_feed, relay, owner, address_id, quick)
+        body = b"z" * 30_000
+        for _ in range(300):  # far more than the sockets hold: the relay's send blocks
+            await poster.post(owner_session, body)
+            assert await read_events(quick_feed, 1) == poster.events[-1:]  # the other one keeps up
+            if relay.events("feed.stalled"):
+                break
+        stalled = relay.wait_for_event("feed.stalled", timeout=5)
+        assert stalled["timeout"] == 0.5 and stalled["seq"] < len(poster.events)
+        assert metric(relay, "relay_feed_stalled_total") == 1
+        # The stuck member's connection is closed: reading on, it reaches the end of the stream.
+        with trio.fail_after(10):
+            while await stuck_feed.stream.receive_some(65536):
+                pass
+        await poster.post(owner_session, b"after")  # the others are served as before
+        assert await read_events(quick_feed, 1) == poster.events[-1:]
+
+
+async def test_feeds_end_when_the_group_is_suspended_or_removed(relay: RunningRelay, tmp_path: Path) -> None:
+    owner, _, address_id = await active_channel(relay, tmp_path)
+    ada, bob = await join_member(relay, owner, address_id), await join_member(relay, owner, address_id)
+    groups = httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"]
+    (group,) = [g for g in groups if g["state"] == "active"]
+    admin = f"{relay.admin_url}/admin/groups/{group['id']}"
+    async with group_session(relay, address_id) as ada_feed, group_session(relay, address_id) as bob_feed:
+        await subscribe(ada_feed, relay, owner, address_id, ada)
+        await subscribe(bob_feed, relay, owner, address_id, bob)
+        assert httpx.post(f"{admin}/suspend", json={"reason": "abuse report"}).status_code == 200
+        for feed in (ada_feed, bob_feed):
+            error = await next_frame(feed, Error)
+            assert isinstance(error, Error) and error.code == "group_not_active"
+            assert "suspended" in error.reason
+            assert await feed.expect_closed() == 1008
+    ended = relay.wait_for_event("feed.group_ended")
+    assert (ended["state"], ended["feeds"]) == ("suspended", 2)
+    assert metric(relay, "relay_feeds_ended_total") == 2
+    async with group_session(relay, address_id) as again:  # no new feed while suspended
+        await again.expect_error(subscribe_frame(relay, owner, address_id, ada), "group_not_active")
+    assert httpx.post(f"{admin}/resume").status_code == 200
+    async with group_session(relay, address_id) as ada_feed:
+        await subscribe(ada_feed, relay, owner, address_id, ada)
+        assert httpx.post(f"{admin}/remove", json={"reason": "gone"}).status_code == 200
+        error = await next_frame(ada_feed, Error)
+        assert isinstance(error, Error) and error.code == "group_not_active" and "removed" in error.reason
+        assert await ada_feed.expect_closed() == 1008
+    assert metric(relay, "relay_feeds_ended_total") == 3

@@ -34,6 +34,7 @@ from relay.protocol.membership import ACTION_SUBSCRIBE, verify_member_request
 from relay.protocol.messages import (
     Discover,
     Discovered,
+    Error,
     HeadAnswer,
     Post,
     PostResult,
@@ -111,6 +112,7 @@ class Channels:
         self._tags_dirty: set[int] = set()
         service.group_listeners.append(self.group_changed)
         service.profile_listeners.append(self.profile_changed)
+        service.state_listeners.append(self.state_changed)
 
     # --- caches --------------------------------------------------------------------
 
@@ -124,6 +126,18 @@ class Channels:
         self.fanout.push_profile(
             group_id, prepared_message(encode(ProfileAnswer(profile=profile, state=state.value)))
         )
+
+    def state_changed(self, group_id: int, state: GroupState) -> None:
+        """A group that stops being active ends its members' feeds (an error frame, then close):
+        a suspended or removed group serves no events, and a new ``subscribe`` is refused."""
+        if state is GroupState.ACTIVE:
+            return
+        reason = f"the group is {state.value}; it serves no events"
+        message = prepared_message(encode(Error(code=ErrorCode.GROUP_NOT_ACTIVE.value, reason=reason)))
+        ended = self.fanout.end_group(group_id, message)
+        if ended:
+            self.metrics.inc("relay_feeds_ended_total", ended)
+            log.info("feed.group_ended", group=group_id, state=state.value, feeds=ended)
 
     async def view(self, group_id: int) -> GroupView:
         view = self._views.get(group_id)
@@ -249,7 +263,7 @@ class Channels:
             record = groups.by_id(conn, group.id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-            if record.state not in SERVING:
+            if record.state is not GroupState.ACTIVE:
                 raise RemoteProtocolError(
                     ErrorCode.GROUP_NOT_ACTIVE, f"the group is {record.state.value}; it serves no events"
                 )

@@ -47,7 +47,7 @@ from relay.server.admission import Admissions, GroupBinding
 from relay.server.config import EventsConfig, ServerConfig
 from relay.server.direct import DirectMessages
 from relay.server.events import Channels
-from relay.server.fanout import Feed
+from relay.server.fanout import Feed, FeedEnded
 from relay.server.http import (
     ConnectionClosed,
     HttpRequest,
@@ -136,20 +136,23 @@ class PublicEndpoint:
         try:
             # Client addresses are personal data: bound only if the operator opted in.
             peer = {"peer": _peer(stream)} if self.log_client_ip else {}
-            with structlog.contextvars.bound_contextvars(conn=f"c{next(self._ids)}", **peer):
-                if peer:
-                    log.info("connection.opened")
-                try:
-                    await serve_http_connection(
-                        stream,
-                        on_http=self._http,
-                        on_websocket=self._route,
-                        head_timeout=self.config.handshake_timeout,
-                        max_message=self.config.max_frame_bytes,
-                    )
-                except Exception:
-                    # Last line of defence: one connection's failure never stops the relay.
-                    log.exception("connection.internal_error")
+            # Bound in this task's own context (trio gives each task a copy), which ends with
+            # the task: no context manager to keep alive for the connection's lifetime.
+            structlog.contextvars.bind_contextvars(conn=f"c{next(self._ids)}", **peer)
+            if peer:
+                log.info("connection.opened")
+            del peer
+            try:
+                await serve_http_connection(
+                    stream,
+                    on_http=self._http,
+                    on_websocket=self._route,
+                    head_timeout=self.config.handshake_timeout,
+                    max_message=self.config.max_frame_bytes,
+                )
+            except Exception:
+                # Last line of defence: one connection's failure never stops the relay.
+                log.exception("connection.internal_error")
         finally:
             self.open_connections -= 1
             self.metrics.set("relay_connections_open", self.open_connections)
@@ -210,8 +213,14 @@ class PublicEndpoint:
         session.nursery.start_soon(self._run_feed, session, ws, feed)
 
     async def _run_feed(self, session: _Connection, ws: WebSocket, feed: Feed) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        try:
             await feed.run()
+        except ConnectionClosed:
+            pass
+        except FeedEnded:
+            # The group stopped: the error frame was sent; a Close tells the member it is final.
+            with trio.move_on_after(1):
+                await ws.close(CLOSE_POLICY, ErrorCode.GROUP_NOT_ACTIVE.value)
         # The member is gone or stalled: end the whole connection (no Close frame to a
         # member that reads nothing: it could block; the stream is closed by ``handle``).
         assert session.nursery is not None
@@ -228,14 +237,13 @@ class PublicEndpoint:
             if self.draining:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
-            idle = trio.CancelScope()
+            # One scope both for the time-out and for drain() (a subscribed member waits here
+            # for days, and every scope is kept that long): drain sets ``draining`` first.
+            idle = trio.CancelScope(deadline=trio.current_time() + timeout)
             self._idle.add(idle)
             try:
-                with idle, trio.fail_after(timeout):
+                with idle:
                     data = await ws.receive()
-            except trio.TooSlowError:
-                await self._fail(ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY)
-                return
             except MessageTooLarge as exc:
                 await self._fail(ws, ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
                 return
@@ -247,8 +255,14 @@ class PublicEndpoint:
             finally:
                 self._idle.discard(idle)
             if idle.cancelled_caught:
-                await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+                if self.draining:
+                    await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+                else:
+                    await self._fail(
+                        ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY
+                    )
                 return
+            del idle
             try:
                 reply = await self._dispatch(session, ws, data)
             except RemoteProtocolError as exc:
@@ -268,6 +282,7 @@ class PublicEndpoint:
                     ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
                 )
                 return
+            del data  # not kept while waiting for the next frame
             if reply is None:  # subscribed (the feed answers), or a post in flight
                 continue
             try:
