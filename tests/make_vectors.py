@@ -19,17 +19,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.protocol import crypto
 from relay.protocol.addresses import ChannelLink, RelayAddress, contact_address, group_address
+from relay.protocol.direct import SEAL_PURPOSE as DIRECT_SEAL_PURPOSE
 from relay.protocol.encoding import b64e, decode, encode
 from relay.protocol.errors import RemoteProtocolError
+from relay.protocol.events import GENESIS, ChainHead, event_id, make_event
 from relay.protocol.handshake import make_welcome
+from relay.protocol.heads import make_head
+from relay.protocol.heads import tag as discovery_tag
 from relay.protocol.invitation import SEAL_PURPOSE, make_grant
 from relay.protocol.messages import (
     PROTOCOL_VERSION,
+    DirectInvitation,
+    DirectInvitationContent,
+    DirectInvite,
+    DirectInviteDelivery,
+    DirectInviteResult,
+    Discover,
+    Discovered,
     Error,
+    EventFrame,
+    HeadAnswer,
+    HeadRequest,
     Hello,
     Invitation,
     Invite,
@@ -41,6 +56,8 @@ from relay.protocol.messages import (
     LogEntry,
     LogRequest,
     LogResult,
+    MemberCard,
+    MemberCardRequest,
     MemberProfile,
     MemberRequest,
     OwnerCert,
@@ -48,12 +65,16 @@ from relay.protocol.messages import (
     OwnerCommandResult,
     OwnerRequest,
     PendingMember,
+    Post,
+    PostResult,
     Profile,
     ProfileAnswer,
     ProfileRequest,
     ProfileResult,
     ProfileUpdate,
     Signed,
+    Subscribe,
+    Subscribed,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +98,11 @@ HELLO_NONCE = bytes([0x33]) * 32
 REQUEST_NONCE = bytes([0x44]) * 16
 MEMBER_SECRET = bytes([0x07]) * 32
 JOIN_NONCE = bytes([0x55]) * 16
+MEMBER2_SECRET = bytes([0x08]) * 32
+MEMBER2_SEAL_SECRET = bytes([0x09]) * 32
+SUBSCRIBE_NONCE = bytes([0x66]) * 16
+DIRECT_NONCE = bytes([0x77]) * 16
+EVENT_BODY = b"Hello, channel"
 ADDRESS_ID = b64e(bytes(range(16)))
 BASE = "http://relay.example:7300"
 HTTPS_BASE = "https://relay.example:443"
@@ -86,6 +112,7 @@ PROFILE_DESCRIPTION = "Test vectors for chat-relay"
 
 
 MEMBER = ed25519.Ed25519PrivateKey.from_private_bytes(MEMBER_SECRET)
+MEMBER2 = ed25519.Ed25519PrivateKey.from_private_bytes(MEMBER2_SECRET)
 
 
 # --- builders (also used by test_protocol.py and test_fuzz.py) ---------------
@@ -275,6 +302,27 @@ def _sealed(
     return crypto.seal(suite, keys.public_keys()[suite], plaintext, info)
 
 
+def _x25519_public(secret: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    return x25519.X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+
+
+def _sealed_to(previous: dict[str, Any] | None, secret: bytes, plaintext: bytes, info: bytes) -> bytes:
+    """A direct invitation's sealed content: kept while it still opens to ``plaintext``."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    if previous and previous.get("info") == info.hex() and previous.get("content") == plaintext.hex():
+        try:
+            sealed = bytes.fromhex(previous["sealed"])
+            key = x25519.X25519PrivateKey.from_private_bytes(secret)
+            if crypto.SUITE_X25519.suite().decrypt(sealed, key, info=info) == plaintext:
+                return sealed
+        except (ValueError, KeyError, InvalidTag):
+            pass
+    return crypto.seal(crypto.SUITE_X25519.name, _x25519_public(secret), plaintext, info)
+
+
 def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
     previous = previous or {}
     f = fixture()
@@ -309,6 +357,10 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         "hybrid_public_sha256": crypto.digest(seal_public[crypto.SUITE_HYBRID.name]).hex(),
         "member_secret": MEMBER_SECRET.hex(),
         "member_public": crypto.public_bytes(MEMBER).hex(),
+        "member2_secret": MEMBER2_SECRET.hex(),
+        "member2_public": crypto.public_bytes(MEMBER2).hex(),
+        "member2_seal_secret": MEMBER2_SEAL_SECRET.hex(),
+        "member2_seal_public": _x25519_public(MEMBER2_SEAL_SECRET).hex(),
     }
     vectors["owner_cert_1"] = _signed_group(
         "The root key authorises owner_public for the channel (OwnerCert, signed by the root).",
@@ -436,6 +488,97 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         nonce=JOIN_NONCE.hex(),
         created_at=T0 + 8,
     )
+    subscribe = crypto.signed(
+        MEMBER,
+        crypto.Label.MEMBER_REQUEST,
+        encode(
+            MemberRequest(
+                relay=f.fingerprint,
+                channel=f.channel,
+                address=ADDRESS_ID,
+                action="subscribe",
+                created_at=T0 + 9,
+                nonce=SUBSCRIBE_NONCE,
+            )
+        ),
+    )
+    vectors["subscribe_request"] = _signed_group(
+        "A MemberRequest with action subscribe (carried by the subscribe frame), signed by the member key.",
+        crypto.Label.MEMBER_REQUEST,
+        subscribe,
+        action="subscribe",
+        nonce=SUBSCRIBE_NONCE.hex(),
+        created_at=T0 + 9,
+    )
+    event = make_event(f.owner, channel=f.channel, after=ChainHead(), body=EVENT_BODY, now=T0 + 10)
+    first_id = event_id(event.body)
+    vectors["event"] = _signed_group(
+        "Event 1 of the channel (OwnerEvent: prev = 32 zero bytes, content_type text/plain), signed by "
+        'owner.  id = SHA-256("chat-relay/v1/event-id" || 0x00 || body).',
+        crypto.Label.EVENT,
+        event,
+        seq=1,
+        prev=GENESIS.hex(),
+        created_at=T0 + 10,
+        content_type="text/plain",
+        event_body=EVENT_BODY.hex(),
+        id=first_id.hex(),
+    )
+    head = make_head(
+        f.relay,
+        relay_fingerprint=f.fingerprint,
+        channel=f.channel,
+        head=ChainHead(1, first_id, T0 + 10),
+        now=T0 + 11,
+    )
+    vectors["head"] = _signed_group(
+        "The relay's signed Head after event 1; tag = HMAC-SHA256(HKDF-SHA256(channel id, info "
+        '"chat-relay/v1/discovery"), relay fingerprint).',
+        crypto.Label.HEAD,
+        head,
+        tag=discovery_tag(f.channel, f.fingerprint).hex(),
+        seq=1,
+        id=first_id.hex(),
+        time=T0 + 11,
+    )
+    member2_public = crypto.public_bytes(MEMBER2)
+    content = encode(
+        DirectInvitationContent(
+            sender=crypto.public_bytes(MEMBER), contact="https://chat.example/ada", note="coffee?"
+        )
+    )
+    direct_info = crypto.seal_info(DIRECT_SEAL_PURPOSE, crypto.digest(f.channel + member2_public))
+    direct_sealed = _sealed_to(previous.get("direct_invitation"), MEMBER2_SEAL_SECRET, content, direct_info)
+    direct = crypto.signed(
+        MEMBER,
+        crypto.Label.DIRECT_INVITATION,
+        encode(
+            DirectInvitation(
+                relay=f.fingerprint,
+                channel=f.channel,
+                address=ADDRESS_ID,
+                to=member2_public,
+                suite=crypto.SUITE_X25519.name,
+                sealed=direct_sealed,
+                created_at=T0 + 12,
+                nonce=DIRECT_NONCE,
+            )
+        ),
+    )
+    vectors["direct_invitation"] = _signed_group(
+        "A DirectInvitation from member to member2, signed by member; `sealed` is the encoded "
+        "DirectInvitationContent `content` sealed (x25519 suite) to member2's seal key with `info` = "
+        '"chat-relay/v1/seal/direct-invitation" || 0x00 || SHA-256(channel id || member2 key).',
+        crypto.Label.DIRECT_INVITATION,
+        direct,
+        to=member2_public.hex(),
+        suite=crypto.SUITE_X25519.name,
+        content=content.hex(),
+        info=direct_info.hex(),
+        sealed=direct_sealed.hex(),
+        nonce=DIRECT_NONCE.hex(),
+        created_at=T0 + 12,
+    )
     sealed_x = bytes.fromhex(vectors["seal_x25519"]["sealed"])
     frames = {
         "hello": Hello(version=PROTOCOL_VERSION, nonce=HELLO_NONCE),
@@ -474,6 +617,20 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
                 PendingMember(member=crypto.public_bytes(MEMBER), name="Ada", about="", received_at=T0 + 7)
             ],
         ),
+        "post": Post(event=event),
+        "post_result": PostResult(status="stored", seq=1, id=first_id),
+        "subscribe": Subscribe(request=subscribe, since=0),
+        "subscribed": Subscribed(head_seq=1, first_seq=1, profile_version=2),
+        "event": EventFrame(event=event),
+        "head_request": HeadRequest(),
+        "head": HeadAnswer(head=head, event=event),
+        "discover": Discover(tags=[discovery_tag(f.channel, f.fingerprint)]),
+        "discovered": Discovered(heads=[head]),
+        "member_card_request": MemberCardRequest(member=member2_public),
+        "member_card": MemberCard(join=join),
+        "direct_invite": DirectInvite(request=direct),
+        "direct_invite_result": DirectInviteResult(status="delivered"),
+        "direct_invitation": DirectInviteDelivery(request=direct),
         "error": Error(code="unknown_group", reason="no group has this address"),
     }
     vectors["frames"] = {

@@ -27,9 +27,13 @@ from relay.protocol.addresses import (
     parse_address,
     parse_link,
 )
+from relay.protocol.direct import open_direct_invitation, verify_direct_invitation
 from relay.protocol.encoding import b64e, decode, encode
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
+from relay.protocol.events import GENESIS, ChainHead, event_id, make_event, verify_event
 from relay.protocol.handshake import make_welcome, verify_welcome
+from relay.protocol.heads import make_head, verify_head
+from relay.protocol.heads import tag as discovery_tag
 from relay.protocol.invitation import (
     SEAL_PURPOSE,
     make_grant,
@@ -43,7 +47,18 @@ from relay.protocol.messages import (
     PROTOCOL_VERSION,
     AddressGrant,
     ClientFrame,
+    DirectInvitation,
+    DirectInvitationContent,
+    DirectInvite,
+    DirectInviteDelivery,
+    DirectInviteResult,
+    Discover,
+    Discovered,
     Error,
+    EventFrame,
+    Head,
+    HeadAnswer,
+    HeadRequest,
     Hello,
     Invitation,
     Invite,
@@ -55,13 +70,18 @@ from relay.protocol.messages import (
     LogEntry,
     LogRequest,
     LogResult,
+    MemberCard,
+    MemberCardRequest,
     MemberProfile,
     MemberRequest,
     OwnerCert,
     OwnerCommand,
     OwnerCommandResult,
+    OwnerEvent,
     OwnerRequest,
     PendingMember,
+    Post,
+    PostResult,
     Profile,
     ProfileAnswer,
     ProfileRequest,
@@ -70,6 +90,8 @@ from relay.protocol.messages import (
     RelayCard,
     RelayFrame,
     Signed,
+    Subscribe,
+    Subscribed,
     Welcome,
 )
 from relay.protocol.profile import verify_owner_chain, verify_profile
@@ -102,7 +124,7 @@ SEAL_KEYS = crypto.SealKeys.from_secrets(h(KEYS["x25519_secret"]), h(KEYS["mlkem
 # --- keys and identifiers ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["root", "owner", "owner2", "relay", "member"])
+@pytest.mark.parametrize("name", ["root", "owner", "owner2", "relay", "member", "member2"])
 def test_public_keys_derive_from_the_secrets(name: str) -> None:
     assert crypto.public_bytes(private(name)).hex() == KEYS[f"{name}_public"]
 
@@ -139,6 +161,10 @@ SIGNED_GROUPS = {
     "owner_request": ("owner", crypto.Label.OWNER_REQUEST),
     "join_request": ("member", crypto.Label.JOIN_REQUEST),
     "member_request": ("member", crypto.Label.MEMBER_REQUEST),
+    "subscribe_request": ("member", crypto.Label.MEMBER_REQUEST),
+    "event": ("owner", crypto.Label.EVENT),
+    "head": ("relay", crypto.Label.HEAD),
+    "direct_invitation": ("member", crypto.Label.DIRECT_INVITATION),
 }
 
 
@@ -432,6 +458,20 @@ def expected_frames() -> dict[str, tuple[msgspec.Struct, Any]]:
             ),
             RelayFrame,
         ),
+        "post": (Post(event=signed_of("event")), ClientFrame),
+        "post_result": (PostResult(status="stored", seq=1, id=h(V["event"]["id"])), RelayFrame),
+        "subscribe": (Subscribe(request=signed_of("subscribe_request"), since=0), ClientFrame),
+        "subscribed": (Subscribed(head_seq=1, first_seq=1, profile_version=2), RelayFrame),
+        "event": (EventFrame(event=signed_of("event")), RelayFrame),
+        "head_request": (HeadRequest(), ClientFrame),
+        "head": (HeadAnswer(head=signed_of("head"), event=signed_of("event")), RelayFrame),
+        "discover": (Discover(tags=[h(V["head"]["tag"])]), ClientFrame),
+        "discovered": (Discovered(heads=[signed_of("head")]), RelayFrame),
+        "member_card_request": (MemberCardRequest(member=h(KEYS["member2_public"])), ClientFrame),
+        "member_card": (MemberCard(join=signed_of("join_request")), RelayFrame),
+        "direct_invite": (DirectInvite(request=signed_of("direct_invitation")), ClientFrame),
+        "direct_invite_result": (DirectInviteResult(status="delivered"), RelayFrame),
+        "direct_invitation": (DirectInviteDelivery(request=signed_of("direct_invitation")), RelayFrame),
         "error": (Error(code="unknown_group", reason="no group has this address"), RelayFrame),
     }
 
@@ -456,6 +496,20 @@ def test_every_frame_type_has_a_vector() -> None:
         "join_status",
         "owner_command",
         "owner_result",
+        "post",
+        "post_result",
+        "subscribe",
+        "subscribed",
+        "event",
+        "head_request",
+        "head",
+        "discover",
+        "discovered",
+        "member_card_request",
+        "member_card",
+        "direct_invite",
+        "direct_invite_result",
+        "direct_invitation",
         "error",
     }
 
@@ -595,6 +649,10 @@ def test_doc_names_every_error_code_frame_label_suite_and_state() -> None:
     tags |= {t.__struct_config__.tag for t in (ProfileResult, LogRequest, LogResult, Error)}
     tags |= {t.__struct_config__.tag for t in (ProfileRequest, ProfileAnswer, Join, JoinStatus, JoinResult)}
     tags |= {t.__struct_config__.tag for t in (OwnerCommand, OwnerCommandResult)}
+    tags |= {t.__struct_config__.tag for t in (Post, PostResult, Subscribe, Subscribed, EventFrame)}
+    tags |= {t.__struct_config__.tag for t in (HeadRequest, HeadAnswer, Discover, Discovered)}
+    tags |= {t.__struct_config__.tag for t in (MemberCardRequest, MemberCard, DirectInvite)}
+    tags |= {t.__struct_config__.tag for t in (DirectInviteResult, DirectInviteDelivery)}
     labels = {v.decode() for k, v in vars(crypto.Label).items() if not k.startswith("_")}
     states = {s.value for s in GroupState}
     suites = set(crypto.SUITES)
@@ -644,4 +702,124 @@ def test_join_request_body_and_verification() -> None:
         action="status",
         created_at=m["created_at"],
         nonce=h(m["nonce"]),
+    )
+
+
+# --- channel traffic: events, heads, direct invitations -------------------------------
+
+
+def test_subscribe_request_body_and_verification() -> None:
+    g = V["subscribe_request"]
+    expected = MemberRequest(
+        relay=FINGERPRINT,
+        channel=CHANNEL,
+        address=V["addresses"]["address_id"],
+        action="subscribe",
+        created_at=g["created_at"],
+        nonce=h(g["nonce"]),
+    )
+    assert encode(expected).hex() == g["body"]
+    request = verify_member_request(
+        signed_of("subscribe_request"),
+        relay_fingerprint=FINGERPRINT,
+        channel=CHANNEL,
+        address_id=expected.address,
+        now=g["created_at"],
+        max_age=600,
+        action="subscribe",
+    )
+    assert request == expected
+    with pytest.raises(RemoteProtocolError) as exc:  # signed for subscribe, replayed as status
+        verify_member_request(
+            signed_of("subscribe_request"),
+            relay_fingerprint=FINGERPRINT,
+            channel=CHANNEL,
+            address_id=expected.address,
+            now=g["created_at"],
+            max_age=600,
+        )
+    assert exc.value.code is ErrorCode.UNEXPECTED_MESSAGE
+
+
+def test_event_body_id_and_verification() -> None:
+    g = V["event"]
+    expected = OwnerEvent(
+        channel=CHANNEL,
+        seq=g["seq"],
+        prev=h(g["prev"]),
+        created_at=g["created_at"],
+        content_type=g["content_type"],
+        body=h(g["event_body"]),
+    )
+    assert h(g["prev"]) == GENESIS == bytes(32)
+    assert encode(expected).hex() == g["body"]
+    made = make_event(
+        private("owner"), channel=CHANNEL, after=ChainHead(), body=h(g["event_body"]), now=g["created_at"]
+    )
+    assert made == signed_of("event")
+    assert event_id(h(g["body"])).hex() == g["id"]
+    assert crypto.digest(b"chat-relay/v1/event-id\x00" + h(g["body"])).hex() == g["id"]
+    owners = frozenset({h(KEYS["owner_public"]), h(KEYS["owner2_public"])})
+    verified = verify_event(signed_of("event"), channel=CHANNEL, owners=owners)
+    assert verified.event == expected
+    assert verified.id.hex() == g["id"]
+
+
+def test_head_body_tag_and_verification() -> None:
+    g = V["head"]
+    tag = discovery_tag(CHANNEL, FINGERPRINT)
+    assert tag.hex() == g["tag"]
+    expected = Head(relay=FINGERPRINT, tag=tag, seq=g["seq"], id=h(g["id"]), time=g["time"])
+    assert encode(expected).hex() == g["body"]
+    made = make_head(
+        private("relay"),
+        relay_fingerprint=FINGERPRINT,
+        channel=CHANNEL,
+        head=ChainHead(g["seq"], h(g["id"]), V["event"]["created_at"]),
+        now=g["time"],
+    )
+    assert made == signed_of("head")
+    verified = verify_head(signed_of("head"), relay_key=h(KEYS["relay_public"]), channel=CHANNEL)
+    assert verified.head == expected
+    with pytest.raises(RemoteProtocolError) as exc:
+        verify_head(signed_of("head"), relay_key=h(KEYS["relay_public"]), channel=bytes(32))
+    assert exc.value.code is ErrorCode.CHANNEL_MISMATCH
+
+
+def test_direct_invitation_body_verification_and_opening() -> None:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    g = V["direct_invitation"]
+    to = h(KEYS["member2_public"])
+    assert g["to"] == KEYS["member2_public"]
+    expected = DirectInvitation(
+        relay=FINGERPRINT,
+        channel=CHANNEL,
+        address=V["addresses"]["address_id"],
+        to=to,
+        suite=g["suite"],
+        sealed=h(g["sealed"]),
+        created_at=g["created_at"],
+        nonce=h(g["nonce"]),
+    )
+    assert encode(expected).hex() == g["body"]
+    assert h(g["info"]) == b"chat-relay/v1/seal/direct-invitation\x00" + crypto.digest(CHANNEL + to)
+    verified = verify_direct_invitation(
+        signed_of("direct_invitation"),
+        relay_fingerprint=FINGERPRINT,
+        channel=CHANNEL,
+        address_id=expected.address,
+        now=g["created_at"],
+        max_age=600,
+    )
+    assert verified.invitation == expected
+    assert verified.sender.hex() == KEYS["member_public"]
+    seal_key = x25519.X25519PrivateKey.from_private_bytes(h(KEYS["member2_seal_secret"]))
+    assert seal_key.public_key().public_bytes_raw().hex() == KEYS["member2_seal_public"]
+    content = open_direct_invitation(
+        signed_of("direct_invitation"), seal_key=seal_key, member_key=to, channel=CHANNEL
+    )
+    assert encode(content).hex() == g["content"]
+    assert content == DirectInvitationContent(
+        sender=h(KEYS["member_public"]), contact="https://chat.example/ada", note="coffee?"
     )
