@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 import trio
 
-from benchmarks import machine, wsframe
+from benchmarks import joins, machine, wsframe
 from benchmarks.daemon import Daemon
 from benchmarks.fanout_members import BUCKET_NS, BUCKETS, stamp
 
@@ -45,7 +45,12 @@ AIM_P99_MS = 50.0  # at 1,000 members and 50 posts/s
 AIM_MEMORY = 10 * 1024  # bytes per idle member
 AIM_INGEST = 3000.0  # signed events accepted per second
 ANSWER_TIMEOUT = 60.0
-SERVERS = {"baseline": "bare trio broadcast (baseline)", "relay": "relay"}
+SERVERS = {
+    "baseline": "bare trio broadcast (baseline)",
+    "relay": "relay",
+    "sqlite": "sqlite3 executemany (baseline)",
+    "sqlite-calls": "sqlite3 relay store calls (baseline)",
+}
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -168,6 +173,7 @@ class Publisher:
         self.ack_ns: list[int] = []
         self.answered = trio.Event()
         self.last_ack_ns = 0
+        self.kept: list[Any] | None = None  # the signed events, when an ingest baseline needs them
 
     async def open(self) -> None:
         self.stream = await trio.open_tcp_stream(self.target.host, self.target.port)
@@ -223,6 +229,8 @@ class Publisher:
             body=body,
             now=int(time.time()),
         )
+        if self.kept is not None:
+            self.kept.append(signed)
         self.head = ChainHead(
             self.head.seq + 1, event_id(signed.body), max(int(time.time()), self.head.created_at)
         )
@@ -709,6 +717,7 @@ async def ingest_run(targets: list[Target], events: int, args: argparse.Namespac
     pubs = [Publisher(t, args.body_bytes) for t in targets]
     frames: list[list[bytes]] = []
     for pub in pubs:
+        pub.kept = []
         frames.append([pub.event_frame(b"ingest %d " % i + pub.filler) for i in range(per)])
     for pub in pubs:
         await pub.open()
@@ -716,6 +725,7 @@ async def ingest_run(targets: list[Target], events: int, args: argparse.Namespac
     me = psutil.Process()
     daemon = targets[0].daemon
     await quiet(args.quiet_wait)
+    metrics0 = joins.metrics(daemon) if targets[0].kind == "relay" else {}
     cpu0 = sum(me.cpu_times()[:2])
     server0 = daemon.cpu_seconds()
     sample0 = machine.sample([daemon.pid])
@@ -744,6 +754,7 @@ async def ingest_run(targets: list[Target], events: int, args: argparse.Namespac
         for pub in pubs:
             await pub.aclose()
         nursery.cancel_scope.cancel()
+    batches = joins.Batches.between(metrics0, joins.metrics(daemon)) if metrics0 else None
     wall = (t1 - t0) / 1e9
     acked = sum(p.acked for p in pubs)
     acks = sorted(ns for p in pubs for ns in p.ack_ns)
@@ -767,7 +778,81 @@ async def ingest_run(targets: list[Target], events: int, args: argparse.Namespac
         "client_cores": cpu / wall if wall else 0.0,
         "machine_busy": usage.busy,
         "other_procs": usage.others,
+        "batches": batches.summary() if batches else None,
+        "batch_mean": batches.mean if batches else None,
+        "signed": [p.kept for p in pubs],
     }
+
+
+def sqlite_baseline(
+    folder: Path, chains: list[list[Any]], batch: int, *, store_calls: bool
+) -> dict[str, Any]:
+    """The same signed events stored by plain sqlite3 on the same disk: a fresh database with the
+    relay's schema (``relay.store.migrations.migrate``), WAL, ``synchronous=FULL``, one active
+    group per chain, one ``BEGIN IMMEDIATE`` .. ``COMMIT`` per ``batch`` events, the chains
+    interleaved as concurrent publishers would be.  Without ``store_calls``: one INSERT per event
+    (``executemany``) and the head row per chain; with it: per event what the relay's post
+    transaction needs from ``relay.store.events`` (the head, then ``append``), in a SAVEPOINT."""
+    import sqlite3
+
+    from relay.protocol.encoding import encode
+    from relay.protocol.events import stored_event
+    from relay.store import events as store
+    from relay.store.migrations import migrate
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    conn = sqlite3.connect(folder / "baseline.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    migrate(conn)
+    now = int(time.time())
+    group_ids = []
+    for _ in chains:
+        cur = conn.execute(
+            "INSERT INTO groups (channel, service_group, state, address_id, profile, profile_version, kind, "
+            "name, invited_at, updated_at) VALUES (?, ?, 'active', ?, ?, 2, 'channel', 'b', ?, ?)",
+            (os.urandom(32), os.urandom(16), os.urandom(8).hex(), os.urandom(700), now, now),
+        )
+        group_ids.append(cur.lastrowid)
+    rows = []  # (group, seq, id, encoded signed, created_at), interleaved across chains
+    for depth in range(max(len(c) for c in chains)):
+        for g, chain in zip(group_ids, chains, strict=True):
+            if depth < len(chain):
+                event = stored_event(chain[depth])
+                rows.append((g, event.seq, event.id, encode(chain[depth]), event.event.created_at))
+    batch = max(1, batch)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    heads: dict[int, Any] = {}
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        conn.execute("BEGIN IMMEDIATE")
+        if store_calls:
+            for g, seq, id_, blob, created in chunk:
+                conn.execute("SAVEPOINT job")
+                before = store.head(conn, g)
+                store.append(conn, g, before, seq=seq, event_id=id_, event=blob, created_at=created, now=now)
+                conn.execute("RELEASE job")
+        else:
+            conn.executemany(
+                "INSERT INTO events (group_id, seq, id, event, created_at, stored_at, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(g, seq, id_, blob, created, now, len(blob)) for g, seq, id_, blob, created in chunk],
+            )
+            for g, seq, id_, _, created in chunk:
+                heads[g] = (g, seq, id_, created)
+            conn.executemany(
+                "INSERT OR REPLACE INTO event_heads (group_id, head_seq, head_id, head_created_at, "
+                "first_seq, count, bytes) VALUES (?, ?, ?, ?, 1, ?, 0)",
+                [(g, seq, id_, created, seq) for g, seq, id_, created in heads.values()],
+            )
+            heads.clear()
+        conn.execute("COMMIT")
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    (stored,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    conn.close()
+    assert stored == len(rows), (stored, len(rows))
+    return {"rate": len(rows) / wall, "cpu_ms": cpu / len(rows) * 1000, "batch": batch, "events": len(rows)}
 
 
 def run_ingest(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -791,9 +876,17 @@ def run_ingest(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                     targets = trio.run(groups)
                 else:
                     targets = [baseline_target(daemon) for _ in range(publishers)]
-                results.append(trio.run(ingest_run, targets, args.events, args))
+                result = trio.run(ingest_run, targets, args.events, args)
             finally:
                 daemon.stop()
+            chains = result.pop("signed")
+            results.append(result)
+            if kind == "relay" and result["accepted"]:
+                batch = round(result["batch_mean"] or 1)
+                for store_calls in (False, True):
+                    base = sqlite_baseline(work / f"{name}-sqlite", chains, batch, store_calls=store_calls)
+                    label = "sqlite-calls" if store_calls else "sqlite"
+                    results.append({"server": label, "publishers": publishers, **base})
     return results
 
 
@@ -968,6 +1061,12 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                   "server ms/event", "client CPU", "machine busy"]  # fmt: skip
         rows = []
         for r in ing:
+            if r["server"].startswith("sqlite"):
+                rows.append(
+                    [str(r["publishers"]), SERVERS[r["server"]] + f", batches of {r['batch']}",
+                     str(r["events"]), "", f"{r['rate']:,.0f}", "", "", f"{r['cpu_ms']:.3f}", "", ""]
+                )  # fmt: skip
+                continue
             rows.append(
                 [str(r["publishers"]), SERVERS[r["server"]],
                  f"{r['accepted']}" + (f" ({r['errors']} failed)" if r["errors"] else ""),
@@ -997,7 +1096,7 @@ def errors_of(out: dict[str, Any]) -> int:
                 total += r[key]["gaps"] + r[key]["members_closed"]
                 total += max(0, r[key]["expected_deliveries"] - r[key]["deliveries"])
     for r in out.get("ingest") or []:
-        total += r["errors"]
+        total += r.get("errors", 0)
     return total
 
 
