@@ -337,9 +337,10 @@ def test_session_receive_only_raises_protocol_errors(endpoint: Endpoint, greeted
     except RemoteProtocolError as exc:
         assert exc.code in SESSION_CODES
     else:
-        allowed = (Hello, Invite, ProfileUpdate, LogRequest, ProfileRequest, Join, JoinStatus, OwnerCommand)
-        assert isinstance(frame, allowed)
+        assert isinstance(frame, CLIENT_FRAMES)
         assert session.greeted
+        # only a subscribed connection takes member cards and direct invitations
+        assert not isinstance(frame, MemberCardRequest | DirectInvite)
 
 
 # --- addresses and links -------------------------------------------------------------------

@@ -5,6 +5,9 @@ takes invitations and owner requests, and a group address (``/g/ID``) takes
 profile updates and members' requests.  :class:`Session` decodes a frame (with
 the size limit), raises ``unexpected_message`` for a frame out of order and
 ``rate_limited`` for a connection sending faster than its token bucket allows.
+Posts have a bucket of their own (an owner publishes far more often than anyone
+asks anything else), and discovery one more on top of the common bucket.  Only a
+subscribed connection may ask for member cards or send direct invitations.
 Pure, like h11's connection object: bytes and the time in, typed frames out.
 """
 
@@ -17,14 +20,20 @@ from relay.protocol.errors import ErrorCode, RemoteProtocolError
 from relay.protocol.messages import (
     PROTOCOL_VERSION,
     ClientFrame,
+    DirectInvite,
+    Discover,
+    HeadRequest,
     Hello,
     Invite,
     Join,
     JoinStatus,
     LogRequest,
+    MemberCardRequest,
     OwnerCommand,
+    Post,
     ProfileRequest,
     ProfileUpdate,
+    Subscribe,
 )
 
 
@@ -34,9 +43,20 @@ class Endpoint(enum.StrEnum):
 
 
 _ALLOWED: dict[Endpoint, tuple[type, ...]] = {
-    Endpoint.CONTACT: (Invite, LogRequest, OwnerCommand),
-    Endpoint.GROUP: (ProfileUpdate, ProfileRequest, Join, JoinStatus),
+    Endpoint.CONTACT: (Invite, LogRequest, OwnerCommand, Discover),
+    Endpoint.GROUP: (
+        ProfileUpdate,
+        ProfileRequest,
+        Join,
+        JoinStatus,
+        Post,
+        Subscribe,
+        HeadRequest,
+        MemberCardRequest,
+        DirectInvite,
+    ),
 }
+_SUBSCRIBED_ONLY = (MemberCardRequest, DirectInvite)
 
 
 class TokenBucket:
@@ -61,20 +81,35 @@ class TokenBucket:
 class Session:
     """The state of one client connection, as far as the rules care."""
 
-    def __init__(self, endpoint: Endpoint, *, max_frame: int, rate: float = 0, burst: float = 0) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        max_frame: int,
+        rate: float = 0,
+        burst: float = 0,
+        post_rate: float = 0,
+        post_burst: float = 0,
+        discover_rate: float = 0,
+        discover_burst: float = 0,
+    ) -> None:
         self.endpoint = endpoint
         self.max_frame = max_frame
         self.greeted = False
+        self.subscribed = False  # set by the relay once a subscribe succeeded
         self.bucket = TokenBucket(rate, max(burst, 1)) if rate > 0 else None
+        self._post_limits = (post_rate, max(post_burst, 1))
+        self._discover_limits = (discover_rate, max(discover_burst, 1))
+        # Made on first use: most connections never post nor discover.
+        self.post_bucket: TokenBucket | None = None
+        self.discover_bucket: TokenBucket | None = None
 
     def receive(self, data: bytes, now: float = 0.0) -> ClientFrame:
-        # Checked before decoding: a flood should cost the relay as little as possible.
-        if self.greeted and self.bucket is not None and not self.bucket.take(now):
-            raise RemoteProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"too many requests on this connection (at most {self.bucket.rate:g}/s); slow down",
-            )
+        # Decoded first, so that each kind of frame is charged to its own bucket.  The size
+        # limit is still checked before parsing.
         frame: ClientFrame = decode(data, ClientFrame, limit=self.max_frame, what="frame")  # type: ignore[arg-type]
+        if self.greeted:
+            self._charge(frame, now)
         if not self.greeted:
             if not isinstance(frame, Hello):
                 raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "the first frame must be hello")
@@ -91,4 +126,40 @@ class Session:
                 ErrorCode.UNEXPECTED_MESSAGE,
                 f"{type(frame).__name__.lower()} is not accepted here on a {self.endpoint.value} address",
             )
+        if isinstance(frame, _SUBSCRIBED_ONLY) and not self.subscribed:
+            raise RemoteProtocolError(
+                ErrorCode.UNEXPECTED_MESSAGE, f"{type(frame).__name__.lower()} needs a subscribe first"
+            )
+        if isinstance(frame, Subscribe) and self.subscribed:
+            raise RemoteProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "this connection is already subscribed")
         return frame
+
+    def _charge(self, frame: ClientFrame, now: float) -> None:
+        if isinstance(frame, Post):
+            rate, burst = self._post_limits
+            if rate <= 0:
+                return
+            if self.post_bucket is None:
+                self.post_bucket = TokenBucket(rate, burst)
+            if not self.post_bucket.take(now):
+                raise RemoteProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"too many posts on this connection (at most {rate:g}/s); slow down",
+                )
+            return
+        if self.bucket is not None and not self.bucket.take(now):
+            raise RemoteProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"too many requests on this connection (at most {self.bucket.rate:g}/s); slow down",
+            )
+        if isinstance(frame, Discover):
+            rate, burst = self._discover_limits
+            if rate <= 0:
+                return
+            if self.discover_bucket is None:
+                self.discover_bucket = TokenBucket(rate, burst)
+            if not self.discover_bucket.take(now):
+                raise RemoteProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"too many discovery requests on this connection (at most {rate:g}/s); slow down",
+                )

@@ -26,6 +26,7 @@ from relay.protocol.addresses import contact_address
 from relay.server.admin import AdminEndpoint
 from relay.server.admission import Admissions
 from relay.server.config import Config, split_host_port
+from relay.server.events import Channels
 from relay.server.identity import Identity, load_or_create
 from relay.server.metrics import Metrics
 from relay.server.notify import Notifier
@@ -165,8 +166,14 @@ class Relay:
             worker = JoinWorker(admissions)
             admissions.on_held = worker.mark
             service.group_listeners.append(worker.mark)
+            channels = Channels(service, self.config.events, self.metrics)
             public = PublicEndpoint(
-                service, admissions, server, self.metrics, log_client_ip=self.config.logging.log_client_ip
+                service,
+                admissions,
+                server,
+                self.metrics,
+                channels=channels,
+                log_client_ip=self.config.logging.log_client_ip,
             )
             admin = AdminEndpoint(
                 service,
@@ -184,6 +191,7 @@ class Relay:
                 # transaction still commits.
                 workers = await db_nursery.start(_own_nursery)
                 await workers.start(worker.run)
+                workers.start_soon(channels.run_pruner)
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as acceptors:
                         for handler, listeners in (

@@ -83,6 +83,34 @@ class MembersConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_status_wait: Annotated[float, Meta(ge=0)] = 60.0
 
 
+class EventsConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Channel traffic: owner events, retention, fan-out buffers, direct invitations."""
+
+    max_body_bytes: Annotated[int, Meta(ge=16, le=65536)] = 65536
+    max_backdate: Annotated[int, Meta(ge=0)] = 3600
+    # Retention per group: the oldest events go first; the newest is always kept.
+    max_events: Annotated[int, Meta(ge=1)] = 100_000
+    max_age: Annotated[int, Meta(ge=1)] = 30 * 24 * 3600
+    max_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024 * 1024
+    prune_interval: PositiveSeconds = 60.0
+    history: Annotated[int, Meta(ge=0, le=100_000)] = 100
+    # Per member connection: frames (and bytes) queued before the member is dropped to catch-up.
+    send_buffer_frames: Annotated[int, Meta(ge=1)] = 1024
+    send_buffer_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+    stall_timeout: PositiveSeconds = 30.0
+    catch_up_page: Annotated[int, Meta(ge=1, le=10_000)] = 256
+    recent_cache: Annotated[int, Meta(ge=0, le=100_000)] = 256
+    posts_per_second: PositiveSeconds = 5000.0
+    post_burst: Annotated[int, Meta(ge=1)] = 10_000
+    max_subscribers: Annotated[int, Meta(ge=1)] = 100_000
+    max_subscribers_per_group: Annotated[int, Meta(ge=1)] = 100_000
+    max_equivocations_per_group: Annotated[int, Meta(ge=1)] = 100
+    inbox_max: Annotated[int, Meta(ge=1)] = 100
+    inbox_ttl: Annotated[int, Meta(ge=1)] = 7 * 24 * 3600
+    discover_per_second: PositiveSeconds = 2.0
+    discover_burst: Annotated[int, Meta(ge=1)] = 10
+
+
 class LoggingConfig(Struct, forbid_unknown_fields=True, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     log_client_ip: bool = False
@@ -93,6 +121,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     members: MembersConfig = msgspec.field(default_factory=MembersConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 
 

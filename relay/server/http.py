@@ -17,6 +17,7 @@ import h11
 import structlog
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -27,6 +28,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import FrameProtocol
 from wsproto.utilities import LocalProtocolError as WSLocalError
 from wsproto.utilities import RemoteProtocolError as WSRemoteError
 
@@ -66,6 +68,17 @@ class HttpResponse:
     body: bytes = b""
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+# A server's frames are not masked (RFC 6455 5.1), so one message has the same bytes on every
+# connection without extensions: wsproto's own frame code builds them once for all.  Every
+# call is a whole message (fin=True), so this one object carries no state between calls.
+_SERVER_FRAMES = FrameProtocol(client=False, extensions=[])
+
+
+def prepared_message(payload: bytes) -> bytes:
+    """One binary WebSocket message as a server sends it, for :meth:`WebSocket.send_prepared`."""
+    return bytes(_SERVER_FRAMES.send_data(payload, True))
 
 
 class WebSocket:
@@ -120,6 +133,16 @@ class WebSocket:
         except WSLocalError:
             raise ConnectionClosed() from None
         await self._write(payload)
+
+    async def send_prepared(self, data: bytes) -> None:
+        """Send messages already framed by :func:`prepared_message` (one or several joined).
+
+        Only valid with no extension negotiated (the relay negotiates none): the frame bytes
+        are then the same for every connection, so fan-out encodes each message once.
+        """
+        if self._closed or self._ws.state is not ConnectionState.OPEN:
+            raise ConnectionClosed()
+        await self._write(data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:

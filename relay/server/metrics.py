@@ -61,6 +61,24 @@ SPECS: dict[str, Spec] = {
     "relay_queue_pending_approval": Spec("gauge", "Join requests waiting for the owners now"),
     "relay_queue_dead": Spec("gauge", "Dead-lettered join requests now"),
     "relay_members": Spec("gauge", "Admitted members, over all groups"),
+    "relay_events_total": Spec("counter", "Owner events answered, by outcome (stored, duplicate)"),
+    "relay_events_delivered_total": Spec("counter", "Event frames queued to live member feeds"),
+    "relay_events_pruned_total": Spec("counter", "Events dropped by retention, by reason (size, age)"),
+    "relay_equivocations_total": Spec(
+        "counter", "Posts refused as equivocation (a different event at a taken seq)"
+    ),
+    "relay_subscribers": Spec("gauge", "Subscribed member connections now"),
+    "relay_subscriptions_total": Spec("counter", "Subscriptions accepted"),
+    "relay_feed_lagging_total": Spec("counter", "Member feeds dropped back to catch-up (send buffer full)"),
+    "relay_feed_stalled_total": Spec(
+        "counter", "Member connections closed for accepting nothing (stall_timeout)"
+    ),
+    "relay_discovered_total": Spec("counter", "Signed heads answered to discover requests"),
+    "relay_direct_invitations_total": Spec(
+        "counter", "Direct invitations passed on, by outcome (delivered, stored)"
+    ),
+    "relay_direct_refusals_total": Spec("counter", "Direct invitations and member cards refused, by code"),
+    "relay_direct_expired_total": Spec("counter", "Direct invitations dropped from an inbox after inbox_ttl"),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 from functools import partial
 
 import structlog
@@ -23,20 +24,29 @@ from relay.protocol.encoding import b64e, encode
 from relay.protocol.errors import ErrorCode, PolicyRefusal, RemoteProtocolError
 from relay.protocol.handshake import make_welcome
 from relay.protocol.messages import (
+    DirectInvite,
+    Discover,
     Error,
+    HeadRequest,
     Hello,
     Invite,
     Join,
     JoinStatus,
     LogRequest,
+    MemberCardRequest,
     OwnerCommand,
+    Post,
     ProfileRequest,
     ProfileUpdate,
     RelayFrame,
+    Subscribe,
 )
 from relay.protocol.session import Endpoint, Session
 from relay.server.admission import Admissions, GroupBinding
-from relay.server.config import ServerConfig
+from relay.server.config import EventsConfig, ServerConfig
+from relay.server.direct import DirectMessages
+from relay.server.events import Channels
+from relay.server.fanout import Feed
 from relay.server.http import (
     ConnectionClosed,
     HttpRequest,
@@ -71,10 +81,14 @@ class PublicEndpoint:
         config: ServerConfig,
         metrics: Metrics,
         *,
+        channels: Channels,
         log_client_ip: bool = False,
     ) -> None:
         self.service = service
         self.admissions = admissions
+        self.channels = channels
+        self.direct = DirectMessages(channels)
+        self.events_config: EventsConfig = channels.config
         self.config = config
         self.metrics = metrics
         self.identity = service.identity
@@ -162,19 +176,55 @@ class PublicEndpoint:
         return HttpResponse(404, b'{"error":"not_found","reason":"not a relay address"}')
 
     async def _session(self, endpoint: Endpoint, address_id: str | None, ws: WebSocket) -> None:
+        events = self.events_config
         session = _Connection(
             Session(
                 endpoint,
                 max_frame=self.config.max_frame_bytes,
                 rate=self.config.requests_per_second,
                 burst=self.config.request_burst,
+                post_rate=events.posts_per_second,
+                post_burst=events.post_burst,
+                discover_rate=events.discover_per_second,
+                discover_burst=events.discover_burst,
             ),
             address_id,
         )
-        errors = 0
         log.debug("session.opened", endpoint=endpoint.value)
+        # The connection's own nursery: a subscribed member's sender task lives in it.
+        async with trio.open_nursery() as nursery:
+            session.nursery = nursery
+            try:
+                await self._serve(session, ws)
+            finally:
+                nursery.cancel_scope.cancel()
+                if session.feed is not None:
+                    self.channels.fanout.detach(session.feed)
+
+    def _start_feed(self, session: _Connection, ws: WebSocket, feed: Feed) -> None:
+        """Called when a subscription is attached (in its read's commit hook)."""
+        session.feed = feed
+        session.rules.subscribed = True
+        assert session.nursery is not None
+        session.nursery.start_soon(self._run_feed, session, ws, feed)
+
+    async def _run_feed(self, session: _Connection, ws: WebSocket, feed: Feed) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await feed.run()
+        # The member is gone or stalled: end the whole connection (no Close frame to a
+        # member that reads nothing: it could block; the stream is closed by ``handle``).
+        assert session.nursery is not None
+        session.nursery.cancel_scope.cancel()
+
+    async def _serve(self, session: _Connection, ws: WebSocket) -> None:
+        errors = 0
         while True:
-            timeout = self.config.idle_timeout if session.rules.greeted else self.config.handshake_timeout
+            if session.feed is not None:
+                timeout = math.inf  # a feed only reads; a dead peer shows when a send stalls
+            elif session.rules.greeted:
+                timeout = self.config.idle_timeout
+            else:
+                timeout = self.config.handshake_timeout
             if self.draining:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
@@ -200,7 +250,7 @@ class PublicEndpoint:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
             try:
-                reply = await self._dispatch(session, data)
+                reply = await self._dispatch(session, ws, data)
             except RemoteProtocolError as exc:
                 errors += 1
                 self._count_refusal(exc, session)
@@ -218,6 +268,8 @@ class PublicEndpoint:
                     ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
                 )
                 return
+            if reply is None:  # subscribed: the feed sends the answer, then the events
+                continue
             try:
                 await ws.send(encode(reply))
             except ConnectionClosed:
@@ -226,7 +278,7 @@ class PublicEndpoint:
                 await ws.close(CLOSE_UNKNOWN_GROUP, "unknown group")
                 return
 
-    async def _dispatch(self, session: _Connection, data: bytes) -> RelayFrame:
+    async def _dispatch(self, session: _Connection, ws: WebSocket, data: bytes) -> RelayFrame | None:
         frame = session.rules.receive(data, trio.current_time())
         if isinstance(frame, Hello):
             if session.address_id is not None:
@@ -244,6 +296,8 @@ class PublicEndpoint:
             return await self.service.read_log(frame)
         if isinstance(frame, OwnerCommand):
             return await self.admissions.owner_command(frame)
+        if isinstance(frame, Discover):
+            return await self.channels.discover(frame)
         # The session admits the frames below only on a group address, bound at hello.
         group = session.group
         assert group is not None
@@ -255,6 +309,18 @@ class PublicEndpoint:
             return await self.admissions.status(group, frame)
         if isinstance(frame, ProfileRequest):
             return await self.admissions.profile(group)
+        if isinstance(frame, Post):
+            return await self.channels.post(group, frame)
+        if isinstance(frame, HeadRequest):
+            return await self.channels.head(group)
+        if isinstance(frame, Subscribe):
+            await self.channels.subscribe(group, frame, ws, partial(self._start_feed, session, ws))
+            return None
+        if isinstance(frame, MemberCardRequest):
+            return await self.direct.member_card(group, frame)
+        if isinstance(frame, DirectInvite):
+            assert session.feed is not None  # the session admits it only once subscribed
+            return await self.direct.invite(group, session.feed.member, frame)
         raise AssertionError(f"session let through {type(frame).__name__}")
 
     def _count_refusal(self, exc: RemoteProtocolError, session: _Connection) -> None:
@@ -291,6 +357,8 @@ class _Connection:
         self.address_id = address_id
         self.group: GroupBinding | None = None
         self.rate_limited = False
+        self.nursery: trio.Nursery | None = None
+        self.feed: Feed | None = None
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -81,6 +81,9 @@ class GroupService:
         self.max_closed = max_closed
         self._clock = clock
         self.group_listeners: list[Callable[[int], None]] = []
+        # Called with (group id, the new signed profile, the state after) once a profile update
+        # committed: the fan-out pushes it to the group's subscribers.
+        self.profile_listeners: list[Callable[[int, Signed, GroupState], None]] = []
 
     def now(self) -> int:
         return int(self._clock())
@@ -275,6 +278,8 @@ class GroupService:
             return record.state, after, version, record.id
 
         before, after, version, group_id = await self.db.transact(apply)
+        for listener in self.profile_listeners:
+            listener(group_id, frame.profile, after)
         with structlog.contextvars.bound_contextvars(group=group_id):
             if after is not before:
                 self.group_changed(group_id)

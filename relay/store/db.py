@@ -37,6 +37,7 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 @dataclass(eq=False)
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
+    on_commit: Callable[[T], None] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     result: T | None = None
     error: BaseException | None = None
@@ -95,23 +96,42 @@ class Database:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            seconds = None
             try:
                 # Not abandoned on cancel: the thread always finishes its transaction first.
                 seconds = await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
             finally:
+                if seconds is not None:
+                    self._after_commit(batch)
                 for job in batch:
                     job.done.set()
             if seconds is not None and self.on_commit is not None:
                 self.on_commit(seconds, len(batch))
 
-    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _after_commit(self, batch: list[_Job[Any]]) -> None:
+        """Run the jobs' ``on_commit`` hooks on the trio thread, in commit order."""
+        for job in batch:
+            if job.on_commit is not None and job.error is None:
+                try:
+                    job.on_commit(job.result)
+                except Exception as exc:  # a hook's bug must not stop the writer
+                    log.exception("store.on_commit_failed")
+                    job.error = exc
+
+    async def transact(
+        self, fn: Callable[[sqlite3.Connection], T], *, on_commit: Callable[[T], None] | None = None
+    ) -> T:
         """Run ``fn`` inside a committed transaction and return its result.
 
         ``fn`` runs on the worker thread: it must only use the connection it is
         given and return plain values.  If it raises, its changes are rolled
         back and the exception is re-raised here; other jobs are unaffected.
+        ``on_commit`` (if given) is called with the result on the trio thread right after
+        the COMMIT, before any caller wakes, in the order the jobs ran: what a job saw in the
+        database and what the hooks of earlier jobs did are in step (the fan-out relies on it).
+        It must not block.
         """
-        job: _Job[T] = _Job(fn)
+        job: _Job[T] = _Job(fn, on_commit)
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:

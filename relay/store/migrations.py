@@ -143,6 +143,62 @@ MIGRATIONS: list[tuple[int, str]] = [
         END;
         """,
     ),
+    (
+        4,
+        # Channel traffic.  ``events`` holds each owner event exactly as signed (the encoded
+        # ``Signed``), one row per (group, seq); ``event_heads`` is the per-group summary read on
+        # every post (head, oldest kept, count and bytes for retention), kept in the same
+        # transaction as the rows.  Equivocation proofs keep both signed events.  The direct
+        # invitation inbox holds sealed invitations for members who are not subscribed.
+        # Triggers forget a group's traffic with the group.
+        """
+        CREATE TABLE events (
+            group_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            id BLOB NOT NULL,
+            event BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            stored_at INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (group_id, seq)
+        );
+        CREATE INDEX events_age ON events (stored_at);
+        CREATE TABLE event_heads (
+            group_id INTEGER PRIMARY KEY,
+            head_seq INTEGER NOT NULL,
+            head_id BLOB NOT NULL,
+            head_created_at INTEGER NOT NULL,
+            first_seq INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            pruned INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE equivocations (
+            id INTEGER PRIMARY KEY,
+            group_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            kept BLOB NOT NULL,
+            other BLOB NOT NULL,
+            at INTEGER NOT NULL
+        );
+        CREATE INDEX equivocations_group ON equivocations (group_id, seq);
+        CREATE TABLE direct_inbox (
+            id INTEGER PRIMARY KEY,
+            group_id INTEGER NOT NULL,
+            member_key BLOB NOT NULL,
+            request BLOB NOT NULL,
+            stored_at INTEGER NOT NULL
+        );
+        CREATE INDEX direct_inbox_member ON direct_inbox (group_id, member_key, id);
+        CREATE INDEX direct_inbox_age ON direct_inbox (stored_at);
+        CREATE TRIGGER groups_traffic_delete AFTER DELETE ON groups BEGIN
+            DELETE FROM events WHERE group_id = OLD.id;
+            DELETE FROM event_heads WHERE group_id = OLD.id;
+            DELETE FROM equivocations WHERE group_id = OLD.id;
+            DELETE FROM direct_inbox WHERE group_id = OLD.id;
+        END;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,435 @@
+"""Channel traffic at a group address: owners' posts, members' subscriptions, signed heads, discovery.
+
+Intake: a ``post`` is checked on the trio thread as far as it proves itself
+(signer among the owners of the profile the relay holds, size, signature,
+channel), then the chain rules run *inside* the transaction against the head
+row, so two posts for one group are serialised by the single database thread
+and the answer is sent only after COMMIT.  The committed event is published to
+the fan-out in commit order (``Database.transact(on_commit=...)``).
+
+Subscriptions: the membership check, the head and the first page of history
+are one read job; the feed is attached in that job's commit hook, so it goes
+live exactly where its read ended.  Heads are signed per request with the
+relay's identity key; discovery maps the channel tags of the groups served.
+
+Must not: re-encode the owner's signed bytes, or keep any state the database
+does not also hold (the caches here are rebuilt from it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from relay.protocol.admission import JoinState
+from relay.protocol.encoding import encode
+from relay.protocol.errors import ErrorCode, RemoteProtocolError
+from relay.protocol.events import Append, ChainHead, VerifiedEvent, check_append, verify_event
+from relay.protocol.heads import make_head, tag
+from relay.protocol.membership import ACTION_SUBSCRIBE, verify_member_request
+from relay.protocol.messages import (
+    Discover,
+    Discovered,
+    HeadAnswer,
+    Post,
+    PostResult,
+    Profile,
+    ProfileAnswer,
+    Signed,
+    Subscribe,
+    Subscribed,
+)
+from relay.protocol.profile import verify_profile
+from relay.protocol.state import GroupState
+from relay.server.admission import GroupBinding
+from relay.server.config import EventsConfig
+from relay.server.fanout import FanOut, FanoutLimits, Feed, Page, event_message
+from relay.server.http import WebSocket, prepared_message
+from relay.server.metrics import Metrics
+from relay.server.service import GroupService, decode_signed
+from relay.store import events as store
+from relay.store import groups, joins
+
+log = structlog.get_logger("relay.events")
+
+SERVING = (GroupState.ACTIVE, GroupState.SUSPENDED)  # members may read
+MAX_TAG_LOOKUPS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """What the intake needs of a group, from its stored profile (verified again once)."""
+
+    id: int
+    channel: bytes
+    state: GroupState
+    profile_version: int
+    owners: frozenset[bytes]
+    profile: Profile
+    profile_signed: Signed
+
+
+class _StaleView(Exception):
+    """The group changed since its view was made: reload and check again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    status: Append
+    seq: int
+    id: bytes
+    stored: bytes
+    pruned: int = 0
+    equivocation: bool = False  # refused; ``proof_kept`` tells whether a proof row was added
+    proof_kept: bool = False
+
+
+class Channels:
+    def __init__(self, service: GroupService, config: EventsConfig, metrics: Metrics) -> None:
+        self.service = service
+        self.db = service.db
+        self.config = config
+        self.metrics = metrics
+        self.fanout = FanOut(
+            FanoutLimits(
+                buffer_frames=config.send_buffer_frames,
+                buffer_bytes=config.send_buffer_bytes,
+                stall_timeout=config.stall_timeout,
+                page=config.catch_up_page,
+                recent=config.recent_cache,
+            ),
+            metrics,
+            self._read_page,
+        )
+        self._views: dict[int, GroupView] = {}
+        self._tags: dict[bytes, int] | None = None  # tag -> group id, built on first discover
+        self._tags_dirty: set[int] = set()
+        service.group_listeners.append(self.group_changed)
+        service.profile_listeners.append(self.profile_changed)
+
+    # --- caches --------------------------------------------------------------------
+
+    def group_changed(self, group_id: int) -> None:
+        self._views.pop(group_id, None)
+        if self._tags is not None:
+            self._tags_dirty.add(group_id)
+
+    def profile_changed(self, group_id: int, profile: Signed, state: GroupState) -> None:
+        self.group_changed(group_id)
+        self.fanout.push_profile(
+            group_id, prepared_message(encode(ProfileAnswer(profile=profile, state=state.value)))
+        )
+
+    async def view(self, group_id: int) -> GroupView:
+        view = self._views.get(group_id)
+        if view is not None:
+            return view
+        record = await self.db.transact(lambda conn: groups.by_id(conn, group_id))
+        if record is None:
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+        signed = decode_signed(record.profile)
+        verified = verify_profile(signed)
+        view = GroupView(
+            id=record.id,
+            channel=record.channel,
+            state=record.state,
+            profile_version=record.profile_version,
+            owners=frozenset(verified.owners),
+            profile=verified.profile,
+            profile_signed=signed,
+        )
+        if len(self._views) >= 100_000:  # a cache, bounded: forget everything rather than grow
+            self._views.clear()
+        self._views[group_id] = view
+        return view
+
+    # --- post ----------------------------------------------------------------------
+
+    async def post(self, group: GroupBinding, frame: Post) -> PostResult:
+        for _ in range(3):
+            view = await self.view(group.id)
+            try:
+                return await self._post(view, frame)
+            except _StaleView:
+                self._views.pop(group.id, None)
+        raise RemoteProtocolError(ErrorCode.INTERNAL, "the group keeps changing; post again")
+
+    async def _post(self, view: GroupView, frame: Post) -> PostResult:
+        if view.state is not GroupState.ACTIVE:
+            raise RemoteProtocolError(
+                ErrorCode.GROUP_NOT_ACTIVE, f"the group is {view.state.value}; posts need an active group"
+            )
+        verified = verify_event(
+            frame.event, channel=view.channel, owners=view.owners, max_body=self.config.max_body_bytes
+        )
+        stored = encode(frame.event)
+        now = self.service.now()
+        config = self.config
+
+        def apply(conn: sqlite3.Connection) -> _Stored:
+            row = conn.execute(
+                "SELECT state, profile_version FROM groups WHERE id = ?", (view.id,)
+            ).fetchone()
+            if row is None or row[0] != view.state.value or row[1] != view.profile_version:
+                raise _StaleView()
+            return _append(conn, view.id, verified, stored, now, config)
+
+        def publish(result: _Stored) -> None:
+            if result.status is Append.NEW:
+                self.fanout.publish(view.id, result.seq, result.stored)
+
+        result = await self.db.transact(apply, on_commit=publish)
+        if result.equivocation:
+            self.metrics.inc("relay_equivocations_total")
+            log.warning("event.equivocation", group=view.id, seq=result.seq, proof_kept=result.proof_kept)
+            raise RemoteProtocolError(
+                ErrorCode.EQUIVOCATION,
+                f"event {result.seq} already exists with different content; both are kept as proof",
+            )
+        if result.pruned:
+            self.metrics.inc("relay_events_pruned_total", result.pruned, reason="size")
+        self.metrics.inc("relay_events_total", outcome=result.status.value)
+        return PostResult(status=result.status.value, seq=result.seq, id=result.id)
+
+    # --- subscribe -----------------------------------------------------------------
+
+    async def subscribe(
+        self, group: GroupBinding, frame: Subscribe, ws: WebSocket, start: Callable[[Feed], None]
+    ) -> None:
+        """Check and attach a feed; its first frames (``subscribed``, history) are queued on it.
+
+        ``start`` is called with the feed in the commit hook, so the connection can run its
+        sender; nothing is answered here on success.
+        """
+        now = self.service.now()
+        member = frame.request.signer
+        verify_member_request(
+            frame.request,
+            relay_fingerprint=self.service.identity.fingerprint,
+            channel=group.channel,
+            address_id=group.address_id,
+            now=now,
+            max_age=self.service.policy.policy.invitation_max_age,
+            action=ACTION_SUBSCRIBE,
+        )
+        if self.fanout.subscribers >= self.config.max_subscribers:
+            self._subscribers_bound("max_subscribers", self.config.max_subscribers)
+        if self.fanout.feeds_of(group.id) >= self.config.max_subscribers_per_group:
+            self._subscribers_bound("max_subscribers_per_group", self.config.max_subscribers_per_group)
+        since = frame.since
+        history = self.config.history
+        page = self.config.catch_up_page
+        inbox_after = now - self.config.inbox_ttl
+
+        def read(conn: sqlite3.Connection) -> tuple[Subscribed, int, Page, list[bytes]]:
+            record = groups.by_id(conn, group.id)
+            if record is None:
+                raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+            if record.state not in SERVING:
+                raise RemoteProtocolError(
+                    ErrorCode.GROUP_NOT_ACTIVE, f"the group is {record.state.value}; it serves no events"
+                )
+            join = joins.by_member(conn, group.id, member)
+            if join is None or join.status is not JoinState.ADMITTED:
+                raise RemoteProtocolError(
+                    ErrorCode.NOT_A_MEMBER, "this key is not an admitted member of the group"
+                )
+            head = store.head(conn, group.id)
+            cursor = max(0, head.head_seq - history) if since is None else since
+            cursor = max(cursor, head.first_seq - 1) if head.first_seq else cursor
+            rows = store.read_after(conn, group.id, cursor, page)
+            complete = len(rows) < page
+            inbox = store.inbox_take(conn, group.id, member, inbox_after)
+            answer = Subscribed(
+                head_seq=head.head_seq, first_seq=head.first_seq, profile_version=record.profile_version
+            )
+            return answer, cursor, Page(rows, head.head_seq, complete), inbox
+
+        def attach(result: tuple[Subscribed, int, Page, list[bytes]]) -> None:
+            answer, cursor, first, inbox = result
+            feed = self.fanout.attach(group.id, first.head_seq, ws, member)
+            feed.push_control(prepared_message(encode(answer)))
+            for request in inbox:
+                feed.push_control(prepared_message(_DELIVERY_PREFIX + request))
+            feed.sent_seq = feed.queued_seq = cursor
+            events = [(seq, event_message(stored)) for seq, stored in first.events]
+            if first.complete:
+                feed.start_live(cursor, events)
+            else:
+                feed.queue_page(events)
+            start(feed)
+
+        await self.db.transact(read, on_commit=attach)
+        self.metrics.inc("relay_subscriptions_total")
+        log.debug("feed.subscribed", group=group.id, since=since)
+
+    def _subscribers_bound(self, bound: str, limit: int) -> None:
+        self.metrics.inc("relay_bounds_hit_total", bound=bound)
+        log.warning("bound.hit", bound=bound, limit=limit)
+        raise RemoteProtocolError(
+            ErrorCode.RATE_LIMITED, f"this relay serves its maximum of {limit} subscribers; try again later"
+        )
+
+    async def _read_page(self, group_id: int, after: int, limit: int, hook: Callable[[Page], None]) -> Page:
+        def read(conn: sqlite3.Connection) -> Page:
+            head = store.head(conn, group_id)
+            rows = store.read_after(conn, group_id, after, limit)
+            return Page(rows, head.head_seq, len(rows) < limit)
+
+        return await self.db.transact(read, on_commit=hook)
+
+    # --- heads and discovery ---------------------------------------------------------
+
+    async def head(self, group: GroupBinding) -> HeadAnswer:
+        def read(conn: sqlite3.Connection) -> tuple[store.HeadRow, bytes | None]:
+            head = store.head(conn, group.id)
+            return head, store.event_at(conn, group.id, head.head_seq) if head.head_seq else None
+
+        head, event = await self.db.transact(read)
+        return HeadAnswer(head=self._sign_head(group.channel, head), event=_signed(event) if event else None)
+
+    def _sign_head(self, channel: bytes, head: store.HeadRow) -> Signed:
+        identity = self.service.identity
+        return make_head(
+            identity.signing_key,
+            relay_fingerprint=identity.fingerprint,
+            channel=channel,
+            head=ChainHead(head.head_seq, head.head_id, head.head_created_at),
+            now=self.service.now(),
+        )
+
+    async def discover(self, frame: Discover) -> Discovered:
+        index = await self._tag_index()
+        wanted = {index[t]: t for t in frame.tags[:MAX_TAG_LOOKUPS] if t in index}
+        if not wanted:
+            return Discovered(heads=[])
+
+        def read(conn: sqlite3.Connection) -> list[tuple[bytes, store.HeadRow]]:
+            found = []
+            for group_id in wanted:
+                record = groups.by_id(conn, group_id)
+                if record is not None and record.state in SERVING:
+                    found.append((record.channel, store.head(conn, group_id)))
+            return found
+
+        found = await self.db.transact(read)
+        self.metrics.inc("relay_discovered_total", len(found))
+        return Discovered(heads=[self._sign_head(channel, head) for channel, head in found])
+
+    async def _tag_index(self) -> dict[bytes, int]:
+        fingerprint = self.service.identity.fingerprint
+        if self._tags is None:
+            rows = await self.db.transact(
+                lambda conn: conn.execute(
+                    "SELECT id, channel FROM groups WHERE state IN ('active', 'suspended')"
+                ).fetchall()
+            )
+            # HKDF and HMAC per group: off the trio thread, for a relay with many groups.
+            self._tags = await trio.to_thread.run_sync(
+                lambda: {tag(bytes(channel), fingerprint): int(group_id) for group_id, channel in rows}
+            )
+            self._tags_dirty.clear()
+        if self._tags_dirty:
+            dirty, self._tags_dirty = list(self._tags_dirty)[:1000], set()
+            marks = ", ".join("?" for _ in dirty)
+            rows = await self.db.transact(
+                lambda conn: conn.execute(
+                    f"SELECT id, channel FROM groups WHERE id IN ({marks})", dirty
+                ).fetchall()
+            )
+            for group_id, channel in rows:
+                self._tags[tag(bytes(channel), fingerprint)] = int(group_id)
+        return self._tags
+
+    # --- retention ----------------------------------------------------------------------
+
+    async def prune_by_age(self) -> int:
+        """One pass of age retention (bounded per transaction), and expired inbox entries."""
+        before = self.service.now() - self.config.max_age
+        inbox_before = self.service.now() - self.config.inbox_ttl
+        total = 0
+        while True:
+            dropped = await self.db.transact(lambda conn: store.prune_older_than(conn, before, 1000))
+            n = sum(dropped.values())
+            total += n
+            if n == 0:
+                break
+        if total:
+            self.metrics.inc("relay_events_pruned_total", total, reason="age")
+            log.info("events.pruned", reason="age", events=total)
+        expired = await self.db.transact(lambda conn: store.inbox_expire(conn, inbox_before, 10_000))
+        if expired:
+            self.metrics.inc("relay_direct_expired_total", expired)
+        return total
+
+    async def run_pruner(self) -> None:
+        while True:
+            await trio.sleep(self.config.prune_interval)
+            await self.prune_by_age()
+
+
+def _append(
+    conn: sqlite3.Connection,
+    group_id: int,
+    event: VerifiedEvent,
+    stored: bytes,
+    now: int,
+    config: EventsConfig,
+) -> _Stored:
+    """The chain rules against the stored head, then the row; runs on the database thread."""
+    head = store.head(conn, group_id)
+    seq = event.seq
+    existing = store.id_at(conn, group_id, seq) if seq <= head.head_seq else None
+    try:
+        status = check_append(
+            ChainHead(head.head_seq, head.head_id, head.head_created_at),
+            event,
+            existing_id=existing,
+            now=now,
+            max_backdate=config.max_backdate,
+        )
+    except RemoteProtocolError as exc:
+        if exc.code is not ErrorCode.EQUIVOCATION:
+            raise
+        kept = store.event_at(conn, group_id, seq) or b""
+        proof_kept = store.add_equivocation(
+            conn, group_id, seq, kept, stored, now, config.max_equivocations_per_group
+        )
+        return _Stored(Append.NEW, seq, event.id, stored, equivocation=True, proof_kept=proof_kept)
+    if status is Append.DUPLICATE:
+        return _Stored(status, seq, event.id, stored)
+    after = store.append(
+        conn,
+        group_id,
+        head,
+        seq=seq,
+        event_id=event.id,
+        event=stored,
+        created_at=event.event.created_at,
+        now=now,
+    )
+    pruned = store.prune_to_size(conn, group_id, after, config.max_events, config.max_bytes)
+    return _Stored(status, seq, event.id, stored, pruned=pruned)
+
+
+def _signed(blob: bytes) -> Signed:
+    return decode_signed(blob)
+
+
+# The ``direct_invitation`` frame {"type": "direct_invitation", "request": <Signed>} around a
+# stored request, like the event frame: no decoding.
+_DELIVERY_PREFIX = b"\x82\xa4type\xb1direct_invitation\xa7request"
+
+
+def _check_prefixes() -> None:
+    from relay.protocol.messages import DirectInviteDelivery
+
+    probe = Signed(body=b"", signer=bytes(32), sig=bytes(64))
+    assert encode(DirectInviteDelivery(request=probe)) == _DELIVERY_PREFIX + encode(probe)
+
+
+_check_prefixes()

@@ -1,0 +1,346 @@
+"""Fan-out: each group's subscribers, and one bounded feed per subscribed connection.
+
+An event is encoded once into its ``event`` frame and once into WebSocket frame
+bytes (:func:`relay.server.http.prepared_message`), and the same ``bytes`` object
+is queued for every member.  Publishing is synchronous and runs on the trio
+thread in commit order (``Database.transact(on_commit=...)``), so a feed that
+reads the store in a job and goes live in that job's hook can neither miss nor
+repeat an event at the switch-over.
+
+Each feed has a bounded queue and one sender task (in its connection's nursery)
+that joins everything queued into one ``send_all``.  A member whose queue
+overflows is dropped back to catch-up: its queue is discarded and it is fed
+again from the store (or the hub's cache of recent events) from the last event
+it was sent, until it reaches the live events.  A member that accepts nothing
+for ``stall_timeout`` is disconnected.  Nothing here blocks another member.
+
+Must not: decode or re-encode signed bytes, touch the database except through
+the reader it is given, or await while publishing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from relay.protocol.encoding import encode
+from relay.protocol.messages import EventFrame, Signed
+from relay.server.http import ConnectionClosed, WebSocket, prepared_message
+from relay.server.metrics import Metrics
+
+log = structlog.get_logger("relay.fanout")
+
+# The ``event`` frame is the map {"type": "event", "event": <Signed>}: this prefix and the
+# encoded ``Signed`` as stored make the frame without decoding anything.
+EVENT_PREFIX = b"\x82\xa4type\xa5event\xa5event"
+_probe = Signed(body=b"", signer=bytes(32), sig=bytes(64))
+assert encode(EventFrame(event=_probe)) == EVENT_PREFIX + encode(_probe), "EventFrame layout changed"
+MAX_CONTROL = 64  # profile and direct-invitation frames waiting per feed
+
+
+def event_message(stored: bytes) -> bytes:
+    """The WebSocket bytes of the ``event`` frame for an encoded ``Signed`` event."""
+    return prepared_message(EVENT_PREFIX + stored)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one catch-up read found: events after the cursor, and the head at that moment."""
+
+    events: list[tuple[int, bytes]]  # (seq, encoded Signed)
+    head_seq: int
+    complete: bool  # no more events after these (at the moment of the read)
+
+
+# Reads a page of stored events after ``after`` for a group; ``on_commit`` is called with the
+# page on the trio thread in commit order (see Database.transact).
+PageReader = Callable[[int, int, int, Callable[[Page], None]], Awaitable[Page]]
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutLimits:
+    buffer_frames: int
+    buffer_bytes: int
+    stall_timeout: float
+    page: int
+    recent: int
+
+
+class Mode(enum.Enum):
+    CATCH_UP = "catch_up"
+    LIVE = "live"
+
+
+class Hub:
+    """One group's feeds, and its newest events already framed (bounded)."""
+
+    __slots__ = ("feeds", "group_id", "known_from", "live", "members", "profile_message", "recent")
+
+    def __init__(self, group_id: int, head_seq: int) -> None:
+        self.group_id = group_id
+        self.live: set[Feed] = set()
+        self.feeds = 0
+        self.members: dict[bytes, Feed] = {}  # member key -> its newest feed (direct invitations)
+        # ``recent`` holds every event from ``known_from`` on: the hub was made in the hook of
+        # a read that saw the head, and every later commit is published to it.
+        self.recent: deque[tuple[int, bytes]] = deque()
+        self.known_from = head_seq + 1
+        self.profile_message: bytes | None = None
+
+    def covers(self, cursor: int) -> bool:
+        return cursor + 1 >= self.known_from
+
+
+class Feed:
+    """One subscribed connection: a bounded queue and the task that sends it."""
+
+    __slots__ = (
+        "_waiter",
+        "closed",
+        "control",
+        "fanout",
+        "hub",
+        "lagged",
+        "member",
+        "mode",
+        "queue",
+        "queued_bytes",
+        "queued_seq",
+        "sent_seq",
+        "ws",
+    )
+
+    def __init__(self, fanout: FanOut, hub: Hub, ws: WebSocket, member: bytes) -> None:
+        self.fanout = fanout
+        self.hub = hub
+        self.ws = ws
+        self.member = member
+        self.mode = Mode.CATCH_UP
+        self.queue: list[bytes] = []
+        self.queued_bytes = 0
+        self.queued_seq = 0  # the newest event queued (or sent): later ones only go live
+        self.sent_seq = 0  # the newest event handed to the socket: catch-up resumes after it
+        self.control: list[bytes] = []
+        self._waiter: trio.lowlevel.Task | None = None
+        self.closed = False
+        self.lagged = 0
+
+    # --- called on the trio thread by publishers (never blocks) ---------------------
+
+    def push_event(self, seq: int, message: bytes) -> None:
+        if seq <= self.queued_seq:
+            return
+        limits = self.fanout.limits
+        if len(self.queue) >= limits.buffer_frames or self.queued_bytes + len(message) > limits.buffer_bytes:
+            self._lag()
+            return
+        self.queue.append(message)
+        self.queued_bytes += len(message)
+        self.queued_seq = seq
+        self._wake()
+
+    def push_control(self, message: bytes) -> bool:
+        """Queue a profile or direct-invitation frame; False if too many are waiting."""
+        if self.closed or len(self.control) >= MAX_CONTROL:
+            return False
+        self.control.append(message)
+        self._wake()
+        return True
+
+    def _lag(self) -> None:
+        """Too far behind: forget the queue, catch up from the store after what was sent."""
+        self.hub.live.discard(self)
+        self.mode = Mode.CATCH_UP
+        self.queue = []
+        self.queued_bytes = 0
+        self.queued_seq = self.sent_seq
+        self.lagged += 1
+        self.fanout.lagging(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
+
+    async def _park(self) -> None:
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    # --- the sender task ----------------------------------------------------------
+
+    def queue_page(self, events: list[tuple[int, bytes]]) -> None:
+        """Queue a page of catch-up (the queue is empty: only a feed in catch-up gets one)."""
+        for seq, message in events:
+            self.queue.append(message)
+            self.queued_bytes += len(message)
+            self.queued_seq = seq
+
+    def start_live(self, after: int, events: list[tuple[int, bytes]]) -> None:
+        """Switch to live after queueing ``events`` (in the hook of a read, or from the cache)."""
+        for seq, message in events:
+            self.queue.append(message)
+            self.queued_bytes += len(message)
+            self.queued_seq = seq
+        self.queued_seq = max(self.queued_seq, after)
+        self.mode = Mode.LIVE
+        self.hub.live.add(self)
+        self._wake()
+
+    async def run(self) -> None:
+        """Send until the connection ends; raises ConnectionClosed when the member is gone."""
+        fanout = self.fanout
+        while True:
+            if self.control:
+                data = b"".join(self.control)
+                self.control = []
+                await self._send(data)
+                continue
+            if self.queue:
+                batch = self.queue
+                last = self.queued_seq
+                self.queue = []
+                self.queued_bytes = 0
+                await self._send(b"".join(batch) if len(batch) > 1 else batch[0])
+                # Only if still in step: a lag during the send reset queued_seq to what was
+                # sent before this batch, and catch-up resumes after this batch instead.
+                self.sent_seq = max(self.sent_seq, last)
+                if self.mode is Mode.CATCH_UP:
+                    self.queued_seq = self.sent_seq
+                continue
+            if self.mode is Mode.CATCH_UP:
+                await fanout.catch_up(self)
+                continue
+            await self._park()
+
+    async def _send(self, data: bytes) -> None:
+        with trio.move_on_after(self.fanout.limits.stall_timeout) as scope:
+            await self.ws.send_prepared(data)
+        if scope.cancelled_caught:
+            self.fanout.stalled(self)
+            raise ConnectionClosed()
+
+
+class FanOut:
+    """Every group's hub; publishing, subscribing and catching up."""
+
+    def __init__(self, limits: FanoutLimits, metrics: Metrics, reader: PageReader) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self.reader = reader
+        self.hubs: dict[int, Hub] = {}
+        self.subscribers = 0
+
+    def publish(self, group_id: int, seq: int, stored: bytes) -> None:
+        """A committed event: frame it once and queue it for every live member (trio thread)."""
+        hub = self.hubs.get(group_id)
+        if hub is None:
+            return
+        message = event_message(stored)
+        if self.limits.recent:
+            hub.recent.append((seq, message))
+            if len(hub.recent) > self.limits.recent:
+                hub.recent.popleft()
+                hub.known_from = hub.recent[0][0]
+        else:
+            hub.known_from = seq + 1
+        for feed in tuple(hub.live):
+            feed.push_event(seq, message)
+        self.metrics.inc("relay_events_delivered_total", len(hub.live))
+
+    def push_profile(self, group_id: int, message: bytes) -> None:
+        hub = self.hubs.get(group_id)
+        if hub is None:
+            return
+        hub.profile_message = message
+        for feed in tuple(hub.live):
+            feed.push_control(message)
+
+    def feeds_of(self, group_id: int) -> int:
+        hub = self.hubs.get(group_id)
+        return 0 if hub is None else hub.feeds
+
+    def attach(self, group_id: int, head_seq: int, ws: WebSocket, member: bytes) -> Feed:
+        """A new feed for a connection, in catch-up mode; call in the hook of its first read."""
+        hub = self.hubs.get(group_id)
+        if hub is None:
+            hub = self.hubs[group_id] = Hub(group_id, head_seq)
+        hub.feeds += 1
+        self.subscribers += 1
+        self.metrics.set("relay_subscribers", self.subscribers)
+        feed = Feed(self, hub, ws, member)
+        hub.members[member] = feed
+        return feed
+
+    def feed_of(self, group_id: int, member: bytes) -> Feed | None:
+        hub = self.hubs.get(group_id)
+        return None if hub is None else hub.members.get(member)
+
+    def detach(self, feed: Feed) -> None:
+        if feed.closed:
+            return
+        feed.closed = True
+        hub = feed.hub
+        hub.live.discard(feed)
+        if hub.members.get(feed.member) is feed:
+            del hub.members[feed.member]
+        hub.feeds -= 1
+        self.subscribers -= 1
+        self.metrics.set("relay_subscribers", self.subscribers)
+        if hub.feeds == 0 and self.hubs.get(hub.group_id) is hub:
+            del self.hubs[hub.group_id]
+
+    async def catch_up(self, feed: Feed) -> None:
+        """One step of catch-up: from the hub's recent events if they reach back far enough,
+        else one page from the store; goes live when nothing is left."""
+        hub = feed.hub
+        cursor = feed.sent_seq
+        if hub.covers(cursor):
+            feed.start_live(cursor, [(s, m) for s, m in hub.recent if s > cursor])
+            self._caught_up(feed)
+            return
+
+        def hook(page: Page) -> None:
+            if feed.closed:
+                return
+            events = [(seq, event_message(stored)) for seq, stored in page.events]
+            if page.complete:
+                feed.start_live(cursor, events)
+                self._caught_up(feed)
+            else:
+                feed.queue_page(events)
+
+        await self.reader(hub.group_id, cursor, self.limits.page, hook)
+
+    def _caught_up(self, feed: Feed) -> None:
+        if feed.lagged and feed.hub.profile_message is not None:
+            feed.push_control(feed.hub.profile_message)  # it may have missed a profile push
+
+    def lagging(self, feed: Feed) -> None:
+        self.metrics.inc("relay_bounds_hit_total", bound="send_buffer")
+        self.metrics.inc("relay_feed_lagging_total")
+        if feed.lagged == 1:  # once per connection: a slow member would flood the log
+            log.warning(
+                "feed.lagging",
+                group=feed.hub.group_id,
+                seq=feed.sent_seq,
+                limit_frames=self.limits.buffer_frames,
+                limit_bytes=self.limits.buffer_bytes,
+            )
+
+    def stalled(self, feed: Feed) -> None:
+        self.metrics.inc("relay_feed_stalled_total")
+        log.warning(
+            "feed.stalled", group=feed.hub.group_id, seq=feed.sent_seq, timeout=self.limits.stall_timeout
+        )

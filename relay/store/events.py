@@ -1,0 +1,263 @@
+"""Owner events, equivocation proofs and the direct-invitation inbox, as rows.
+
+Functions here run on the database worker thread inside a transaction opened by
+:class:`relay.store.db.Database`.  An event is stored as the encoded ``Signed``
+the owner sent (its body bytes exactly as signed) and never rewritten.  The
+per-group summary in ``event_heads`` (head, oldest kept, count, bytes) is kept
+in the same transaction as the rows, so a post reads one small row, not the log.
+Retention drops the oldest events first and never the head.  No policy here:
+the chain rules come from ``relay.protocol.events``, the bounds from the caller.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from relay.protocol.events import GENESIS
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRow:
+    """A group's log as a whole: its newest event and what retention keeps."""
+
+    head_seq: int = 0
+    head_id: bytes = GENESIS
+    head_created_at: int = 0
+    first_seq: int = 0  # the oldest event kept (0: none)
+    count: int = 0
+    bytes: int = 0
+    pruned: int = 0  # events dropped by retention, ever
+
+
+_HEAD = "head_seq, head_id, head_created_at, first_seq, count, bytes, pruned"
+
+
+def head(conn: sqlite3.Connection, group_id: int) -> HeadRow:
+    row = conn.execute(f"SELECT {_HEAD} FROM event_heads WHERE group_id = ?", (group_id,)).fetchone()
+    return HeadRow(*row) if row else HeadRow()
+
+
+def id_at(conn: sqlite3.Connection, group_id: int, seq: int) -> bytes | None:
+    row = conn.execute("SELECT id FROM events WHERE group_id = ? AND seq = ?", (group_id, seq)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def event_at(conn: sqlite3.Connection, group_id: int, seq: int) -> bytes | None:
+    row = conn.execute("SELECT event FROM events WHERE group_id = ? AND seq = ?", (group_id, seq)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def append(
+    conn: sqlite3.Connection,
+    group_id: int,
+    before: HeadRow,
+    *,
+    seq: int,
+    event_id: bytes,
+    event: bytes,
+    created_at: int,
+    now: int,
+) -> HeadRow:
+    """Store the event after ``before`` (the caller checked the chain); returns the new head."""
+    conn.execute(
+        "INSERT INTO events (group_id, seq, id, event, created_at, stored_at, size) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (group_id, seq, event_id, event, created_at, now, len(event)),
+    )
+    after = HeadRow(
+        head_seq=seq,
+        head_id=event_id,
+        head_created_at=created_at,
+        first_seq=before.first_seq or seq,
+        count=before.count + 1,
+        bytes=before.bytes + len(event),
+        pruned=before.pruned,
+    )
+    conn.execute(
+        f"INSERT OR REPLACE INTO event_heads (group_id, {_HEAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (group_id, *_values(after)),
+    )
+    return after
+
+
+def _values(row: HeadRow) -> tuple[object, ...]:
+    return (row.head_seq, row.head_id, row.head_created_at, row.first_seq, row.count, row.bytes, row.pruned)
+
+
+def prune_to_size(
+    conn: sqlite3.Connection, group_id: int, current: HeadRow, max_events: int, max_bytes: int
+) -> int:
+    """Drop the oldest events until the group is within both bounds (never the head)."""
+    excess_events = current.count - max_events
+    excess_bytes = current.bytes - max_bytes
+    if excess_events <= 0 and excess_bytes <= 0:
+        return 0
+    upto = 0
+    dropped = dropped_bytes = 0
+    cursor = conn.execute(
+        "SELECT seq, size FROM events WHERE group_id = ? AND seq < ? ORDER BY seq",
+        (group_id, current.head_seq),
+    )
+    for seq, size in cursor:
+        if dropped >= excess_events and dropped_bytes >= excess_bytes:
+            break
+        upto, dropped, dropped_bytes = seq, dropped + 1, dropped_bytes + size
+    cursor.close()
+    return _drop_through(conn, group_id, current, upto, dropped, dropped_bytes)
+
+
+def prune_through(conn: sqlite3.Connection, group_id: int, upto: int) -> int:
+    """Drop the group's events up to ``upto`` inclusive (never the head); returns how many."""
+    current = head(conn, group_id)
+    upto = min(upto, current.head_seq - 1)
+    if upto < current.first_seq:
+        return 0
+    dropped, dropped_bytes = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE group_id = ? AND seq <= ?",
+        (group_id, upto),
+    ).fetchone()
+    return _drop_through(conn, group_id, current, upto, int(dropped), int(dropped_bytes))
+
+
+def _drop_through(
+    conn: sqlite3.Connection, group_id: int, current: HeadRow, upto: int, dropped: int, dropped_bytes: int
+) -> int:
+    if dropped == 0:
+        return 0
+    conn.execute("DELETE FROM events WHERE group_id = ? AND seq <= ?", (group_id, upto))
+    conn.execute(
+        "UPDATE event_heads SET first_seq = ?, count = count - ?, bytes = bytes - ?, pruned = pruned + ? "
+        "WHERE group_id = ?",
+        (upto + 1, dropped, dropped_bytes, dropped, group_id),
+    )
+    return dropped
+
+
+def prune_older_than(conn: sqlite3.Connection, stored_before: int, limit: int) -> dict[int, int]:
+    """Age retention: drop up to about ``limit`` events stored before the time, oldest first.
+
+    Returns the events dropped per group.  A group's newest event is kept whatever its age.
+    """
+    rows = conn.execute(
+        "SELECT group_id, max(seq) FROM (SELECT group_id, seq FROM events INDEXED BY events_age "
+        "WHERE stored_at < ? ORDER BY stored_at LIMIT ?) GROUP BY group_id",
+        (stored_before, limit),
+    ).fetchall()
+    dropped: dict[int, int] = {}
+    for group_id, upto in rows:
+        n = prune_through(conn, group_id, upto)
+        if n:
+            dropped[group_id] = n
+    return dropped
+
+
+def read_after(conn: sqlite3.Connection, group_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
+    """Up to ``limit`` stored events after ``after``, oldest first, as (seq, encoded Signed)."""
+    return [
+        (seq, bytes(event))
+        for seq, event in conn.execute(
+            "SELECT seq, event FROM events WHERE group_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (group_id, after, limit),
+        )
+    ]
+
+
+# --- equivocation proofs ----------------------------------------------------------
+
+
+def add_equivocation(
+    conn: sqlite3.Connection, group_id: int, seq: int, kept: bytes, other: bytes, now: int, keep: int
+) -> bool:
+    """Keep both signed events as proof; False when the group already holds ``keep`` proofs
+    (or this very pair)."""
+    (held,) = conn.execute("SELECT count(*) FROM equivocations WHERE group_id = ?", (group_id,)).fetchone()
+    if held >= keep:
+        return False
+    same = conn.execute(
+        "SELECT 1 FROM equivocations WHERE group_id = ? AND seq = ? AND other = ?", (group_id, seq, other)
+    ).fetchone()
+    if same is not None:
+        return False
+    conn.execute(
+        "INSERT INTO equivocations (group_id, seq, kept, other, at) VALUES (?, ?, ?, ?, ?)",
+        (group_id, seq, kept, other, now),
+    )
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Equivocation:
+    group_id: int
+    seq: int
+    kept: bytes
+    other: bytes
+    at: int
+
+
+def equivocations(conn: sqlite3.Connection, group_id: int, limit: int = 100) -> list[Equivocation]:
+    return [
+        Equivocation(g, s, bytes(k), bytes(o), a)
+        for g, s, k, o, a in conn.execute(
+            "SELECT group_id, seq, kept, other, at FROM equivocations WHERE group_id = ? ORDER BY id LIMIT ?",
+            (group_id, limit),
+        )
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    events: int = 0
+    bytes: int = 0
+    pruned: int = 0
+    equivocations: int = 0
+    inbox: int = 0
+
+
+def totals(conn: sqlite3.Connection) -> Totals:
+    """For metrics and stats: sums over the per-group summaries (one row per group)."""
+    events, size, pruned = conn.execute(
+        "SELECT coalesce(sum(count), 0), coalesce(sum(bytes), 0), coalesce(sum(pruned), 0) FROM event_heads"
+    ).fetchone()
+    (proofs,) = conn.execute("SELECT count(*) FROM equivocations").fetchone()
+    (inbox,) = conn.execute("SELECT count(*) FROM direct_inbox").fetchone()
+    return Totals(int(events), int(size), int(pruned), int(proofs), int(inbox))
+
+
+# --- the direct-invitation inbox ----------------------------------------------------
+
+
+def inbox_add(
+    conn: sqlite3.Connection, group_id: int, member_key: bytes, request: bytes, now: int, limit: int
+) -> bool:
+    """Keep an invitation for a member who is not subscribed; False when its inbox is full."""
+    (held,) = conn.execute(
+        "SELECT count(*) FROM direct_inbox WHERE group_id = ? AND member_key = ?", (group_id, member_key)
+    ).fetchone()
+    if held >= limit:
+        return False
+    conn.execute(
+        "INSERT INTO direct_inbox (group_id, member_key, request, stored_at) VALUES (?, ?, ?, ?)",
+        (group_id, member_key, request, now),
+    )
+    return True
+
+
+def inbox_take(conn: sqlite3.Connection, group_id: int, member_key: bytes, stored_after: int) -> list[bytes]:
+    """The member's waiting invitations, oldest first, removed from the inbox (expired ones too)."""
+    rows = conn.execute(
+        "SELECT id, request, stored_at FROM direct_inbox WHERE group_id = ? AND member_key = ? ORDER BY id",
+        (group_id, member_key),
+    ).fetchall()
+    if rows:
+        conn.execute("DELETE FROM direct_inbox WHERE group_id = ? AND member_key = ?", (group_id, member_key))
+    return [bytes(request) for _, request, stored_at in rows if stored_at >= stored_after]
+
+
+def inbox_expire(conn: sqlite3.Connection, stored_before: int, limit: int) -> int:
+    cursor = conn.execute(
+        "DELETE FROM direct_inbox WHERE id IN (SELECT id FROM direct_inbox INDEXED BY direct_inbox_age "
+        "WHERE stored_at < ? ORDER BY stored_at LIMIT ?)",
+        (stored_before, limit),
+    )
+    return cursor.rowcount
