@@ -59,12 +59,17 @@ SERVERS = {
 def fanout_config(path: Path, extra: str = "") -> Path:
     """The defaults, except what a benchmark member or publisher would hit: the per-connection
     request rate (a publisher sends thousands of posts per second), the idle time-out (members
-    only read), the connection bound (5,000 members) and the join queue bound."""
+    only read), the connection bound (5,000 members), the join queue bound, and the per-member
+    send buffer (see below)."""
     path.write_text(
         "# Written by python -m benchmarks.fanout.\n"
         "[server]\nrequests_per_second = 1000000.0\nrequest_burst = 1000000\n"
         "idle_timeout = 3600.0\nmax_connections = 20000\n"
-        f"[members]\nmax_queued_per_group = 200000\n{extra}"
+        f"[members]\nmax_queued_per_group = 200000\n"
+        # Small enough that the stalled member's queue overflows within the 10 s run (the
+        # default, 1024 frames, takes 20 s at 50 posts/s): the drop to catch-up is exercised.
+        # The max-rate runs keep at most --window (8) posts in flight, far under it.
+        f"[events]\nsend_buffer_frames = 128\n{extra}"
     )
     return path
 
