@@ -7,6 +7,9 @@
 
 3. With ``--joins``: the members' join benchmarks of :mod:`benchmarks.joins` (throughput, fairness,
    restart), also runnable alone as ``python -m benchmarks.joins``.
+4. With ``--fanout``: the channel traffic benchmarks of :mod:`benchmarks.fanout` (fan-out to
+   members against a bare broadcast baseline, signed events accepted, memory per member, a
+   stalled member), also runnable alone as ``python -m benchmarks.fanout``.
 
 ``--quick`` is a smoke run of a few seconds; ``--json FILE`` also writes every figure as JSON
 (``benchmarks/results/`` is git-ignored for that).
@@ -25,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import joins, machine
+from benchmarks import fanout, joins, machine
 from benchmarks.runs import Growth, Throughput, growth, throughput
 
 AIM_RATE = 500.0  # invitations per second on the 2-core reference machine
@@ -73,6 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--joins", action="store_true", help="also run the join benchmarks (python -m benchmarks.joins)"
     )
     joins.add_arguments(p)
+    p.add_argument(
+        "--fanout", action="store_true", help="also run the fan-out benchmarks (python -m benchmarks.fanout)"
+    )
+    fanout.add_arguments(p)
     args = p.parse_args(argv)
     quick = args.quick
     args.groups = args.groups or (1000 if quick else 10_000)
@@ -87,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--repeat, --owners and --processes need positive numbers")
     if args.joins:
         joins.resolve(args)
+    if args.fanout:
+        fanout.resolve(args)
     return args
 
 
@@ -393,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.joins:
             print()
             result["joins"] = joins.run(args)
+        if args.fanout:
+            print()
+            result["fanout"] = fanout.run(args)
     finally:
         if args.keep:
             print(f"kept: {work} (servers) and {owners} (owner states)", file=sys.stderr)
@@ -404,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     failed = sum(t.result.errors for t in [*runs, *(grown.loads if grown else [])])
     failed += result.get("joins", {}).get("errors", 0)
+    failed += result.get("fanout", {}).get("errors", 0)
     return 1 if failed else 0
 
 

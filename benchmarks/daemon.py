@@ -21,7 +21,7 @@ from typing import Any, Self
 import httpx
 import psutil
 
-READY_EVENTS = ("relay.ready", "echo.ready")
+READY_EVENTS = ("relay.ready", "echo.ready", "fanout.ready")
 DB_FILES = ("relay.db", "relay.db-wal")
 
 

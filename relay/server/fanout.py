@@ -8,7 +8,10 @@ reads the store in a job and goes live in that job's hook can neither miss nor
 repeat an event at the switch-over.
 
 Each feed has a bounded queue and one sender task (in its connection's nursery)
-that joins everything queued into one ``send_all``.  A member whose queue
+that joins everything queued into one ``send_all``.  A feed whose sender is idle
+gets a new event written straight to its socket by the publisher
+(:meth:`relay.server.http.WebSocket.send_now`: one system call, no task switch),
+and only falls back to its queue when the socket is full.  A member whose queue
 overflows is dropped back to catch-up: its queue is discarded and it is fed
 again from the store (or the hub's cache of recent events) from the last event
 it was sent, until it reaches the live events.  A member that accepts nothing
@@ -141,6 +144,13 @@ class Feed:
         if len(self.queue) >= limits.buffer_frames or self.queued_bytes + len(message) > limits.buffer_bytes:
             self._lag()
             return
+        if self._waiter is not None and not self.queue and not self.control and self.ws.send_now(message):
+            # The sender was parked with nothing queued and the socket took the frame at
+            # once: no task switch, no await.  A part left unsent is flushed by the sender.
+            self.queued_seq = self.sent_seq = seq
+            if self.ws.unsent:
+                self._wake()
+            return
         self.queue.append(message)
         self.queued_bytes += len(message)
         self.queued_seq = seq
@@ -213,6 +223,9 @@ class Feed:
         """Send until the connection ends; raises ConnectionClosed when the member is gone."""
         fanout = self.fanout
         while True:
+            if self.ws.unsent:
+                await self._send(b"")  # the rest of a frame the fast path wrote in part
+                continue
             if self.control:
                 data = b"".join(self.control)
                 self.control = []
