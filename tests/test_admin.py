@@ -88,6 +88,9 @@ def test_stats(relay: RunningRelay) -> None:
     assert out["connections"] == {"open": 0, "total": 0}
     assert 0 <= float(out["uptime_seconds"]) < 60 and abs(int(out["started"]) - time.time()) < 60  # type: ignore[arg-type]
     assert set(out["db"]) == {"commits", "jobs", "largest_batch", "commit_seconds", "queue_full"}  # type: ignore[arg-type]
+    assert out["members"] == {"admitted": 0, "held": 0, "pending_approval": 0}
+    traffic = ("stored", "bytes", "pruned", "equivocations", "inbox", "subscribers")
+    assert out["events"] == dict.fromkeys(traffic, 0)
     code, text, _ = run("admin", "stats", "--admin", relay.admin_listen)  # the human form too
     assert code == 0 and "uptime_seconds: " in text and '"active": 0' in text
 

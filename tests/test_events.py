@@ -123,6 +123,9 @@ async def test_equivocation_is_refused_and_both_events_are_kept(relay: RunningRe
             owner.owner_key, channel=owner.channel, after=ChainHead(), body=b"another one", now=now()
         )
         await session.expect_error(Post(event=other), "equivocation")
+    # the operator sees the proof counted, beside the one event kept
+    stats = httpx.get(f"{relay.admin_url}/admin/stats").json()["events"]
+    assert (stats["stored"], stats["equivocations"]) == (1, 1) and stats["bytes"] > len(b"one")
     assert relay.stop() == 0
     db = sqlite3.connect(relay.data / "relay.db")
     rows = db.execute("SELECT seq, kept, other FROM equivocations").fetchall()

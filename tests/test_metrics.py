@@ -14,7 +14,7 @@ from relayproc import RelayFactory
 
 from relay.client import add_relay, create_channel, publish
 from relay.protocol.encoding import b64e
-from relay.server.metrics import Metrics
+from relay.server.metrics import SPECS, Metrics
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
@@ -102,3 +102,8 @@ def test_histogram_buckets_are_inclusive_and_cumulative() -> None:
     buckets = {labels["le"]: v for labels, v in samples["relay_db_batch_size_bucket"]}
     assert (buckets["1"], buckets["2"], buckets["4"], buckets["512"], buckets["+Inf"]) == (2, 3, 4, 4, 5)
     assert samples["relay_db_batch_size_sum"][0][1] == 607
+
+
+def test_the_operations_guide_describes_every_metric() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    assert [name for name in SPECS if f"| `{name}` |" not in guide] == []

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import msgspec
 import pytest
+import trio
 
 from relay.server.config import Config, load_config
+from relay.server.public import keep_alive
 
 ROOT = Path(__file__).parent.parent
 
@@ -106,3 +109,23 @@ def test_docker_image_builds() -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_public_connections_get_tcp_keepalive() -> None:
+    """A subscribed member has no idle time-out: the kernel's keepalive finds a vanished one."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = trio.socket.socket()
+    await client.connect(listener.getsockname())
+    accepted, _ = await listener.accept()
+    on, off = trio.SocketStream(accepted), trio.SocketStream(client)
+    keep_alive(on, Config().server.tcp_keepalive)
+    keep_alive(off, 0)
+    assert on.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert on.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    assert on.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 15
+    assert off.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+    for stream in (on, off):
+        await stream.aclose()
+    listener.close()

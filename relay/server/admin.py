@@ -26,7 +26,7 @@ from relay.protocol.errors import ProtocolError
 from relay.server.http import HttpRequest, HttpResponse, serve_http_connection
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
-from relay.store import groups, joins
+from relay.store import events, groups, joins
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
 
@@ -208,6 +208,8 @@ class AdminEndpoint:
 
     async def _stats(self) -> dict[str, object]:
         counts = await self.service.db.transact(groups.count_by_state)
+        queue = await self.service.db.transact(joins.totals)
+        traffic = await self.service.db.transact(events.totals)
         db = self.service.db.stats
         now = time.time()
         return {
@@ -218,6 +220,15 @@ class AdminEndpoint:
             "connections": {
                 "open": self.open_connections(),
                 "total": int(self.metrics.get("relay_connections_total")),
+            },
+            "members": {"admitted": queue.members, "held": queue.held, "pending_approval": queue.pending},
+            "events": {
+                "stored": traffic.events,
+                "bytes": traffic.bytes,
+                "pruned": traffic.pruned,
+                "equivocations": traffic.equivocations,
+                "inbox": traffic.inbox,
+                "subscribers": int(self.metrics.get("relay_subscribers")),
             },
             "db": {
                 "commits": db.commits,
@@ -271,6 +282,11 @@ class AdminEndpoint:
         self.metrics.set("relay_queue_pending_approval", totals.pending)
         self.metrics.set("relay_queue_dead", totals.dead)
         self.metrics.set("relay_members", totals.members)
+        traffic = await self.service.db.transact(events.totals)
+        self.metrics.set("relay_events_stored", traffic.events)
+        self.metrics.set("relay_events_stored_bytes", traffic.bytes)
+        self.metrics.set("relay_equivocations", traffic.equivocations)
+        self.metrics.set("relay_direct_inbox", traffic.inbox)
         counts = await self.service.db.transact(groups.count_by_state)
         for state in _STATES:
             self.metrics.set("relay_groups", counts.get(state, 0), state=state)

@@ -36,6 +36,9 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     shutdown_grace: PositiveSeconds = 10.0
     requests_per_second: PositiveSeconds = 20.0
     request_burst: Annotated[int, Meta(ge=1)] = 40
+    # TCP keepalive on public connections: a subscribed member has no idle time-out, so the
+    # kernel's probes are what find a peer that vanished (and keep NAT mappings open).  0: off.
+    tcp_keepalive: Annotated[int, Meta(ge=0, le=86_400)] = 60
 
 
 class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):

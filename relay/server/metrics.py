@@ -68,6 +68,10 @@ SPECS: dict[str, Spec] = {
         "counter", "Posts refused as equivocation (a different event at a taken seq)"
     ),
     "relay_subscribers": Spec("gauge", "Subscribed member connections now"),
+    "relay_events_stored": Spec("gauge", "Owner events kept, over all groups"),
+    "relay_events_stored_bytes": Spec("gauge", "Bytes of owner events kept, over all groups"),
+    "relay_equivocations": Spec("gauge", "Equivocation proofs kept (two events at one sequence number)"),
+    "relay_direct_inbox": Spec("gauge", "Direct invitations waiting for members who are not subscribed"),
     "relay_subscriptions_total": Spec("counter", "Subscriptions accepted"),
     "relay_feed_lagging_total": Spec("counter", "Member feeds dropped back to catch-up (send buffer full)"),
     "relay_feed_stalled_total": Spec(

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import math
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -131,6 +132,7 @@ class PublicEndpoint:
             await stream.aclose()
             return
         self.open_connections += 1
+        keep_alive(stream, self.config.tcp_keepalive)
         self.metrics.inc("relay_connections_total")
         self.metrics.set("relay_connections_open", self.open_connections)
         try:
@@ -456,6 +458,22 @@ def _raise(exc: RemoteProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
         raise exc
 
     return wait
+
+
+def keep_alive(stream: trio.SocketStream, idle: int) -> None:
+    """Let the kernel probe an idle connection: a subscribed member has no idle time-out.
+
+    Costs no task and no timer per connection, which a WebSocket ping loop would.  The
+    per-socket timings are Linux's; elsewhere the system's keepalive defaults apply.
+    """
+    if idle <= 0:
+        return
+    with contextlib.suppress(OSError):
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 4))
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
 def _peer(stream: trio.SocketStream) -> str:
