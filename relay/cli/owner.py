@@ -1,0 +1,262 @@
+"""The channel owners' commands: ``relay owner ...``.
+
+Creating a channel, inviting and dropping relays, publishing the profile,
+posting, co-owners, and the admission decisions the relays ask the owners
+for.  Each command loads the owner's state file, calls ``relay.client`` and
+turns its answer into one dict.  This module must not speak the protocol or
+sign anything itself (``relay.client`` does), and must not print.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from relay.cli.common import Failure, add_command, state_path
+
+
+def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import create_channel
+    from relay.protocol.encoding import b64e
+
+    path = state_path(args)
+    if path.exists():
+        raise Failure(f"{path} already exists; it holds another channel's secrets")
+    state = create_channel(
+        args.name,
+        kind=args.kind,
+        description=args.description,
+        admission=args.admission,
+        max_members=args.max_members,
+    )
+    state.save(path)
+    return {
+        "status": "ok",
+        "channel": b64e(state.channel),
+        "kind": state.kind,
+        "name": state.name,
+        "state": str(path),
+    }
+
+
+def cmd_owner_add_relay(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, add_relay
+
+    path = state_path(args)
+    state = OwnerState.load(path)
+    result = trio.run(add_relay, state, path, args.relay_address)
+    out = {k: v for k, v in result.__dict__.items() if v is not None}
+    if result.status == "refused":
+        raise Failure(result.reason or "refused", **{**out, "status": "refused"})
+    return out
+
+
+def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, publish
+
+    path = state_path(args)
+    state = OwnerState.load(path)
+    if args.admission is not None:
+        state.admission = args.admission
+    if args.max_members is not None:
+        state.max_members = args.max_members
+    return _published(trio.run(publish, state, path))
+
+
+def _published(result: Any) -> dict[str, Any]:
+    """A publish's answer; a relay that did not take the profile makes it a failure."""
+    out = {"status": "ok", "version": result.version, "link": result.link, "relays": result.relays}
+    if any(r.get("status") == "error" for r in result.relays):
+        raise Failure("a relay did not take the new profile", **{**out, "status": "error"})
+    return out
+
+
+def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, remove_relay
+
+    path = state_path(args)
+    state = OwnerState.load(path)
+    return _published(trio.run(remove_relay, state, path, args.relay_address))
+
+
+def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+    from relay.client.posting import post
+
+    if (args.text is None) == (args.file is None):
+        raise Failure("give the post as TEXT or with --file PATH (one of them)", code="usage")
+    try:
+        body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise Failure(f"cannot read {args.file}: {exc.strerror}", code="no_file") from None
+    path = state_path(args)
+    state = OwnerState.load(path)
+    outcome = trio.run(partial(post, state, path, body, content_type=args.content_type))
+    relays = [{k: v for k, v in r.__dict__.items() if v not in (None, 0)} for r in outcome.relays]
+    out = {"status": "ok", "seq": outcome.seq, "id": outcome.id, "relays": relays}
+    if all(r["status"] == "error" for r in relays):
+        first = relays[0]
+        raise Failure(str(first.get("reason")), **{**out, "status": "error", "code": first.get("code")})
+    return out
+
+
+def cmd_owner_new_key(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owners import new_key
+
+    path = state_path(args)
+    if path.exists():
+        raise Failure(f"{path} already exists; it holds another owner's secrets")
+    return {"status": "ok", "owner_key": new_key(path), "state": str(path)}
+
+
+def cmd_owner_add_owner(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+    from relay.client.owners import add_owner, write_share
+
+    path = state_path(args)
+    state = OwnerState.load(path)
+    result = _published(trio.run(add_owner, state, path, args.owner_key))
+    if args.share:
+        write_share(state, Path(args.share))
+        result["share"] = args.share
+    return result
+
+
+def cmd_owner_remove_owner(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+    from relay.client.owners import remove_owner
+
+    path = state_path(args)
+    return _published(trio.run(remove_owner, OwnerState.load(path), path, args.owner_key))
+
+
+def cmd_owner_adopt(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owners import adopt
+    from relay.protocol.encoding import b64e
+
+    path = state_path(args)
+    state = adopt(path, Path(args.share))
+    return {"status": "ok", "channel": b64e(state.channel), "name": state.name, "state": str(path)}
+
+
+def cmd_owner_link(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState
+
+    state = OwnerState.load(state_path(args))
+    if not state.listed_addresses():
+        raise Failure("no relay has granted this channel an address yet (run 'relay owner add-relay')")
+    return {"status": "ok", "link": str(state.link())}
+
+
+def cmd_owner_log(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.owner import OwnerState, read_log
+
+    state = OwnerState.load(state_path(args))
+    return {"status": "ok", "relays": trio.run(read_log, state)}
+
+
+def _owner_command(args: argparse.Namespace, action: str, member: str = "", note: str = "") -> dict[str, Any]:
+    from relay.client.owner import OwnerState, owner_command
+
+    state = OwnerState.load(state_path(args))
+    views = trio.run(partial(owner_command, state, action, member=member, note=note))
+    relays = [{k: v for k, v in view.__dict__.items() if v not in (None, "")} for view in views]
+    if not relays:
+        raise Failure("no relay serves this channel yet (add one and publish)", code="no_relay")
+    out = {"status": "ok", "relays": relays}
+    if all("error" in r for r in relays):
+        first = relays[0]
+        raise Failure(str(first.get("reason")), **{**out, "status": "error", "code": first["error"]})
+    return out
+
+
+def cmd_owner_pending(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "list_pending")
+
+
+def cmd_owner_approve(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "approve_member", member=args.member)
+
+
+def cmd_owner_refuse(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "refuse_member", member=args.member, note=args.reason or "")
+
+
+def cmd_owner_suspend(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "suspend_admission")
+
+
+def cmd_owner_resume(args: argparse.Namespace) -> dict[str, Any]:
+    return _owner_command(args, "resume_admission")
+
+
+def add_commands(sub: Any) -> None:
+    """``relay owner`` and its subcommands on the top-level subparsers."""
+    owner = sub.add_parser("owner", help="channel owner commands").add_subparsers(dest="owner", required=True)
+    p = add_command(owner, "create", cmd_owner_create, "create a channel: root key, owner key, profile")
+    p.add_argument("--state", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--kind", choices=["channel", "group"], default="channel")
+    p.add_argument("--description", default="")
+    p.add_argument("--admission", choices=["auto", "approval"], default="auto", help="how members get in")
+    p.add_argument("--max-members", type=int, default=0, help="the owners' member limit (0: none)")
+    p = add_command(owner, "add-relay", cmd_owner_add_relay, "invite a relay to serve the channel")
+    p.add_argument("--state", required=True)
+    p.add_argument("relay_address", metavar="RELAY_ADDRESS")
+    p = add_command(
+        owner, "publish", cmd_owner_publish, "sign the profile listing the relays and notify them"
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument("--admission", choices=["auto", "approval"], help="change how members get in")
+    p.add_argument("--max-members", type=int, help="change the owners' member limit (0: none)")
+    p = add_command(
+        owner, "remove-relay", cmd_owner_remove_relay, "publish a profile without a relay; it stops serving"
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument("relay_address", metavar="RELAY_ADDRESS")
+    p = add_command(owner, "post", cmd_owner_post, "sign a post and store it on every relay of the channel")
+    p.add_argument("--state", required=True)
+    p.add_argument("text", metavar="TEXT", nargs="?", help="the post (or --file)")
+    p.add_argument("--file", help="post the bytes of this file")
+    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+    p = add_command(
+        owner, "new-key", cmd_owner_new_key, "a co-owner's first step: make an owner key, print it"
+    )
+    p.add_argument("--state", required=True, help="the co-owner's new file")
+    p = add_command(
+        owner, "add-owner", cmd_owner_add_owner, "authorise another owner key and publish the profile"
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument("owner_key", metavar="OWNER_KEY", help="as 'relay owner new-key' printed it")
+    p.add_argument("--share", help="write the channel (no secrets) for the new owner to adopt to this file")
+    p = add_command(
+        owner, "adopt", cmd_owner_adopt, "a co-owner's second step: take over the channel file shared"
+    )
+    p.add_argument("--state", required=True, help="the file 'relay owner new-key' made")
+    p.add_argument("share", metavar="SHARE", help="the file 'relay owner add-owner --share' wrote")
+    p = add_command(
+        owner, "remove-owner", cmd_owner_remove_owner, "withdraw an owner key and publish the profile"
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument("owner_key", metavar="OWNER_KEY")
+    p = add_command(owner, "link", cmd_owner_link, "print the channel link members join with")
+    p.add_argument("--state", required=True)
+    p = add_command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")
+    p.add_argument("--state", required=True)
+    p = add_command(owner, "pending", cmd_owner_pending, "list members waiting for the owners' approval")
+    p.add_argument("--state", required=True)
+    p = add_command(owner, "approve", cmd_owner_approve, "admit a member waiting for approval")
+    p.add_argument("--state", required=True)
+    p.add_argument("member", metavar="MEMBER", help="the member id, as 'relay owner pending' shows it")
+    p = add_command(owner, "refuse", cmd_owner_refuse, "turn down a member waiting for approval")
+    p.add_argument("--state", required=True)
+    p.add_argument("member", metavar="MEMBER", help="the member id, as 'relay owner pending' shows it")
+    p.add_argument("--reason", help="told to the member")
+    p = add_command(owner, "suspend-admission", cmd_owner_suspend, "pause admissions on every relay")
+    p.add_argument("--state", required=True)
+    p = add_command(owner, "resume-admission", cmd_owner_resume, "resume admissions on every relay")
+    p.add_argument("--state", required=True)
