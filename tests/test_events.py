@@ -369,6 +369,24 @@ async def test_a_member_who_accepts_nothing_is_disconnected(
         assert await read_events(quick_feed, 1) == poster.events[-1:]
 
 
+async def test_sigterm_closes_subscribed_members_at_once(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    """A subscribed member waits for its next frame with no cancel scope of its own: shutdown
+    reaches it through its feed (Close "going away"), not after the grace period."""
+    relay = relay_factory(server={"shutdown_grace": 30})
+    owner, _, address_id = await active_channel(relay, tmp_path)
+    ada, bob = await join_member(relay, owner, address_id), await join_member(relay, owner, address_id)
+    async with group_session(relay, address_id) as ada_feed, group_session(relay, address_id) as bob_feed:
+        await subscribe(ada_feed, relay, owner, address_id, ada)
+        await subscribe(bob_feed, relay, owner, address_id, bob)
+        assert relay.proc is not None
+        relay.proc.terminate()
+        for feed in (ada_feed, bob_feed):
+            assert await feed.expect_closed(timeout=5) == 1001
+    assert await trio.to_thread.run_sync(relay.stop) == 0
+    assert relay.events("relay.stopped")
+    assert not relay.events("connection.internal_error")
+
+
 async def test_feeds_end_when_the_group_is_suspended_or_removed(relay: RunningRelay, tmp_path: Path) -> None:
     owner, _, address_id = await active_channel(relay, tmp_path)
     ada, bob = await join_member(relay, owner, address_id), await join_member(relay, owner, address_id)
@@ -397,3 +415,6 @@ async def test_feeds_end_when_the_group_is_suspended_or_removed(relay: RunningRe
         assert isinstance(error, Error) and error.code == "group_not_active" and "removed" in error.reason
         assert await ada_feed.expect_closed() == 1008
     assert metric(relay, "relay_feeds_ended_total") == 3
+    # The Close is sent by the feed's sender while the connection's task reads: only that task
+    # waits for the member's Close (two tasks waiting on one socket is an error in trio).
+    assert not relay.events("connection.internal_error")

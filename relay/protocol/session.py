@@ -62,6 +62,8 @@ _SUBSCRIBED_ONLY = (MemberCardRequest, DirectInvite)
 class TokenBucket:
     """``rate`` requests per second on average, bursts of up to ``burst``."""
 
+    __slots__ = ("burst", "last", "rate", "tokens")  # one per connection, kept while it is open
+
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
@@ -80,6 +82,19 @@ class TokenBucket:
 
 class Session:
     """The state of one client connection, as far as the rules care."""
+
+    # One per connection, and members' connections stay open for days: no per-object dict.
+    __slots__ = (
+        "_discover_limits",
+        "_post_limits",
+        "bucket",
+        "discover_bucket",
+        "endpoint",
+        "greeted",
+        "max_frame",
+        "post_bucket",
+        "subscribed",
+    )
 
     def __init__(
         self,

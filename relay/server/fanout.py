@@ -7,15 +7,28 @@ thread in commit order (``Database.transact(on_commit=...)``), so a feed that
 reads the store in a job and goes live in that job's hook can neither miss nor
 repeat an event at the switch-over.
 
-Each feed has a bounded queue and one sender task (in its connection's nursery)
-that joins everything queued into one ``send_all``.  A feed whose sender is idle
-gets a new event written straight to its socket by the publisher
-(:meth:`relay.server.http.WebSocket.send_now`: one system call, no task switch),
-and only falls back to its queue when the socket is full.  A member whose queue
-overflows is dropped back to catch-up: its queue is discarded and it is fed
-again from the store (or the hub's cache of recent events) from the last event
-it was sent, until it reaches the live events.  A member that accepts nothing
-for ``stall_timeout`` is disconnected.  Nothing here blocks another member.
+Each feed has a bounded queue, and a sender task only while it has a backlog.
+A feed with nothing queued gets a new event written straight to its socket by
+the publisher (:meth:`relay.server.http.WebSocket.send_now`: one system call,
+no task switch).  Anything that cannot go out that way (the socket is full, a
+frame went out in part, a control frame, catch-up, the feed ending) is queued,
+and the publisher, still synchronous, starts a sender in the connection's
+nursery (``start_soon``) if none is running.  The sender joins everything
+queued into one ``send_all``, reads catch-up pages, and exits as soon as
+nothing is left; ``_sending`` is cleared with no await after the last check,
+so the next event either takes the fast path or starts a new sender, in order.
+Why: an idle member waits for days, and a parked task per member (its
+coroutine frames, cancel scopes and Task) was about a fifth of an idle
+connection's memory; a spawn costs only when a backlog starts.
+
+A member whose queue overflows is dropped back to catch-up: its queue is
+discarded and it is fed again from the store (or the hub's cache of recent
+events) from the last event it was sent, until it reaches the live events.  A
+member that accepts nothing for ``stall_timeout`` is disconnected: its sender
+cancels the connection's nursery.  A feed that ends (its group stopped, or the
+relay is shutting down) sends its last frames and a Close, then ends its
+connection the same way; the connection's own task, the only one reading,
+waits for the member's Close.  Nothing here blocks another member.
 
 Must not: decode or re-encode signed bytes, touch the database except through
 the reader it is given, or await while publishing.
@@ -23,6 +36,7 @@ the reader it is given, or await while publishing.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,8 +46,9 @@ import structlog
 import trio
 
 from relay.protocol.encoding import encode
+from relay.protocol.errors import ErrorCode
 from relay.protocol.messages import EventFrame, Signed
-from relay.server.http import ConnectionClosed, WebSocket, prepared_message
+from relay.server.http import CLOSE_POLICY, ConnectionClosed, WebSocket, prepared_message
 from relay.server.metrics import Metrics
 
 log = structlog.get_logger("relay.fanout")
@@ -100,10 +115,12 @@ class Hub:
 
 
 class Feed:
-    """One subscribed connection: a bounded queue and the task that sends it."""
+    """One subscribed connection: a bounded queue, and a sender task only while it has a backlog."""
 
     __slots__ = (
-        "_waiter",
+        "_context",
+        "_nursery",
+        "_sending",
         "closed",
         "control",
         "ending",
@@ -130,23 +147,37 @@ class Feed:
         self.queued_seq = 0  # the newest event queued (or sent): later ones only go live
         self.sent_seq = 0  # the newest event handed to the socket: catch-up resumes after it
         self.control: list[bytes] = []
-        self._waiter: trio.lowlevel.Task | None = None
+        # Set by ``start``: the connection's nursery owns the sender task, which runs in the
+        # connection's context (its log lines name the member's connection, not the publisher's).
+        self._nursery: trio.Nursery | None = None
+        self._context: contextvars.Context | None = None
+        # True from the moment a sender task is started until it finds nothing left to send:
+        # while it is set, everything new is queued behind what the sender has not sent yet.
+        self._sending = False
         self.closed = False
-        self.ending = False  # the group stopped: send what is in ``control``, then FeedEnded
+        # The connection ends (the group stopped, or the relay): send what is in ``control``,
+        # then a Close with this code and reason.
+        self.ending: tuple[int, str] | None = None
         self.lagged = 0
+
+    def start(self, nursery: trio.Nursery, context: contextvars.Context) -> None:
+        """Let the feed start its sender in the connection's nursery; sends what is queued."""
+        self._nursery = nursery
+        self._context = context
+        self._wake()
 
     # --- called on the trio thread by publishers (never blocks) ---------------------
 
     def push_event(self, seq: int, message: bytes) -> None:
-        if seq <= self.queued_seq or self.ending:
+        if seq <= self.queued_seq or self.ending is not None:
             return
         limits = self.fanout.limits
         if len(self.queue) >= limits.buffer_frames or self.queued_bytes + len(message) > limits.buffer_bytes:
             self._lag()
             return
-        if self._waiter is not None and not self.queue and not self.control and self.ws.send_now(message):
-            # The sender was parked with nothing queued and the socket took the frame at
-            # once: no task switch, no await.  A part left unsent is flushed by the sender.
+        if not self._sending and not self.queue and not self.control and self.ws.send_now(message):
+            # No backlog and the socket took the frame at once: no task, no await.  A part
+            # left unsent is a backlog: a sender flushes it.
             self.queued_seq = self.sent_seq = seq
             if self.ws.unsent:
                 self._wake()
@@ -158,19 +189,21 @@ class Feed:
 
     def push_control(self, message: bytes) -> bool:
         """Queue a profile or direct-invitation frame; False if too many are waiting."""
-        if self.closed or self.ending or len(self.control) >= MAX_CONTROL:
+        if self.closed or self.ending is not None or len(self.control) >= MAX_CONTROL:
             return False
         self.control.append(message)
         self._wake()
         return True
 
-    def end(self, message: bytes) -> None:
-        """Send ``message`` (an error frame) next, nothing after it; then the feed ends."""
+    def end(self, message: bytes | None, code: int, reason: str) -> None:
+        """Send ``message`` (an error frame) if any, then a Close; then the connection ends."""
+        if self.ending is not None or self.closed:
+            return  # already ending: the first reason stands
         self.hub.live.discard(self)
         self.queue = []
         self.queued_bytes = 0
-        self.control = [message]
-        self.ending = True
+        self.control = [] if message is None else [message]
+        self.ending = (code, reason)
         self._wake()
 
     def _lag(self) -> None:
@@ -185,19 +218,12 @@ class Feed:
         self._wake()
 
     def _wake(self) -> None:
-        task = self._waiter
-        if task is not None:
-            self._waiter = None
-            trio.lowlevel.reschedule(task)
-
-    async def _park(self) -> None:
-        self._waiter = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        """There is a backlog: start a sender unless one is running (it sends this too)."""
+        if self._sending or self.closed or self._nursery is None or self._context is None:
+            return  # before ``start`` the backlog waits; after ``detach`` nobody reads it
+        self._sending = True
+        # Run in the connection's context, whoever publishes (start_soon copies the current one).
+        self._context.run(self._nursery.start_soon, self._sender)
 
     # --- the sender task ----------------------------------------------------------
 
@@ -219,8 +245,26 @@ class Feed:
         self.hub.live.add(self)
         self._wake()
 
-    async def run(self) -> None:
-        """Send until the connection ends; raises ConnectionClosed when the member is gone."""
+    async def _sender(self) -> None:
+        """Send the backlog, then exit; a member gone, stalled or ended ends its connection."""
+        try:
+            await self._drain()
+            return
+        except ConnectionClosed:
+            pass
+        except FeedEnded:
+            # The error frame (if any) was sent; a Close tells the member it is final.  The
+            # connection's handler then waits for the member's Close (it is the one reading).
+            assert self.ending is not None
+            with trio.move_on_after(1):
+                await self.ws.send_close(*self.ending)
+        # No Close frame to a member that reads nothing: it could block (the connection's
+        # handler closes the stream).
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        """Send until nothing is left; raises ConnectionClosed when the member is gone."""
         fanout = self.fanout
         while True:
             if self.ws.unsent:
@@ -231,7 +275,7 @@ class Feed:
                 self.control = []
                 await self._send(data)
                 continue
-            if self.ending:
+            if self.ending is not None:
                 raise FeedEnded()
             if self.queue:
                 batch = self.queue
@@ -248,7 +292,10 @@ class Feed:
             if self.mode is Mode.CATCH_UP:
                 await fanout.catch_up(self)
                 continue
-            await self._park()
+            # Nothing left, and no await since the checks above: a publisher from now on sees
+            # no sender and writes to the socket itself, or starts a new sender.
+            self._sending = False
+            return
 
     async def _send(self, data: bytes) -> None:
         with trio.move_on_after(self.fanout.limits.stall_timeout) as scope:
@@ -259,7 +306,7 @@ class Feed:
 
 
 class FeedEnded(Exception):
-    """The feed's group stopped being active; its last frame (the error) was sent."""
+    """The feed ends (its group stopped, or the relay): its last frames were sent."""
 
 
 class FanOut:
@@ -306,9 +353,9 @@ class FanOut:
         hub = self.hubs.get(group_id)
         if hub is None:
             return 0
-        feeds = [feed for feed in hub.attached if not feed.ending]
+        feeds = [feed for feed in hub.attached if feed.ending is None]
         for feed in feeds:
-            feed.end(message)
+            feed.end(message, CLOSE_POLICY, ErrorCode.GROUP_NOT_ACTIVE.value)
         return len(feeds)
 
     def attach(self, group_id: int, head_seq: int, ws: WebSocket, member: bytes) -> Feed:
@@ -352,7 +399,7 @@ class FanOut:
             return
 
         def hook(page: Page) -> None:
-            if feed.closed or feed.ending:
+            if feed.closed or feed.ending is not None:
                 return
             events = [(seq, event_message(stored)) for seq, stored in page.events]
             if page.complete:

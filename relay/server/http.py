@@ -40,6 +40,7 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
 READ_SIZE = 64 * 1024
 CLOSE_LINGER = 1.0  # seconds a closing WebSocket waits for the peer to close its side
+CLOSE_POLICY = 1008  # RFC 6455 7.4.1: the peer broke a rule (or the relay stopped serving it)
 
 
 class ConnectionClosed(Exception):
@@ -87,7 +88,7 @@ class WebSocket:
     """A server-side WebSocket: binary messages in and out, one task, bounded buffers."""
 
     # One per connection, and members' connections stay open: slots keep each small.
-    __slots__ = ("_closed", "_max", "_partial", "_send_lock", "_stream", "_unsent", "_ws")
+    __slots__ = ("_closed", "_linger_due", "_max", "_partial", "_send_lock", "_stream", "_unsent", "_ws")
 
     def __init__(self, stream: trio.abc.Stream, ws: WSFrames, max_message: int) -> None:
         self._stream = stream
@@ -95,6 +96,7 @@ class WebSocket:
         self._max = max_message
         self._partial = bytearray()
         self._closed = False
+        self._linger_due = False  # a Close was sent by ``send_close``; ``finish`` waits for the peer's
         self._send_lock = trio.Lock()
         # The rest of a message that ``send_now`` could write only in part: it goes out before
         # any other byte (every write flushes it first), so frames never interleave.
@@ -124,13 +126,29 @@ class WebSocket:
                     raise ConnectionClosed()
             if self._closed:
                 raise ConnectionClosed()
+            # A socket is read here directly, waiting only in ``wait_readable``: an idle member
+            # waits here for days, and trio's ``receive_some`` keeps four more coroutine frames
+            # and a context manager alive for the whole wait (about 1.5 KiB per connection).
+            stream = self._stream
             try:
-                data = await self._stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed() from None
+                if isinstance(stream, trio.SocketStream):
+                    # As in trio: cancelled before the read or never after it (no bytes lost),
+                    # and a schedule point either way.
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    data = _read_now(stream.socket)
+                    if data is None:
+                        while data is None:  # None again: woken spuriously
+                            await trio.lowlevel.wait_readable(stream.socket)
+                            data = _read_now(stream.socket)
+                    else:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                else:
+                    data = bytes(await stream.receive_some(READ_SIZE))
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionClosed() from None  # reset, or closed by another task
             eof = not data
             try:
-                self._ws.receive_data(bytes(data) or None)
+                self._ws.receive_data(data or None)
             except WSRemoteError:
                 raise ConnectionClosed() from None
             # Not kept while waiting for the next bytes (an idle member waits for days).
@@ -189,10 +207,27 @@ class WebSocket:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:
             return
+        await self.send_close(code, reason)
+        await self.finish()
+
+    async def send_close(self, code: int, reason: str) -> None:
+        """Send a Close frame, nothing after it; ``finish`` then waits for the peer's Close.
+
+        For a task other than the one reading: only the reader may wait for the peer's side
+        (trio lets one task at a time wait for a socket to be readable).
+        """
+        if self._closed:
+            return
         self._closed = True
+        self._linger_due = True
         with contextlib.suppress(ConnectionClosed, WSLocalError):
             await self._write(self._ws.send(CloseConnection(code=code, reason=reason[:120])))
-        await self._linger()
+
+    async def finish(self) -> None:
+        """After ``send_close``: wait (bounded) for the peer to close too; else nothing."""
+        if self._linger_due:
+            self._linger_due = False
+            await self._linger()
 
     async def _linger(self) -> None:
         """Half-close, then discard what the peer still sends until it closes too (bounded).
@@ -224,10 +259,22 @@ class WebSocket:
                 raise ConnectionClosed() from None
 
 
+def _read_now(sock: trio.socket.SocketType) -> bytes | None:
+    """The bytes waiting on a non-blocking socket (empty at its end), None if there are none.
+
+    Not inlined: an exception raised in a coroutine's frame makes Python keep a frame object
+    (about 200 bytes) for as long as the coroutine lives, and here it would be every time.
+    """
+    try:
+        return os.read(sock.fileno(), READ_SIZE)
+    except BlockingIOError:
+        return None
+
+
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-# Returns a coroutine function that takes over the accepted WebSocket, or a
-# response to refuse the upgrade with.
-WebSocketHandler = Callable[["WebSocket"], Awaitable[None]]
+# Takes over an accepted WebSocket; called with it and the request target.
+WebSocketHandler = Callable[["WebSocket", str], Awaitable[None]]
+# Returns the handler for a request target, or a response to refuse the upgrade with.
 WebSocketRouter = Callable[[str], "WebSocketHandler | HttpResponse"]
 
 
@@ -239,22 +286,47 @@ async def serve_http_connection(
     head_timeout: float,
     max_message: int = 0,
 ) -> None:
-    """Read one request; answer it, or upgrade it and hand the WebSocket over.
+    """Read one request; answer it, or upgrade it and hand the WebSocket over."""
+    accepted = await accept_http_connection(
+        stream,
+        on_http=on_http,
+        on_websocket=on_websocket,
+        head_timeout=head_timeout,
+        max_message=max_message,
+    )
+    if accepted is not None:
+        await accepted.handler(accepted.socket, accepted.target)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An open WebSocket, its request target and the handler its route chose."""
+
+    handler: WebSocketHandler
+    socket: WebSocket
+    target: str
+
+
+async def accept_http_connection(
+    stream: trio.abc.Stream,
+    *,
+    on_http: HttpHandler,
+    on_websocket: WebSocketRouter | None,
+    head_timeout: float,
+    max_message: int = 0,
+) -> Accepted | None:
+    """Read one request; answer it (None), or upgrade it and return the open WebSocket.
 
     The parsing and the handshake are done in helpers that return before the WebSocket is
-    handed over, and this frame keeps none of their objects: a member's connection may stay
-    open for days, and the h11 connection, the request's bytes and headers and wsproto's
-    handshake state would otherwise stay alive with it (several KiB per idle member).
+    handed over, and keep none of their objects: a member's connection may stay open for
+    days, and the h11 connection, the request's bytes and headers and wsproto's handshake
+    state would otherwise stay alive with it (several KiB per idle member).  The caller runs
+    the handler itself, one coroutine frame less for the connection's lifetime.
     """
     upgrade = await _serve_request(stream, on_http, on_websocket is not None, head_timeout)
     if upgrade is None or on_websocket is None:
-        return
-    accepted = await _accept(stream, upgrade, on_websocket, max_message)
-    del upgrade  # not needed for the WebSocket's lifetime
-    if accepted is not None:
-        handler, socket = accepted
-        del accepted
-        await handler(socket)
+        return None
+    return await _accept(stream, upgrade, on_websocket, max_message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +401,7 @@ async def _accept(
     upgrade: _Upgrade,
     router: WebSocketRouter,
     max_message: int,
-) -> tuple[WebSocketHandler, WebSocket] | None:
+) -> Accepted | None:
     """The handshake: the route's handler and the open WebSocket, or None once refused."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
@@ -360,7 +432,7 @@ async def _accept(
     # the handshake (an h11 connection, the request and its headers) for as long as it lives.
     # On the server side, bytes after the request head were never passed on by the handshake.
     assert ws.connection is not None
-    return route, WebSocket(stream, ws.connection, max_message)
+    return Accepted(route, WebSocket(stream, ws.connection, max_message), upgrade.target)
 
 
 async def _try_send(stream: trio.abc.Stream, data: bytes) -> bool:

@@ -10,12 +10,11 @@ bounded by a time-out, and the number of connections by ``max_connections``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import json
-import math
 import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import structlog
 import trio
@@ -48,8 +47,9 @@ from relay.server.admission import Admissions, GroupBinding
 from relay.server.config import EventsConfig, ServerConfig
 from relay.server.direct import DirectMessages
 from relay.server.events import Channels
-from relay.server.fanout import Feed, FeedEnded
+from relay.server.fanout import Feed
 from relay.server.http import (
+    CLOSE_POLICY,
     ConnectionClosed,
     HttpRequest,
     HttpResponse,
@@ -57,7 +57,7 @@ from relay.server.http import (
     NotBinary,
     WebSocket,
     WebSocketHandler,
-    serve_http_connection,
+    accept_http_connection,
 )
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
@@ -68,7 +68,6 @@ SOFTWARE = f"chat-relay/{__version__}"
 MAX_ERRORS_PER_CONNECTION = 16
 # WebSocket close codes (RFC 6455 plus the private 4000-4999 range).
 CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNSUPPORTED = 1003
 CLOSE_INTERNAL = 1011
@@ -98,6 +97,7 @@ class PublicEndpoint:
         self.open_connections = 0
         self.draining = False
         self._idle: set[trio.CancelScope] = set()
+        self._idle_feeds: set[Feed] = set()  # subscribed sessions waiting for their next frame
         self._ids = itertools.count(1)
         # Derived once: the ML-KEM public key costs a computation on every call.
         self._seal_public = self.identity.seal_keys.public_keys()
@@ -145,13 +145,18 @@ class PublicEndpoint:
                 log.info("connection.opened")
             del peer
             try:
-                await serve_http_connection(
+                accepted = await accept_http_connection(
                     stream,
                     on_http=self._http,
                     on_websocket=self._route,
                     head_timeout=self.config.handshake_timeout,
                     max_message=self.config.max_frame_bytes,
                 )
+                if accepted is not None:
+                    # Only what the session needs stays referenced while it runs.
+                    handler, ws, target = accepted.handler, accepted.socket, accepted.target
+                    del accepted
+                    await handler(ws, target)
             except Exception:
                 # Last line of defence: one connection's failure never stops the relay.
                 log.exception("connection.internal_error")
@@ -166,6 +171,8 @@ class PublicEndpoint:
         self.draining = True
         for scope in self._idle:
             scope.cancel()
+        for feed in tuple(self._idle_feeds):
+            feed.end(None, CLOSE_GOING_AWAY, "relay shutting down")
         self.admissions.waiters.wake_all()
 
     async def _http(self, request: HttpRequest) -> HttpResponse:
@@ -174,14 +181,17 @@ class PublicEndpoint:
         return HttpResponse(404, b'{"error":"not_found"}')
 
     def _route(self, target: str) -> WebSocketHandler | HttpResponse:
-        path = target.split("?")[0]
-        if path == "/r":
-            return partial(self._session, Endpoint.CONTACT, None)
-        if path.startswith("/g/") and 0 < len(path) - 3 <= 64:
-            return partial(self._session, Endpoint.GROUP, path[3:])
+        if _address(target) is not None:
+            # One bound method for every address: the session finds its address in the target
+            # (a partial per connection would be kept for the connection's lifetime).
+            return self._session
         return HttpResponse(404, b'{"error":"not_found","reason":"not a relay address"}')
 
-    async def _session(self, endpoint: Endpoint, address_id: str | None, ws: WebSocket) -> None:
+    async def _session(self, ws: WebSocket, target: str) -> None:
+        address = _address(target)
+        assert address is not None  # routed here only then
+        endpoint, address_id = address
+        del address
         events = self.events_config
         session = _Connection(
             Session(
@@ -197,7 +207,8 @@ class PublicEndpoint:
             address_id,
         )
         log.debug("session.opened", endpoint=endpoint.value)
-        # The connection's own nursery: a subscribed member's sender task lives in it.
+        # The connection's own nursery: a subscribed member's sender task (while it has a
+        # backlog) and a posting connection's answering task live in it.
         async with trio.open_nursery() as nursery:
             session.nursery = nursery
             try:
@@ -206,46 +217,40 @@ class PublicEndpoint:
                 nursery.cancel_scope.cancel()
                 if session.feed is not None:
                     self.channels.fanout.detach(session.feed)
+        # A feed that ended sent a Close from its sender: the peer's Close is read here, by
+        # the task that was reading (and only after it stopped).
+        await ws.finish()
 
-    def _start_feed(self, session: _Connection, ws: WebSocket, feed: Feed) -> None:
+    def _start_feed(self, session: _Connection, feed: Feed, context: contextvars.Context) -> None:
         """Called when a subscription is attached (in its read's commit hook)."""
         session.feed = feed
         session.rules.subscribed = True
         assert session.nursery is not None
-        session.nursery.start_soon(self._run_feed, session, ws, feed)
-
-    async def _run_feed(self, session: _Connection, ws: WebSocket, feed: Feed) -> None:
-        try:
-            await feed.run()
-        except ConnectionClosed:
-            pass
-        except FeedEnded:
-            # The group stopped: the error frame was sent; a Close tells the member it is final.
-            with trio.move_on_after(1):
-                await ws.close(CLOSE_POLICY, ErrorCode.GROUP_NOT_ACTIVE.value)
-        # The member is gone or stalled: end the whole connection (no Close frame to a
-        # member that reads nothing: it could block; the stream is closed by ``handle``).
-        assert session.nursery is not None
-        session.nursery.cancel_scope.cancel()
+        feed.start(session.nursery, context)
 
     async def _serve(self, session: _Connection, ws: WebSocket) -> None:
         while True:
-            if session.feed is not None:
-                timeout = math.inf  # a feed only reads; a dead peer shows when a send stalls
-            elif session.rules.greeted:
-                timeout = self.config.idle_timeout
-            else:
-                timeout = self.config.handshake_timeout
             if self.draining:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
-            # One scope both for the time-out and for drain() (a subscribed member waits here
-            # for days, and every scope is kept that long): drain sets ``draining`` first.
-            idle = trio.CancelScope(deadline=trio.current_time() + timeout)
-            self._idle.add(idle)
+            feed = session.feed
+            idle: trio.CancelScope | None = None
+            if feed is None:
+                timeout = self.config.idle_timeout if session.rules.greeted else self.config.handshake_timeout
+                # One scope both for the time-out and for drain(): drain sets ``draining`` first.
+                idle = trio.CancelScope(deadline=trio.current_time() + timeout)
+                self._idle.add(idle)
+            else:
+                # A feed has no time-out (it only reads; a dead peer shows when a send stalls)
+                # and waits here for days: no scope of its own (about 0.7 KiB each).  drain()
+                # ends the feed instead, whose sender sends the Close and ends the connection.
+                self._idle_feeds.add(feed)
             try:
-                with idle:
+                if idle is None:
                     data = await ws.receive()
+                else:
+                    with idle:
+                        data = await ws.receive()
             except MessageTooLarge as exc:
                 await self._fail(ws, ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
                 return
@@ -255,8 +260,11 @@ class PublicEndpoint:
             except ConnectionClosed:
                 return
             finally:
-                self._idle.discard(idle)
-            if idle.cancelled_caught:
+                if idle is None:
+                    self._idle_feeds.discard(feed)
+                else:
+                    self._idle.discard(idle)
+            if idle is not None and idle.cancelled_caught:
                 if self.draining:
                     await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 else:
@@ -264,7 +272,7 @@ class PublicEndpoint:
                         ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY
                     )
                 return
-            del idle
+            del idle, feed
             try:
                 reply = await self._dispatch(session, ws, data)
             except RemoteProtocolError as exc:
@@ -377,7 +385,11 @@ class PublicEndpoint:
         if isinstance(frame, HeadRequest):
             return await self.channels.head(group)
         if isinstance(frame, Subscribe):
-            await self.channels.subscribe(group, frame, ws, partial(self._start_feed, session, ws))
+            # The feed's sender tasks run in this connection's context (its log binding).
+            context = contextvars.copy_context()
+            await self.channels.subscribe(
+                group, frame, ws, lambda feed: self._start_feed(session, feed, context)
+            )
             return None
         if isinstance(frame, MemberCardRequest):
             return await self.direct.member_card(group, frame)
@@ -414,6 +426,9 @@ class PublicEndpoint:
 
 class _Connection:
     """One WebSocket session: the protocol rules, and the group its address named."""
+
+    # One per connection, kept while it is open (members' for days): no per-object dict.
+    __slots__ = ("address_id", "errors", "feed", "group", "nursery", "pipeline", "rate_limited", "rules")
 
     def __init__(self, rules: Session, address_id: str | None) -> None:
         self.rules = rules
@@ -474,6 +489,16 @@ def keep_alive(stream: trio.SocketStream, idle: int) -> None:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 4))
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+
+
+def _address(target: str) -> tuple[Endpoint, str | None] | None:
+    """The endpoint a target names and its group address id; None if it names neither."""
+    path = target.split("?")[0]
+    if path == "/r":
+        return Endpoint.CONTACT, None
+    if path.startswith("/g/") and 0 < len(path) - 3 <= 64:
+        return Endpoint.GROUP, path[3:]
+    return None
 
 
 def _peer(stream: trio.SocketStream) -> str:
