@@ -5,25 +5,33 @@ frame.  Built on the raw client of ``wire.py``: nothing here refuses to send a w
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from relayproc import RunningRelay
 from test_flow import new_owner
 from wire import RawSession, connect, fingerprint_of
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
 
 from relay.client import add_relay, publish
 from relay.client.owner import OwnerState
 from relay.protocol import crypto
 from relay.protocol.addresses import parse_address
+from relay.protocol.direct import make_direct_invitation
+from relay.protocol.encoding import decode, encode
 from relay.protocol.events import ChainHead, event_id, make_event
 from relay.protocol.membership import ACTION_SUBSCRIBE, make_join_request, make_member_request
 from relay.protocol.messages import (
+    PROTOCOL_VERSION,
     EventFrame,
+    Hello,
     Join,
     JoinResult,
     MemberProfile,
@@ -33,6 +41,7 @@ from relay.protocol.messages import (
     Signed,
     Subscribe,
     Subscribed,
+    Welcome,
 )
 
 
@@ -128,7 +137,8 @@ class Poster:
         signed = make_event(
             self.key or self.owner.owner_key,
             channel=self.owner.channel,
-            after=self.head,
+            # the relay, not this helper, judges the time: a test may date an event anyhow
+            after=ChainHead(self.head.seq, self.head.id, 0),
             body=body if body is not None else secrets.token_bytes(8),
             now=int(time.time()) if now is None else now,
         )
@@ -162,3 +172,97 @@ async def next_frame(session: RawSession, kind: type[RelayFrame], timeout: float
         frame = await session.recv(timeout)
         if isinstance(frame, kind):
             return frame
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def relay_key(relay: RunningRelay) -> bytes:
+    import httpx
+
+    from relay.protocol.encoding import b64d
+
+    return b64d(httpx.get(f"http://{relay.listen}/").json()["identity_key"])
+
+
+def metric(relay: RunningRelay, name: str) -> float:
+    import httpx
+
+    total = 0.0
+    for line in httpx.get(f"{relay.admin_url}/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def invitation(relay: RunningRelay, owner: OwnerState, address_id: str, sender: Member, to: Member) -> Signed:
+    return make_direct_invitation(
+        sender.key,
+        relay_fingerprint=fingerprint_of(relay),
+        channel=owner.channel,
+        address_id=address_id,
+        to=to.public,
+        to_seal_key=to.seal_public,
+        contact="https://chat.example/me",
+        note="hello",
+        now=now(),
+    )
+
+
+class RawFeed:
+    """A member connection on a plain socket with a small receive buffer, read only on demand:
+    a member that stops reading, as the relay sees it."""
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self.stream = stream
+        self.ws = ws
+        self.pending: list[bytes] = []
+        self.partial = b""
+
+    async def send(self, frame: object) -> None:
+        await self.stream.send_all(self.ws.send(BytesMessage(data=encode(frame))))
+
+    async def recv(self, timeout: float = 10.0) -> RelayFrame:
+        with trio.fail_after(timeout):
+            while not self.pending:
+                data = await self.stream.receive_some(65536)
+                assert data, "the relay closed the connection"
+                self.ws.receive_data(data)
+                for event in self.ws.events():
+                    if isinstance(event, BytesMessage):
+                        self.partial += bytes(event.data)
+                        if event.message_finished:
+                            self.pending.append(self.partial)
+                            self.partial = b""
+        return decode(self.pending.pop(0), RelayFrame, limit=10**6)  # type: ignore[arg-type,return-value]
+
+    async def read_all(self, n: int) -> list[Signed]:
+        return await read_events(self, n, timeout=20.0)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def raw_feed(
+    relay: RunningRelay, address_id: str, owner: OwnerState, member: Member, receive_buffer: int = 4096
+) -> AsyncIterator[RawFeed]:
+    host, port = relay.listen.rsplit(":", 1)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: small window
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=relay.listen, target=f"/g/{address_id}")))
+    feed = RawFeed(stream, ws)
+    with trio.fail_after(5):
+        while True:
+            ws.receive_data(await stream.receive_some(65536))
+            if any(isinstance(e, AcceptConnection) for e in ws.events()):
+                break
+    await feed.send(Hello(version=PROTOCOL_VERSION, nonce=secrets.token_bytes(32)))
+    assert isinstance(await feed.recv(), Welcome)
+    await feed.send(subscribe_frame(relay, owner, address_id, member))
+    assert isinstance(await feed.recv(), Subscribed)
+    try:
+        yield feed
+    finally:
+        await stream.aclose()

@@ -19,7 +19,7 @@ does not also hold (the caches here are rebuilt from it).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -34,6 +34,7 @@ from relay.protocol.membership import ACTION_SUBSCRIBE, verify_member_request
 from relay.protocol.messages import (
     Discover,
     Discovered,
+    Error,
     HeadAnswer,
     Post,
     PostResult,
@@ -53,6 +54,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.store import events as store
 from relay.store import groups, joins
+from relay.store.db import Job
 
 log = structlog.get_logger("relay.events")
 
@@ -110,6 +112,7 @@ class Channels:
         self._tags_dirty: set[int] = set()
         service.group_listeners.append(self.group_changed)
         service.profile_listeners.append(self.profile_changed)
+        service.state_listeners.append(self.state_changed)
 
     # --- caches --------------------------------------------------------------------
 
@@ -123,6 +126,18 @@ class Channels:
         self.fanout.push_profile(
             group_id, prepared_message(encode(ProfileAnswer(profile=profile, state=state.value)))
         )
+
+    def state_changed(self, group_id: int, state: GroupState) -> None:
+        """A group that stops being active ends its members' feeds (an error frame, then close):
+        a suspended or removed group serves no events, and a new ``subscribe`` is refused."""
+        if state is GroupState.ACTIVE:
+            return
+        reason = f"the group is {state.value}; it serves no events"
+        message = prepared_message(encode(Error(code=ErrorCode.GROUP_NOT_ACTIVE.value, reason=reason)))
+        ended = self.fanout.end_group(group_id, message)
+        if ended:
+            self.metrics.inc("relay_feeds_ended_total", ended)
+            log.info("feed.group_ended", group=group_id, state=state.value, feeds=ended)
 
     async def view(self, group_id: int) -> GroupView:
         view = self._views.get(group_id)
@@ -150,15 +165,32 @@ class Channels:
     # --- post ----------------------------------------------------------------------
 
     async def post(self, group: GroupBinding, frame: Post) -> PostResult:
-        for _ in range(3):
-            view = await self.view(group.id)
-            try:
-                return await self._post(view, frame)
-            except _StaleView:
-                self._views.pop(group.id, None)
-        raise RemoteProtocolError(ErrorCode.INTERNAL, "the group keeps changing; post again")
+        return await (await self.submit_post(group, frame))()
 
-    async def _post(self, view: GroupView, frame: Post) -> PostResult:
+    async def submit_post(self, group: GroupBinding, frame: Post) -> Callable[[], Awaitable[PostResult]]:
+        """Check what the event proves on its own and queue its transaction; returns the wait
+        for the answer.  A connection may have several posts in flight (they are committed in
+        the order submitted, often in one commit) and answers them in order."""
+        view = await self.view(group.id)
+        job = await self._submit(view, frame)
+
+        async def answer() -> PostResult:
+            try:
+                return self._answer(view, await self.db.result(job))
+            except _StaleView:
+                pass
+            for _ in range(3):  # the profile or state changed meanwhile: check again, alone
+                self._views.pop(group.id, None)
+                fresh = await self.view(group.id)
+                try:
+                    return self._answer(fresh, await self.db.result(await self._submit(fresh, frame)))
+                except _StaleView:
+                    continue
+            raise RemoteProtocolError(ErrorCode.INTERNAL, "the group keeps changing; post again")
+
+        return answer
+
+    async def _submit(self, view: GroupView, frame: Post) -> Job[_Stored]:
         if view.state is not GroupState.ACTIVE:
             raise RemoteProtocolError(
                 ErrorCode.GROUP_NOT_ACTIVE, f"the group is {view.state.value}; posts need an active group"
@@ -182,7 +214,9 @@ class Channels:
             if result.status is Append.NEW:
                 self.fanout.publish(view.id, result.seq, result.stored)
 
-        result = await self.db.transact(apply, on_commit=publish)
+        return await self.db.submit(apply, on_commit=publish)
+
+    def _answer(self, view: GroupView, result: _Stored) -> PostResult:
         if result.equivocation:
             self.metrics.inc("relay_equivocations_total")
             log.warning("event.equivocation", group=view.id, seq=result.seq, proof_kept=result.proof_kept)
@@ -229,7 +263,7 @@ class Channels:
             record = groups.by_id(conn, group.id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-            if record.state not in SERVING:
+            if record.state is not GroupState.ACTIVE:
                 raise RemoteProtocolError(
                     ErrorCode.GROUP_NOT_ACTIVE, f"the group is {record.state.value}; it serves no events"
                 )

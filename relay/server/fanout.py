@@ -82,12 +82,12 @@ class Mode(enum.Enum):
 class Hub:
     """One group's feeds, and its newest events already framed (bounded)."""
 
-    __slots__ = ("feeds", "group_id", "known_from", "live", "members", "profile_message", "recent")
+    __slots__ = ("attached", "group_id", "known_from", "live", "members", "profile_message", "recent")
 
     def __init__(self, group_id: int, head_seq: int) -> None:
         self.group_id = group_id
         self.live: set[Feed] = set()
-        self.feeds = 0
+        self.attached: set[Feed] = set()  # every feed, live or catching up
         self.members: dict[bytes, Feed] = {}  # member key -> its newest feed (direct invitations)
         # ``recent`` holds every event from ``known_from`` on: the hub was made in the hook of
         # a read that saw the head, and every later commit is published to it.
@@ -106,6 +106,7 @@ class Feed:
         "_waiter",
         "closed",
         "control",
+        "ending",
         "fanout",
         "hub",
         "lagged",
@@ -131,12 +132,13 @@ class Feed:
         self.control: list[bytes] = []
         self._waiter: trio.lowlevel.Task | None = None
         self.closed = False
+        self.ending = False  # the group stopped: send what is in ``control``, then FeedEnded
         self.lagged = 0
 
     # --- called on the trio thread by publishers (never blocks) ---------------------
 
     def push_event(self, seq: int, message: bytes) -> None:
-        if seq <= self.queued_seq:
+        if seq <= self.queued_seq or self.ending:
             return
         limits = self.fanout.limits
         if len(self.queue) >= limits.buffer_frames or self.queued_bytes + len(message) > limits.buffer_bytes:
@@ -156,11 +158,20 @@ class Feed:
 
     def push_control(self, message: bytes) -> bool:
         """Queue a profile or direct-invitation frame; False if too many are waiting."""
-        if self.closed or len(self.control) >= MAX_CONTROL:
+        if self.closed or self.ending or len(self.control) >= MAX_CONTROL:
             return False
         self.control.append(message)
         self._wake()
         return True
+
+    def end(self, message: bytes) -> None:
+        """Send ``message`` (an error frame) next, nothing after it; then the feed ends."""
+        self.hub.live.discard(self)
+        self.queue = []
+        self.queued_bytes = 0
+        self.control = [message]
+        self.ending = True
+        self._wake()
 
     def _lag(self) -> None:
         """Too far behind: forget the queue, catch up from the store after what was sent."""
@@ -220,6 +231,8 @@ class Feed:
                 self.control = []
                 await self._send(data)
                 continue
+            if self.ending:
+                raise FeedEnded()
             if self.queue:
                 batch = self.queue
                 last = self.queued_seq
@@ -243,6 +256,10 @@ class Feed:
         if scope.cancelled_caught:
             self.fanout.stalled(self)
             raise ConnectionClosed()
+
+
+class FeedEnded(Exception):
+    """The feed's group stopped being active; its last frame (the error) was sent."""
 
 
 class FanOut:
@@ -282,17 +299,27 @@ class FanOut:
 
     def feeds_of(self, group_id: int) -> int:
         hub = self.hubs.get(group_id)
-        return 0 if hub is None else hub.feeds
+        return 0 if hub is None else len(hub.attached)
+
+    def end_group(self, group_id: int, message: bytes) -> int:
+        """End every feed of a group with ``message``; returns how many (trio thread)."""
+        hub = self.hubs.get(group_id)
+        if hub is None:
+            return 0
+        feeds = [feed for feed in hub.attached if not feed.ending]
+        for feed in feeds:
+            feed.end(message)
+        return len(feeds)
 
     def attach(self, group_id: int, head_seq: int, ws: WebSocket, member: bytes) -> Feed:
         """A new feed for a connection, in catch-up mode; call in the hook of its first read."""
         hub = self.hubs.get(group_id)
         if hub is None:
             hub = self.hubs[group_id] = Hub(group_id, head_seq)
-        hub.feeds += 1
         self.subscribers += 1
         self.metrics.set("relay_subscribers", self.subscribers)
         feed = Feed(self, hub, ws, member)
+        hub.attached.add(feed)
         hub.members[member] = feed
         return feed
 
@@ -308,10 +335,10 @@ class FanOut:
         hub.live.discard(feed)
         if hub.members.get(feed.member) is feed:
             del hub.members[feed.member]
-        hub.feeds -= 1
+        hub.attached.discard(feed)
         self.subscribers -= 1
         self.metrics.set("relay_subscribers", self.subscribers)
-        if hub.feeds == 0 and self.hubs.get(hub.group_id) is hub:
+        if not hub.attached and self.hubs.get(hub.group_id) is hub:
             del self.hubs[hub.group_id]
 
     async def catch_up(self, feed: Feed) -> None:
@@ -325,7 +352,7 @@ class FanOut:
             return
 
         def hook(page: Page) -> None:
-            if feed.closed:
+            if feed.closed or feed.ending:
                 return
             events = [(seq, event_message(stored)) for seq, stored in page.events]
             if page.complete:

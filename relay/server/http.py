@@ -18,6 +18,7 @@ import h11
 import structlog
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection as WSFrames
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
@@ -85,7 +86,10 @@ def prepared_message(payload: bytes) -> bytes:
 class WebSocket:
     """A server-side WebSocket: binary messages in and out, one task, bounded buffers."""
 
-    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, max_message: int) -> None:
+    # One per connection, and members' connections stay open: slots keep each small.
+    __slots__ = ("_closed", "_max", "_partial", "_send_lock", "_stream", "_ws")
+
+    def __init__(self, stream: trio.abc.Stream, ws: WSFrames, max_message: int) -> None:
         self._stream = stream
         self._ws = ws
         self._max = max_message
@@ -124,11 +128,14 @@ class WebSocket:
                 data = await self._stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ConnectionClosed() from None
+            eof = not data
             try:
                 self._ws.receive_data(bytes(data) or None)
             except WSRemoteError:
                 raise ConnectionClosed() from None
-            if not data:
+            # Not kept while waiting for the next bytes (an idle member waits for days).
+            del data
+            if eof:
                 self._closed = True
 
     async def send(self, message: bytes) -> None:
@@ -232,7 +239,34 @@ async def serve_http_connection(
     head_timeout: float,
     max_message: int = 0,
 ) -> None:
-    """Read one request; answer it, or upgrade it and hand the WebSocket over."""
+    """Read one request; answer it, or upgrade it and hand the WebSocket over.
+
+    The parsing and the handshake are done in helpers that return before the WebSocket is
+    handed over, and this frame keeps none of their objects: a member's connection may stay
+    open for days, and the h11 connection, the request's bytes and headers and wsproto's
+    handshake state would otherwise stay alive with it (several KiB per idle member).
+    """
+    upgrade = await _serve_request(stream, on_http, on_websocket is not None, head_timeout)
+    if upgrade is None or on_websocket is None:
+        return
+    accepted = await _accept(stream, upgrade, on_websocket, max_message)
+    del upgrade  # not needed for the WebSocket's lifetime
+    if accepted is not None:
+        handler, socket = accepted
+        del accepted
+        await handler(socket)
+
+
+@dataclass(frozen=True, slots=True)
+class _Upgrade:
+    raw: bytes  # the request head as received, for wsproto's handshake
+    target: str
+
+
+async def _serve_request(
+    stream: trio.abc.Stream, on_http: HttpHandler, websocket: bool, head_timeout: float
+) -> _Upgrade | None:
+    """Answer a plain HTTP request, or return a WebSocket upgrade request for :func:`_accept`."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     raw = bytearray()
     request: h11.Request | None = None
@@ -243,14 +277,14 @@ async def serve_http_connection(
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 await _send_simple(stream, conn, exc.error_status_hint, b'{"error":"bad_http"}')
-                return
+                return None
             if event is h11.NEED_DATA:
                 try:
                     data = await stream.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+                    return None
                 if not data:
-                    return
+                    return None
                 if request is None:
                     raw += data
                 conn.receive_data(bytes(data))
@@ -264,18 +298,17 @@ async def serve_http_connection(
                 body += event.data
                 if len(body) > MAX_BODY:
                     await _send_simple(stream, conn, 413, b'{"error":"body_too_large"}')
-                    return
+                    return None
                 continue
             if isinstance(event, h11.EndOfMessage):
                 break
-            return  # ConnectionClosed or PAUSED before a request
+            return None  # ConnectionClosed or PAUSED before a request
     if scope.cancelled_caught or request is None:
-        return
+        return None
 
     target = request.target.decode("ascii", "replace")
-    if _wants_websocket(request) and on_websocket is not None:
-        await _upgrade(stream, bytes(raw), target, on_websocket, max_message)
-        return
+    if _wants_websocket(request) and websocket:
+        return _Upgrade(bytes(raw), target)
     headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
     try:
         response = await on_http(HttpRequest(request.method.decode(), target, headers, bytes(body)))
@@ -284,29 +317,30 @@ async def serve_http_connection(
         log.exception("http.internal_error", method=request.method.decode(), path=target.split("?")[0])
         response = HttpResponse(500, b'{"error":"internal"}')
     await _send_response(stream, conn, response)
+    return None
 
 
 def _wants_websocket(request: h11.Request) -> bool:
     return any(k.lower() == b"upgrade" and v.lower() == b"websocket" for k, v in request.headers)
 
 
-async def _upgrade(
+async def _accept(
     stream: trio.abc.Stream,
-    raw: bytes,
-    target: str,
+    upgrade: _Upgrade,
     router: WebSocketRouter,
     max_message: int,
-) -> None:
+) -> tuple[WebSocketHandler, WebSocket] | None:
+    """The handshake: the route's handler and the open WebSocket, or None once refused."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
-        ws.receive_data(raw)
+        ws.receive_data(upgrade.raw)
         handshake = next((e for e in ws.events() if isinstance(e, Request)), None)
     except WSRemoteError:
         handshake = None
     if handshake is None:
         await _try_send(stream, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        return
-    route = router(target)
+        return None
+    route = router(upgrade.target)
     if isinstance(route, HttpResponse):
         reject = ws.send(
             RejectConnection(
@@ -319,11 +353,14 @@ async def _upgrade(
             )
         ) + ws.send(RejectData(data=route.body))
         await _try_send(stream, reject)
-        return
+        return None
     if not await _try_send(stream, ws.send(AcceptConnection())):
-        return
-    socket = WebSocket(stream, ws, max_message)
-    await route(socket)
+        return None
+    # From here on only the frame-level connection is needed: the WSConnection wrapper keeps
+    # the handshake (an h11 connection, the request and its headers) for as long as it lives.
+    # On the server side, bytes after the request head were never passed on by the handshake.
+    assert ws.connection is not None
+    return route, WebSocket(stream, ws.connection, max_message)
 
 
 async def _try_send(stream: trio.abc.Stream, data: bytes) -> bool:

@@ -73,6 +73,9 @@ SPECS: dict[str, Spec] = {
     "relay_feed_stalled_total": Spec(
         "counter", "Member connections closed for accepting nothing (stall_timeout)"
     ),
+    "relay_feeds_ended_total": Spec(
+        "counter", "Member feeds ended because their group stopped being active (suspended, removed)"
+    ),
     "relay_discovered_total": Spec("counter", "Signed heads answered to discover requests"),
     "relay_direct_invitations_total": Spec(
         "counter", "Direct invitations passed on, by outcome (delivered, stored)"

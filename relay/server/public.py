@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import math
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import structlog
@@ -46,7 +47,7 @@ from relay.server.admission import Admissions, GroupBinding
 from relay.server.config import EventsConfig, ServerConfig
 from relay.server.direct import DirectMessages
 from relay.server.events import Channels
-from relay.server.fanout import Feed
+from relay.server.fanout import Feed, FeedEnded
 from relay.server.http import (
     ConnectionClosed,
     HttpRequest,
@@ -135,20 +136,23 @@ class PublicEndpoint:
         try:
             # Client addresses are personal data: bound only if the operator opted in.
             peer = {"peer": _peer(stream)} if self.log_client_ip else {}
-            with structlog.contextvars.bound_contextvars(conn=f"c{next(self._ids)}", **peer):
-                if peer:
-                    log.info("connection.opened")
-                try:
-                    await serve_http_connection(
-                        stream,
-                        on_http=self._http,
-                        on_websocket=self._route,
-                        head_timeout=self.config.handshake_timeout,
-                        max_message=self.config.max_frame_bytes,
-                    )
-                except Exception:
-                    # Last line of defence: one connection's failure never stops the relay.
-                    log.exception("connection.internal_error")
+            # Bound in this task's own context (trio gives each task a copy), which ends with
+            # the task: no context manager to keep alive for the connection's lifetime.
+            structlog.contextvars.bind_contextvars(conn=f"c{next(self._ids)}", **peer)
+            if peer:
+                log.info("connection.opened")
+            del peer
+            try:
+                await serve_http_connection(
+                    stream,
+                    on_http=self._http,
+                    on_websocket=self._route,
+                    head_timeout=self.config.handshake_timeout,
+                    max_message=self.config.max_frame_bytes,
+                )
+            except Exception:
+                # Last line of defence: one connection's failure never stops the relay.
+                log.exception("connection.internal_error")
         finally:
             self.open_connections -= 1
             self.metrics.set("relay_connections_open", self.open_connections)
@@ -209,15 +213,20 @@ class PublicEndpoint:
         session.nursery.start_soon(self._run_feed, session, ws, feed)
 
     async def _run_feed(self, session: _Connection, ws: WebSocket, feed: Feed) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        try:
             await feed.run()
+        except ConnectionClosed:
+            pass
+        except FeedEnded:
+            # The group stopped: the error frame was sent; a Close tells the member it is final.
+            with trio.move_on_after(1):
+                await ws.close(CLOSE_POLICY, ErrorCode.GROUP_NOT_ACTIVE.value)
         # The member is gone or stalled: end the whole connection (no Close frame to a
         # member that reads nothing: it could block; the stream is closed by ``handle``).
         assert session.nursery is not None
         session.nursery.cancel_scope.cancel()
 
     async def _serve(self, session: _Connection, ws: WebSocket) -> None:
-        errors = 0
         while True:
             if session.feed is not None:
                 timeout = math.inf  # a feed only reads; a dead peer shows when a send stalls
@@ -228,14 +237,13 @@ class PublicEndpoint:
             if self.draining:
                 await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
                 return
-            idle = trio.CancelScope()
+            # One scope both for the time-out and for drain() (a subscribed member waits here
+            # for days, and every scope is kept that long): drain sets ``draining`` first.
+            idle = trio.CancelScope(deadline=trio.current_time() + timeout)
             self._idle.add(idle)
             try:
-                with idle, trio.fail_after(timeout):
+                with idle:
                     data = await ws.receive()
-            except trio.TooSlowError:
-                await self._fail(ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY)
-                return
             except MessageTooLarge as exc:
                 await self._fail(ws, ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
                 return
@@ -247,18 +255,24 @@ class PublicEndpoint:
             finally:
                 self._idle.discard(idle)
             if idle.cancelled_caught:
-                await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+                if self.draining:
+                    await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+                else:
+                    await self._fail(
+                        ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY
+                    )
                 return
+            del idle
             try:
                 reply = await self._dispatch(session, ws, data)
             except RemoteProtocolError as exc:
-                errors += 1
-                self._count_refusal(exc, session)
-                if not session.rules.greeted or errors >= MAX_ERRORS_PER_CONNECTION:
-                    close = CLOSE_UNKNOWN_GROUP if exc.code is ErrorCode.UNKNOWN_GROUP else CLOSE_POLICY
-                    await self._fail(ws, exc.code, exc.reason, close)
+                if session.pipeline is not None and session.pipeline.in_flight:
+                    # Answers go in order: this error waits behind the posts in flight.
+                    await session.pipeline.put(_raise(exc))
+                    continue
+                reply = await self._refused(session, ws, exc)
+                if reply is None:
                     return
-                reply = Error(code=exc.code.value, reason=exc.reason)
             except Exception:
                 # Our bug, not the peer's rule break: fail this connection alone.  Left to
                 # escape, it would cancel the connections nursery and stop the whole relay.
@@ -268,7 +282,8 @@ class PublicEndpoint:
                     ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
                 )
                 return
-            if reply is None:  # subscribed: the feed sends the answer, then the events
+            del data  # not kept while waiting for the next frame
+            if reply is None:  # subscribed (the feed answers), or a post in flight
                 continue
             try:
                 await ws.send(encode(reply))
@@ -278,8 +293,56 @@ class PublicEndpoint:
                 await ws.close(CLOSE_UNKNOWN_GROUP, "unknown group")
                 return
 
+    async def _refused(self, session: _Connection, ws: WebSocket, exc: RemoteProtocolError) -> Error | None:
+        """The error frame for a refused request, or None once the connection is closed for it."""
+        session.errors += 1
+        self._count_refusal(exc, session)
+        if not session.rules.greeted or session.errors >= MAX_ERRORS_PER_CONNECTION:
+            close = CLOSE_UNKNOWN_GROUP if exc.code is ErrorCode.UNKNOWN_GROUP else CLOSE_POLICY
+            await self._fail(ws, exc.code, exc.reason, close)
+            return None
+        return Error(code=exc.code.value, reason=exc.reason)
+
+    async def _answer_posts(self, session: _Connection, ws: WebSocket, pipeline: _Pipeline) -> None:
+        """The answers of pipelined posts, in the order they came (one task per posting connection)."""
+        async for wait in pipeline.receive:
+            reply: RelayFrame | None
+            try:
+                reply = await wait()
+            except RemoteProtocolError as exc:
+                reply = await self._refused(session, ws, exc)
+            except Exception:
+                log.exception("session.internal_error")
+                self.metrics.inc("relay_refusals_total", code=ErrorCode.INTERNAL.value)
+                reply = None
+                await self._fail(
+                    ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
+                )
+            if reply is None:
+                assert session.nursery is not None
+                session.nursery.cancel_scope.cancel()
+                return
+            try:
+                await ws.send(encode(reply))
+            except ConnectionClosed:
+                assert session.nursery is not None
+                session.nursery.cancel_scope.cancel()
+                return
+            pipeline.done()
+
     async def _dispatch(self, session: _Connection, ws: WebSocket, data: bytes) -> RelayFrame | None:
         frame = session.rules.receive(data, trio.current_time())
+        pipeline = session.pipeline
+        if isinstance(frame, Post):
+            assert session.group is not None
+            if pipeline is None:
+                pipeline = session.pipeline = _Pipeline()
+                assert session.nursery is not None
+                session.nursery.start_soon(self._answer_posts, session, ws, pipeline)
+            await pipeline.put(await self.channels.submit_post(session.group, frame))
+            return None
+        if pipeline is not None:
+            await pipeline.idle()  # one answer per request, in order: the posts' answers first
         if isinstance(frame, Hello):
             if session.address_id is not None:
                 session.group = await self.admissions.bind(session.address_id)
@@ -309,8 +372,6 @@ class PublicEndpoint:
             return await self.admissions.status(group, frame)
         if isinstance(frame, ProfileRequest):
             return await self.admissions.profile(group)
-        if isinstance(frame, Post):
-            return await self.channels.post(group, frame)
         if isinstance(frame, HeadRequest):
             return await self.channels.head(group)
         if isinstance(frame, Subscribe):
@@ -359,6 +420,42 @@ class _Connection:
         self.rate_limited = False
         self.nursery: trio.Nursery | None = None
         self.feed: Feed | None = None
+        self.pipeline: _Pipeline | None = None
+        self.errors = 0
+
+
+POST_WINDOW = 256  # posts in flight per connection; reading waits beyond
+
+
+class _Pipeline:
+    """A connection's posts in flight: their answers are sent in order by one task."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[Callable[[], Awaitable[RelayFrame]]](POST_WINDOW)
+        self.in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def put(self, wait: Callable[[], Awaitable[RelayFrame]]) -> None:
+        if self.in_flight == 0:
+            self._idle = trio.Event()
+        self.in_flight += 1
+        await self.send.send(wait)
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+def _raise(exc: RemoteProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
+    async def wait() -> RelayFrame:
+        raise exc
+
+    return wait
 
 
 def _peer(stream: trio.SocketStream) -> str:

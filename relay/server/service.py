@@ -84,6 +84,9 @@ class GroupService:
         # Called with (group id, the new signed profile, the state after) once a profile update
         # committed: the fan-out pushes it to the group's subscribers.
         self.profile_listeners: list[Callable[[int, Signed, GroupState], None]] = []
+        # Called with (group id, the state after) once a change of state committed (owners'
+        # profile update or an operator action): the fan-out ends the feeds of a stopped group.
+        self.state_listeners: list[Callable[[int, GroupState], None]] = []
 
     def now(self) -> int:
         return int(self._clock())
@@ -283,6 +286,8 @@ class GroupService:
         with structlog.contextvars.bound_contextvars(group=group_id):
             if after is not before:
                 self.group_changed(group_id)
+                for state_listener in self.state_listeners:
+                    state_listener(group_id, after)
                 if after is GroupState.ACTIVE:
                     self.metrics.inc("relay_activations_total")
                     log.info("group.activated", version=version)
@@ -457,6 +462,8 @@ class GroupService:
 
         record = await self.db.transact(apply)
         self.group_changed(group_id)  # the join worker: held requests may now be decided or refused
+        for listener in self.state_listeners:
+            listener(group_id, record.state)
         return record
 
 

@@ -35,7 +35,7 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 @dataclass(eq=False)
-class _Job(Generic[T]):
+class Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     on_commit: Callable[[T], None] | None = None
     done: trio.Event = field(default_factory=trio.Event)
@@ -75,7 +75,7 @@ class Database:
         self._conn.execute("PRAGMA foreign_keys=ON")
         migrate(self._conn)
         self._limiter = trio.CapacityLimiter(1)
-        self._send, self._receive = trio.open_memory_channel[_Job[Any]](max_pending)
+        self._send, self._receive = trio.open_memory_channel[Job[Any]](max_pending)
         self._max_batch = max_batch
         self.stats = CommitStats()
         self._backup_lock = trio.Lock()  # one backup at a time
@@ -90,7 +90,7 @@ class Database:
         """The writer task: gather waiting jobs, run them in one transaction, commit, wake."""
         task_status.started()
         async for first in self._receive:
-            batch: list[_Job[Any]] = [first]
+            batch: list[Job[Any]] = [first]
             while len(batch) < self._max_batch:
                 try:
                     batch.append(self._receive.receive_nowait())
@@ -108,7 +108,7 @@ class Database:
             if seconds is not None and self.on_commit is not None:
                 self.on_commit(seconds, len(batch))
 
-    def _after_commit(self, batch: list[_Job[Any]]) -> None:
+    def _after_commit(self, batch: list[Job[Any]]) -> None:
         """Run the jobs' ``on_commit`` hooks on the trio thread, in commit order."""
         for job in batch:
             if job.on_commit is not None and job.error is None:
@@ -131,13 +131,25 @@ class Database:
         database and what the hooks of earlier jobs did are in step (the fan-out relies on it).
         It must not block.
         """
-        job: _Job[T] = _Job(fn, on_commit)
+        return await self.result(await self.submit(fn, on_commit=on_commit))
+
+    async def submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, on_commit: Callable[[T], None] | None = None
+    ) -> Job[T]:
+        """Queue ``fn`` like :meth:`transact` without waiting for its commit: a connection can
+        have several requests in flight (pipelined posts) and still answer them in order."""
+        job: Job[T] = Job(fn, on_commit)
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:
             self.stats.queue_full += 1
             log.warning("bound.hit", bound="db_pending_jobs", limit=self._send.statistics().max_buffer_size)
             await self._send.send(job)
+        return job
+
+    @staticmethod
+    async def result(job: Job[T]) -> T:
+        """Wait for a submitted job's commit; its result, or its error raised here."""
         # Shielded: once queued, the job will run; the caller must not vanish
         # before it knows whether its write committed.
         with trio.CancelScope(shield=True):
@@ -146,7 +158,7 @@ class Database:
             raise job.error
         return job.result  # type: ignore[return-value]
 
-    def _run_batch(self, batch: list[_Job[Any]]) -> float | None:
+    def _run_batch(self, batch: list[Job[Any]]) -> float | None:
         """One transaction for the whole batch; returns its duration, or None if it failed."""
         conn = self._conn
         started = time.perf_counter()
