@@ -87,7 +87,7 @@ class WebSocket:
     """A server-side WebSocket: binary messages in and out, one task, bounded buffers."""
 
     # One per connection, and members' connections stay open: slots keep each small.
-    __slots__ = ("_closed", "_max", "_partial", "_send_lock", "_stream", "_ws")
+    __slots__ = ("_closed", "_max", "_partial", "_send_lock", "_stream", "_unsent", "_ws")
 
     def __init__(self, stream: trio.abc.Stream, ws: WSFrames, max_message: int) -> None:
         self._stream = stream
