@@ -1047,6 +1047,8 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                 "p50 / p99 / max ms",
                 "members closed",
                 "gaps",
+                "late sends",
+                "other procs",
             ]
             rows = []
             for r in stalled:
@@ -1054,7 +1056,8 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                     rows.append(
                         [SERVERS[r["server"]], label, f"{f['deliveries']:,}",
                          f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} / {f['max_ms']:.1f}",
-                         str(f["members_closed"]), str(f["gaps"])]
+                         str(f["members_closed"]), str(f["gaps"]), str(f["late_sends"]),
+                         f"{f['other_procs']:.2f}"]
                     )  # fmt: skip
                 if r["server"] == "relay":
                     before, after = r["fixed"]["p99_ms"], r["stalled"]["p99_ms"]
