@@ -577,9 +577,16 @@ async def max_rate(
 
 
 async def fixed_rate(
-    pub: Publisher, crowd: Crowd, args: argparse.Namespace, extra_pids: list[int], seconds: float
+    pub: Publisher,
+    crowd: Crowd,
+    args: argparse.Namespace,
+    extra_pids: list[int],
+    seconds: float,
+    *,
+    quiet_wait: float | None = None,
 ) -> dict[str, Any]:
-    """``rate`` posts per second on a fixed schedule (open loop) for ``seconds``."""
+    """``rate`` posts per second on a fixed schedule (open loop) for ``seconds``; the wait for
+    a quiet machine (``quiet_wait``, default ``--quiet-wait``) is between warm-up and timing."""
     interval = 1.0 / args.rate
 
     async def run_for(duration: float) -> tuple[int, int, int]:
@@ -601,7 +608,7 @@ async def fixed_rate(
         return first, last, late
 
     await run_for(args.warmup)
-    await quiet(args.quiet_wait)
+    await quiet(args.quiet_wait if quiet_wait is None else quiet_wait)
     await crowd.record(pub.head.seq + 1)
     cpu0 = Cpu.now(crowd.target, crowd, extra_pids)
     first, last, late = await run_for(seconds)
@@ -650,12 +657,18 @@ async def configuration(
                 out["fixed"] = await fixed_rate(pub, crowd, args, [], args.fixed_seconds)
                 print(f"    {args.rate:g}/s: p99 {out['fixed']['p99_ms']:.1f} ms", file=sys.stderr)
             if stall:
+                # The quiet wait comes before the stalled member subscribes: its send would
+                # otherwise stall through the wait, and the relay disconnect it (stall_timeout)
+                # before the timed run.
+                await quiet(args.quiet_wait)
                 stalled = Crowd(target, 1, 1, "stalled", stall=True, rcvbuf=args.stall_rcvbuf)
                 s = await stalled.start(nursery)
                 if s["live"] != 1:
                     raise RuntimeError(f"the stalled member did not subscribe: {s['error_samples']}")
                 try:
-                    out["stalled"] = await fixed_rate(pub, crowd, args, stalled.pids, args.fixed_seconds)
+                    out["stalled"] = await fixed_rate(
+                        pub, crowd, args, stalled.pids, args.fixed_seconds, quiet_wait=0
+                    )
                     print(f"    stalled: p99 {out['stalled']['p99_ms']:.1f} ms", file=sys.stderr)
                     if target.kind == "relay":
                         out["stalled"]["relay_metrics"] = relay_metrics(daemon)
@@ -680,7 +693,7 @@ def relay_metrics(daemon: Daemon) -> dict[str, float]:
         if line.startswith("#") or not line:
             continue
         key, _, value = line.rpartition(" ")
-        if any(word in key for word in ("slow", "catch", "drop", "bounds_hit", "fanout", "subscri", "event")):
+        if any(word in key for word in ("slow", "catch", "drop", "bounds_hit", "feed", "subscri", "event")):
             out[key] = float(value)
     return out
 
@@ -1034,6 +1047,8 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                 "p50 / p99 / max ms",
                 "members closed",
                 "gaps",
+                "late sends",
+                "other procs",
             ]
             rows = []
             for r in stalled:
@@ -1041,7 +1056,8 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> list[str]:
                     rows.append(
                         [SERVERS[r["server"]], label, f"{f['deliveries']:,}",
                          f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} / {f['max_ms']:.1f}",
-                         str(f["members_closed"]), str(f["gaps"])]
+                         str(f["members_closed"]), str(f["gaps"]), str(f["late_sends"]),
+                         f"{f['other_procs']:.2f}"]
                     )  # fmt: skip
                 if r["server"] == "relay":
                     before, after = r["fixed"]["p99_ms"], r["stalled"]["p99_ms"]

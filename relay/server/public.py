@@ -58,6 +58,7 @@ from relay.server.http import (
     WebSocket,
     WebSocketHandler,
     accept_http_connection,
+    prepared_message,
 )
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
@@ -314,31 +315,48 @@ class PublicEndpoint:
         return Error(code=exc.code.value, reason=exc.reason)
 
     async def _answer_posts(self, session: _Connection, ws: WebSocket, pipeline: _Pipeline) -> None:
-        """The answers of pipelined posts, in the order they came (one task per posting connection)."""
-        async for wait in pipeline.receive:
-            reply: RelayFrame | None
-            try:
-                reply = await wait()
-            except RemoteProtocolError as exc:
-                reply = await self._refused(session, ws, exc)
-            except Exception:
-                log.exception("session.internal_error")
-                self.metrics.inc("relay_refusals_total", code=ErrorCode.INTERNAL.value)
-                reply = None
-                await self._fail(
-                    ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
-                )
-            if reply is None:
-                assert session.nursery is not None
+        """The answers of pipelined posts, in the order they came (one task per posting connection).
+
+        The posts queued behind the one answered first were mostly committed with it: their
+        answers are gathered and written together, one system call per batch instead of one
+        per post (about a quarter of the relay's CPU per post with one pipelining publisher).
+        """
+        assert session.nursery is not None
+        async for first in pipeline.receive:
+            waits = [first]
+            while len(waits) < ANSWER_BATCH:
+                try:
+                    waits.append(pipeline.receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            out: list[bytes] = []
+            for wait in waits:
+                reply: RelayFrame | None
+                try:
+                    reply = await wait()
+                except RemoteProtocolError as exc:
+                    # The answers gathered so far go first: a refusal may close the connection.
+                    if not await _send_answers(ws, out):
+                        session.nursery.cancel_scope.cancel()
+                        return
+                    reply = await self._refused(session, ws, exc)
+                except Exception:
+                    log.exception("session.internal_error")
+                    self.metrics.inc("relay_refusals_total", code=ErrorCode.INTERNAL.value)
+                    reply = None
+                    if await _send_answers(ws, out):
+                        await self._fail(
+                            ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
+                        )
+                if reply is None:
+                    session.nursery.cancel_scope.cancel()
+                    return
+                out.append(prepared_message(encode(reply)))
+            if not await _send_answers(ws, out):
                 session.nursery.cancel_scope.cancel()
                 return
-            try:
-                await ws.send(encode(reply))
-            except ConnectionClosed:
-                assert session.nursery is not None
-                session.nursery.cancel_scope.cancel()
-                return
-            pipeline.done()
+            for _ in waits:
+                pipeline.done()
 
     async def _dispatch(self, session: _Connection, ws: WebSocket, data: bytes) -> RelayFrame | None:
         frame = session.rules.receive(data, trio.current_time())
@@ -442,6 +460,7 @@ class _Connection:
 
 
 POST_WINDOW = 256  # posts in flight per connection; reading waits beyond
+ANSWER_BATCH = 64  # post answers gathered into one write at most
 
 
 class _Pipeline:
@@ -466,6 +485,19 @@ class _Pipeline:
 
     async def idle(self) -> None:
         await self._idle.wait()
+
+
+async def _send_answers(ws: WebSocket, answers: list[bytes]) -> bool:
+    """Write prepared answers in one go and empty the list; False if the connection is gone."""
+    if not answers:
+        return True
+    data = b"".join(answers)
+    answers.clear()
+    try:
+        await ws.send_prepared(data)
+    except ConnectionClosed:
+        return False
+    return True
 
 
 def _raise(exc: RemoteProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
