@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 import trio
 
-from benchmarks import joins, machine, wsframe
+from benchmarks import joins, machine, runs, wsframe
 from benchmarks.daemon import Daemon
 from benchmarks.fanout_members import BUCKET_NS, BUCKETS, stamp
 
@@ -1228,22 +1228,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.fanout", description="Channel traffic benchmarks.")
-    p.add_argument("--quick", action="store_true", help="a fast smoke run (small counts)")
-    p.add_argument(
-        "--quiet-wait", type=float, help="seconds to wait at most for an idle machine (default 30)"
+    return runs.standalone_main(
+        argv,
+        prog="python -m benchmarks.fanout",
+        description="Channel traffic benchmarks.",
+        add_arguments=add_arguments,
+        resolve=resolve,
+        run=run,
     )
-    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
-    p.add_argument("--keep", action="store_true", help="keep the temp folder (server logs, databases)")
-    add_arguments(p)
-    args = resolve(p.parse_args(argv))
-    out = run(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
-    if out["errors"]:
-        print(f"{out['errors']} errors", file=sys.stderr)
-    return 1 if out["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import httpx
 import psutil
 import trio
 
-from benchmarks import machine
+from benchmarks import machine, runs
 from benchmarks.daemon import Daemon
 from benchmarks.members import (
     Group,
@@ -789,22 +789,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.joins", description="Members' join benchmarks.")
-    p.add_argument("--quick", action="store_true", help="a fast smoke run (small counts)")
-    p.add_argument(
-        "--quiet-wait", type=float, help="seconds to wait at most for an idle machine (default 30)"
+    return runs.standalone_main(
+        argv,
+        prog="python -m benchmarks.joins",
+        description="Members' join benchmarks.",
+        add_arguments=add_arguments,
+        resolve=resolve,
+        run=run,
     )
-    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
-    p.add_argument("--keep", action="store_true", help="keep the temp folder (relay logs, databases)")
-    add_arguments(p)
-    args = resolve(p.parse_args(argv))
-    out = run(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
-    if out["errors"]:
-        print(f"{out['errors']} errors", file=sys.stderr)
-    return 1 if out["errors"] else 0
 
 
 if __name__ == "__main__":

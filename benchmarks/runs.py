@@ -8,11 +8,12 @@ waits (a bounded time) for the machine to be quiet.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,3 +336,32 @@ def growth(
     if status != 0:
         raise RuntimeError(f"relay exited with status {status}; log in {relay.log_path}")
     return out
+
+
+def standalone_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    resolve: Callable[[argparse.Namespace], argparse.Namespace],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+) -> int:
+    """The command line shared by the benchmark modules run alone (``python -m benchmarks.X``):
+    the common options, the run, the JSON file, and exit status 1 if anything failed."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--quick", action="store_true", help="a fast smoke run (small counts)")
+    p.add_argument(
+        "--quiet-wait", type=float, help="seconds to wait at most for an idle machine (default 30)"
+    )
+    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder (server logs, databases)")
+    add_arguments(p)
+    args = resolve(p.parse_args(argv))
+    out = run(args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    if out["errors"]:
+        print(f"{out['errors']} errors", file=sys.stderr)
+    return 1 if out["errors"] else 0
