@@ -175,7 +175,6 @@ def sqlite_baseline(
     each in its own SAVEPOINT as the group-commit writer runs jobs.
     """
     from relay.protocol.admission import Decision, JoinState
-    from relay.store import groups
     from relay.store import joins as store
     from relay.store.migrations import migrate
 
@@ -202,13 +201,10 @@ def sqlite_baseline(
         if relay_calls:
             for j in chunk:
                 conn.execute("SAVEPOINT job")
-                groups.by_id(conn, group_id)
-                store.counts(conn, group_id)
+                store.intake_view(conn, group_id)
                 store.by_member(conn, group_id, j.member_key)
                 new = store.NewJoin(group_id, j.member_key, j.request, "member")
-                row_id = store.insert(conn, new, admitted, now)
-                store.by_id(conn, row_id)
-                store.counts(conn, group_id)
+                store.insert_row(conn, new, admitted, now)
                 conn.execute("RELEASE job")
         else:
             conn.executemany(

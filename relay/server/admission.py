@@ -64,7 +64,9 @@ class GroupBinding:
     address_id: str
 
 
-def rules_of(record: GroupRecord, counts: joins.QueueCounts, operator_cap: int) -> GroupRules:
+def rules_of(
+    record: GroupRecord | joins.IntakeView, counts: joins.QueueCounts, operator_cap: int
+) -> GroupRules:
     owners_cap = record.max_members
     cap = min(owners_cap, operator_cap) if owners_cap else operator_cap
     return GroupRules(
@@ -203,14 +205,15 @@ class Admissions:
 
     def _arrive(self, conn: sqlite3.Connection, new: joins.NewJoin, now: int) -> tuple[bool, JoinRow, bool]:
         """Store and decide (or answer a duplicate); returns (stored, row, group is active)."""
-        record = groups.by_id(conn, new.group_id)
-        if record is None:
+        view = joins.intake_view(conn, new.group_id)
+        if view is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-        counts = joins.counts(conn, new.group_id)
+        counts = view.counts
+        active = view.state is GroupState.ACTIVE
         existing = joins.by_member(conn, new.group_id, new.member_key)
         existing_decision = existing.decision if existing else None
         arrival = admission.arrive(
-            rules_of(record, counts, self.config.max_per_group),
+            rules_of(view, counts, self.config.max_per_group),
             existing=existing_decision,
             same_request=existing is not None and existing.request == new.request,
             queued_ahead=counts.held,
@@ -218,22 +221,19 @@ class Admissions:
             queue_bound=self.config.max_queued_per_group,
         )
         if not arrival.store:
-            active = record.state is GroupState.ACTIVE
             if existing is not None and arrival.decision is existing_decision:
                 return False, existing, active
             return False, _unstored(new, arrival.decision, now), active
         if existing is not None:
             joins.delete(conn, existing.id)  # a "not now" refusal, asked again: decided afresh
-        row_id = joins.insert(conn, new, arrival.decision, now)
-        self.after_decision(conn, record, new.member_key, new.name, arrival.decision, now)
-        row = joins.by_id(conn, row_id)
-        assert row is not None
-        return True, row, record.state is GroupState.ACTIVE
+        row = joins.insert_row(conn, new, arrival.decision, now)
+        self.after_decision(conn, new.group_id, new.member_key, new.name, arrival.decision, now)
+        return True, row, active
 
     def after_decision(
         self,
         conn: sqlite3.Connection,
-        record: GroupRecord,
+        group_id: int,
         member_key: bytes,
         name: str,
         decision: Decision,
@@ -243,14 +243,14 @@ class Admissions:
         if decision.state is JoinState.PENDING_APPROVAL:
             groups.append_log(
                 conn,
-                record.id,
+                group_id,
                 now,
                 "member_pending",
                 f"{name!r} ({member_id(member_key)}) asks to join",
                 keep=self.service.log_keep,
             )
         elif decision.state is JoinState.REFUSED:
-            self.forget_old_refusals(conn, record.id)
+            self.forget_old_refusals(conn, group_id)
 
     def forget_old_refusals(self, conn: sqlite3.Connection, group_id: int) -> None:
         """Remembered refusals are bounded per group; runs on the database thread, so the
@@ -387,7 +387,7 @@ class Admissions:
             f"{row.name!r} ({member_id(member_key)}) by an owner",
             keep=self.service.log_keep,
         )
-        self.after_decision(conn, record, member_key, row.name, decision, now)
+        self.after_decision(conn, record.id, member_key, row.name, decision, now)
         return decision
 
 

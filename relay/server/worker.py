@@ -131,7 +131,7 @@ class JoinWorker:
                     stored_join(row.request)  # a damaged row fails here, and is retried
                     decision = admission.decide(rules)
                     joins.set_decision(conn, row.id, decision, now)
-                    self.admissions.after_decision(conn, record, row.member_key, row.name, decision, now)
+                    self.admissions.after_decision(conn, group_id, row.member_key, row.name, decision, now)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")

@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from relay.protocol.admission import Decision, JoinState
+from relay.protocol.state import GroupState
 
 _COLUMNS = (
     "id, group_id, member_key, request, name, status, code, reason, received_at, decided_at, "
@@ -73,6 +74,33 @@ def counts(conn: sqlite3.Connection, group_id: int) -> QueueCounts:
     return QueueCounts(*row) if row else QueueCounts()
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeView:
+    """What deciding an arriving request reads of its group: the columns the rules need and the
+    queue counts, without the signed profile (read once per request, so kept narrow)."""
+
+    state: GroupState
+    reason_code: str | None
+    reason: str | None
+    admission: str
+    max_members: int
+    admission_suspended: bool
+    counts: QueueCounts
+
+
+def intake_view(conn: sqlite3.Connection, group_id: int) -> IntakeView | None:
+    row = conn.execute(
+        "SELECT g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
+        "q.held, q.pending, q.dead, q.members, q.refused "
+        "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = ?",
+        (group_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    counts = QueueCounts(*row[6:]) if row[6] is not None else QueueCounts()
+    return IntakeView(GroupState(row[0]), row[1], row[2], row[3], row[4], bool(row[5]), counts)
+
+
 def totals(conn: sqlite3.Connection) -> QueueCounts:
     """Sums over every group (for metrics and stats: one pass over a small table)."""
     row = conn.execute(
@@ -122,6 +150,28 @@ def insert(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int
         ),
     )
     return int(cursor.lastrowid or 0)
+
+
+def insert_row(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int) -> JoinRow:
+    """:func:`insert`, returning the row as stored: every column is known (the schema's defaults
+    for the attempt columns, no trigger writes to the row), so it is not read back."""
+    row_id = insert(conn, join, decision, now)
+    decided_at = None if decision.state.undecided else now
+    return JoinRow(
+        id=row_id,
+        group_id=join.group_id,
+        member_key=join.member_key,
+        request=join.request,
+        name=join.name,
+        status=decision.state,
+        code=decision.code,
+        reason=decision.reason,
+        received_at=now,
+        decided_at=decided_at,
+        attempts=0,
+        next_attempt_ms=0,
+        last_error=None,
+    )
 
 
 def delete(conn: sqlite3.Connection, row_id: int) -> None:
