@@ -26,7 +26,7 @@ import queue
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -41,12 +41,16 @@ log = structlog.get_logger("relay.store")
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
-    done: trio.Event = field(default_factory=trio.Event)
+    caller: trio.lowlevel.Task  # rescheduled once the job's transaction has committed (or failed)
     result: T | None = None
     error: BaseException | None = None
+
+
+def _not_cancellable(_: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
 
 
 @dataclass
@@ -119,7 +123,7 @@ class Database:
         given and return plain values.  If it raises, its changes are rolled
         back and the exception is re-raised here; other jobs are unaffected.
         """
-        job: _Job[T] = _Job(fn)
+        job: _Job[T] = _Job(fn, trio.lowlevel.current_task())
         try:
             self._room.acquire_nowait()
         except trio.WouldBlock:
@@ -127,10 +131,9 @@ class Database:
             log.warning("bound.hit", bound="db_pending_jobs", limit=self._max_pending)
             await self._room.acquire()
         self._jobs.put(job)
-        # Shielded: once queued, the job will run; the caller must not vanish
-        # before it knows whether its write committed.
-        with trio.CancelScope(shield=True):
-            await job.done.wait()
+        # Not cancellable once queued (as in a shielded scope, without the scope's cost): the
+        # job will run, and the caller must not vanish before it knows whether it committed.
+        await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -165,7 +168,7 @@ class Database:
     def _committed(self, batch: list[_Job[Any]], seconds: float | None) -> None:
         """On the trio thread, after a batch's COMMIT (or its failure): wake its callers."""
         for job in batch:
-            job.done.set()
+            trio.lowlevel.reschedule(job.caller)
             self._room.release()
         if seconds is not None and self.on_commit is not None:
             self.on_commit(seconds, len(batch))
