@@ -180,13 +180,16 @@ class Database:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
+                # Each job's savepoint nests in the previous job's, and COMMIT ends them all:
+                # a RELEASE per job would be one more statement, and every statement hands
+                # the GIL back and forth several times (the trio thread then takes it).
+                # ROLLBACK TO reverts to the newest savepoint of that name: this job's alone.
                 conn.execute("SAVEPOINT job")
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
                     conn.execute("ROLLBACK TO job")
                     job.error = exc
-                conn.execute("RELEASE job")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
