@@ -201,8 +201,7 @@ def sqlite_baseline(
         if relay_calls:
             for j in chunk:
                 conn.execute("SAVEPOINT job")
-                store.intake_view(conn, group_id)
-                store.by_member(conn, group_id, j.member_key)
+                store.intake_view(conn, group_id, j.member_key)
                 new = store.NewJoin(group_id, j.member_key, j.request, "member")
                 store.insert_row(conn, new, admitted, now)
                 conn.execute("RELEASE job")

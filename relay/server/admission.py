@@ -64,9 +64,7 @@ class GroupBinding:
     address_id: str
 
 
-def rules_of(
-    record: GroupRecord | joins.IntakeView, counts: joins.QueueCounts, operator_cap: int
-) -> GroupRules:
+def rules_of(record: GroupRecord | joins.IntakeView, members: int, operator_cap: int) -> GroupRules:
     owners_cap = record.max_members
     cap = min(owners_cap, operator_cap) if owners_cap else operator_cap
     return GroupRules(
@@ -76,7 +74,7 @@ def rules_of(
         admission=record.admission,
         max_members=cap,
         admission_suspended=record.admission_suspended,
-        members=counts.members,
+        members=members,
     )
 
 
@@ -205,19 +203,18 @@ class Admissions:
 
     def _arrive(self, conn: sqlite3.Connection, new: joins.NewJoin, now: int) -> tuple[bool, JoinRow, bool]:
         """Store and decide (or answer a duplicate); returns (stored, row, group is active)."""
-        view = joins.intake_view(conn, new.group_id)
+        view = joins.intake_view(conn, new.group_id, new.member_key)
         if view is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-        counts = view.counts
         active = view.state is GroupState.ACTIVE
-        existing = joins.by_member(conn, new.group_id, new.member_key)
+        existing = joins.by_id(conn, view.existing_id) if view.existing_id is not None else None
         existing_decision = existing.decision if existing else None
         arrival = admission.arrive(
-            rules_of(view, counts, self.config.max_per_group),
+            rules_of(view, view.members, self.config.max_per_group),
             existing=existing_decision,
             same_request=existing is not None and existing.request == new.request,
-            queued_ahead=counts.held,
-            undecided=counts.undecided,
+            queued_ahead=view.held,
+            undecided=view.undecided,
             queue_bound=self.config.max_queued_per_group,
         )
         if not arrival.store:
@@ -373,7 +370,7 @@ class Admissions:
         if row is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_MEMBER, "no join request from this member key")
         if action == ACTION_APPROVE_MEMBER:
-            rules = rules_of(record, joins.counts(conn, record.id), self.config.max_per_group)
+            rules = rules_of(record, joins.counts(conn, record.id).members, self.config.max_per_group)
             decision = admission.approve(rules, row.status)
         else:
             decision = admission.refuse(row.status, note)

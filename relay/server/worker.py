@@ -124,7 +124,7 @@ class JoinWorker:
             # Held until the group is active (or closed, and they are refused with its reason).
             if record.state is not GroupState.ACTIVE and not record.state.terminal:
                 continue
-            rules = rules_of(record, joins.counts(conn, group_id), self.config.max_per_group)
+            rules = rules_of(record, joins.counts(conn, group_id).members, self.config.max_per_group)
             for row in joins.due(conn, group_id, now_ms, self.config.worker_slice):
                 conn.execute("SAVEPOINT request")
                 try:

@@ -76,8 +76,11 @@ def counts(conn: sqlite3.Connection, group_id: int) -> QueueCounts:
 
 @dataclass(frozen=True, slots=True)
 class IntakeView:
-    """What deciding an arriving request reads of its group: the columns the rules need and the
-    queue counts, without the signed profile (read once per request, so kept narrow)."""
+    """What deciding an arriving request reads, in one statement: the group's state and the
+    owners' rules (not the signed profile), its queue counts, and the id of the request the
+    member key already has here, if any.  Narrow on purpose: it is read for every request,
+    and with Python's sqlite3 each statement and each column fetched is a round trip of the
+    GIL between the writer thread and the trio thread."""
 
     state: GroupState
     reason_code: str | None
@@ -85,20 +88,23 @@ class IntakeView:
     admission: str
     max_members: int
     admission_suspended: bool
-    counts: QueueCounts
+    members: int
+    held: int
+    undecided: int  # held, pending approval or dead-lettered
+    existing_id: int | None
 
 
-def intake_view(conn: sqlite3.Connection, group_id: int) -> IntakeView | None:
+def intake_view(conn: sqlite3.Connection, group_id: int, member_key: bytes) -> IntakeView | None:
     row = conn.execute(
         "SELECT g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
-        "q.held, q.pending, q.dead, q.members, q.refused "
-        "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = ?",
-        (group_id,),
+        "coalesce(q.members, 0), coalesce(q.held, 0), coalesce(q.held + q.pending + q.dead, 0), "
+        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = :member_key) "
+        "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = :group_id",
+        {"group_id": group_id, "member_key": member_key},
     ).fetchone()
     if row is None:
         return None
-    counts = QueueCounts(*row[6:]) if row[6] is not None else QueueCounts()
-    return IntakeView(GroupState(row[0]), row[1], row[2], row[3], row[4], bool(row[5]), counts)
+    return IntakeView(GroupState(row[0]), row[1], row[2], row[3], row[4], bool(row[5]), *row[6:])
 
 
 def totals(conn: sqlite3.Connection) -> QueueCounts:
