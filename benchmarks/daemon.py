@@ -83,6 +83,13 @@ class Daemon:
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
 
+    def main_thread_cpu_seconds(self) -> float:
+        """User + system CPU time of the daemon's main thread (the relay's trio thread) so far."""
+        for thread in psutil.Process(self.pid).threads():
+            if thread.id == self.pid:
+                return float(thread.user_time + thread.system_time)
+        return 0.0
+
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(errors="replace").splitlines()
 

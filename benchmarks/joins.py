@@ -52,7 +52,7 @@ from benchmarks.members import (
     percentile,
     prepare_joins,
 )
-from benchmarks.runs import timed
+from benchmarks.runs import BUSY, MACHINE_BUSY, timed
 
 AIM_RATE = 5000.0  # acknowledged join requests per second
 AIM_P99_MS = 100.0  # B's p99 time to admission while A is flooded
@@ -175,7 +175,6 @@ def sqlite_baseline(
     each in its own SAVEPOINT as the group-commit writer runs jobs.
     """
     from relay.protocol.admission import Decision, JoinState
-    from relay.store import groups
     from relay.store import joins as store
     from relay.store.migrations import migrate
 
@@ -202,13 +201,9 @@ def sqlite_baseline(
         if relay_calls:
             for j in chunk:
                 conn.execute("SAVEPOINT job")
-                groups.by_id(conn, group_id)
-                store.counts(conn, group_id)
-                store.by_member(conn, group_id, j.member_key)
+                store.intake_view(conn, group_id, j.member_key)
                 new = store.NewJoin(group_id, j.member_key, j.request, "member")
-                row_id = store.insert(conn, new, admitted, now)
-                store.by_id(conn, row_id)
-                store.counts(conn, group_id)
+                store.insert_row(conn, new, admitted, now)
                 conn.execute("RELEASE job")
         else:
             conn.executemany(
@@ -238,7 +233,9 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         me = psutil.Process()
         cpu0 = sum(me.cpu_times()[:2])
         with timed(relay, [], args.quiet_wait) as section:
+            trio0 = relay.main_thread_cpu_seconds()
             load = trio.run(partial(flood, group.address, joins, CONNECTIONS, record=True))
+            trio_cpu = relay.main_thread_cpu_seconds() - trio0
         client_cpu = sum(me.cpu_times()[:2]) - cpu0
         batches = Batches.between(before, metrics(relay))
     finally:
@@ -264,10 +261,13 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
         "relay_cpu_cores": round(section.server_cpu / section.wall, 2),
         "relay_cpu_ms_per_request": round(section.server_cpu / max(ok, 1) * 1000, 3),
+        "relay_trio_thread_cores": round(trio_cpu / section.wall, 2),
+        "relay_trio_thread_ms_per_request": round(trio_cpu / max(ok, 1) * 1000, 3),
         "client_cpu_cores": round(client_cpu / section.wall, 2),
         "client_cpu_ms_per_request": round(client_cpu / max(ok, 1) * 1000, 3),
         "machine_busy_cores": round(section.usage.busy, 2),
         "other_processes_cores": round(section.usage.others, 2),
+        "bound_by": bound_by(trio_cpu / section.wall, client_cpu / section.wall, section.usage.busy),
         "batches": batches.summary(),
         "batches_text": batches.text(),
         "baseline_batch": batch,
@@ -276,6 +276,18 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "baseline_calls_rows_per_s": round(calls_rate, 1),
         "baseline_calls_cpu_ms_per_row": round(calls_ms, 4),
     }
+
+
+def bound_by(trio_cores: float, client_cores: float, machine_busy: float) -> str:
+    """The first resource found saturated: the relay's trio thread (it serves every socket and
+    verifies every signature: the relay's own ceiling), the client process, then the machine."""
+    if trio_cores >= BUSY:
+        return "relay trio thread (its core is saturated)"
+    if client_cores >= BUSY:
+        return "client process (its core is saturated)"
+    if machine_busy >= MACHINE_BUSY:
+        return "the machine (2 cores shared)"
+    return "neither saturated (latency)"
 
 
 # --- 2. fairness --------------------------------------------------------------------------
@@ -597,6 +609,7 @@ def report(out: dict[str, Any]) -> list[str]:
             "per s",
             "p50 / p99 ms",
             "relay CPU",
+            "of which trio thread",
             "client CPU",
             "machine busy",
         ]
@@ -608,6 +621,7 @@ def report(out: dict[str, Any]) -> list[str]:
                 f"{t['rate']:.0f}",
                 f"{t['p50_ms']:.1f} / {t['p99_ms']:.1f}",
                 f"{t['relay_cpu_cores']:.2f} ({t['relay_cpu_ms_per_request']:.3f} ms/req)",
+                f"{t['relay_trio_thread_cores']:.2f} ({t['relay_trio_thread_ms_per_request']:.3f} ms/req)",
                 f"{t['client_cpu_cores']:.2f} ({t['client_cpu_ms_per_request']:.3f} ms/req)",
                 f"{t['machine_busy_cores']:.2f}",
             ],
@@ -620,6 +634,7 @@ def report(out: dict[str, Any]) -> list[str]:
                 f"{t['baseline_raw_cpu_ms_per_row']:.3f} ms/row",
                 "",
                 "",
+                "",
             ],
             [
                 f"sqlite3 relay store calls, batches of {t['baseline_batch']} (baseline)",
@@ -630,6 +645,7 @@ def report(out: dict[str, Any]) -> list[str]:
                 f"{t['baseline_calls_cpu_ms_per_row']:.3f} ms/row",
                 "",
                 "",
+                "",
             ],
         ]
         print(table(header, rows))
@@ -637,6 +653,12 @@ def report(out: dict[str, Any]) -> list[str]:
         print(f"Commit batch sizes seen (relay /metrics): {t['batches_text']}")
         ratio = t["rate"] / t["baseline_raw_rows_per_s"] if t["baseline_raw_rows_per_s"] else 0
         print(f"relay / raw sqlite3 baseline: {ratio:.2f}")
+        print(f"Bound by: {t['bound_by']}")
+        if t["other_processes_cores"] > 0.1:
+            print(
+                f"Other processes used {t['other_processes_cores']:.2f} cores during the run: "
+                "its rate is low (wait for a quiet machine, --quiet-wait)"
+            )
         print()
         met = "met" if t["rate"] >= AIM_RATE else "MISSED"
         verdicts.append(f"join requests/s: {t['rate']:.0f}; aim >= {AIM_RATE:.0f}: {met}")

@@ -1,13 +1,20 @@
-"""The SQLite layer on a real file: migrations and the per-state counts the triggers keep."""
+"""The SQLite layer on a real file: migrations, the per-state counts the triggers keep, and the
+group-commit writer's guarantees."""
 
 from __future__ import annotations
 
 import random
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import trio
+import trio.testing
 
 from relay.protocol.state import GroupState
 from relay.store import groups
+from relay.store.db import Database
 from relay.store.migrations import LATEST, MIGRATIONS, migrate
 
 
@@ -86,3 +93,116 @@ def test_counts_are_filled_when_an_older_database_is_migrated(tmp_path: Path) ->
     assert groups.count_by_state(conn) == true_counts(conn)
     assert groups.count_live(conn) == 3
     assert migrate(conn) == LATEST  # nothing left to apply
+
+
+# --- the group-commit writer (relay.store.db.Database) ------------------------------------
+
+
+def _insert_group(n: int, *, fail: bool = False) -> Callable[[sqlite3.Connection], int]:
+    """A job that writes a group row, then (with ``fail``) raises after writing it."""
+
+    def job(conn: sqlite3.Connection) -> int:
+        record = groups.insert(conn, new_group(n), state=GroupState.ACTIVE, now=n)
+        if fail:
+            raise ValueError(f"job {n} failed after writing")
+        return record.id
+
+    return job
+
+
+def _stored_channels(path: Path) -> set[int]:
+    conn = connect(path)
+    try:
+        return {int.from_bytes(c, "big") for (c,) in conn.execute("SELECT channel FROM groups")}
+    finally:
+        conn.close()
+
+
+async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(tmp_path: Path) -> None:
+    batches: list[int] = []
+    db = Database(tmp_path / "relay.db", on_commit=lambda seconds, jobs: batches.append(jobs))
+    gate = threading.Event()
+    results: dict[int, object] = {}
+
+    def held_job(conn: sqlite3.Connection) -> int:
+        gate.wait(10)  # keeps the writer busy while the next jobs queue up behind it
+        return _insert_group(0)(conn)
+
+    async def call(n: int, fn: Callable[[sqlite3.Connection], int]) -> None:
+        try:
+            results[n] = await db.transact(fn)
+        except ValueError as exc:
+            results[n] = exc
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as writer:
+                await writer.start(db.serve)
+                async with trio.open_nursery() as callers:
+                    callers.start_soon(call, 0, held_job)
+                    await trio.sleep(0.05)
+                    for n in range(1, 6):  # queued in this order, the failing one in the middle
+                        callers.start_soon(call, n, _insert_group(n, fail=n == 3))
+                        await trio.testing.wait_all_tasks_blocked()
+                    gate.set()
+                writer.cancel_scope.cancel()
+    finally:
+        db.close()
+    assert batches == [1, 5]  # jobs 1-5 shared one commit
+    assert isinstance(results[3], ValueError)
+    assert all(isinstance(results[n], int) for n in (0, 1, 2, 4, 5))
+    assert _stored_channels(tmp_path / "relay.db") == {0, 1, 2, 4, 5}  # job 3's row rolled back
+
+
+async def test_a_caller_cancelled_while_its_job_is_queued_still_learns_the_outcome(tmp_path: Path) -> None:
+    db = Database(tmp_path / "relay.db")
+    outcome: list[int] = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as writer:
+                await writer.start(db.serve)
+                with trio.CancelScope() as scope:
+                    scope.cancel()  # already cancelled when the job is queued
+                    outcome.append(await db.transact(_insert_group(7)))
+                    await trio.lowlevel.checkpoint()  # the cancellation arrives here, not before
+                writer.cancel_scope.cancel()
+    finally:
+        db.close()
+    assert scope.cancelled_caught
+    assert len(outcome) == 1
+    assert _stored_channels(tmp_path / "relay.db") == {7}
+
+
+def test_stopping_the_writer_runs_every_job_already_queued(tmp_path: Path) -> None:
+    db = Database(tmp_path / "relay.db")
+    gate = threading.Event()
+    answered: list[int] = []
+
+    def held_job(conn: sqlite3.Connection) -> int:
+        gate.wait(10)
+        return _insert_group(0)(conn)
+
+    async def call(fn: Callable[[sqlite3.Connection], int]) -> None:
+        await db.transact(fn)
+        answered.append(1)
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as outer, trio.open_nursery() as writer:
+            await writer.start(db.serve)
+            outer.start_soon(call, held_job)
+            await trio.sleep(0.05)
+            for n in range(1, 4):
+                outer.start_soon(call, _insert_group(n))
+            await trio.testing.wait_all_tasks_blocked()
+            writer.cancel_scope.cancel()  # told to stop with four jobs pending
+            gate.set()
+
+    # In a thread of its own: a dropped job leaves its caller waiting for good (the wait is
+    # not cancellable), and this test must then fail, not hang.
+    runner = threading.Thread(target=trio.run, args=(scenario,), daemon=True)
+    runner.start()
+    runner.join(20)
+    db.close()
+    assert not runner.is_alive(), "a caller still waits: a queued job was dropped"
+    assert len(answered) == 4
+    assert _stored_channels(tmp_path / "relay.db") == {0, 1, 2, 3}

@@ -64,7 +64,7 @@ class GroupBinding:
     address_id: str
 
 
-def rules_of(record: GroupRecord, counts: joins.QueueCounts, operator_cap: int) -> GroupRules:
+def rules_of(record: GroupRecord | joins.IntakeView, members: int, operator_cap: int) -> GroupRules:
     owners_cap = record.max_members
     cap = min(owners_cap, operator_cap) if owners_cap else operator_cap
     return GroupRules(
@@ -74,7 +74,7 @@ def rules_of(record: GroupRecord, counts: joins.QueueCounts, operator_cap: int) 
         admission=record.admission,
         max_members=cap,
         admission_suspended=record.admission_suspended,
-        members=counts.members,
+        members=members,
     )
 
 
@@ -203,37 +203,34 @@ class Admissions:
 
     def _arrive(self, conn: sqlite3.Connection, new: joins.NewJoin, now: int) -> tuple[bool, JoinRow, bool]:
         """Store and decide (or answer a duplicate); returns (stored, row, group is active)."""
-        record = groups.by_id(conn, new.group_id)
-        if record is None:
+        view = joins.intake_view(conn, new.group_id, new.member_key)
+        if view is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-        counts = joins.counts(conn, new.group_id)
-        existing = joins.by_member(conn, new.group_id, new.member_key)
+        active = view.state is GroupState.ACTIVE
+        existing = joins.by_id(conn, view.existing_id) if view.existing_id is not None else None
         existing_decision = existing.decision if existing else None
         arrival = admission.arrive(
-            rules_of(record, counts, self.config.max_per_group),
+            rules_of(view, view.members, self.config.max_per_group),
             existing=existing_decision,
             same_request=existing is not None and existing.request == new.request,
-            queued_ahead=counts.held,
-            undecided=counts.undecided,
+            queued_ahead=view.held,
+            undecided=view.undecided,
             queue_bound=self.config.max_queued_per_group,
         )
         if not arrival.store:
-            active = record.state is GroupState.ACTIVE
             if existing is not None and arrival.decision is existing_decision:
                 return False, existing, active
             return False, _unstored(new, arrival.decision, now), active
         if existing is not None:
             joins.delete(conn, existing.id)  # a "not now" refusal, asked again: decided afresh
-        row_id = joins.insert(conn, new, arrival.decision, now)
-        self.after_decision(conn, record, new.member_key, new.name, arrival.decision, now)
-        row = joins.by_id(conn, row_id)
-        assert row is not None
-        return True, row, record.state is GroupState.ACTIVE
+        row = joins.insert_row(conn, new, arrival.decision, now)
+        self.after_decision(conn, new.group_id, new.member_key, new.name, arrival.decision, now)
+        return True, row, active
 
     def after_decision(
         self,
         conn: sqlite3.Connection,
-        record: GroupRecord,
+        group_id: int,
         member_key: bytes,
         name: str,
         decision: Decision,
@@ -243,14 +240,14 @@ class Admissions:
         if decision.state is JoinState.PENDING_APPROVAL:
             groups.append_log(
                 conn,
-                record.id,
+                group_id,
                 now,
                 "member_pending",
                 f"{name!r} ({member_id(member_key)}) asks to join",
                 keep=self.service.log_keep,
             )
         elif decision.state is JoinState.REFUSED:
-            self.forget_old_refusals(conn, record.id)
+            self.forget_old_refusals(conn, group_id)
 
     def forget_old_refusals(self, conn: sqlite3.Connection, group_id: int) -> None:
         """Remembered refusals are bounded per group; runs on the database thread, so the
@@ -373,7 +370,7 @@ class Admissions:
         if row is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_MEMBER, "no join request from this member key")
         if action == ACTION_APPROVE_MEMBER:
-            rules = rules_of(record, joins.counts(conn, record.id), self.config.max_per_group)
+            rules = rules_of(record, joins.counts(conn, record.id).members, self.config.max_per_group)
             decision = admission.approve(rules, row.status)
         else:
             decision = admission.refuse(row.status, note)
@@ -387,7 +384,7 @@ class Admissions:
             f"{row.name!r} ({member_id(member_key)}) by an owner",
             keep=self.service.log_keep,
         )
-        self.after_decision(conn, record, member_key, row.name, decision, now)
+        self.after_decision(conn, record.id, member_key, row.name, decision, now)
         return decision
 
 

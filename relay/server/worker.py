@@ -124,14 +124,14 @@ class JoinWorker:
             # Held until the group is active (or closed, and they are refused with its reason).
             if record.state is not GroupState.ACTIVE and not record.state.terminal:
                 continue
-            rules = rules_of(record, joins.counts(conn, group_id), self.config.max_per_group)
+            rules = rules_of(record, joins.counts(conn, group_id).members, self.config.max_per_group)
             for row in joins.due(conn, group_id, now_ms, self.config.worker_slice):
                 conn.execute("SAVEPOINT request")
                 try:
                     stored_join(row.request)  # a damaged row fails here, and is retried
                     decision = admission.decide(rules)
                     joins.set_decision(conn, row.id, decision, now)
-                    self.admissions.after_decision(conn, record, row.member_key, row.name, decision, now)
+                    self.admissions.after_decision(conn, group_id, row.member_key, row.name, decision, now)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")

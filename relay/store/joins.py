@@ -13,6 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from relay.protocol.admission import Decision, JoinState
+from relay.protocol.state import GroupState
 
 _COLUMNS = (
     "id, group_id, member_key, request, name, status, code, reason, received_at, decided_at, "
@@ -73,6 +74,39 @@ def counts(conn: sqlite3.Connection, group_id: int) -> QueueCounts:
     return QueueCounts(*row) if row else QueueCounts()
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeView:
+    """What deciding an arriving request reads, in one statement: the group's state and the
+    owners' rules (not the signed profile), its queue counts, and the id of the request the
+    member key already has here, if any.  Narrow on purpose: it is read for every request,
+    and with Python's sqlite3 each statement and each column fetched is a round trip of the
+    GIL between the writer thread and the trio thread."""
+
+    state: GroupState
+    reason_code: str | None
+    reason: str | None
+    admission: str
+    max_members: int
+    admission_suspended: bool
+    members: int
+    held: int
+    undecided: int  # held, pending approval or dead-lettered
+    existing_id: int | None
+
+
+def intake_view(conn: sqlite3.Connection, group_id: int, member_key: bytes) -> IntakeView | None:
+    row = conn.execute(
+        "SELECT g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
+        "coalesce(q.members, 0), coalesce(q.held, 0), coalesce(q.held + q.pending + q.dead, 0), "
+        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = :member_key) "
+        "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = :group_id",
+        {"group_id": group_id, "member_key": member_key},
+    ).fetchone()
+    if row is None:
+        return None
+    return IntakeView(GroupState(row[0]), row[1], row[2], row[3], row[4], bool(row[5]), *row[6:])
+
+
 def totals(conn: sqlite3.Connection) -> QueueCounts:
     """Sums over every group (for metrics and stats: one pass over a small table)."""
     row = conn.execute(
@@ -122,6 +156,28 @@ def insert(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int
         ),
     )
     return int(cursor.lastrowid or 0)
+
+
+def insert_row(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int) -> JoinRow:
+    """:func:`insert`, returning the row as stored: every column is known (the schema's defaults
+    for the attempt columns, no trigger writes to the row), so it is not read back."""
+    row_id = insert(conn, join, decision, now)
+    decided_at = None if decision.state.undecided else now
+    return JoinRow(
+        id=row_id,
+        group_id=join.group_id,
+        member_key=join.member_key,
+        request=join.request,
+        name=join.name,
+        status=decision.state,
+        code=decision.code,
+        reason=decision.reason,
+        received_at=now,
+        decided_at=decided_at,
+        attempts=0,
+        next_attempt_ms=0,
+        last_error=None,
+    )
 
 
 def delete(conn: sqlite3.Connection, row_id: int) -> None:
