@@ -123,9 +123,7 @@ class AdminEndpoint:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         try:
-            await serve_http_connection(
-                stream, on_http=self._http, on_websocket=None, head_timeout=self.head_timeout
-            )
+            await serve_http_connection(stream, on_http=self._http, head_timeout=self.head_timeout)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()

@@ -193,6 +193,7 @@ class Relay:
                 await workers.start(worker.run)
                 workers.start_soon(channels.run_pruner)
                 async with trio.open_nursery() as connections:
+                    public.helpers = connections
                     async with trio.open_nursery() as acceptors:
                         for handler, listeners in (
                             (public.handle, public_listeners),

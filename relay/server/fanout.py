@@ -12,8 +12,8 @@ A feed with nothing queued gets a new event written straight to its socket by
 the publisher (:meth:`relay.server.http.WebSocket.send_now`: one system call,
 no task switch).  Anything that cannot go out that way (the socket is full, a
 frame went out in part, a control frame, catch-up, the feed ending) is queued,
-and the publisher, still synchronous, starts a sender in the connection's
-nursery (``start_soon``) if none is running.  The sender joins everything
+and the publisher, still synchronous, starts a sender as one of the
+connection's helper tasks (:mod:`relay.server.tasks`) if none is running.  The sender joins everything
 queued into one ``send_all``, reads catch-up pages, and exits as soon as
 nothing is left; ``_sending`` is cleared with no await after the last check,
 so the next event either takes the fast path or starts a new sender, in order.
@@ -25,7 +25,7 @@ A member whose queue overflows is dropped back to catch-up: its queue is
 discarded and it is fed again from the store (or the hub's cache of recent
 events) from the last event it was sent, until it reaches the live events.  A
 member that accepts nothing for ``stall_timeout`` is disconnected: its sender
-cancels the connection's nursery.  A feed that ends (its group stopped, or the
+ends the connection (``ConnectionTasks.end_connection``).  A feed that ends (its group stopped, or the
 relay is shutting down) sends its last frames and a Close, then ends its
 connection the same way; the connection's own task, the only one reading,
 waits for the member's Close.  Nothing here blocks another member.
@@ -50,6 +50,7 @@ from relay.protocol.errors import ErrorCode
 from relay.protocol.messages import EventFrame, Signed
 from relay.server.http import CLOSE_POLICY, ConnectionClosed, WebSocket, prepared_message
 from relay.server.metrics import Metrics
+from relay.server.tasks import ConnectionTasks
 
 log = structlog.get_logger("relay.fanout")
 
@@ -119,8 +120,8 @@ class Feed:
 
     __slots__ = (
         "_context",
-        "_nursery",
         "_sending",
+        "_tasks",
         "closed",
         "control",
         "ending",
@@ -147,9 +148,9 @@ class Feed:
         self.queued_seq = 0  # the newest event queued (or sent): later ones only go live
         self.sent_seq = 0  # the newest event handed to the socket: catch-up resumes after it
         self.control: list[bytes] = []
-        # Set by ``start``: the connection's nursery owns the sender task, which runs in the
+        # Set by ``start``: the connection's helper tasks own the sender task, which runs in the
         # connection's context (its log lines name the member's connection, not the publisher's).
-        self._nursery: trio.Nursery | None = None
+        self._tasks: ConnectionTasks | None = None
         self._context: contextvars.Context | None = None
         # True from the moment a sender task is started until it finds nothing left to send:
         # while it is set, everything new is queued behind what the sender has not sent yet.
@@ -160,9 +161,9 @@ class Feed:
         self.ending: tuple[int, str] | None = None
         self.lagged = 0
 
-    def start(self, nursery: trio.Nursery, context: contextvars.Context) -> None:
-        """Let the feed start its sender in the connection's nursery; sends what is queued."""
-        self._nursery = nursery
+    def start(self, tasks: ConnectionTasks, context: contextvars.Context) -> None:
+        """Let the feed start its sender as the connection's helper; sends what is queued."""
+        self._tasks = tasks
         self._context = context
         self._wake()
 
@@ -219,11 +220,11 @@ class Feed:
 
     def _wake(self) -> None:
         """There is a backlog: start a sender unless one is running (it sends this too)."""
-        if self._sending or self.closed or self._nursery is None or self._context is None:
+        if self._sending or self.closed or self._tasks is None or self._context is None:
             return  # before ``start`` the backlog waits; after ``detach`` nobody reads it
         self._sending = True
         # Run in the connection's context, whoever publishes (start_soon copies the current one).
-        self._context.run(self._nursery.start_soon, self._sender)
+        self._context.run(self._tasks.start_soon, self._sender)
 
     # --- the sender task ----------------------------------------------------------
 
@@ -260,8 +261,8 @@ class Feed:
                 await self.ws.send_close(*self.ending)
         # No Close frame to a member that reads nothing: it could block (the connection's
         # handler closes the stream).
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
+        assert self._tasks is not None
+        self._tasks.end_connection()
 
     async def _drain(self) -> None:
         """Send until nothing is left; raises ConnectionClosed when the member is gone."""

@@ -88,7 +88,17 @@ class WebSocket:
     """A server-side WebSocket: binary messages in and out, one task, bounded buffers."""
 
     # One per connection, and members' connections stay open: slots keep each small.
-    __slots__ = ("_closed", "_linger_due", "_max", "_partial", "_send_lock", "_stream", "_unsent", "_ws")
+    __slots__ = (
+        "_closed",
+        "_interrupted",
+        "_linger_due",
+        "_max",
+        "_partial",
+        "_send_lock",
+        "_stream",
+        "_unsent",
+        "_ws",
+    )
 
     def __init__(self, stream: trio.abc.Stream, ws: WSFrames, max_message: int) -> None:
         self._stream = stream
@@ -97,7 +107,10 @@ class WebSocket:
         self._partial = bytearray()
         self._closed = False
         self._linger_due = False  # a Close was sent by ``send_close``; ``finish`` waits for the peer's
-        self._send_lock = trio.Lock()
+        self._interrupted = False  # ended by another task (``interrupt``): nothing more is read
+        # Orders concurrent writers; made when a write starts and dropped when the last one
+        # ends (a trio.Lock is about 330 bytes, and an idle member writes nothing for days).
+        self._send_lock: trio.Lock | None = None
         # The rest of a message that ``send_now`` could write only in part: it goes out before
         # any other byte (every write flushes it first), so frames never interleave.
         self._unsent = b""
@@ -105,6 +118,8 @@ class WebSocket:
     async def receive(self) -> bytes:
         """The next whole binary message; raises ConnectionClosed, MessageTooLarge, NotBinary."""
         while True:
+            if self._interrupted:
+                raise ConnectionClosed()
             for event in self._ws.events():
                 if isinstance(event, BytesMessage):
                     if len(self._partial) + len(event.data) > self._max:
@@ -186,8 +201,9 @@ class WebSocket:
         """
         if (
             self._unsent
-            or self._send_lock.locked()
+            or self._send_lock is not None
             or self._closed
+            or self._interrupted
             or self._ws.state is not ConnectionState.OPEN
         ):
             return False
@@ -201,6 +217,22 @@ class WebSocket:
         if sent < len(data):
             self._unsent = data[sent:]
         return True
+
+    def interrupt(self) -> None:
+        """End the session from another task: the reader's wait ends in ConnectionClosed.
+
+        For a helper task that ends its connection (a member gone, stalled or ended).  Why not
+        a cancel scope around the reader: a subscribed member's reader waits for days, and a
+        scope with its cancel status is about 0.75 KiB per connection.  trio's
+        ``notify_closing`` wakes whatever waits for the socket with ClosedResourceError; the
+        flag stops any later read or write (a member that reads nothing must not hold its
+        reader in a write for ever), and the connection's handler closes the socket soon after
+        (once ``finish`` has waited, bounded, for the peer's Close).  On a stream that is not
+        a socket only the flag applies.
+        """
+        self._interrupted = True
+        if isinstance(self._stream, trio.SocketStream):
+            trio.lowlevel.notify_closing(self._stream.socket)
 
     @property
     def unsent(self) -> bool:
@@ -246,20 +278,18 @@ class WebSocket:
             trio.move_on_after(CLOSE_LINGER),
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
-            async with self._send_lock:
+            lock = await self._lock()
+            try:
                 await stream.send_eof()
+            finally:
+                self._unlock(lock)
             while await stream.receive_some(READ_SIZE):
                 pass
 
     async def _write(self, data: bytes) -> None:
-        # The lock orders concurrent writers.  Uncontended (the common case: one task per
-        # connection), taking it without a checkpoint saves a trip through the scheduler;
-        # send_all checkpoints anyway, and a writer that finds it taken queues fairly.
-        lock = self._send_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        if self._interrupted:  # ended by another task: not even a reply already on its way
+            raise ConnectionClosed()
+        lock = await self._lock()
         try:
             if self._unsent:
                 data, self._unsent = self._unsent + data, b""
@@ -267,7 +297,27 @@ class WebSocket:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ConnectionClosed() from None
         finally:
-            lock.release()
+            self._unlock(lock)
+
+    async def _lock(self) -> trio.Lock:
+        """Take the send lock (made if no write is in progress), in the order writers came.
+
+        Uncontended (the common case: one task per connection), it is taken without a
+        checkpoint, which saves a trip through the scheduler; the write checkpoints anyway.
+        """
+        lock = self._send_lock
+        if lock is None:
+            lock = self._send_lock = trio.Lock()
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        return lock
+
+    def _unlock(self, lock: trio.Lock) -> None:
+        lock.release()
+        if not lock.locked():  # nobody was waiting (release hands a waiting writer the lock)
+            self._send_lock = None
 
 
 def _read_now(sock: trio.socket.SocketType) -> bytes | None:
@@ -283,37 +333,21 @@ def _read_now(sock: trio.socket.SocketType) -> bytes | None:
 
 
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-# Takes over an accepted WebSocket; called with it and the request target.
-WebSocketHandler = Callable[["WebSocket", str], Awaitable[None]]
-# Returns the handler for a request target, or a response to refuse the upgrade with.
-WebSocketRouter = Callable[[str], "WebSocketHandler | HttpResponse"]
+# Checks a WebSocket request's target: None accepts the upgrade, a response refuses it.
+WebSocketRouter = Callable[[str], "HttpResponse | None"]
 
 
 async def serve_http_connection(
-    stream: trio.abc.Stream,
-    *,
-    on_http: HttpHandler,
-    on_websocket: WebSocketRouter | None,
-    head_timeout: float,
-    max_message: int = 0,
+    stream: trio.abc.Stream, *, on_http: HttpHandler, head_timeout: float
 ) -> None:
-    """Read one request; answer it, or upgrade it and hand the WebSocket over."""
-    accepted = await accept_http_connection(
-        stream,
-        on_http=on_http,
-        on_websocket=on_websocket,
-        head_timeout=head_timeout,
-        max_message=max_message,
-    )
-    if accepted is not None:
-        await accepted.handler(accepted.socket, accepted.target)
+    """Read one plain HTTP request and answer it (a WebSocket upgrade is refused)."""
+    await accept_http_connection(stream, on_http=on_http, on_websocket=None, head_timeout=head_timeout)
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """An open WebSocket, its request target and the handler its route chose."""
+    """An open WebSocket and its request target."""
 
-    handler: WebSocketHandler
     socket: WebSocket
     target: str
 
@@ -332,7 +366,7 @@ async def accept_http_connection(
     handed over, and keep none of their objects: a member's connection may stay open for
     days, and the h11 connection, the request's bytes and headers and wsproto's handshake
     state would otherwise stay alive with it (several KiB per idle member).  The caller runs
-    the handler itself, one coroutine frame less for the connection's lifetime.
+    the session itself, with no handler's coroutine frame kept for the connection's lifetime.
     """
     upgrade = await _serve_request(stream, on_http, on_websocket is not None, head_timeout)
     if upgrade is None or on_websocket is None:
@@ -413,7 +447,7 @@ async def _accept(
     router: WebSocketRouter,
     max_message: int,
 ) -> Accepted | None:
-    """The handshake: the route's handler and the open WebSocket, or None once refused."""
+    """The handshake: the open WebSocket, or None once refused."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
         ws.receive_data(upgrade.raw)
@@ -424,7 +458,7 @@ async def _accept(
         await _try_send(stream, b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         return None
     route = router(upgrade.target)
-    if isinstance(route, HttpResponse):
+    if route is not None:
         reject = ws.send(
             RejectConnection(
                 status_code=route.status,
@@ -443,7 +477,7 @@ async def _accept(
     # the handshake (an h11 connection, the request and its headers) for as long as it lives.
     # On the server side, bytes after the request head were never passed on by the handshake.
     assert ws.connection is not None
-    return Accepted(route, WebSocket(stream, ws.connection, max_message), upgrade.target)
+    return Accepted(WebSocket(stream, ws.connection, max_message), upgrade.target)
 
 
 async def _try_send(stream: trio.abc.Stream, data: bytes) -> bool:

@@ -25,6 +25,7 @@ from relay.protocol.encoding import b64e, encode
 from relay.protocol.errors import ErrorCode, PolicyRefusal, RemoteProtocolError
 from relay.protocol.handshake import make_welcome
 from relay.protocol.messages import (
+    ClientFrame,
     DirectInvite,
     Discover,
     Error,
@@ -56,12 +57,12 @@ from relay.server.http import (
     MessageTooLarge,
     NotBinary,
     WebSocket,
-    WebSocketHandler,
     accept_http_connection,
     prepared_message,
 )
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
+from relay.server.tasks import ConnectionTasks
 
 log = structlog.get_logger("relay.public")
 
@@ -99,6 +100,9 @@ class PublicEndpoint:
         self.draining = False
         self._idle: set[trio.CancelScope] = set()
         self._idle_feeds: set[Feed] = set()  # subscribed sessions waiting for their next frame
+        # Where connections' helper tasks run (see relay.server.tasks): the nursery that runs
+        # the connections, set by the daemon before the first one is accepted.
+        self.helpers: trio.Nursery | None = None
         self._ids = itertools.count(1)
         # Derived once: the ML-KEM public key costs a computation on every call.
         self._seal_public = self.identity.seal_keys.public_keys()
@@ -154,10 +158,23 @@ class PublicEndpoint:
                     max_message=self.config.max_frame_bytes,
                 )
                 if accepted is not None:
-                    # Only what the session needs stays referenced while it runs.
-                    handler, ws, target = accepted.handler, accepted.socket, accepted.target
-                    del accepted
-                    await handler(ws, target)
+                    # The session runs here, not in a handler of its own: one coroutine frame
+                    # less kept for as long as a member stays connected (days).
+                    ws = accepted.socket
+                    session = self._open_session(accepted.target)
+                    del accepted  # only what the session needs stays referenced while it runs
+                    try:
+                        post = await self._serve(session, ws, None)
+                        if post is not None:
+                            await self._serve_posting(session, ws, post)
+                    finally:
+                        if session.feed is not None:
+                            self.channels.fanout.detach(session.feed)
+                        if session.tasks is not None:
+                            await session.tasks.aclose()
+                    # A feed that ended sent a Close from its sender: the peer's Close is read
+                    # here, by the task that was reading (and only after it stopped).
+                    await ws.finish()
             except Exception:
                 # Last line of defence: one connection's failure never stops the relay.
                 log.exception("connection.internal_error")
@@ -181,20 +198,19 @@ class PublicEndpoint:
             return HttpResponse(200, json.dumps(self.info()).encode())
         return HttpResponse(404, b'{"error":"not_found"}')
 
-    def _route(self, target: str) -> WebSocketHandler | HttpResponse:
+    def _route(self, target: str) -> HttpResponse | None:
         if _address(target) is not None:
-            # One bound method for every address: the session finds its address in the target
-            # (a partial per connection would be kept for the connection's lifetime).
-            return self._session
+            return None
         return HttpResponse(404, b'{"error":"not_found","reason":"not a relay address"}')
 
-    async def _session(self, ws: WebSocket, target: str) -> None:
+    def _open_session(self, target: str) -> _Connection:
+        """The session of a WebSocket accepted on ``target`` (an address, checked by ``_route``)."""
         address = _address(target)
-        assert address is not None  # routed here only then
+        assert address is not None  # accepted only then
         endpoint, address_id = address
-        del address
         events = self.events_config
-        session = _Connection(
+        log.debug("session.opened", endpoint=endpoint.value)
+        return _Connection(
             Session(
                 endpoint,
                 max_frame=self.config.max_frame_bytes,
@@ -207,75 +223,96 @@ class PublicEndpoint:
             ),
             address_id,
         )
-        log.debug("session.opened", endpoint=endpoint.value)
-        # The connection's own nursery: a subscribed member's sender task (while it has a
-        # backlog) and a posting connection's answering task live in it.
+
+    async def _serve_posting(self, session: _Connection, ws: WebSocket, post: Post) -> None:
+        """The rest of a session from its first post: the task that answers its posts in order
+        runs beside this one, in a nursery of the connection's own (only owners post; a
+        member's connection, open for days, has none)."""
         async with trio.open_nursery() as nursery:
             session.nursery = nursery
             try:
-                await self._serve(session, ws)
+                await self._serve(session, ws, post)
             finally:
                 nursery.cancel_scope.cancel()
-                if session.feed is not None:
-                    self.channels.fanout.detach(session.feed)
-        # A feed that ended sent a Close from its sender: the peer's Close is read here, by
-        # the task that was reading (and only after it stopped).
-        await ws.finish()
 
-    def _start_feed(self, session: _Connection, feed: Feed, context: contextvars.Context) -> None:
+    def _start_feed(
+        self, session: _Connection, ws: WebSocket, feed: Feed, context: contextvars.Context
+    ) -> None:
         """Called when a subscription is attached (in its read's commit hook)."""
         session.feed = feed
         session.rules.subscribed = True
-        assert session.nursery is not None
-        feed.start(session.nursery, context)
+        assert self.helpers is not None
+        session.tasks = ConnectionTasks(self.helpers, ws.interrupt)
+        feed.start(session.tasks, context)
 
-    async def _serve(self, session: _Connection, ws: WebSocket) -> None:
+    async def _serve(self, session: _Connection, ws: WebSocket, post: Post | None) -> Post | None:
+        """Read and answer frames until the connection ends (None), or until a first post
+        arrives on a connection without the nursery its answers need: the post is returned,
+        and the caller comes back with it and the nursery.
+
+        One frame for the whole loop, the wait included: an idle member waits here for days,
+        and every coroutine frame it waits in is kept that long.
+        """
         while True:
-            if self.draining:
-                await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
-                return
-            feed = session.feed
-            idle: trio.CancelScope | None = None
-            if feed is None:
-                timeout = self.config.idle_timeout if session.rules.greeted else self.config.handshake_timeout
-                # One scope both for the time-out and for drain(): drain sets ``draining`` first.
-                idle = trio.CancelScope(deadline=trio.current_time() + timeout)
-                self._idle.add(idle)
-            else:
-                # A feed has no time-out (it only reads; a dead peer shows when a send stalls)
-                # and waits here for days: no scope of its own (about 0.7 KiB each).  drain()
-                # ends the feed instead, whose sender sends the Close and ends the connection.
-                self._idle_feeds.add(feed)
-            try:
-                if idle is None:
-                    data = await ws.receive()
-                else:
-                    with idle:
-                        data = await ws.receive()
-            except MessageTooLarge as exc:
-                await self._fail(ws, ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
-                return
-            except NotBinary:
-                await self._fail(ws, ErrorCode.BAD_TYPE, "only binary frames are accepted", CLOSE_UNSUPPORTED)
-                return
-            except ConnectionClosed:
-                return
-            finally:
-                if idle is None:
-                    self._idle_feeds.discard(feed)
-                else:
-                    self._idle.discard(idle)
-            if idle is not None and idle.cancelled_caught:
+            if post is None:
                 if self.draining:
                     await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
-                else:
-                    await self._fail(
-                        ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY
+                    return None
+                feed = session.feed
+                idle: trio.CancelScope | None = None
+                if feed is None:
+                    timeout = (
+                        self.config.idle_timeout if session.rules.greeted else self.config.handshake_timeout
                     )
-                return
-            del idle, feed
+                    # One scope both for the time-out and for drain(): drain sets ``draining`` first.
+                    idle = trio.CancelScope(deadline=trio.current_time() + timeout)
+                    self._idle.add(idle)
+                else:
+                    # A feed has no time-out (it only reads; a dead peer shows when a send
+                    # stalls) and waits here for days: no scope of its own (about 0.7 KiB
+                    # each).  drain() ends the feed instead, whose sender sends the Close and
+                    # ends the connection (WebSocket.interrupt wakes this wait).
+                    self._idle_feeds.add(feed)
+                try:
+                    if idle is None:
+                        data = await ws.receive()
+                    else:
+                        with idle:
+                            data = await ws.receive()
+                except MessageTooLarge as exc:
+                    await self._fail(ws, ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
+                    return None
+                except NotBinary:
+                    await self._fail(
+                        ws, ErrorCode.BAD_TYPE, "only binary frames are accepted", CLOSE_UNSUPPORTED
+                    )
+                    return None
+                except ConnectionClosed:
+                    return None
+                finally:
+                    if idle is None:
+                        self._idle_feeds.discard(feed)
+                    else:
+                        self._idle.discard(idle)
+                if idle is not None and idle.cancelled_caught:
+                    if self.draining:
+                        await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
+                    else:
+                        await self._fail(
+                            ws, ErrorCode.TIMEOUT, f"nothing received for {timeout:g} s", CLOSE_POLICY
+                        )
+                    return None
+                del idle, feed
+            frame: ClientFrame | None = None
             try:
-                reply = await self._dispatch(session, ws, data)
+                if post is None:
+                    frame = session.rules.receive(data, trio.current_time())
+                    del data  # not kept while waiting for the next frame
+                else:
+                    frame, post = post, None
+                reply = await self._dispatch(session, ws, frame)
+            except _NeedsNursery as needs:
+                return needs.post
             except RemoteProtocolError as exc:
                 if session.pipeline is not None and session.pipeline.in_flight:
                     # Answers go in order: this error waits behind the posts in flight.
@@ -283,7 +320,7 @@ class PublicEndpoint:
                     continue
                 reply = await self._refused(session, ws, exc)
                 if reply is None:
-                    return
+                    return None
             except Exception:
                 # Our bug, not the peer's rule break: fail this connection alone.  Left to
                 # escape, it would cancel the connections nursery and stop the whole relay.
@@ -292,17 +329,18 @@ class PublicEndpoint:
                 await self._fail(
                     ws, ErrorCode.INTERNAL, "the relay could not handle this request", CLOSE_INTERNAL
                 )
-                return
-            del data  # not kept while waiting for the next frame
+                return None
+            finally:
+                frame = None  # not kept while waiting for the next frame
             if reply is None:  # subscribed (the feed answers), or a post in flight
                 continue
             try:
                 await ws.send(encode(reply))
             except ConnectionClosed:
-                return
+                return None
             if isinstance(reply, Error) and reply.code == ErrorCode.UNKNOWN_GROUP:
                 await ws.close(CLOSE_UNKNOWN_GROUP, "unknown group")
-                return
+                return None
 
     async def _refused(self, session: _Connection, ws: WebSocket, exc: RemoteProtocolError) -> Error | None:
         """The error frame for a refused request, or None once the connection is closed for it."""
@@ -358,14 +396,14 @@ class PublicEndpoint:
             for _ in waits:
                 pipeline.done()
 
-    async def _dispatch(self, session: _Connection, ws: WebSocket, data: bytes) -> RelayFrame | None:
-        frame = session.rules.receive(data, trio.current_time())
+    async def _dispatch(self, session: _Connection, ws: WebSocket, frame: ClientFrame) -> RelayFrame | None:
         pipeline = session.pipeline
         if isinstance(frame, Post):
             assert session.group is not None
             if pipeline is None:
+                if session.nursery is None:
+                    raise _NeedsNursery(frame)
                 pipeline = session.pipeline = _Pipeline()
-                assert session.nursery is not None
                 session.nursery.start_soon(self._answer_posts, session, ws, pipeline)
             await pipeline.put(await self.channels.submit_post(session.group, frame))
             return None
@@ -406,7 +444,7 @@ class PublicEndpoint:
             # The feed's sender tasks run in this connection's context (its log binding).
             context = contextvars.copy_context()
             await self.channels.subscribe(
-                group, frame, ws, lambda feed: self._start_feed(session, feed, context)
+                group, frame, ws, lambda feed: self._start_feed(session, ws, feed, context)
             )
             return None
         if isinstance(frame, MemberCardRequest):
@@ -446,17 +484,36 @@ class _Connection:
     """One WebSocket session: the protocol rules, and the group its address named."""
 
     # One per connection, kept while it is open (members' for days): no per-object dict.
-    __slots__ = ("address_id", "errors", "feed", "group", "nursery", "pipeline", "rate_limited", "rules")
+    __slots__ = (
+        "address_id",
+        "errors",
+        "feed",
+        "group",
+        "nursery",
+        "pipeline",
+        "rate_limited",
+        "rules",
+        "tasks",
+    )
 
     def __init__(self, rules: Session, address_id: str | None) -> None:
         self.rules = rules
         self.address_id = address_id
         self.group: GroupBinding | None = None
         self.rate_limited = False
-        self.nursery: trio.Nursery | None = None
+        self.nursery: trio.Nursery | None = None  # a posting connection's, from its first post
+        self.tasks: ConnectionTasks | None = None  # a subscribed connection's helpers
         self.feed: Feed | None = None
         self.pipeline: _Pipeline | None = None
         self.errors = 0
+
+
+class _NeedsNursery(Exception):
+    """A first post on a connection without a nursery for the task that answers posts."""
+
+    def __init__(self, post: Post) -> None:
+        super().__init__()
+        self.post = post
 
 
 POST_WINDOW = 256  # posts in flight per connection; reading waits beyond
