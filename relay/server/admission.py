@@ -220,7 +220,8 @@ class Admissions:
         if not arrival.store:
             if existing is not None and arrival.decision is existing_decision:
                 return False, existing, active
-            return False, _unstored(new, arrival.decision, now), active
+            # Answered, not stored (``queue_full``).
+            return False, joins.row_of(new, arrival.decision, now), active
         if existing is not None:
             joins.delete(conn, existing.id)  # a "not now" refusal, asked again: decided afresh
         row = joins.insert_row(conn, new, arrival.decision, now)
@@ -386,25 +387,6 @@ class Admissions:
         )
         self.after_decision(conn, record.id, member_key, row.name, decision, now)
         return decision
-
-
-def _unstored(new: joins.NewJoin, decision: Decision, now: int) -> JoinRow:
-    """The answer to a request that is refused without being stored (``queue_full``)."""
-    return JoinRow(
-        id=0,
-        group_id=new.group_id,
-        member_key=new.member_key,
-        request=new.request,
-        name=new.name,
-        status=decision.state,
-        code=decision.code,
-        reason=decision.reason,
-        received_at=now,
-        decided_at=now,
-        attempts=0,
-        next_attempt_ms=0,
-        last_error=None,
-    )
 
 
 def _about(row: JoinRow) -> str:

@@ -161,8 +161,11 @@ def insert(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int
 def insert_row(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int) -> JoinRow:
     """:func:`insert`, returning the row as stored: every column is known (the schema's defaults
     for the attempt columns, no trigger writes to the row), so it is not read back."""
-    row_id = insert(conn, join, decision, now)
-    decided_at = None if decision.state.undecided else now
+    return row_of(join, decision, now, insert(conn, join, decision, now))
+
+
+def row_of(join: NewJoin, decision: Decision, now: int, row_id: int = 0) -> JoinRow:
+    """The row :func:`insert` stores for ``join`` (id 0: a request answered but not stored)."""
     return JoinRow(
         id=row_id,
         group_id=join.group_id,
@@ -173,7 +176,7 @@ def insert_row(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now:
         code=decision.code,
         reason=decision.reason,
         received_at=now,
-        decided_at=decided_at,
+        decided_at=None if decision.state.undecided else now,
         attempts=0,
         next_attempt_ms=0,
         last_error=None,
