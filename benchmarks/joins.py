@@ -2,7 +2,9 @@
 
 1. Throughput: acknowledged ``join`` requests per second with 64 concurrent members, each on one
    persistent, greeted WebSocket session to an active auto-admit group, sending pre-signed
-   requests from fresh member keys back to back; the commit batch sizes the relay reports; and
+   requests from fresh member keys back to back (the lean epoll client of
+   :mod:`benchmarks.join_members`, its own process; then, unless ``--no-trio-client``, the same
+   with trio-websocket tasks in this process); the commit batch sizes the relay reports; and
    in the same run two SQLite baselines on the same disk: the same rows inserted with
    ``executemany`` in batches of the relay's mean batch size, and the relay's own store calls per
    request (``relay.store.groups``/``joins``, what the intake's transaction does) in those batches.
