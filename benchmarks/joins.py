@@ -2,7 +2,9 @@
 
 1. Throughput: acknowledged ``join`` requests per second with 64 concurrent members, each on one
    persistent, greeted WebSocket session to an active auto-admit group, sending pre-signed
-   requests from fresh member keys back to back; the commit batch sizes the relay reports; and
+   requests from fresh member keys back to back (the lean epoll client of
+   :mod:`benchmarks.join_members`, its own process; then, unless ``--no-trio-client``, the same
+   with trio-websocket tasks in this process); the commit batch sizes the relay reports; and
    in the same run two SQLite baselines on the same disk: the same rows inserted with
    ``executemany`` in batches of the relay's mean batch size, and the relay's own store calls per
    request (``relay.store.groups``/``joins``, what the intake's transaction does) in those batches.
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,11 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psutil
 import trio
 
 from benchmarks import machine, runs
 from benchmarks.daemon import Daemon
+from benchmarks.join_members import Spec
 from benchmarks.members import (
     Group,
     PreparedJoin,
@@ -52,7 +57,7 @@ from benchmarks.members import (
     percentile,
     prepare_joins,
 )
-from benchmarks.runs import BUSY, MACHINE_BUSY, timed
+from benchmarks.runs import BUSY, MACHINE_BUSY, Section, timed
 
 AIM_RATE = 5000.0  # acknowledged join requests per second
 AIM_P99_MS = 100.0  # B's p99 time to admission while A is flooded
@@ -228,37 +233,154 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         group = trio.run(partial(new_group, relay.ready["address"], work / "owners", "t", activate=True))
         warm = prepare_joins(group, args.join_warmup, prefix="w")
         joins = prepare_joins(group, args.requests)
-        trio.run(flood, group.address, warm, CONNECTIONS)
-        before = metrics(relay)
-        me = psutil.Process()
-        cpu0 = sum(me.cpu_times()[:2])
-        with timed(relay, [], args.quiet_wait) as section:
-            trio0 = relay.main_thread_cpu_seconds()
-            load = trio.run(partial(flood, group.address, joins, CONNECTIONS, record=True))
-            trio_cpu = relay.main_thread_cpu_seconds() - trio0
-        client_cpu = sum(me.cpu_times()[:2]) - cpu0
-        batches = Batches.between(before, metrics(relay))
+        figures, batches = lean_run(args, relay, group, warm, joins, work)
+        if args.trio_client:
+            # The project's own client library (trio-websocket) on the same relay, afterwards:
+            # fresh keys, the same counts; its client costs about four times the lean one's CPU.
+            warm = prepare_joins(group, args.join_warmup, prefix="tw")
+            trio_joins = prepare_joins(group, args.requests, prefix="t")
+            figures["trio_client"], _ = trio_run(args, relay, group, warm, trio_joins)
     finally:
         status = relay.stop()
     if status != 0:
         raise RuntimeError(f"relay exited with status {status}; log in {relay.log_path}")
-    ok = sum(1 for s in load.answers.values() if s == "admitted")
-    rate = ok / load.elapsed if load.elapsed else 0.0
     batch = max(1, round(batches.mean))
     raw_rate, raw_ms = sqlite_baseline(work / "baseline-raw", joins, batch, relay_calls=False)
     calls_rate, calls_ms = sqlite_baseline(work / "baseline-calls", joins, batch, relay_calls=True)
+    return {
+        **figures,
+        "batches": batches.summary(),
+        "batches_text": batches.text(),
+        "baseline_batch": batch,
+        "baseline_raw_rows_per_s": round(raw_rate, 1),
+        "baseline_raw_cpu_ms_per_row": round(raw_ms, 4),
+        "baseline_calls_rows_per_s": round(calls_rate, 1),
+        "baseline_calls_cpu_ms_per_row": round(calls_ms, 4),
+    }
+
+
+def lean_run(
+    args: argparse.Namespace,
+    relay: Daemon,
+    group: Group,
+    warm: list[PreparedJoin],
+    joins: list[PreparedJoin],
+    work: Path,
+) -> tuple[dict[str, Any], Batches]:
+    """The timed run with the lean client (:mod:`benchmarks.join_members`, its own process)."""
+    address = group.address
+    url = urllib.parse.urlsplit(address.websocket_url)
+    assert url.hostname is not None and url.port is not None
+    spec = Spec(
+        host=url.hostname,
+        port=url.port,
+        path=url.path,
+        fingerprint=address.fingerprint,
+        connections=CONNECTIONS,
+        warmup=[j.frame for j in warm],
+        timed=[j.frame for j in joins],
+    )
+    spec_path = work / "join-members.msgpack"
+    spec_path.write_bytes(msgspec.msgpack.encode(spec))
+    client = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.join_members", str(spec_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    try:
+        line = client.stdout.readline()
+        if json.loads(line or "{}").get("event") != "ready":
+            raise RuntimeError(f"the join client failed to start: {line!r}")
+        before = metrics(relay)
+        with timed(relay, [client.pid], args.quiet_wait) as section:
+            trio0 = relay.main_thread_cpu_seconds()
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            line = client.stdout.readline()
+            trio_cpu = relay.main_thread_cpu_seconds() - trio0
+        batches = Batches.between(before, metrics(relay))
+        done = json.loads(line or "{}")
+        if done.get("event") != "done":
+            raise RuntimeError(f"the join client failed: {line!r}")
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    statuses: dict[str, int] = done["statuses"]
+    ok = statuses.get("admitted", 0)
+    figures = run_figures(
+        requests=len(joins),
+        ok=ok,
+        other_answers={s: n for s, n in statuses.items() if s != "admitted"},
+        error_samples=done["error_samples"],
+        elapsed=done["seconds"],
+        p50_ms=done["p50_ms"],
+        p99_ms=done["p99_ms"],
+        section=section,
+        trio_cpu=trio_cpu,
+        client_cpu=done["cpu_seconds"],
+    )
+    return figures, batches
+
+
+def trio_run(
+    args: argparse.Namespace, relay: Daemon, group: Group, warm: list[PreparedJoin], joins: list[PreparedJoin]
+) -> tuple[dict[str, Any], Batches]:
+    """The timed run with trio-websocket tasks in this process (:func:`benchmarks.members.flood`)."""
+    trio.run(flood, group.address, warm, CONNECTIONS)
+    before = metrics(relay)
+    me = psutil.Process()
+    cpu0 = sum(me.cpu_times()[:2])
+    with timed(relay, [], args.quiet_wait) as section:
+        trio0 = relay.main_thread_cpu_seconds()
+        load = trio.run(partial(flood, group.address, joins, CONNECTIONS, record=True))
+        trio_cpu = relay.main_thread_cpu_seconds() - trio0
+    client_cpu = sum(me.cpu_times()[:2]) - cpu0
+    batches = Batches.between(before, metrics(relay))
     latencies = load.latencies or []
+    figures = run_figures(
+        requests=len(joins),
+        ok=sum(1 for s in load.answers.values() if s == "admitted"),
+        other_answers=dict(Counter(s for s in load.answers.values() if s != "admitted")),
+        error_samples=load.error_samples or [],
+        elapsed=load.elapsed,
+        p50_ms=percentile(latencies, 0.5) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        section=section,
+        trio_cpu=trio_cpu,
+        client_cpu=client_cpu,
+    )
+    return figures, batches
+
+
+def run_figures(
+    *,
+    requests: int,
+    ok: int,
+    other_answers: dict[str, int],
+    error_samples: list[str],
+    elapsed: float,
+    p50_ms: float,
+    p99_ms: float,
+    section: Section,
+    trio_cpu: float,
+    client_cpu: float,
+) -> dict[str, Any]:
+    rate = ok / elapsed if elapsed else 0.0
     return {
         "connections": CONNECTIONS,
-        "requests": len(joins),
+        "requests": requests,
         "admitted": ok,
-        "other_answers": dict(Counter(s for s in load.answers.values() if s != "admitted")),
-        "errors": len(joins) - ok,  # failed, unanswered, or answered other than "admitted"
-        "error_samples": load.error_samples,
-        "seconds": round(load.elapsed, 3),
+        "other_answers": other_answers,
+        "errors": requests - ok,  # failed, unanswered, or answered other than "admitted"
+        "error_samples": error_samples,
+        "seconds": round(elapsed, 3),
         "rate": round(rate, 1),
-        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "p50_ms": round(p50_ms, 2),
+        "p99_ms": round(p99_ms, 2),
         "relay_cpu_cores": round(section.server_cpu / section.wall, 2),
         "relay_cpu_ms_per_request": round(section.server_cpu / max(ok, 1) * 1000, 3),
         "relay_trio_thread_cores": round(trio_cpu / section.wall, 2),
@@ -268,13 +390,6 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "machine_busy_cores": round(section.usage.busy, 2),
         "other_processes_cores": round(section.usage.others, 2),
         "bound_by": bound_by(trio_cpu / section.wall, client_cpu / section.wall, section.usage.busy),
-        "batches": batches.summary(),
-        "batches_text": batches.text(),
-        "baseline_batch": batch,
-        "baseline_raw_rows_per_s": round(raw_rate, 1),
-        "baseline_raw_cpu_ms_per_row": round(raw_ms, 4),
-        "baseline_calls_rows_per_s": round(calls_rate, 1),
-        "baseline_calls_cpu_ms_per_row": round(calls_ms, 4),
     }
 
 
@@ -592,6 +707,20 @@ def listed(values: list[float]) -> str:
     return ", ".join(f"{x:.3f}" for x in values)
 
 
+def run_row(label: str, t: dict[str, Any]) -> list[str]:
+    return [
+        label,
+        f"{t['admitted']}" + (f" ({t['errors']} failed)" if t["errors"] else ""),
+        f"{t['seconds']:.2f}",
+        f"{t['rate']:.0f}",
+        f"{t['p50_ms']:.1f} / {t['p99_ms']:.1f}",
+        f"{t['relay_cpu_cores']:.2f} ({t['relay_cpu_ms_per_request']:.3f} ms/req)",
+        f"{t['relay_trio_thread_cores']:.2f} ({t['relay_trio_thread_ms_per_request']:.3f} ms/req)",
+        f"{t['client_cpu_cores']:.2f} ({t['client_cpu_ms_per_request']:.3f} ms/req)",
+        f"{t['machine_busy_cores']:.2f}",
+    ]
+
+
 def report(out: dict[str, Any]) -> list[str]:
     verdicts = []
     print(f"chat-relay join benchmarks, {out['date']}, {out['machine']}, Python {out['python']}")
@@ -614,17 +743,12 @@ def report(out: dict[str, Any]) -> list[str]:
             "machine busy",
         ]
         rows = [
-            [
-                "relay: join admitted (WebSocket)",
-                f"{t['admitted']}" + (f" ({t['errors']} failed)" if t["errors"] else ""),
-                f"{t['seconds']:.2f}",
-                f"{t['rate']:.0f}",
-                f"{t['p50_ms']:.1f} / {t['p99_ms']:.1f}",
-                f"{t['relay_cpu_cores']:.2f} ({t['relay_cpu_ms_per_request']:.3f} ms/req)",
-                f"{t['relay_trio_thread_cores']:.2f} ({t['relay_trio_thread_ms_per_request']:.3f} ms/req)",
-                f"{t['client_cpu_cores']:.2f} ({t['client_cpu_ms_per_request']:.3f} ms/req)",
-                f"{t['machine_busy_cores']:.2f}",
-            ],
+            run_row("relay: join admitted (lean epoll client)", t),
+            *(
+                [run_row("relay: join admitted (trio-websocket client)", t["trio_client"])]
+                if t.get("trio_client")
+                else []
+            ),
             [
                 f"sqlite3 executemany, batches of {t['baseline_batch']} (baseline)",
                 str(t["requests"]),
@@ -654,9 +778,13 @@ def report(out: dict[str, Any]) -> list[str]:
         ratio = t["rate"] / t["baseline_raw_rows_per_s"] if t["baseline_raw_rows_per_s"] else 0
         print(f"relay / raw sqlite3 baseline: {ratio:.2f}")
         print(f"Bound by: {t['bound_by']}")
-        if t["other_processes_cores"] > 0.1:
+        others = [
+            t["other_processes_cores"],
+            *([t["trio_client"]["other_processes_cores"]] if t.get("trio_client") else []),
+        ]
+        if max(others) > 0.1:
             print(
-                f"Other processes used {t['other_processes_cores']:.2f} cores during the run: "
+                f"Other processes used {', '.join(f'{x:.2f}' for x in others)} cores during the run(s): "
                 "its rate is low (wait for a quiet machine, --quiet-wait)"
             )
         print()
@@ -743,6 +871,8 @@ def errors_of(out: dict[str, Any]) -> int:
     for key in ("throughput", "fairness"):
         if out.get(key):
             total += int(out[key]["errors"])
+    if (out.get("throughput") or {}).get("trio_client"):
+        total += int(out["throughput"]["trio_client"]["errors"])
     if out.get("restart"):
         total += sum(int(case["errors"]) for case in out["restart"].values())
     return total
@@ -755,6 +885,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--b-members", type=int, default=4, help="group B's sessions (default 4)")
     p.add_argument("--held", type=int, help="held requests in the restart benchmark (default 100000)")
     p.add_argument("--restart-repeat", type=int, help="SIGKILL/restart cycles per case (default 3)")
+    p.add_argument(
+        "--trio-client",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the lean client's run, the same with trio-websocket tasks (default: yes)",
+    )
     p.add_argument("--skip-join-throughput", action="store_true")
     p.add_argument("--skip-fairness", action="store_true")
     p.add_argument("--skip-restart", action="store_true")

@@ -1,9 +1,10 @@
-"""The smallest WebSocket (RFC 6455) framing the fan-out benchmark needs, on plain sockets.
+"""The smallest WebSocket (RFC 6455) framing the lean benchmark clients need, on plain sockets.
 
 Used by the members' load processes (:mod:`benchmarks.fanout_members`), the publisher and the
 baseline broadcast server (:mod:`benchmarks.fanout_server`), so that the client side is the
-same lean code against the relay and against the baseline, and costs as little CPU as
-possible: no per-message objects beyond the payload, no UTF-8 checks, binary frames only.
+same lean code against the relay and against the baseline, and by the join benchmark's lean
+client (:mod:`benchmarks.join_members`).  It costs as little CPU as possible: no per-message
+objects beyond the payload, no UTF-8 checks, binary frames only.
 
 Client frames are masked with the all-zero key (a valid mask: the payload is sent as is, so
 masking costs nothing; the key's unpredictability only matters against browser-side proxies).
