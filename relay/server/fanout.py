@@ -15,8 +15,9 @@ frame went out in part, a control frame, catch-up, the feed ending) is queued,
 and the publisher, still synchronous, starts a sender as one of the
 connection's helper tasks (:mod:`relay.server.tasks`) if none is running.
 The sender joins everything queued into one ``send_all``, reads catch-up pages,
-and exits as soon as nothing is left; ``_sending`` is cleared with no await after the last check,
-so the next event either takes the fast path or starts a new sender, in order.
+and exits as soon as nothing is left; ``_sending`` is cleared with no await
+after the last check, so the next event either takes the fast path or starts a
+new sender, in order.
 Why: an idle member waits for days, and a parked task per member (its
 coroutine frames, cancel scopes and Task) was about a fifth of an idle
 connection's memory; a spawn costs only when a backlog starts.
@@ -27,8 +28,8 @@ events) from the last event it was sent, until it reaches the live events.  A
 member that accepts nothing for ``stall_timeout`` is disconnected: its sender
 ends the connection (``ConnectionTasks.end_connection``).  A feed that ends
 (its group stopped, or the relay is shutting down) sends its last frames and a
-Close, then ends its connection the same way; the connection's own task, the only one reading,
-waits for the member's Close.  Nothing here blocks another member.
+Close, then ends its connection the same way; the connection's own task, the
+only one reading, waits for the member's Close.  Nothing here blocks another member.
 
 Must not: decode or re-encode signed bytes, touch the database except through
 the reader it is given, or await while publishing.
