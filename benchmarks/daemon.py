@@ -202,13 +202,7 @@ class RelayDaemon(Daemon):
 
     def metrics(self) -> dict[str, float]:
         """The operator port's Prometheus text, as ``{"name{labels}": value}``."""
-        text = httpx.get(f"http://{self.ready['admin_listen']}/metrics", timeout=10).text
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = float(value)
-        return values
+        return read_metrics(self, timeout=10)
 
     def wait_idle(self, timeout: float = 15.0) -> None:
         """Until the relay reports no open public connection (then a short settle)."""
@@ -222,3 +216,14 @@ class RelayDaemon(Daemon):
 
 def echo_daemon(workdir: Path) -> Daemon:
     return Daemon(command=["benchmarks.echo_server"], workdir=workdir, name="echo")
+
+
+def read_metrics(relay: Daemon, timeout: float = 30.0) -> dict[str, float]:
+    """A relay's ``/metrics`` (its operator port) as ``{"name{labels}": value}``."""
+    text = httpx.get(f"http://{relay.ready['admin_listen']}/metrics", timeout=timeout).text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values

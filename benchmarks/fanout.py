@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ import psutil
 import trio
 
 from benchmarks import joins, machine, runs, wsframe
-from benchmarks.daemon import Daemon
+from benchmarks.daemon import Daemon, read_metrics
 from benchmarks.fanout_members import BUCKET_NS, BUCKETS, stamp
 
 AIM_DELIVERIES = 50_000.0  # deliveries/s at 1,000 members
@@ -685,17 +683,8 @@ async def configuration(
 
 def relay_metrics(daemon: Daemon) -> dict[str, float]:
     """The relay's counters that say what happened to slow members (whatever names it has)."""
-    import httpx
-
-    text = httpx.get(f"http://{daemon.ready['admin_listen']}/metrics", timeout=30).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        key, _, value = line.rpartition(" ")
-        if any(word in key for word in ("slow", "catch", "drop", "bounds_hit", "feed", "subscri", "event")):
-            out[key] = float(value)
-    return out
+    words = ("slow", "catch", "drop", "bounds_hit", "feed", "subscri", "event")
+    return {key: value for key, value in read_metrics(daemon).items() if any(w in key for w in words)}
 
 
 def run_fanout(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -743,7 +732,7 @@ async def ingest_run(targets: list[Target], events: int, args: argparse.Namespac
     me = psutil.Process()
     daemon = targets[0].daemon
     await quiet(args.quiet_wait)
-    metrics0 = joins.metrics(daemon) if targets[0].kind == "relay" else {}
+    metrics0 = read_metrics(daemon) if targets[0].kind == "relay" else {}
     cpu0 = sum(me.cpu_times()[:2])
     server0 = daemon.cpu_seconds()
     sample0 = machine.sample([daemon.pid])
@@ -772,7 +761,7 @@ async def ingest_run(targets: list[Target], events: int, args: argparse.Namespac
         for pub in pubs:
             await pub.aclose()
         nursery.cancel_scope.cancel()
-    batches = joins.Batches.between(metrics0, joins.metrics(daemon)) if metrics0 else None
+    batches = joins.Batches.between(metrics0, read_metrics(daemon)) if metrics0 else None
     wall = (t1 - t0) / 1e9
     acked = sum(p.acked for p in pubs)
     acks = sorted(ns for p in pubs for ns in p.ack_ns)
@@ -1203,27 +1192,19 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="relay-bench-fanout-"))
     out: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine.description(),
-        "python": sys.version.split()[0],
+        **runs.run_header(),
         "options": {
             k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, type(None)))
         },
     }
-    try:
+    with runs.work_folder("relay-bench-fanout-", keep=args.keep) as work:
         if not args.skip_fanout:
             out["fanout"] = run_fanout(args, work)
         if not args.skip_ingest:
             out["ingest"] = run_ingest(args, work)
         out["verdicts"] = report(out, args)
         out["errors"] = errors_of(out)
-    finally:
-        if args.keep:
-            print(f"kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return out
 
 

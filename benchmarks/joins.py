@@ -30,7 +30,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections import Counter
@@ -45,7 +44,7 @@ import psutil
 import trio
 
 from benchmarks import machine, runs
-from benchmarks.daemon import Daemon
+from benchmarks.daemon import Daemon, read_metrics
 from benchmarks.join_members import Spec
 from benchmarks.members import (
     Group,
@@ -101,16 +100,6 @@ def free_ports(n: int) -> tuple[int, ...]:
     finally:
         for s in socks:
             s.close()
-
-
-def metrics(relay: Daemon) -> dict[str, float]:
-    text = httpx.get(f"http://{relay.ready['admin_listen']}/metrics", timeout=30).text
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
 
 
 def sigkill(relay: Daemon) -> None:
@@ -293,14 +282,14 @@ def lean_run(
         line = client.stdout.readline()
         if json.loads(line or "{}").get("event") != "ready":
             raise RuntimeError(f"the join client failed to start: {line!r}")
-        before = metrics(relay)
+        before = read_metrics(relay)
         with timed(relay, [client.pid], args.quiet_wait) as section:
             trio0 = relay.main_thread_cpu_seconds()
             client.stdin.write("go\n")
             client.stdin.flush()
             line = client.stdout.readline()
             trio_cpu = relay.main_thread_cpu_seconds() - trio0
-        batches = Batches.between(before, metrics(relay))
+        batches = Batches.between(before, read_metrics(relay))
         done = json.loads(line or "{}")
         if done.get("event") != "done":
             raise RuntimeError(f"the join client failed: {line!r}")
@@ -331,7 +320,7 @@ def trio_run(
 ) -> tuple[dict[str, Any], Batches]:
     """The timed run with trio-websocket tasks in this process (:func:`benchmarks.members.flood`)."""
     trio.run(flood, group.address, warm, CONNECTIONS)
-    before = metrics(relay)
+    before = read_metrics(relay)
     me = psutil.Process()
     cpu0 = sum(me.cpu_times()[:2])
     with timed(relay, [], args.quiet_wait) as section:
@@ -339,7 +328,7 @@ def trio_run(
         load = trio.run(partial(flood, group.address, joins, CONNECTIONS, record=True))
         trio_cpu = relay.main_thread_cpu_seconds() - trio0
     client_cpu = sum(me.cpu_times()[:2]) - cpu0
-    batches = Batches.between(before, metrics(relay))
+    batches = Batches.between(before, read_metrics(relay))
     latencies = load.latencies or []
     figures = run_figures(
         requests=len(joins),
@@ -458,7 +447,7 @@ async def paced(
 
 
 async def held_now(relay: Daemon) -> float:
-    values = await trio.to_thread.run_sync(metrics, relay)
+    values = await trio.to_thread.run_sync(read_metrics, relay)
     return values.get("relay_queue_held", 0.0)
 
 
@@ -516,7 +505,7 @@ def fairness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cpu0 = relay.cpu_seconds()
         out = trio.run(fairness_load, relay, a, b, a_joins, b_joins, args)
         out["relay_cpu_s"] = relay.cpu_seconds() - cpu0
-        final = metrics(relay)
+        final = read_metrics(relay)
         del me
     finally:
         status = relay.stop()
@@ -662,7 +651,7 @@ def restart_case(args: argparse.Namespace, work: Path, held: int) -> dict[str, A
             wal_at_kill.append(wal.stat().st_size if wal.exists() else 0)
             machine.wait_quiet(min(args.quiet_wait, 5.0)) if args.quiet_wait > 0 else None
             times.append(start_timed(relay))
-            seen_held.append(metrics(relay).get("relay_queue_held", 0.0))
+            seen_held.append(read_metrics(relay).get("relay_queue_held", 0.0))
             if seen_held[-1] != expected:
                 errors.append(f"after restart {seen_held[-1]:.0f} held, expected {expected}")
     finally:
@@ -920,13 +909,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every join benchmark not skipped; prints the tables and returns the figures."""
-    work = Path(tempfile.mkdtemp(prefix="relay-bench-joins-"))
-    out: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine.description(),
-        "python": sys.version.split()[0],
-    }
-    try:
+    out: dict[str, Any] = runs.run_header()
+    with runs.work_folder("relay-bench-joins-", keep=args.keep) as work:
         if not args.skip_join_throughput:
             print(f"... join throughput: {args.requests} requests, {CONNECTIONS} members", file=sys.stderr)
             out["throughput"] = throughput(args, work)
@@ -938,11 +922,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["restart"] = restart(args, work)
         out["verdicts"] = report(out)
         out["errors"] = errors_of(out)
-    finally:
-        if args.keep:
-            print(f"kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -9,9 +9,12 @@ waits (a bounded time) for the machine to be quiet.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +31,28 @@ from benchmarks.load import LoadResult, Operation, echo_op, invite_op, make_chan
 BUSY = 0.9  # a process using at least 90 % of one core counts as saturated
 MACHINE_BUSY = 1.6  # cores: the machine counts as saturated (see benchmarks.machine on VM clocks)
 QUIET_WAIT = 30.0  # seconds a timed section waits at most for the machine to be quiet
+
+
+@contextmanager
+def work_folder(prefix: str, *, keep: bool) -> Iterator[Path]:
+    """A fresh temp folder for one benchmark command, removed at the end unless ``keep``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_header() -> dict[str, Any]:
+    """When and where a benchmark command ran: the first keys of its JSON figures."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine.description(),
+        "python": sys.version.split()[0],
+    }
 
 
 @dataclass

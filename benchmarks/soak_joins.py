@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,7 +38,9 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from benchmarks.joins import free_ports, metrics, relay_daemon, sigkill, start_timed, table
+from benchmarks import runs
+from benchmarks.daemon import read_metrics
+from benchmarks.joins import free_ports, relay_daemon, sigkill, start_timed, table
 from benchmarks.members import Group, PreparedJoin, activate_group, make_join, member_link, new_group
 from relay.protocol.encoding import encode
 from relay.protocol.membership import make_member_request
@@ -148,7 +148,7 @@ async def finish(soak: Soak, relay: Any, rng: random.Random) -> tuple[float, dic
     t0 = time.perf_counter()
     deadline = t0 + 300
     while time.perf_counter() < deadline:
-        values = await trio.to_thread.run_sync(metrics, relay)
+        values = await trio.to_thread.run_sync(read_metrics, relay)
         if values.get("relay_queue_held", 0) == 0 and values.get("relay_queue_dead", 0) == 0:
             break
         await trio.sleep(0.1)
@@ -255,29 +255,27 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time())
     rng = random.Random(seed)
-    work = Path(tempfile.mkdtemp(prefix="relay-soak-joins-"))
     soak = Soak()
-    relay = relay_daemon(work, ports=free_ports(2))
-    try:
-        start_timed(relay)
-        contact = relay.ready["address"]
-        soak.groups["active"] = trio.run(
-            partial(new_group, contact, work / "owners", "active", activate=True)
-        )
-        soak.groups["held"] = trio.run(partial(new_group, contact, work / "owners", "held", activate=False))
-        t0 = time.perf_counter()
-        trio.run(soak_run, soak, relay, args, rng)
-        elapsed = time.perf_counter() - t0
-        drained, asked = trio.run(finish, soak, relay, rng)
-        status = relay.stop()
-        results = check(soak, work / "data" / "relay.db", asked)
-        results.append(("relay stopped cleanly at the end", "0", str(status), status == 0))
-    finally:
-        relay.kill()
-        if args.keep:
-            print(f"kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with runs.work_folder("relay-soak-joins-", keep=args.keep) as work:
+        relay = relay_daemon(work, ports=free_ports(2))
+        try:
+            start_timed(relay)
+            contact = relay.ready["address"]
+            soak.groups["active"] = trio.run(
+                partial(new_group, contact, work / "owners", "active", activate=True)
+            )
+            soak.groups["held"] = trio.run(
+                partial(new_group, contact, work / "owners", "held", activate=False)
+            )
+            t0 = time.perf_counter()
+            trio.run(soak_run, soak, relay, args, rng)
+            elapsed = time.perf_counter() - t0
+            drained, asked = trio.run(finish, soak, relay, rng)
+            status = relay.stop()
+            results = check(soak, work / "data" / "relay.db", asked)
+            results.append(("relay stopped cleanly at the end", "0", str(status), status == 0))
+        finally:
+            relay.kill()
     answers = Counter(f"{g} {s}" for g, s in soak.acked.values())
     cycles = soak.cycles
     print(f"Join soak: {args.cycles} SIGKILL cycles, {args.members} members, seed {seed}, {elapsed:.1f} s")

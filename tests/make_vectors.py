@@ -466,20 +466,18 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         nonce=JOIN_NONCE.hex(),
         created_at=T0 + 7,
     )
-    status = crypto.signed(
-        MEMBER,
-        crypto.Label.MEMBER_REQUEST,
-        encode(
-            MemberRequest(
-                relay=f.fingerprint,
-                channel=f.channel,
-                address=ADDRESS_ID,
-                action="status",
-                created_at=T0 + 8,
-                nonce=JOIN_NONCE,
-            )
-        ),
-    )
+    def member_request(action: str, created_at: int, nonce: bytes) -> Signed:
+        body = MemberRequest(
+            relay=f.fingerprint,
+            channel=f.channel,
+            address=ADDRESS_ID,
+            action=action,
+            created_at=created_at,
+            nonce=nonce,
+        )
+        return crypto.signed(MEMBER, crypto.Label.MEMBER_REQUEST, encode(body))
+
+    status = member_request("status", T0 + 8, JOIN_NONCE)
     vectors["member_request"] = _signed_group(
         "A MemberRequest asking for the decision on the member's join request, signed by the member key.",
         crypto.Label.MEMBER_REQUEST,
@@ -488,20 +486,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         nonce=JOIN_NONCE.hex(),
         created_at=T0 + 8,
     )
-    subscribe = crypto.signed(
-        MEMBER,
-        crypto.Label.MEMBER_REQUEST,
-        encode(
-            MemberRequest(
-                relay=f.fingerprint,
-                channel=f.channel,
-                address=ADDRESS_ID,
-                action="subscribe",
-                created_at=T0 + 9,
-                nonce=SUBSCRIBE_NONCE,
-            )
-        ),
-    )
+    subscribe = member_request("subscribe", T0 + 9, SUBSCRIBE_NONCE)
     vectors["subscribe_request"] = _signed_group(
         "A MemberRequest with action subscribe (carried by the subscribe frame), signed by the member key.",
         crypto.Label.MEMBER_REQUEST,
