@@ -466,6 +466,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         nonce=JOIN_NONCE.hex(),
         created_at=T0 + 7,
     )
+
     def member_request(action: str, created_at: int, nonce: bytes) -> Signed:
         body = MemberRequest(
             relay=f.fingerprint,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from relayproc import RelayFactory, RunningRelay
 
+from relay.cli import build_parser, member_ids_last
+
 
 def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
     done = subprocess.run(
@@ -53,6 +55,22 @@ def test_failures_exit_1_with_a_reason(tmp_path: Path) -> None:
     bad.write_text("[policy]\nmax_owners = 'many'\n")
     code, out = run_json("init", "--data", str(tmp_path / "d"), "--config", str(bad))
     assert code == 1 and "max_owners" in str(out["reason"])
+
+
+def test_a_member_id_that_begins_with_a_dash_is_taken_as_the_member() -> None:
+    # One key in 64 has a base64url text that begins with '-', which argparse reads as an option.
+    member = "-B2XlcViL_sXoo5NxD7pFwLtP0lcrGDCDkROZoSpBjk"
+    parser = build_parser()
+    args = parser.parse_args(member_ids_last(["owner", "approve", "--state", "o.json", member, "--json"]))
+    assert (args.member, args.state, args.json) == (member, "o.json", True)
+    args = parser.parse_args(
+        member_ids_last(["member", "invite", "--state", "m.json", member, "--contact", "c@example.org"])
+    )
+    assert (args.member, args.contact) == (member, "c@example.org")
+    # what the user wrote with '--' stays as written; other dashed words are still options
+    assert member_ids_last(["owner", "approve", "--", member]) == ["owner", "approve", "--", member]
+    pending = ["owner", "pending", "--state", "o.json"]
+    assert member_ids_last(pending) == pending
 
 
 def test_usage_errors_exit_2() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -38,10 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A member id is an Ed25519 key in base64url: 43 characters, and one in 64 begins with '-'.
+_MEMBER_ID = re.compile(r"-[A-Za-z0-9_-]{42}")
+
+
+def member_ids_last(argv: list[str]) -> list[str]:
+    """Move member ids that begin with '-' behind a ``--``, where argparse takes them as the
+    positional they are instead of an unknown option.
+
+    Only arguments argparse would refuse are moved: no option takes a value that begins with
+    '-'.  A command line that already has ``--`` is left as the user wrote it.
+    """
+    if "--" in argv:
+        return argv
+    ids = [arg for arg in argv if _MEMBER_ID.fullmatch(arg)]
+    if not ids:
+        return argv
+    return [arg for arg in argv if arg not in ids] + ["--", *ids]
+
+
 def main(argv: list[str] | None = None) -> int:
     from relay.client.errors import RelayError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(member_ids_last(sys.argv[1:] if argv is None else argv))
     if args.func is serve.cmd_serve:
         try:
             serve.cmd_serve(args)
