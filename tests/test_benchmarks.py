@@ -29,3 +29,19 @@ def test_benchmark_command_runs(tmp_path: Path) -> None:
     assert (runs["invite"]["ok"], runs["invite"]["errors"]) == (100, 0)
     assert (runs["echo"]["ok"], runs["echo"]["errors"]) == (100, 0)
     assert figures["comparison"][0]["invitations_per_s"] > 0
+
+
+def test_signature_check_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "verify.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.verify", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checks = json.loads(out.read_text())["checks"]
+    assert set(checks) == {
+        "OpenSSL, via cryptography (baseline)",
+        "libsodium, via PyNaCl",
+        "relay.protocol.crypto.verify",
+    }
+    assert all(len(c["seconds"]) == 2 and c["median"] > 0 for c in checks.values())

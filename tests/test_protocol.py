@@ -46,12 +46,14 @@ from relay.protocol.invitation import (
     verify_invitation,
     verify_owner_request,
 )
+from relay.protocol.membership import make_join_request, verify_join_request
 from relay.protocol.messages import (
     PROTOCOL_VERSION,
     Hello,
     Invitation,
     Invite,
     LogRequest,
+    MemberProfile,
     ProfileUpdate,
     RelayCard,
     Signed,
@@ -145,6 +147,59 @@ def test_cert_signed_under_another_label() -> None:
 def test_no_cert_means_no_owner() -> None:
     with raises(ErrorCode.UNAUTHORISED_OWNER):
         verify_owner_chain(F.channel, F.root_public, [])
+
+
+# The identity point encoded as a key, and the signature (R = identity, S = 0)
+# that satisfies [S]B = R + [k]A for every message k: OpenSSL accepts it.
+SMALL_ORDER_KEY = b"\x01" + bytes(31)
+SIGNS_EVERYTHING = b"\x01" + bytes(63)
+# The order of the Ed25519 base point: S + L verifies like S, unless refused.
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+@pytest.mark.parametrize("message", [b"", b"join me", bytes(range(256))])
+def test_a_small_order_key_signs_nothing(message: bytes) -> None:
+    with raises(ErrorCode.BAD_SIGNATURE):
+        crypto.verify(SMALL_ORDER_KEY, crypto.Label.JOIN_REQUEST, message, SIGNS_EVERYTHING)
+
+
+def test_a_small_order_key_cannot_send_a_join_request() -> None:
+    relay, address = b"r" * 32, "a" * 22
+    body = make_join_request(
+        F.root,
+        relay_fingerprint=relay,
+        channel=F.channel,
+        address_id=address,
+        profile=MemberProfile(name="m"),
+        now=T0,
+    ).body
+    forged = Signed(body=body, signer=SMALL_ORDER_KEY, sig=SIGNS_EVERYTHING)
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_join_request(
+            forged,
+            relay_fingerprint=relay,
+            channel=F.channel,
+            address_id=address,
+            now=T0,
+            max_age=300,
+            max_profile_bytes=4096,
+        )
+
+
+def test_a_signature_with_a_non_canonical_scalar_is_refused() -> None:
+    body = b"owner request"
+    sig = crypto.sign(F.root, crypto.Label.OWNER_REQUEST, body)
+    crypto.verify(F.root_public, crypto.Label.OWNER_REQUEST, body, sig)
+    s = int.from_bytes(sig[32:], "little") + GROUP_ORDER
+    malleated = sig[:32] + s.to_bytes(32, "little")
+    with raises(ErrorCode.BAD_SIGNATURE):
+        crypto.verify(F.root_public, crypto.Label.OWNER_REQUEST, body, malleated)
+
+
+@pytest.mark.parametrize(("key_len", "sig_len"), [(31, 64), (33, 64), (32, 63), (32, 65), (0, 0)])
+def test_a_key_or_signature_of_the_wrong_length_is_refused(key_len: int, sig_len: int) -> None:
+    with raises(ErrorCode.BAD_SIGNATURE):
+        crypto.verify(bytes(key_len), crypto.Label.EVENT, b"body", bytes(sig_len))
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,11 @@
 Every signature is made over ``b"chat-relay/v1/" + label + b"\\x00" + body`` so
 that bytes signed for one purpose can never be replayed as another.  No
 home-made primitives live here, and nothing here does I/O.
+
+Signatures are *checked* by libsodium (PyNaCl), not OpenSSL, for two reasons:
+it refuses small-order public keys and signature points, which OpenSSL accepts
+(the identity point "signs" every message), and it verifies in half the CPU
+time, which is most of what a join costs the relay (``benchmarks/verify.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from relay.protocol.encoding import b64e
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
@@ -60,8 +67,10 @@ def verify(public_key: bytes, label: bytes, body: bytes, signature: bytes) -> No
     if len(public_key) != ED25519_KEY_LEN or len(signature) != ED25519_SIG_LEN:
         raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "signature or key has the wrong length")
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(signature, signing_input(label, body))
-    except (InvalidSignature, ValueError):
+        # libsodium's detached verify is not in PyNaCl's public bindings; ``open``
+        # runs the same check on signature + message and costs one copy.
+        crypto_sign_open(signature + signing_input(label, body), public_key)
+    except BadSignatureError:
         raise RemoteProtocolError(
             ErrorCode.BAD_SIGNATURE, f"{label.decode()} signature does not verify"
         ) from None
