@@ -1,4 +1,4 @@
-"""Signatures, fingerprints and HPKE sealing: thin, typed wrappers over ``cryptography``.
+"""Signatures, fingerprints and HPKE sealing: thin, typed wrappers over ``cryptography`` and libsodium.
 
 Every signature is made over ``b"chat-relay/v1/" + label + b"\\x00" + body`` so
 that bytes signed for one purpose can never be replayed as another.  No
