@@ -69,7 +69,11 @@ class ErrorCode(enum.StrEnum):
     DIRECT_MESSAGES_OFF = "direct_messages_off"
     DIRECT_MESSAGES_OVER_THRESHOLD = "direct_messages_over_threshold"
     INBOX_FULL = "inbox_full"
+    # sessions and replays
+    WRONG_SESSION = "wrong_session"
+    DUPLICATE_OWNER = "duplicate_owner"
     # the relay's own trouble
+    UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
 

@@ -25,6 +25,7 @@ import trio
 from relay.protocol.addresses import contact_address
 from relay.server.admin import AdminEndpoint
 from relay.server.admission import Admissions
+from relay.server.bounds import Bounds
 from relay.server.config import Config, split_host_port
 from relay.server.events import Channels
 from relay.server.identity import Identity, load_or_create
@@ -103,6 +104,7 @@ class Relay:
     data_dir: Path
     identity: Identity = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
+    bounds: Bounds = field(init=False)
     notifier: Notifier = field(default_factory=Notifier)
     started: float = field(default_factory=time.time)
     ready: ReadyInfo | None = None
@@ -114,6 +116,7 @@ class Relay:
         if created:
             log.info("identity.created", fingerprint=self.identity.fingerprint_text)
         self._policy = PolicyHolder(self.config.policy.to_policy())
+        self.bounds = Bounds(self.metrics)
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -173,6 +176,7 @@ class Relay:
                 server,
                 self.metrics,
                 channels=channels,
+                bounds=self.bounds,
                 log_client_ip=self.config.logging.log_client_ip,
             )
             admin = AdminEndpoint(

@@ -45,6 +45,7 @@ from relay.protocol.messages import (
 )
 from relay.protocol.session import Endpoint, Session
 from relay.server.admission import Admissions, GroupBinding
+from relay.server.bounds import Bounds
 from relay.server.config import EventsConfig, ServerConfig
 from relay.server.direct import DirectMessages
 from relay.server.events import Channels
@@ -62,6 +63,7 @@ from relay.server.http import (
 )
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
+from relay.server.sources import UNKNOWN, source_key
 from relay.server.tasks import ConnectionTasks
 
 log = structlog.get_logger("relay.public")
@@ -85,6 +87,7 @@ class PublicEndpoint:
         metrics: Metrics,
         *,
         channels: Channels,
+        bounds: Bounds | None = None,
         log_client_ip: bool = False,
     ) -> None:
         self.service = service
@@ -94,6 +97,7 @@ class PublicEndpoint:
         self.events_config: EventsConfig = channels.config
         self.config = config
         self.metrics = metrics
+        self.bounds = bounds if bounds is not None else Bounds(metrics)
         self.identity = service.identity
         self.log_client_ip = log_client_ip
         self.open_connections = 0
@@ -141,14 +145,17 @@ class PublicEndpoint:
         self.metrics.inc("relay_connections_total")
         self.metrics.set("relay_connections_open", self.open_connections)
         try:
+            address = _peer(stream)
+            # The key of this source's budgets; never logged (it is the client's address).
+            source = source_key(address) if address != UNKNOWN else UNKNOWN
             # Client addresses are personal data: bound only if the operator opted in.
-            peer = {"peer": _peer(stream)} if self.log_client_ip else {}
+            peer = {"peer": address} if self.log_client_ip else {}
             # Bound in this task's own context (trio gives each task a copy), which ends with
             # the task: no context manager to keep alive for the connection's lifetime.
             structlog.contextvars.bind_contextvars(conn=f"c{next(self._ids)}", **peer)
             if peer:
                 log.info("connection.opened")
-            del peer
+            del peer, address
             try:
                 accepted = await accept_http_connection(
                     stream,
@@ -161,7 +168,7 @@ class PublicEndpoint:
                     # The session runs here, not in a handler of its own: one coroutine frame
                     # less kept for as long as a member stays connected (days).
                     ws = accepted.socket
-                    session = self._open_session(accepted.target)
+                    session = self._open_session(accepted.target, source)
                     del accepted  # only what the session needs stays referenced while it runs
                     try:
                         post = await self._serve(session, ws, None)
@@ -203,7 +210,7 @@ class PublicEndpoint:
             return None
         return HttpResponse(404, b'{"error":"not_found","reason":"not a relay address"}')
 
-    def _open_session(self, target: str) -> _Connection:
+    def _open_session(self, target: str, source: str) -> _Connection:
         """The session of a WebSocket accepted on ``target`` (an address, checked by ``_route``)."""
         address = _address(target)
         assert address is not None  # accepted only then
@@ -222,6 +229,7 @@ class PublicEndpoint:
                 discover_burst=events.discover_burst,
             ),
             address_id,
+            source,
         )
 
     async def _serve_posting(self, session: _Connection, ws: WebSocket, post: Post) -> None:
@@ -493,12 +501,14 @@ class _Connection:
         "pipeline",
         "rate_limited",
         "rules",
+        "source",
         "tasks",
     )
 
-    def __init__(self, rules: Session, address_id: str | None) -> None:
+    def __init__(self, rules: Session, address_id: str | None, source: str) -> None:
         self.rules = rules
         self.address_id = address_id
+        self.source = source  # the budget key of the client's address (relay.server.sources)
         self.group: GroupBinding | None = None
         self.rate_limited = False
         self.nursery: trio.Nursery | None = None  # a posting connection's, from its first post
@@ -594,4 +604,4 @@ def _peer(stream: trio.SocketStream) -> str:
     try:
         return str(stream.socket.getpeername()[0])
     except OSError:
-        return "unknown"
+        return UNKNOWN

@@ -1,0 +1,49 @@
+"""One way to report a bound that was hit: a metric series and a ``bound.hit`` log event.
+
+Every queue, buffer, table and budget of the relay is bounded (docs/security.md lists
+them); when one refuses something, the operator sees it twice: the counter
+``relay_bounds_hit_total{bound=...}`` counts every hit, and a ``bound.hit`` warning names
+the bound and its limit.  The log line is rate-limited per bound (one per
+``LOG_INTERVAL`` seconds, carrying how many hits it stands for), because a flood
+against a bound must not become a flood in the log.
+
+Must not: log who hit the bound (no client address, no whole key).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from relay.server.metrics import Metrics
+
+log = structlog.get_logger("relay.bounds")
+
+LOG_INTERVAL = 10.0
+
+
+class Bounds:
+    """The relay's reporter of bounds hit (one per process, made at start-up)."""
+
+    def __init__(
+        self, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic, interval: float = LOG_INTERVAL
+    ) -> None:
+        self.metrics = metrics
+        self._clock = clock
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def hit(self, bound: str, limit: float, count: int = 1, **fields: object) -> None:
+        """``bound`` refused ``count`` things at its ``limit``; ``fields`` add context (no addresses)."""
+        self.metrics.inc("relay_bounds_hit_total", count, bound=bound)
+        now = self._clock()
+        last = self._last.get(bound)
+        if last is not None and now - last < self._interval:
+            self._unlogged[bound] = self._unlogged.get(bound, 0) + count
+            return
+        self._last[bound] = now
+        hits = self._unlogged.pop(bound, 0) + count
+        log.warning("bound.hit", bound=bound, limit=limit, hits=hits, **fields)
