@@ -81,13 +81,28 @@ class _StaleView(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
+    """A post the chain took: a new event (published once committed) or a duplicate of one."""
+
     status: Append
     seq: int
     id: bytes
     stored: bytes
     pruned: int = 0
-    equivocation: bool = False  # refused; ``proof_kept`` tells whether a proof row was added
-    proof_kept: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Equivocation:
+    """A post refused as a second event at a taken sequence number: only its proof is kept.
+
+    A type of its own, not a flag on :class:`_Stored`: nothing that publishes can mistake
+    it for an event to serve (a refused event must never reach a member by any path).
+    """
+
+    seq: int
+    proof_kept: bool
+
+
+_Outcome = _Stored | _Equivocation
 
 
 class Channels:
@@ -190,7 +205,7 @@ class Channels:
 
         return answer
 
-    async def _submit(self, view: GroupView, frame: Post) -> Job[_Stored]:
+    async def _submit(self, view: GroupView, frame: Post) -> Job[_Outcome]:
         if view.state is not GroupState.ACTIVE:
             raise RemoteProtocolError(
                 ErrorCode.GROUP_NOT_ACTIVE, f"the group is {view.state.value}; posts need an active group"
@@ -202,7 +217,7 @@ class Channels:
         now = self.service.now()
         config = self.config
 
-        def apply(conn: sqlite3.Connection) -> _Stored:
+        def apply(conn: sqlite3.Connection) -> _Outcome:
             row = conn.execute(
                 "SELECT state, profile_version FROM groups WHERE id = ?", (view.id,)
             ).fetchone()
@@ -210,14 +225,14 @@ class Channels:
                 raise _StaleView()
             return _append(conn, view.id, verified, stored, now, config)
 
-        def publish(result: _Stored) -> None:
-            if result.status is Append.NEW:
+        def publish(result: _Outcome) -> None:
+            if isinstance(result, _Stored) and result.status is Append.NEW:
                 self.fanout.publish(view.id, result.seq, result.stored)
 
         return await self.db.submit(apply, on_commit=publish)
 
-    def _answer(self, view: GroupView, result: _Stored) -> PostResult:
-        if result.equivocation:
+    def _answer(self, view: GroupView, result: _Outcome) -> PostResult:
+        if isinstance(result, _Equivocation):
             self.metrics.inc("relay_equivocations_total")
             log.warning("event.equivocation", group=view.id, seq=result.seq, proof_kept=result.proof_kept)
             raise RemoteProtocolError(
@@ -413,7 +428,7 @@ def _append(
     stored: bytes,
     now: int,
     config: EventsConfig,
-) -> _Stored:
+) -> _Outcome:
     """The chain rules against the stored head, then the row; runs on the database thread."""
     head = store.head(conn, group_id)
     seq = event.seq
@@ -433,7 +448,7 @@ def _append(
         proof_kept = store.add_equivocation(
             conn, group_id, seq, kept, stored, now, config.max_equivocations_per_group
         )
-        return _Stored(Append.NEW, seq, event.id, stored, equivocation=True, proof_kept=proof_kept)
+        return _Equivocation(seq, proof_kept)
     if status is Append.DUPLICATE:
         return _Stored(status, seq, event.id, stored)
     after = store.append(
