@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -23,7 +26,7 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
 from relay.protocol.encoding import b64e
-from relay.protocol.errors import ErrorCode, RemoteProtocolError
+from relay.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from relay.protocol.messages import Signed
 
 SIGNATURE_PREFIX = b"chat-relay/v1/"
@@ -62,8 +65,31 @@ def signed(key: ed25519.Ed25519PrivateKey, label: bytes, body: bytes) -> Signed:
     return Signed(body=body, signer=public_bytes(key), sig=sign(key, label, body))
 
 
+_thread_rules = threading.local()
+
+
+@contextmanager
+def verify_forbidden(why: str) -> Iterator[None]:
+    """While inside, any :func:`verify` on the calling thread is a bug, raised as ``internal``.
+
+    The relay's database writer runs inside this: every group waits on that one thread, so
+    a signature check there (about 42 us each, and a profile can hold a few dozen) would
+    let one client's request slow every other.  Checks belong before the transaction.
+    """
+    _thread_rules.forbidden = why
+    try:
+        yield
+    finally:
+        _thread_rules.forbidden = None  # the thread goes back to a pool: leave it as found
+
+
 def verify(public_key: bytes, label: bytes, body: bytes, signature: bytes) -> None:
     """Raise ``bad_signature`` unless ``signature`` is ``public_key``'s over ``body``."""
+    forbidden = getattr(_thread_rules, "forbidden", None)
+    if forbidden is not None:
+        raise LocalProtocolError(
+            ErrorCode.INTERNAL, f"signature check on a thread that forbids it: {forbidden}"
+        )
     if len(public_key) != ED25519_KEY_LEN or len(signature) != ED25519_SIG_LEN:
         raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "signature or key has the wrong length")
     try:

@@ -288,6 +288,8 @@ class AdminEndpoint:
         counts = await self.service.db.transact(groups.count_by_state)
         for state in _STATES:
             self.metrics.set("relay_groups", counts.get(state, 0), state=state)
+        self.metrics.set("relay_verified_profiles", len(self.service.profiles))
+        self.metrics.set("relay_verified_profiles_bytes", self.service.profiles.bytes)
         stats = self.service.db.stats
         self.metrics.set("relay_db_commits_total", stats.commits)
         self.metrics.set("relay_db_jobs_total", stats.jobs)

@@ -45,7 +45,7 @@ from relay.protocol.messages import (
 from relay.protocol.state import GroupState
 from relay.server.config import MembersConfig
 from relay.server.metrics import Metrics
-from relay.server.service import GroupService, check_owner, decode_signed
+from relay.server.service import GroupService, decode_signed
 from relay.store import groups, joins
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
@@ -312,9 +312,18 @@ class Admissions:
         )
         now = self.service.now()
         signer = frame.request.signer
+        # The owner check reads the stored profile's owners (verified once, off the writer);
+        # the transaction then only makes sure the group still has that profile.
+        checked = self.service.check_owner(
+            await self.db.transact(lambda conn: groups.by_channel(conn, request.channel)), request, signer
+        )
 
         def apply(conn: sqlite3.Connection) -> tuple[OwnerCommandResult, GroupRecord, Decision | None]:
-            record = check_owner(groups.by_channel(conn, request.channel), request, signer)
+            record = groups.by_channel(conn, request.channel)
+            if record is None or record.id != checked.id or record.profile_version != checked.profile_version:
+                raise RemoteProtocolError(
+                    ErrorCode.OUT_OF_ORDER, "the group's profile changed meanwhile; send the command again"
+                )
             decision = None
             detail = ""
             if request.action in (ACTION_APPROVE_MEMBER, ACTION_REFUSE_MEMBER):

@@ -31,6 +31,7 @@ from relay.server.events import Channels
 from relay.server.identity import Identity, load_or_create
 from relay.server.metrics import Metrics
 from relay.server.notify import Notifier
+from relay.server.profiles import VerifiedProfiles
 from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
 from relay.server.worker import JoinWorker
@@ -160,6 +161,7 @@ class Relay:
                 policy=self._policy,
                 public_base=base,
                 metrics=self.metrics,
+                profiles=VerifiedProfiles(storage.verified_profiles_bytes, self.bounds),
                 log_keep=storage.service_log_max,
                 max_closed=storage.max_closed_groups,
             )

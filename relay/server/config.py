@@ -71,6 +71,8 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     service_log_max: Annotated[int, Meta(ge=10)] = 1000
     max_pending_writes: Annotated[int, Meta(ge=1)] = 10_000
     max_closed_groups: Annotated[int, Meta(ge=0)] = 100_000
+    # Stored profiles kept verified in memory (relay.server.profiles), in bytes.
+    verified_profiles_bytes: Annotated[int, Meta(ge=64 * 1024)] = 32 * 1024 * 1024
 
 
 class MembersConfig(Struct, forbid_unknown_fields=True, frozen=True):

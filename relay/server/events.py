@@ -44,7 +44,6 @@ from relay.protocol.messages import (
     Subscribe,
     Subscribed,
 )
-from relay.protocol.profile import verify_profile
 from relay.protocol.state import GroupState
 from relay.server.admission import GroupBinding
 from relay.server.config import EventsConfig
@@ -161,8 +160,8 @@ class Channels:
         record = await self.db.transact(lambda conn: groups.by_id(conn, group_id))
         if record is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-        signed = decode_signed(record.profile)
-        verified = verify_profile(signed)
+        verified = self.service.profiles.of(record.profile)
+        signed = verified.signed
         view = GroupView(
             id=record.id,
             channel=record.channel,

@@ -67,6 +67,13 @@ SPECS: dict[str, Spec] = {
     "relay_equivocations_total": Spec(
         "counter", "Posts refused as equivocation (a different event at a taken seq)"
     ),
+    "relay_profile_verifications_total": Spec(
+        "counter", "Stored profiles verified (each once, then kept: relay.server.profiles)"
+    ),
+    "relay_verified_profiles": Spec("gauge", "Stored profiles kept verified in memory now"),
+    "relay_verified_profiles_bytes": Spec(
+        "gauge", "Estimated bytes of the verified profiles kept (bound: storage.verified_profiles_bytes)"
+    ),
     "relay_subscribers": Spec("gauge", "Subscribed member connections now"),
     "relay_events_stored": Spec("gauge", "Owner events kept, over all groups"),
     "relay_events_stored_bytes": Spec("gauge", "Bytes of owner events kept, over all groups"),

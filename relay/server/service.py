@@ -37,6 +37,7 @@ from relay.protocol.messages import (
     LogRequest,
     LogResult,
     OwnerRequest,
+    Profile,
     ProfileResult,
     ProfileUpdate,
     Signed,
@@ -51,6 +52,7 @@ from relay.protocol.profile import (
 from relay.protocol.state import OWNERS_CLOSED, GroupState, Transition, transition
 from relay.server.identity import Identity
 from relay.server.metrics import Metrics
+from relay.server.profiles import VerifiedProfiles
 from relay.store import groups
 from relay.store.db import Database
 from relay.store.groups import GroupRecord
@@ -75,10 +77,12 @@ class GroupService:
         public_base: str,
         metrics: Metrics,
         log_keep: int = 1000,
+        profiles: VerifiedProfiles,
         max_closed: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
+        self.profiles = profiles
         self.identity = identity
         self.policy = policy
         self.public_base = public_base
@@ -101,6 +105,19 @@ class GroupService:
         """Hook: wake whatever waits on this group's state (the join worker)."""
         for listener in self.group_listeners:
             listener(group_id)
+
+    def check_owner(self, record: GroupRecord | None, request: OwnerRequest, signer: bytes) -> GroupRecord:
+        """The group an owner request is about, if the signer is one of its owners.
+
+        The service group id is the owners' shared secret for this relay; the signer must be
+        an owner in the profile the relay holds (verified once, then kept: see
+        :mod:`relay.server.profiles`).  Call it on the trio thread, never in a transaction.
+        """
+        if record is None or not crypto.same_secret(record.service_group, request.service_group):
+            raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no service group for this channel")
+        if signer not in self.profiles.of(record.profile).owners:
+            raise RemoteProtocolError(ErrorCode.UNAUTHORISED_OWNER, "only the channel's owners may do this")
+        return record
 
     def address_of(self, record: GroupRecord) -> str | None:
         if record.address_id is None:
@@ -238,29 +255,52 @@ class GroupService:
         return await self.db.transact(lambda conn: groups.by_address(conn, address_id))
 
     async def update_profile(self, address_id: str, frame: ProfileUpdate) -> ProfileResult:
-        verified = verify_profile(frame.profile)
-        self.policy.policy.check(verified)
+        """Activation, unlisting or a newer profile, checked cheap-first and outside the writer.
+
+        The stored group decides first what is worth a signature check (its channel, a newer
+        version); then the newcomer is verified, and its succession checked against the
+        stored profile (verified once, from the cache).  The transaction re-checks only that
+        the stored version is still the one the succession was checked against.
+        """
+        for _ in range(3):
+            record = await self.group_by_address(address_id)
+            if record is None:
+                raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+            newer = decode(frame.profile.body, Profile, limit=MAX_SIGNED_BODY, what="profile")
+            if newer.channel != record.channel:
+                raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the profile is for another channel")
+            transition(record.state, Transition.ACTIVATE)  # a closed group refuses before any check
+            _check_newer(newer.version, record.profile_version)
+            current = self.profiles.of(record.profile)
+            verified = verify_profile(frame.profile)
+            self.policy.policy.check(verified)
+            # Certs cannot be revoked: without this, an owner removed in the stored version could
+            # sign a newer one that lists itself again on its old root-signed cert.
+            check_succession(current, verified)
+            try:
+                return await self._apply_profile(address_id, frame, verified, record.profile_version)
+            except _StoredProfileChanged:
+                continue  # another update landed in between: check against that one
+        raise RemoteProtocolError(ErrorCode.STALE_PROFILE, "the profile keeps changing; send it again")
+
+    async def _apply_profile(
+        self, address_id: str, frame: ProfileUpdate, verified: VerifiedProfile, checked_against: int
+    ) -> ProfileResult:
         listed = self._lists_me(verified, address_id)
+        new = _new_group(b"", verified)  # set_profile takes the profile's fields, not the group id
+        self.profiles.remember(new.profile, verified)
         now = self.now()
 
         def apply(conn: sqlite3.Connection) -> tuple[GroupState, GroupState, int, int]:
             record = groups.by_address(conn, address_id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-            if record.channel != verified.profile.channel:
-                raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the profile is for another channel")
-            after = transition(record.state, Transition.ACTIVATE if listed else Transition.UNLIST)
             version = verified.profile.version
-            if version <= record.profile_version:
-                raise RemoteProtocolError(
-                    ErrorCode.STALE_PROFILE,
-                    f"profile version {version} is not newer than the stored version "
-                    f"{record.profile_version}",
-                )
-            # Certs cannot be revoked: without this, an owner removed in the stored version could
-            # sign a newer one that lists itself again on its old root-signed cert.
-            check_succession(verify_profile(decode_signed(record.profile)), verified)
-            groups.set_profile(conn, record.id, _new_group(record.service_group, verified), version, now)
+            after = transition(record.state, Transition.ACTIVATE if listed else Transition.UNLIST)
+            _check_newer(version, record.profile_version)
+            if record.profile_version != checked_against:
+                raise _StoredProfileChanged()
+            groups.set_profile(conn, record.id, new, version, now)
             groups.append_log(
                 conn, record.id, now, "profile_updated", f"version {version}", keep=self.log_keep
             )
@@ -336,7 +376,7 @@ class GroupService:
             return record, groups.read_log(conn, record.id)
 
         record, rows = await self.db.transact(read)
-        record = check_owner(record, request, frame.request.signer)
+        record = self.check_owner(record, request, frame.request.signer)
         entries = [LogEntry(seq=r.seq, at=r.at, event=r.event, detail=r.detail) for r in rows]
         return LogResult(state=record.state.value, entries=entries)
 
@@ -491,17 +531,16 @@ def _new_group(service_group: bytes, verified: VerifiedProfile) -> groups.NewGro
     )
 
 
-def check_owner(record: GroupRecord | None, request: OwnerRequest, signer: bytes) -> GroupRecord:
-    """The group an owner request is about, if the signer is one of its owners.
+def _check_newer(version: int, stored: int) -> None:
+    if version <= stored:
+        raise RemoteProtocolError(
+            ErrorCode.STALE_PROFILE,
+            f"profile version {version} is not newer than the stored version {stored}",
+        )
 
-    The service group id is the owners' shared secret for this relay; the signer must be an
-    owner in the profile the relay holds (verified again: the stored bytes are not trusted).
-    """
-    if record is None or not crypto.same_secret(record.service_group, request.service_group):
-        raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no service group for this channel")
-    if signer not in verify_profile(decode_signed(record.profile)).owners:
-        raise RemoteProtocolError(ErrorCode.UNAUTHORISED_OWNER, "only the channel's owners may do this")
-    return record
+
+class _StoredProfileChanged(Exception):
+    """The stored profile changed between the checks and the transaction: check again."""
 
 
 def _require(conn: sqlite3.Connection, group_id: int) -> GroupRecord:

@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 import trio
 
+from relay.protocol.crypto import verify_forbidden
 from relay.store.migrations import migrate
 
 T = TypeVar("T")
@@ -164,6 +165,10 @@ class Database:
 
     def _write_loop(self, token: trio.lowlevel.TrioToken) -> None:
         """The worker thread: every waiting job in one transaction, batch after batch."""
+        with verify_forbidden("the database writer (verify before the transaction)"):
+            self._write_batches(token)
+
+    def _write_batches(self, token: trio.lowlevel.TrioToken) -> None:
         jobs = self._jobs
         stopping = False
         while not stopping:
