@@ -112,10 +112,12 @@ class Daemon:
 
 
 def relay_config(path: Path, max_groups: int) -> Path:
-    """Default configuration, except ``policy.max_groups`` raised to hold every benchmark group."""
+    """Default configuration, except ``policy.max_groups`` raised to hold every benchmark group,
+    and the invitation budgets per source (every benchmark owner invites from 127.0.0.1)."""
     path.write_text(
         "# Written by python -m benchmarks: the defaults, with room for every benchmark group.\n"
         f"[policy]\nmax_groups = {max_groups}\n"
+        "invitations_per_ip_per_minute = 1000000000.0\nmax_pending_groups_per_ip = 1000000000\n"
     )
     return path
 

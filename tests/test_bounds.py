@@ -47,3 +47,19 @@ def test_every_hit_is_counted_and_the_log_is_rate_limited() -> None:
         ("max_connections_per_ip", 5),  # the four not logged, and this one
     ]
     assert all(e["event"] == "bound.hit" and e["log_level"] == "warning" for e in logs)
+
+
+def test_hits_inside_a_transaction_are_reported_at_the_next_flush() -> None:
+    import threading
+
+    metrics = Metrics()
+    bounds = Bounds(metrics)
+    thread = threading.Thread(target=lambda: bounds.hit_from_thread("refused_per_group", 5, 3, group=7))
+    thread.start()
+    thread.join()
+    assert metrics.get("relay_bounds_hit_total", bound="refused_per_group") == 0  # not yet
+    with structlog.testing.capture_logs() as logs:
+        bounds.flush()
+        bounds.flush()  # once only
+    assert metrics.get("relay_bounds_hit_total", bound="refused_per_group") == 3
+    assert [(e["bound"], e["hits"], e["group"]) for e in logs] == [("refused_per_group", 3, 7)]

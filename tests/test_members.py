@@ -272,5 +272,5 @@ async def test_remembered_refusals_are_bounded(relay_factory: RelayFactory, tmp_
     with sqlite3.connect(relay.data / "relay.db", timeout=10) as db:
         assert db.execute("SELECT count(*) FROM join_requests").fetchone() == (1,)
     hit = relay.wait_for_event("bound.hit")
-    assert (hit["bound"], hit["dropped"]) == ("refused_per_group", 1)
+    assert (hit["bound"], hit["hits"]) == ("refused_per_group", 1)
     assert metric(relay, 'relay_bounds_hit_total{bound="refused_per_group"}') == 2

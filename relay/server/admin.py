@@ -271,7 +271,7 @@ class AdminEndpoint:
         if row is None:
             return _json(404, {"error": "not_found", "reason": f"no dead-lettered request {request_id}"})
         log.info("queue.retried", request=request_id, group=row.group_id)
-        self.service.group_changed(row.group_id)
+        self.service.signals.requests_waiting.send(row.group_id)
         return _json(200, held_view(row))
 
     async def _refresh_gauges(self) -> None:

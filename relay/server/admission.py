@@ -12,8 +12,7 @@ held for :class:`relay.server.worker.JoinWorker`.  The rules themselves live in
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -21,8 +20,8 @@ import structlog
 import trio
 
 from relay.protocol import admission
-from relay.protocol.admission import Decision, GroupRules, JoinState
-from relay.protocol.encoding import b64e, encode
+from relay.protocol.admission import Decision, JoinState
+from relay.protocol.encoding import encode
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
 from relay.protocol.invitation import (
     ACTION_APPROVE_MEMBER,
@@ -44,8 +43,10 @@ from relay.protocol.messages import (
 )
 from relay.protocol.state import GroupState
 from relay.server.config import MembersConfig
+from relay.server.decisions import Decisions, member_id, rules_of
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
+from relay.server.signals import GroupSignals
 from relay.store import groups, joins
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
@@ -64,20 +65,6 @@ class GroupBinding:
     address_id: str
 
 
-def rules_of(record: GroupRecord | joins.IntakeView, members: int, operator_cap: int) -> GroupRules:
-    owners_cap = record.max_members
-    cap = min(owners_cap, operator_cap) if owners_cap else operator_cap
-    return GroupRules(
-        state=record.state,
-        reason_code=record.reason_code,
-        reason=record.reason,
-        admission=record.admission,
-        max_members=cap,
-        admission_suspended=record.admission_suspended,
-        members=members,
-    )
-
-
 def result_of(row: JoinRow) -> JoinResult:
     return JoinResult(
         status=row.status.wire,
@@ -86,11 +73,6 @@ def result_of(row: JoinRow) -> JoinResult:
         received_at=row.received_at,
         decided_at=row.decided_at,
     )
-
-
-def member_id(key: bytes) -> str:
-    """How owners and operators name a member: the key in base64url (it is not a secret)."""
-    return b64e(key)
 
 
 class DecisionWaiters:
@@ -139,17 +121,18 @@ class Admissions:
         config: MembersConfig,
         metrics: Metrics,
         *,
+        signals: GroupSignals,
+        decisions: Decisions,
         max_waiters: int,
-        on_held: Callable[[int], None] = lambda group_id: None,
     ) -> None:
         self.service = service
         self.db = service.db
         self.config = config
         self.metrics = metrics
+        self.signals = signals
+        self.decisions = decisions
         self.waiters = DecisionWaiters(max_waiters)
-        self.on_held = on_held  # the worker's wake-up: a request is queued behind others
-        self._lock = threading.Lock()
-        self._forgotten: dict[int, int] = {}
+        signals.decided.connect(lambda group_id, member: self.waiters.decided((group_id, member)))
 
     # --- at a group address --------------------------------------------------
 
@@ -185,19 +168,17 @@ class Admissions:
             name=verified.profile.name[:64],
         )
         stored, row, active = await self.db.transact(lambda conn: self._arrive(conn, new, now))
-        self.report_bounds()
         outcome = "duplicate" if not stored else row.status.wire
         if row.code == ErrorCode.QUEUE_FULL.value:
             outcome = "refused"
-            self.metrics.inc("relay_bounds_hit_total", bound="group_queue")
-            log.warning(
-                "bound.hit", bound="group_queue", group=group.id, limit=self.config.max_queued_per_group
-            )
+            self.decisions.bounds.hit("group_queue", self.config.max_queued_per_group, group=group.id)
         self.metrics.inc("relay_join_requests_total", outcome=outcome)
         if stored and row.status is JoinState.REFUSED and row.code:
             self.metrics.inc("relay_admission_refusals_total", code=row.code)
         if stored and row.status is JoinState.HELD and active:
-            self.on_held(group.id)  # queued behind others; an inactive group's activation wakes it
+            # Queued behind others: the worker takes it in turn (an inactive group's
+            # activation wakes the worker through ``state_changed``).
+            self.signals.requests_waiting.send(group.id)
         log.debug("member.join", group=group.id, status=row.status.value, code=row.code, stored=stored)
         return result_of(row)
 
@@ -225,52 +206,8 @@ class Admissions:
         if existing is not None:
             joins.delete(conn, existing.id)  # a "not now" refusal, asked again: decided afresh
         row = joins.insert_row(conn, new, arrival.decision, now)
-        self.after_decision(conn, new.group_id, new.member_key, new.name, arrival.decision, now)
+        self.decisions.write(conn, new.group_id, new.member_key, new.name, arrival.decision, now)
         return True, row, active
-
-    def after_decision(
-        self,
-        conn: sqlite3.Connection,
-        group_id: int,
-        member_key: bytes,
-        name: str,
-        decision: Decision,
-        now: int,
-    ) -> None:
-        """What follows a decision in the same transaction: the owners' log, the refusal bound."""
-        if decision.state is JoinState.PENDING_APPROVAL:
-            groups.append_log(
-                conn,
-                group_id,
-                now,
-                "member_pending",
-                f"{name!r} ({member_id(member_key)}) asks to join",
-                keep=self.service.log_keep,
-            )
-        elif decision.state is JoinState.REFUSED:
-            self.forget_old_refusals(conn, group_id)
-
-    def forget_old_refusals(self, conn: sqlite3.Connection, group_id: int) -> None:
-        """Remembered refusals are bounded per group; runs on the database thread, so the
-        count is handed to the trio thread through :meth:`report_bounds`."""
-        dropped = joins.prune_refused(conn, group_id, self.config.max_refused_per_group)
-        if dropped:
-            with self._lock:
-                self._forgotten[group_id] = self._forgotten.get(group_id, 0) + dropped
-
-    def report_bounds(self) -> None:
-        """Metrics and log events for refusals forgotten in the transactions just committed."""
-        with self._lock:
-            forgotten, self._forgotten = self._forgotten, {}
-        for group_id, dropped in forgotten.items():
-            self.metrics.inc("relay_bounds_hit_total", dropped, bound="refused_per_group")
-            log.warning(
-                "bound.hit",
-                bound="refused_per_group",
-                group=group_id,
-                limit=self.config.max_refused_per_group,
-                dropped=dropped,
-            )
 
     async def status(self, group: GroupBinding, frame: JoinStatus) -> JoinResult:
         verify_member_request(
@@ -359,11 +296,10 @@ class Admissions:
             return result, record, decision
 
         result, record, decision = await self.db.transact(apply)
-        self.report_bounds()
         with structlog.contextvars.bound_contextvars(group=record.id):
             log.info("owner.command", action=request.action)
             if decision is not None:
-                self.waiters.decided((record.id, request.subject))
+                self.signals.decided.send(record.id, request.subject)
                 self.metrics.inc("relay_owner_decisions_total", outcome=decision.state.value)
         return result
 
@@ -394,7 +330,7 @@ class Admissions:
             f"{row.name!r} ({member_id(member_key)}) by an owner",
             keep=self.service.log_keep,
         )
-        self.after_decision(conn, record.id, member_key, row.name, decision, now)
+        self.decisions.write(conn, record.id, member_key, row.name, decision, now)
         return decision
 
 

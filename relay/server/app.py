@@ -27,13 +27,16 @@ from relay.server.admin import AdminEndpoint
 from relay.server.admission import Admissions
 from relay.server.bounds import Bounds
 from relay.server.config import Config, split_host_port
+from relay.server.decisions import Decisions
 from relay.server.events import Channels
 from relay.server.identity import Identity, load_or_create
 from relay.server.metrics import Metrics
 from relay.server.notify import Notifier
+from relay.server.pending import InvitationBudgets
 from relay.server.profiles import VerifiedProfiles
 from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
+from relay.server.signals import GroupSignals
 from relay.server.worker import JoinWorker
 from relay.store.db import Database
 
@@ -106,6 +109,7 @@ class Relay:
     identity: Identity = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     bounds: Bounds = field(init=False)
+    budgets: InvitationBudgets = field(init=False)
     notifier: Notifier = field(default_factory=Notifier)
     started: float = field(default_factory=time.time)
     ready: ReadyInfo | None = None
@@ -118,6 +122,12 @@ class Relay:
             log.info("identity.created", fingerprint=self.identity.fingerprint_text)
         self._policy = PolicyHolder(self.config.policy.to_policy())
         self.bounds = Bounds(self.metrics)
+        policy = self.config.policy
+        self.budgets = InvitationBudgets(
+            per_minute=policy.invitations_per_ip_per_minute,
+            max_pending=policy.max_pending_groups_per_ip,
+            bounds=self.bounds,
+        )
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
@@ -126,6 +136,10 @@ class Relay:
     def reload_policy(self, config: Config) -> None:
         """Swap the profile policy in place (SIGHUP); connections are untouched."""
         self._policy.policy = config.policy.to_policy()
+        self.budgets.configure(
+            per_minute=config.policy.invitations_per_ip_per_minute,
+            max_pending=config.policy.max_pending_groups_per_ip,
+        )
         log.info("config.reloaded")
 
     async def run(self, *, task_status: trio.TaskStatus[ReadyInfo] = trio.TASK_STATUS_IGNORED) -> None:
@@ -143,6 +157,7 @@ class Relay:
             on_commit=self._observe_commit,
         )
         self.metrics.set("relay_start_time_seconds", self.started)
+        signals = GroupSignals()
         try:
             public_listeners = await _listen(server.listen)
             admin_listeners = await _listen(server.admin_listen)
@@ -162,15 +177,25 @@ class Relay:
                 public_base=base,
                 metrics=self.metrics,
                 profiles=VerifiedProfiles(storage.verified_profiles_bytes, self.bounds),
+                budgets=self.budgets,
+                signals=signals,
                 log_keep=storage.service_log_max,
                 max_closed=storage.max_closed_groups,
             )
+            # The join path (relay.server.signals tells how a held request travels): intake and
+            # worker share how a decision is recorded, and talk only through the signals.
+            decisions = Decisions(self.config.members, self.bounds, log_keep=storage.service_log_max)
             admissions = Admissions(
-                service, self.config.members, self.metrics, max_waiters=server.max_connections
+                service,
+                self.config.members,
+                self.metrics,
+                signals=signals,
+                decisions=decisions,
+                max_waiters=server.max_connections,
             )
-            worker = JoinWorker(admissions)
-            admissions.on_held = worker.mark
-            service.group_listeners.append(worker.mark)
+            worker = JoinWorker(
+                service, self.config.members, self.metrics, signals=signals, decisions=decisions
+            )
             channels = Channels(service, self.config.events, self.metrics)
             public = PublicEndpoint(
                 service,
@@ -240,6 +265,7 @@ class Relay:
     def _observe_commit(self, seconds: float, jobs: int) -> None:
         self.metrics.observe("relay_db_commit_seconds", seconds)
         self.metrics.observe("relay_db_batch_size", jobs)
+        self.bounds.flush()  # bounds hit inside the transactions just committed
 
     async def _sweep(self, service: GroupService) -> None:
         """Expire groups the owners never activated; checks a few times per time-out."""

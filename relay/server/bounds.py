@@ -12,6 +12,7 @@ Must not: log who hit the bound (no client address, no whole key).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -35,9 +36,30 @@ class Bounds:
         self._interval = interval
         self._last: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._deferred: list[tuple[str, float, int, dict[str, object]]] = []
+
+    def hit_from_thread(self, bound: str, limit: float, count: int = 1, **fields: object) -> None:
+        """Like :meth:`hit`, from the database thread: told at the next :meth:`flush`.
+
+        Metrics and logs belong to the trio thread; the relay flushes after every commit, so
+        a bound hit inside a transaction is reported once that transaction is done.
+        """
+        with self._lock:
+            self._deferred.append((bound, limit, count, fields))
+
+    def flush(self) -> None:
+        """Report the hits queued by :meth:`hit_from_thread` (on the trio thread)."""
+        with self._lock:
+            deferred, self._deferred = self._deferred, []
+        for bound, limit, count, fields in deferred:
+            self.hit(bound, limit, count, **fields)
 
     def hit(self, bound: str, limit: float, count: int = 1, **fields: object) -> None:
-        """``bound`` refused ``count`` things at its ``limit``; ``fields`` add context (no addresses)."""
+        """``bound`` refused ``count`` things at its ``limit``; ``fields`` add context (no addresses).
+
+        On the trio thread only (see :meth:`hit_from_thread`).
+        """
         self.metrics.inc("relay_bounds_hit_total", count, bound=bound)
         now = self._clock()
         last = self._last.get(bound)

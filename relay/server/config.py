@@ -49,8 +49,11 @@ class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_owners: Annotated[int, Meta(ge=1)] = 16
     max_groups: Annotated[int, Meta(ge=0)] = 100_000
     approval: Literal["auto", "manual"] = "auto"
-    activation_timeout: Annotated[int, Meta(ge=1)] = 7 * 24 * 3600
+    activation_timeout: Annotated[int, Meta(ge=1)] = 3600
     invitation_max_age: Annotated[int, Meta(ge=1)] = 600
+    # Budgets per source (an IPv4 address or an IPv6 /64; relay.server.pending).
+    invitations_per_ip_per_minute: Annotated[float, Meta(gt=0)] = 30.0
+    max_pending_groups_per_ip: Annotated[int, Meta(ge=1)] = 10
 
     def to_policy(self) -> ProfilePolicy:
         return ProfilePolicy(

@@ -124,9 +124,8 @@ class Channels:
         self._views: dict[int, GroupView] = {}
         self._tags: dict[bytes, int] | None = None  # tag -> group id, built on first discover
         self._tags_dirty: set[int] = set()
-        service.group_listeners.append(self.group_changed)
-        service.profile_listeners.append(self.profile_changed)
-        service.state_listeners.append(self.state_changed)
+        service.signals.profile_changed.connect(self.profile_changed)
+        service.signals.state_changed.connect(self.state_changed)
 
     # --- caches --------------------------------------------------------------------
 
@@ -144,6 +143,7 @@ class Channels:
     def state_changed(self, group_id: int, state: GroupState) -> None:
         """A group that stops being active ends its members' feeds (an error frame, then close):
         a suspended or removed group serves no events, and a new ``subscribe`` is refused."""
+        self.group_changed(group_id)
         if state is GroupState.ACTIVE:
             return
         reason = f"the group is {state.value}; it serves no events"

@@ -428,7 +428,7 @@ class PublicEndpoint:
                 SOFTWARE,
             )
         if isinstance(frame, Invite):
-            return await self.service.invite(frame)
+            return await self.service.invite(frame, session.source)
         if isinstance(frame, LogRequest):
             return await self.service.read_log(frame)
         if isinstance(frame, OwnerCommand):

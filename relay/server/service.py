@@ -10,11 +10,12 @@ refused request writes nothing.  The state rules come from
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -52,7 +53,9 @@ from relay.protocol.profile import (
 from relay.protocol.state import OWNERS_CLOSED, GroupState, Transition, transition
 from relay.server.identity import Identity
 from relay.server.metrics import Metrics
+from relay.server.pending import InvitationBudgets
 from relay.server.profiles import VerifiedProfiles
+from relay.server.signals import GroupSignals
 from relay.store import groups
 from relay.store.db import Database
 from relay.store.groups import GroupRecord
@@ -78,11 +81,14 @@ class GroupService:
         metrics: Metrics,
         log_keep: int = 1000,
         profiles: VerifiedProfiles,
+        budgets: InvitationBudgets,
+        signals: GroupSignals,
         max_closed: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.profiles = profiles
+        self.budgets = budgets
         self.identity = identity
         self.policy = policy
         self.public_base = public_base
@@ -90,21 +96,17 @@ class GroupService:
         self.log_keep = log_keep
         self.max_closed = max_closed
         self._clock = clock
-        self.group_listeners: list[Callable[[int], None]] = []
-        # Called with (group id, the new signed profile, the state after) once a profile update
-        # committed: the fan-out pushes it to the group's subscribers.
-        self.profile_listeners: list[Callable[[int, Signed, GroupState], None]] = []
-        # Called with (group id, the state after) once a change of state committed (owners'
-        # profile update or an operator action): the fan-out ends the feeds of a stopped group.
-        self.state_listeners: list[Callable[[int, GroupState], None]] = []
+        # Every committed change of a group's state or profile is told here (relay.server.signals).
+        self.signals = signals
+        # An active or closed group no longer waits for activation against its source's budget.
+        signals.state_changed.connect(self._settle_pending)
 
     def now(self) -> int:
         return int(self._clock())
 
-    def group_changed(self, group_id: int) -> None:
-        """Hook: wake whatever waits on this group's state (the join worker)."""
-        for listener in self.group_listeners:
-            listener(group_id)
+    def _settle_pending(self, group_id: int, state: GroupState) -> None:
+        if state is GroupState.ACTIVE or state.terminal:
+            self.budgets.settled(group_id)
 
     def check_owner(self, record: GroupRecord | None, request: OwnerRequest, signer: bytes) -> GroupRecord:
         """The group an owner request is about, if the signer is one of its owners.
@@ -115,6 +117,9 @@ class GroupService:
         """
         if record is None or not crypto.same_secret(record.service_group, request.service_group):
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no service group for this channel")
+        if not record.profile:  # a refused invitation: only its digest and the reason are kept
+            refusal = f"{record.reason_code}: {record.reason}"
+            raise RemoteProtocolError(ErrorCode.GROUP_CLOSED, f"the relay refused this channel: {refusal}")
         if signer not in self.profiles.of(record.profile).owners:
             raise RemoteProtocolError(ErrorCode.UNAUTHORISED_OWNER, "only the channel's owners may do this")
         return record
@@ -126,7 +131,13 @@ class GroupService:
 
     # --- invitations -------------------------------------------------------
 
-    async def invite(self, frame: Invite) -> InviteResult:
+    async def invite(self, frame: Invite, source: str) -> InviteResult:
+        """A sealed invitation from ``source`` (the budget key of the client's address).
+
+        The source's invitation budget is charged before anything is opened; a new group
+        needs room in the source's pending budget (:mod:`relay.server.pending`).
+        """
+        self.budgets.charge(source, time.monotonic())
         now = self.now()
         policy = self.policy.policy
         plaintext = self.identity.seal_keys.open(
@@ -144,14 +155,17 @@ class GroupService:
         except PolicyRefusal as exc:
             refusal = exc
         address_id = b64e(secrets.token_bytes(16))
+        may_create = self.budgets.may_create(source)
         try:
-            record = await self.db.transact(
-                lambda conn: self._register(conn, verified, refusal, address_id, policy, now)
+            record, created = await self.db.transact(
+                lambda conn: self._register(conn, verified, refusal, address_id, policy, now, may_create)
             )
         except PolicyRefusal as exc:  # capacity: refused now, not remembered
             self.metrics.inc("relay_invitations_total", outcome="refused")
             log.info("invitation.refused", code=exc.code.value, remembered=False)
             return InviteResult(status="refused", state="none", code=exc.code.value, reason=exc.reason)
+        if created and not record.state.terminal:
+            self.budgets.created(source, record.id)
         return self._answer(record, verified, frame.suite)
 
     def _register(
@@ -162,12 +176,14 @@ class GroupService:
         address_id: str,
         policy: ProfilePolicy,
         now: int,
-    ) -> GroupRecord:
+        may_create: bool,
+    ) -> tuple[GroupRecord, bool]:
+        """The group an invitation names, and whether this transaction created it."""
         invitation = verified.invitation
         existing = groups.by_channel(conn, invitation.channel)
         if existing is not None:
             if crypto.same_secret(existing.service_group, invitation.service_group):
-                return existing
+                return existing, False
             if existing.state is not GroupState.REMOVED or existing.reason_code not in OWNERS_CLOSED:
                 raise RemoteProtocolError(
                     ErrorCode.SERVICE_GROUP_MISMATCH,
@@ -178,9 +194,11 @@ class GroupService:
             groups.delete(conn, existing.id)
         new = _new_group(invitation.service_group, verified.profile)
         if refusal is not None:
+            # Remembered as the profile's digest and the reason, not the profile: refusals are
+            # what an attacker makes most cheaply, and each kept whole (up to 64 KiB) added up.
             record = groups.insert(
                 conn,
-                new,
+                replace(new, profile=b"", profile_digest=hashlib.sha256(new.profile).digest()),
                 state=GroupState.REJECTED,
                 now=now,
                 reason_code=refusal.code.value,
@@ -190,7 +208,9 @@ class GroupService:
                 conn, record.id, now, "refused", f"{refusal.code.value}: {refusal.reason}", keep=self.log_keep
             )
             self._prune_closed(conn)
-            return record
+            return record, True
+        if not may_create:
+            raise self.budgets.refuse_new()
         if groups.count_live(conn) >= policy.max_groups:
             raise PolicyRefusal(
                 ErrorCode.RELAY_FULL, f"this relay serves its maximum of {policy.max_groups} groups"
@@ -200,7 +220,7 @@ class GroupService:
             groups.append_log(
                 conn, record.id, now, "pending_approval", "waiting for the operator", keep=self.log_keep
             )
-            return record
+            return record, True
         record = groups.insert(
             conn,
             new,
@@ -212,14 +232,13 @@ class GroupService:
         groups.append_log(
             conn, record.id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
         )
-        return record
+        return record, True
 
     def _prune_closed(self, conn: sqlite3.Connection) -> None:
         """Remembered refusals are bounded too: fresh root keys cost an attacker nothing."""
         dropped = groups.prune_closed(conn, self.max_closed)
         if dropped:
-            self.metrics.inc("relay_bounds_hit_total", dropped, bound="max_closed_groups")
-            log.warning("bound.hit", bound="max_closed_groups", limit=self.max_closed, dropped=dropped)
+            self.budgets.bounds.hit_from_thread("max_closed_groups", self.max_closed, dropped)
 
     def _answer(self, record: GroupRecord, verified: VerifiedInvitation, suite: str) -> InviteResult:
         state = record.state
@@ -330,13 +349,10 @@ class GroupService:
             return record.state, after, version, record.id
 
         before, after, version, group_id = await self.db.transact(apply)
-        for listener in self.profile_listeners:
-            listener(group_id, frame.profile, after)
+        self.signals.profile_changed.send(group_id, frame.profile, after)
         with structlog.contextvars.bound_contextvars(group=group_id):
             if after is not before:
-                self.group_changed(group_id)
-                for state_listener in self.state_listeners:
-                    state_listener(group_id, after)
+                self.signals.state_changed.send(group_id, after)
                 if after is GroupState.ACTIVE:
                     self.metrics.inc("relay_activations_total")
                     log.info("group.activated", version=version)
@@ -399,6 +415,7 @@ class GroupService:
             return record
 
         record = await self.db.transact(apply)
+        self.signals.state_changed.send(group_id, record.state)
         log.info("group.approved", group=group_id)
         return record
 
@@ -419,6 +436,7 @@ class GroupService:
             return record
 
         record = await self.db.transact(apply)
+        self.signals.state_changed.send(group_id, record.state)
         log.info("group.rejected", group=group_id)
         return record
 
@@ -449,7 +467,7 @@ class GroupService:
         expired = await self.db.transact(apply)
         for group_id in expired:
             log.info("group.activation_timeout", group=group_id)
-            self.group_changed(group_id)
+            self.signals.state_changed.send(group_id, GroupState.REMOVED)
         return len(expired)
 
     # --- operator: suspend, resume, remove ---
@@ -510,9 +528,7 @@ class GroupService:
             return record
 
         record = await self.db.transact(apply)
-        self.group_changed(group_id)  # the join worker: held requests may now be decided or refused
-        for listener in self.state_listeners:
-            listener(group_id, record.state)
+        self.signals.state_changed.send(group_id, record.state)
         return record
 
 

@@ -33,7 +33,11 @@ from relay.protocol.admission import JoinState
 from relay.protocol.errors import ErrorCode
 from relay.protocol.membership import stored_join
 from relay.protocol.state import GroupState
-from relay.server.admission import Admissions, rules_of
+from relay.server.config import MembersConfig
+from relay.server.decisions import Decisions, rules_of
+from relay.server.metrics import Metrics
+from relay.server.service import GroupService
+from relay.server.signals import GroupSignals
 from relay.store import groups, joins
 
 log = structlog.get_logger("relay.worker")
@@ -53,12 +57,26 @@ class Turn:
 
 
 class JoinWorker:
-    def __init__(self, admissions: Admissions) -> None:
-        self.admissions = admissions
-        self.service = admissions.service
-        self.db = admissions.db
-        self.config = admissions.config
-        self.metrics = admissions.metrics
+    """Decides held requests; woken by ``requests_waiting`` and ``state_changed`` (see
+    :mod:`relay.server.signals`), it tells each decision with ``decided``."""
+
+    def __init__(
+        self,
+        service: GroupService,
+        config: MembersConfig,
+        metrics: Metrics,
+        *,
+        signals: GroupSignals,
+        decisions: Decisions,
+    ) -> None:
+        self.service = service
+        self.db = service.db
+        self.config = config
+        self.metrics = metrics
+        self.signals = signals
+        self.decisions = decisions
+        signals.requests_waiting.connect(self.mark)
+        signals.state_changed.connect(lambda group_id, state: self.mark(group_id))
         self._ready: deque[int] = deque()
         self._queued: set[int] = set()
         self._later: list[tuple[int, int]] = []  # heap of (due ms, group)
@@ -131,7 +149,7 @@ class JoinWorker:
                     stored_join(row.request)  # a damaged row fails here, and is retried
                     decision = admission.decide(rules)
                     joins.set_decision(conn, row.id, decision, now)
-                    self.admissions.after_decision(conn, group_id, row.member_key, row.name, decision, now)
+                    self.decisions.write(conn, group_id, row.member_key, row.name, decision, now)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")
@@ -154,9 +172,8 @@ class JoinWorker:
         return turn
 
     def _after(self, turn: Turn) -> None:
-        self.admissions.report_bounds()
         for group_id, member_key, state, code in turn.decided:
-            self.admissions.waiters.decided((group_id, member_key))
+            self.signals.decided.send(group_id, member_key)
             self.metrics.inc("relay_queue_decided_total", outcome=state.value)
             if state is JoinState.REFUSED and code:
                 self.metrics.inc("relay_admission_refusals_total", code=code)
@@ -197,13 +214,12 @@ class JoinWorker:
             for row in rows:
                 joins.set_decision(conn, row.id, decision, now)
             for group_id in {row.group_id for row in rows}:
-                self.admissions.forget_old_refusals(conn, group_id)
+                self.decisions.forget_old_refusals(conn, group_id)
             return [(row.group_id, row.member_key) for row in rows]
 
         expired = await self.db.transact(apply)
-        self.admissions.report_bounds()
-        for key in expired:
-            self.admissions.waiters.decided(key)
+        for group_id, member_key in expired:
+            self.signals.decided.send(group_id, member_key)
         if expired:
             self.metrics.inc("relay_queue_expired_total", len(expired))
             log.info("queue.expired", requests=len(expired))

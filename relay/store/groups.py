@@ -30,7 +30,7 @@ class GroupRecord:
     reason: str | None
     address_id: str | None
     address_issued_at: int | None
-    profile: bytes  # the encoded Signed profile, body bytes exactly as signed
+    profile: bytes  # the encoded Signed profile, body bytes exactly as signed (empty: a refusal)
     profile_version: int
     kind: str
     name: str
@@ -115,6 +115,9 @@ class NewGroup:
     name: str
     admission: str = "auto"
     max_members: int = 0
+    # A refused invitation keeps only this (SHA-256 of the encoded signed profile), and an
+    # empty ``profile``.
+    profile_digest: bytes | None = None
 
 
 def insert(
@@ -131,8 +134,8 @@ def insert(
     cursor = conn.execute(
         "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
         "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
-        "activation_deadline, admission, max_members) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "activation_deadline, admission, max_members, profile_digest) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             group.channel,
             group.service_group,
@@ -150,6 +153,7 @@ def insert(
             activation_deadline,
             group.admission,
             group.max_members,
+            group.profile_digest,
         ),
     )
     record = by_id(conn, int(cursor.lastrowid or 0))

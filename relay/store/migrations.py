@@ -199,6 +199,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         END;
         """,
     ),
+    (
+        5,
+        # A refused invitation is remembered by the digest of its profile and the reason, not the
+        # profile itself (an empty ``profile``): refusals cost an attacker nothing to cause.
+        # Refusals stored whole before this are reduced the same way.
+        """
+        ALTER TABLE groups ADD COLUMN profile_digest BLOB;
+        UPDATE groups SET profile = X'' WHERE state = 'rejected' AND reason_code NOT IN
+            ('rejected_by_operator');
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
