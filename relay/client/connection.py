@@ -3,7 +3,9 @@
 Opening a session performs the ``hello``/``welcome`` exchange and verifies that
 the relay's card is signed by the key whose fingerprint the address pins;
 :meth:`RelaySession.request` then sends one frame and returns the one answer.
-Every wait is bounded by ``timeout``.
+Every request signed for the session names its :attr:`RelaySession.challenge`
+(the relay refuses it on any other connection), so requests are signed after
+the session is open, never before.  Every wait is bounded by ``timeout``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ class RelaySession:
         self._ws = ws
         self.card = card
         self.timeout = timeout
+
+    @property
+    def challenge(self) -> bytes:
+        """The relay's challenge for this connection: the ``session`` of every request signed
+        to be sent on it."""
+        return self.card.challenge
 
     async def request(self, frame: ClientFrame) -> RelayFrame:
         """Send ``frame``; return the answer, or raise :class:`RelayRefused` for an error frame."""

@@ -109,18 +109,28 @@ class GroupService:
 
     # --- invitations -------------------------------------------------------
 
-    async def invite(self, frame: Invite) -> InviteResult:
+    async def invite(self, frame: Invite, session: bytes) -> InviteResult:
+        """``session``: the challenge of the connection the invitation came on."""
         now = self.now()
         policy = self.policy.policy
         plaintext = self.identity.seal_keys.open(
             frame.suite, frame.sealed, crypto.seal_info(SEAL_PURPOSE, self.identity.fingerprint)
         )
-        verified = verify_invitation(
-            plaintext,
-            relay_fingerprint=self.identity.fingerprint,
-            now=now,
-            max_age=policy.invitation_max_age,
-        )
+        try:
+            verified = verify_invitation(
+                plaintext,
+                relay_fingerprint=self.identity.fingerprint,
+                session=session,
+                now=now,
+                max_age=policy.invitation_max_age,
+                max_owners=policy.max_owners,
+            )
+        except PolicyRefusal as exc:
+            # Refused before any signature was checked (too many owner certs): nothing proves
+            # the channel's owners sent it, so the refusal is not remembered for the channel.
+            self.metrics.inc("relay_invitations_total", outcome="refused")
+            log.info("invitation.refused", code=exc.code.value, remembered=False)
+            return InviteResult(status="refused", state="none", code=exc.code.value, reason=exc.reason)
         refusal: PolicyRefusal | None = None
         try:
             policy.check(verified.profile)
@@ -238,7 +248,7 @@ class GroupService:
         return await self.db.transact(lambda conn: groups.by_address(conn, address_id))
 
     async def update_profile(self, address_id: str, frame: ProfileUpdate) -> ProfileResult:
-        verified = verify_profile(frame.profile)
+        verified = verify_profile(frame.profile, max_owners=self.policy.policy.max_owners)
         self.policy.policy.check(verified)
         listed = self._lists_me(verified, address_id)
         now = self.now()
@@ -320,11 +330,12 @@ class GroupService:
 
     # --- the service-group log -----------------------------------------------
 
-    async def read_log(self, frame: LogRequest) -> LogResult:
+    async def read_log(self, frame: LogRequest, session: bytes) -> LogResult:
         request = verify_owner_request(
             frame.request,
             actions=(ACTION_READ_LOG,),
             relay_fingerprint=self.identity.fingerprint,
+            session=session,
             now=self.now(),
             max_age=self.policy.policy.invitation_max_age,
         )
