@@ -34,7 +34,7 @@ from relay.protocol.addresses import (
     parse_address,
     parse_link,
 )
-from relay.protocol.direct import make_direct_invitation, verify_direct_invitation
+from relay.protocol.direct import make_direct_invitation, open_direct_invitation, verify_direct_invitation
 from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ErrorCode, PolicyRefusal, ProtocolError, RemoteProtocolError
 from relay.protocol.handshake import make_welcome, verify_welcome
@@ -52,7 +52,9 @@ from relay.protocol.invitation import (
 from relay.protocol.membership import (
     make_join_request,
     make_member_request,
+    stored_join,
     verify_join_request,
+    verify_member_card,
     verify_member_request,
 )
 from relay.protocol.messages import (
@@ -1182,3 +1184,43 @@ def test_every_error_is_a_protocol_error_with_a_wire_code() -> None:
     assert isinstance(exc, RemoteProtocolError) and isinstance(exc, ProtocolError)
     assert str(exc) == "denied: no"
     assert {c.value for c in ErrorCode} >= {"malformed", "bad_type", "frame_too_large", "internal"}
+
+
+# --- bodies signed under protocol version 1 that are read later -------------------------------
+
+
+def test_a_join_request_signed_before_sessions_still_reads_as_a_stored_join_and_a_card() -> None:
+    """Memberships outlive the upgrade: the stored join request (and the member card made of
+    it) is read again without its session, and never verified as a request again."""
+    fields = msgspec.structs.asdict(decode(_join(CHALLENGE).body, messages.JoinRequest, limit=1 << 20))
+    del fields["session"]
+    v1 = crypto.signed(F.owner, crypto.Label.JOIN_REQUEST, encode(fields))
+    with raises(ErrorCode.BAD_TYPE):  # as a request, it is refused: it names no session
+        _verify_join(v1, CHALLENGE)
+    assert stored_join(encode(v1)).profile == MemberProfile(name="m")
+    assert verify_member_card(v1, member=F.owner_public, channel=F.channel).profile.name == "m"
+    with raises(ErrorCode.CHANNEL_MISMATCH):
+        verify_member_card(v1, member=F.owner_public, channel=bytes(32))
+    with raises(ErrorCode.BAD_SIGNATURE):
+        verify_member_card(unsigned(v1), member=F.owner_public, channel=F.channel)
+
+
+def test_a_direct_invitation_kept_in_an_inbox_since_version_1_still_opens() -> None:
+    seal = x25519.X25519PrivateKey.generate()
+    signed = make_direct_invitation(
+        F.owner,
+        relay_fingerprint=F.fingerprint,
+        channel=F.channel,
+        address_id=ADDRESS_ID,
+        to=F.owner2_public,
+        to_seal_key=seal.public_key().public_bytes_raw(),
+        contact="https://chat.example/me",
+        note="old",
+        session=CHALLENGE,
+        now=T0,
+    )
+    fields = msgspec.structs.asdict(decode(signed.body, messages.DirectInvitation, limit=1 << 20))
+    del fields["session"]
+    v1 = crypto.signed(F.owner, crypto.Label.DIRECT_INVITATION, encode(fields))
+    content = open_direct_invitation(v1, seal_key=seal, member_key=F.owner2_public, channel=F.channel)
+    assert content.note == "old"
