@@ -82,7 +82,7 @@ def check_owner_chain(
     if len(certs) > max_owners:
         raise PolicyRefusal(
             ErrorCode.TOO_MANY_OWNERS,
-            f"the profile has {len(certs)} owner certs; the limit is {max_owners} owners",
+            f"the profile has {len(certs)} owner certs; the limit is {max_owners}",
         )
     bodies = [
         decode(cert.body, OwnerCert, limit=MAX_SIGNED_BODY, what=f"owner cert {index}")
