@@ -334,8 +334,9 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
     seal_public = f.seal_keys.public_keys()
     vectors: dict[str, Any] = {
         "_about": (
-            f"chat-relay protocol version {PROTOCOL_VERSION} test vectors; bytes are lowercase hex, *_b64 values unpadded "
-            "base64url.  Regenerate with tests/make_vectors.py; checked by tests/test_vectors.py."
+            f"chat-relay protocol version {PROTOCOL_VERSION} test vectors; bytes are lowercase hex, "
+            "*_b64 values unpadded base64url.  Regenerate with tests/make_vectors.py; checked by "
+            "tests/test_vectors.py."
         )
     }
     vectors["keys"] = {
