@@ -9,11 +9,13 @@ the same code against the relay and against the baseline broadcast server.
 
 Setup (untimed) is a small state machine per connection: TCP connect, WebSocket upgrade, then
 a list of request frames, each answered by one frame checked by its ``type``: against the relay
-``hello`` -> ``welcome``, ``join`` (a real join request from a fresh member key, pre-signed) ->
-``join_result`` admitted, ``subscribe`` (a pre-signed member request) -> ``subscribed``; against
-the baseline only ``subscribe``.  After that the connection is live: every frame carrying the
-stamp (:data:`MAGIC` + index + send time, CLOCK_MONOTONIC nanoseconds, shared by every process
-on the machine) counts as one delivery.
+``hello`` -> ``welcome``, ``join`` (a real join request from a fresh member key) ->
+``join_result`` admitted, ``subscribe`` (a member request) -> ``subscribed``; against the
+baseline only ``subscribe``.  The member keys are made before any connection opens; the join
+and subscribe requests are signed when the ``welcome`` arrives, since each names its
+connection's challenge (the card's ``challenge``).  After that the connection is live: every
+frame carrying the stamp (:data:`MAGIC` + index + send time, CLOCK_MONOTONIC nanoseconds,
+shared by every process on the machine) counts as one delivery.
 
 Control is JSON lines on stdin (``setup``, ``record``, ``report``, ``close``, ``exit``); answers
 are JSON lines on stdout, and ``D <index>`` lines tell the benchmark each index every live
@@ -54,7 +56,8 @@ def stamp(index: int, now_ns: int) -> bytes:
 @dataclass(slots=True)
 class Conn:
     sock: socket.socket
-    steps: list[bytes]
+    steps: list[bytes]  # the request frames, by step; b"" for one made when its turn comes
+    index: int = 0  # which member (key) this connection is
     state: str = "connecting"  # connecting, upgrading, steps, live, closed
     head: bytes = b""
     parser: wsframe.Parser = field(default_factory=wsframe.Parser)
@@ -73,6 +76,7 @@ class Members:
         self.ep = select.epoll()
         self.conns: dict[int, Conn] = {}
         self.live = 0
+        self.keys: list[Any] = []  # the members' Ed25519 keys, one per connection (relay only)
         self.frames = self._prepare()
         # recording
         self.lo, self.hi = 1, 0
@@ -90,52 +94,52 @@ class Members:
     # --- prepared frames (client CPU, untimed) -------------------------------------------
 
     def _prepare(self) -> list[dict[str, bytes]]:
-        """Per connection, the encoded request frames it may send, by step name."""
+        """Per connection, the encoded request frames it may send, by step name: against the
+        relay only ``hello`` here (a fresh nonce each time it is sent); ``join`` and
+        ``subscribe`` are signed when the relay's challenge arrives (:meth:`_signed_steps`)."""
         from relay.protocol.encoding import encode
-        from relay.protocol.messages import PROTOCOL_VERSION, Hello, Join, MemberProfile, Subscribe
+        from relay.protocol.messages import PROTOCOL_VERSION, Hello, Subscribe
 
         if self.spec["kind"] == "baseline":
             frame = wsframe.frame(encode(Subscribe(request=_dummy_signed(), since=None)), masked=True)
             return [{"subscribe": frame} for _ in range(self.count)]
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
-        from relay.protocol.membership import ACTION_SUBSCRIBE, make_join_request, make_member_request
-
-        fingerprint = bytes.fromhex(self.spec["fingerprint"])
-        channel = bytes.fromhex(self.spec["channel"])
-        address_id = self.spec["address_id"]
-        now = int(time.time())
-        out = []
-        prefix = self.spec.get("name", "m")
-        for i in range(self.count):
-            key = ed25519.Ed25519PrivateKey.generate()
-            join = make_join_request(
-                key,
-                relay_fingerprint=fingerprint,
-                channel=channel,
-                address_id=address_id,
-                profile=MemberProfile(name=f"{prefix}{i}", about="fan-out benchmark member"),
-                now=now,
-            )
-            sub = make_member_request(
-                key,
-                relay_fingerprint=fingerprint,
-                channel=channel,
-                address_id=address_id,
-                now=now,
-                action=ACTION_SUBSCRIBE,
-            )
-            out.append(
-                {
-                    "join": wsframe.frame(encode(Join(request=join)), masked=True),
-                    "subscribe": wsframe.frame(encode(Subscribe(request=sub, since=None)), masked=True),
-                    "hello": b"",  # a fresh nonce per connection, made when it is sent
-                }
-            )
+        self.keys = [ed25519.Ed25519PrivateKey.generate() for _ in range(self.count)]
         self._hello = lambda: wsframe.frame(
             encode(Hello(version=PROTOCOL_VERSION, nonce=secrets.token_bytes(32))), masked=True
         )
-        return out
+        return [{"hello": b""} for _ in range(self.count)]
+
+    def _signed_steps(self, conn: Conn, welcome: dict[str, Any]) -> None:
+        """The connection's ``join`` and ``subscribe``, signed for the challenge in ``welcome``."""
+        from relay.protocol.encoding import decode, encode
+        from relay.protocol.membership import ACTION_SUBSCRIBE, make_join_request, make_member_request
+        from relay.protocol.messages import Join, MemberProfile, RelayCard, Subscribe
+
+        card = decode(welcome["card"]["body"], RelayCard, limit=8192, what="relay card")
+        binding = {
+            "relay_fingerprint": bytes.fromhex(self.spec["fingerprint"]),
+            "channel": bytes.fromhex(self.spec["channel"]),
+            "address_id": self.spec["address_id"],
+            "session": card.challenge,
+            "now": int(time.time()),
+        }
+        key = self.keys[conn.index]
+        name = f"{self.spec.get('name', 'm')}{conn.index}"
+        made = {
+            "join": Join(
+                request=make_join_request(
+                    key, profile=MemberProfile(name=name, about="fan-out benchmark member"), **binding
+                )
+            ),
+            "subscribe": Subscribe(
+                request=make_member_request(key, action=ACTION_SUBSCRIBE, **binding), since=None
+            ),
+        }
+        for step, step_name in enumerate(self._step_names):
+            if step_name in made:
+                conn.steps[step] = wsframe.frame(encode(made[step_name]), masked=True)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -174,7 +178,7 @@ class Members:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         frames = self.frames[i]
-        conn = Conn(sock, [frames.get(s) or (self._hello() if s == "hello" else b"") for s in steps])
+        conn = Conn(sock, [frames.get(s) or (self._hello() if s == "hello" else b"") for s in steps], i)
         conn.head = b""
         self._step_names = steps
         err = sock.connect_ex((self.host, self.port))
@@ -245,6 +249,8 @@ class Members:
         if kind != self.EXPECT[name] or (name == "join" and answer.get("status") != "admitted"):
             self._fail(conn, f"{name}: got {kind} {answer.get('code', answer.get('status', ''))}")
             return
+        if name == "hello":
+            self._signed_steps(conn, answer)
         conn.step += 1
         self._send_step(conn)
 

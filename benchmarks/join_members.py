@@ -5,21 +5,22 @@ over N non-blocking sockets (no trio, no task per connection), with the minimal 
 framing of :mod:`benchmarks.wsframe`.  The client shares the machine's two cores with the relay
 it measures, so per request it does only what a member must: send a ready frame, read the
 answer frame, decode it (``relay.protocol.encoding.decode``) and check it is a ``join_result``
-``admitted``, send the next.
+``admitted``, send the connection's next.
 
-Everything else happens before the clock starts: the join requests are signed by the benchmark
-process (it needs the rows for its SQLite baselines), and framed here (masked client frames)
-before any connection opens; each connection does the WebSocket upgrade and ``hello``, and the
-relay's signed ``welcome`` is checked against the fingerprint in the group address; the warm-up
-requests then go through the same connections.
+Everything else happens before the clock starts: each connection does the WebSocket upgrade
+and ``hello``, and the relay's signed ``welcome`` is checked against the fingerprint in the
+group address; then each connection's share of the requests (every N-th) is signed for it
+(a join request names its connection's challenge, so it cannot be signed earlier) by fresh
+member keys and framed (masked client frames); the warm-up requests then go through the same
+connections.
 
 Control: after the warm-up the process prints ``{"event": "ready"}`` on stdout and waits for a
 line on stdin; then it runs the timed requests and prints one JSON line with what it saw
 (answers by status, errors, seconds from the first send to the last answer, latency
 percentiles, its own CPU seconds during the timed section), and exits.
 
-Must not: do anything per request beyond the wire and the answer's check (no signing, no
-logging), or hide a failed request: every answer other than ``admitted`` is counted.
+Must not: do anything per timed request beyond the wire and the answer's check (no signing,
+no logging), or hide a failed request: every answer other than ``admitted`` is counted.
 """
 
 from __future__ import annotations
@@ -37,11 +38,22 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from benchmarks import wsframe
 from relay.protocol.encoding import decode, encode
 from relay.protocol.handshake import verify_welcome
-from relay.protocol.messages import PROTOCOL_VERSION, Error, Hello, JoinResult, RelayFrame, Welcome
+from relay.protocol.membership import make_join_request
+from relay.protocol.messages import (
+    PROTOCOL_VERSION,
+    Error,
+    Hello,
+    Join,
+    JoinResult,
+    MemberProfile,
+    RelayFrame,
+    Welcome,
+)
 
 MAX_ANSWER = 1024 * 1024
 RECV_SIZE = 65536
@@ -55,17 +67,23 @@ class Spec(msgspec.Struct, frozen=True):
     port: int
     path: str  # the group address's WebSocket path
     fingerprint: bytes  # the relay's, from the group address: the welcome must match it
+    channel: bytes  # the channel id and the group address id the join requests name
+    address_id: str
     connections: int
-    warmup: list[bytes]  # encoded ``join`` frames (protocol messages, not yet WebSocket-framed)
-    timed: list[bytes]
+    warmup: int  # join requests from fresh member keys: the warm-up, then the timed ones
+    timed: int
 
 
 @dataclass(slots=True)
 class Link:
-    """One greeted session; ``sent_at`` is when its request in flight was sent (ns)."""
+    """One greeted session: the relay's ``challenge`` for it, the framed requests signed for it
+    (``frames``, of which ``sent`` are sent), and when the one in flight was sent (ns)."""
 
     sock: socket.socket
     parser: wsframe.Parser = field(default_factory=wsframe.Parser)
+    challenge: bytes = b""
+    frames: list[bytes] = field(default_factory=list)
+    sent: int = 0
     sent_at: int = 0
 
 
@@ -117,30 +135,49 @@ def open_link(spec: Spec) -> Link:
     welcome = decode(answer, RelayFrame, limit=MAX_ANSWER, what="relay frame")  # type: ignore[arg-type]
     if not isinstance(welcome, Welcome):
         raise ConnectionError(f"expected welcome, got {welcome!r}")
-    verify_welcome(welcome, fingerprint=spec.fingerprint, nonce=nonce)
+    link.challenge = verify_welcome(welcome, fingerprint=spec.fingerprint, nonce=nonce).challenge
     sock.setblocking(False)
     return link
 
 
-def run_closed_loop(links: list[Link], frames: list[bytes], outcome: Outcome, *, record: bool) -> None:
-    """Every link sends a frame, and the next as soon as its answer is in, until ``frames`` run out."""
+def sign_shares(spec: Spec, links: list[Link], count: int, prefix: str) -> None:
+    """``count`` join requests from fresh member keys, every N-th signed for the N-th link and
+    framed, ready to send (untimed)."""
+    now = int(time.time())
+    for link in links:
+        link.frames, link.sent = [], 0
+    for i in range(count):
+        link = links[i % len(links)]
+        request = make_join_request(
+            ed25519.Ed25519PrivateKey.generate(),
+            relay_fingerprint=spec.fingerprint,
+            channel=spec.channel,
+            address_id=spec.address_id,
+            profile=MemberProfile(name=f"{prefix}{i}", about="benchmark member"),
+            session=link.challenge,
+            now=now,
+        )
+        link.frames.append(wsframe.frame(encode(Join(request=request)), masked=True))
+
+
+def run_closed_loop(links: list[Link], outcome: Outcome, *, record: bool) -> None:
+    """Every link sends its first frame, and its next as soon as its answer is in, until its
+    frames run out."""
     ep = select.epoll()
     by_fd = {link.sock.fileno(): link for link in links}
     for fd in by_fd:
         ep.register(fd, select.EPOLLIN)
-    total = len(frames)
-    sent = 0
     in_flight = 0
     clock = time.perf_counter_ns
     latencies = outcome.latencies_ns
     statuses = outcome.statuses
     started = clock()
     for link in links:
-        if sent == total:
-            break
+        if not link.frames:
+            continue
         link.sent_at = clock()
-        link.sock.sendall(frames[sent])
-        sent += 1
+        link.sock.sendall(link.frames[0])
+        link.sent = 1
         in_flight += 1
     try:
         while in_flight:
@@ -170,12 +207,12 @@ def run_closed_loop(links: list[Link], frames: list[bytes], outcome: Outcome, *,
                         outcome.fail(f"error {answer.code}: {answer.reason}")
                     else:
                         outcome.fail(f"expected join_result, got {type(answer).__name__}")
-                    if sent < total:
+                    if link.sent < len(link.frames):
                         link.sent_at = now
                         # A few hundred bytes into an empty socket buffer (one request in
                         # flight per connection): sendall returns at once.
-                        link.sock.sendall(frames[sent])
-                        sent += 1
+                        link.sock.sendall(link.frames[link.sent])
+                        link.sent += 1
                     else:
                         in_flight -= 1
     finally:
@@ -191,21 +228,20 @@ def percentile_ms(sorted_ns: list[int], q: float) -> float:
 
 def main(argv: list[str]) -> int:
     spec = msgspec.msgpack.decode(Path(argv[0]).read_bytes(), type=Spec)
-    # Framed (masked, zero key) before anything is timed: the timed loop only sends bytes.
-    warmup = [wsframe.frame(f, masked=True) for f in spec.warmup]
-    timed = [wsframe.frame(f, masked=True) for f in spec.timed]
-    del spec.warmup[:], spec.timed[:]
     links = [open_link(spec) for _ in range(spec.connections)]
+    # Signed and framed (masked, zero key) before anything is timed: the timed loop only sends.
+    sign_shares(spec, links, spec.warmup, "w")
     warm = Outcome()
-    run_closed_loop(links, warmup, warm, record=False)
-    if warm.errors or warm.statuses.get("admitted", 0) != len(warmup):
+    run_closed_loop(links, warm, record=False)
+    if warm.errors or warm.statuses.get("admitted", 0) != spec.warmup:
         print(json.dumps({"event": "failed", "warmup": dict(warm.statuses), "errors": warm.error_samples}))
         return 1
+    sign_shares(spec, links, spec.timed, "m")
     print(json.dumps({"event": "ready"}), flush=True)
     sys.stdin.readline()
     outcome = Outcome()
     cpu0 = time.process_time()
-    run_closed_loop(links, timed, outcome, record=True)
+    run_closed_loop(links, outcome, record=True)
     cpu = time.process_time() - cpu0
     latencies = sorted(outcome.latencies_ns)
     result: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """``python -m benchmarks.joins``: members' join requests, measured (see ``benchmarks/README.md``).
 
 1. Throughput: acknowledged ``join`` requests per second with 64 concurrent members, each on one
-   persistent, greeted WebSocket session to an active auto-admit group, sending pre-signed
-   requests from fresh member keys back to back (the lean epoll client of
+   persistent, greeted WebSocket session to an active auto-admit group, sending requests from
+   fresh member keys, signed for that session before the clock starts, back to back (the lean
+   epoll client of
    :mod:`benchmarks.join_members`, its own process; then, unless ``--no-trio-client``, the same
    with trio-websocket tasks in this process); the commit batch sizes the relay reports; and
    in the same run two SQLite baselines on the same disk: the same rows inserted with
@@ -48,13 +49,17 @@ from benchmarks.daemon import Daemon, read_metrics
 from benchmarks.join_members import Spec
 from benchmarks.members import (
     Group,
+    NewMember,
     PreparedJoin,
+    Share,
     activate_group,
     flood,
-    member_link,
+    greeted_joins,
     new_group,
+    new_members,
     percentile,
     prepare_joins,
+    run_joins,
 )
 from benchmarks.runs import BUSY, MACHINE_BUSY, Section, timed
 
@@ -220,15 +225,16 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     relay.start()
     try:
         group = trio.run(partial(new_group, relay.ready["address"], work / "owners", "t", activate=True))
-        warm = prepare_joins(group, args.join_warmup, prefix="w")
+        # The rows of the SQLite baselines below (the lean client signs its own requests, for
+        # its connections, once they are open).
         joins = prepare_joins(group, args.requests)
-        figures, batches = lean_run(args, relay, group, warm, joins, work)
+        figures, batches = lean_run(args, relay, group, args.join_warmup, args.requests, work)
         if args.trio_client:
             # The project's own client library (trio-websocket) on the same relay, afterwards:
             # fresh keys, the same counts; its client costs about four times the lean one's CPU.
-            warm = prepare_joins(group, args.join_warmup, prefix="tw")
-            trio_joins = prepare_joins(group, args.requests, prefix="t")
-            figures["trio_client"], _ = trio_run(args, relay, group, warm, trio_joins)
+            warm = new_members(args.join_warmup, prefix="tw")
+            trio_members = new_members(args.requests, prefix="t")
+            figures["trio_client"], _ = trio_run(args, relay, group, warm, trio_members)
     finally:
         status = relay.stop()
     if status != 0:
@@ -249,25 +255,23 @@ def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def lean_run(
-    args: argparse.Namespace,
-    relay: Daemon,
-    group: Group,
-    warm: list[PreparedJoin],
-    joins: list[PreparedJoin],
-    work: Path,
+    args: argparse.Namespace, relay: Daemon, group: Group, warm: int, requests: int, work: Path
 ) -> tuple[dict[str, Any], Batches]:
-    """The timed run with the lean client (:mod:`benchmarks.join_members`, its own process)."""
+    """The timed run with the lean client (:mod:`benchmarks.join_members`, its own process):
+    ``warm`` requests, then ``requests`` timed ones, from fresh member keys."""
     address = group.address
     url = urllib.parse.urlsplit(address.websocket_url)
-    assert url.hostname is not None and url.port is not None
+    assert url.hostname is not None and url.port is not None and address.address_id is not None
     spec = Spec(
         host=url.hostname,
         port=url.port,
         path=url.path,
         fingerprint=address.fingerprint,
+        channel=group.owner.channel,
+        address_id=address.address_id,
         connections=CONNECTIONS,
-        warmup=[j.frame for j in warm],
-        timed=[j.frame for j in joins],
+        warmup=warm,
+        timed=requests,
     )
     spec_path = work / "join-members.msgpack"
     spec_path.write_bytes(msgspec.msgpack.encode(spec))
@@ -301,7 +305,7 @@ def lean_run(
     statuses: dict[str, int] = done["statuses"]
     ok = statuses.get("admitted", 0)
     figures = run_figures(
-        requests=len(joins),
+        requests=requests,
         ok=ok,
         other_answers={s: n for s, n in statuses.items() if s != "admitted"},
         error_samples=done["error_samples"],
@@ -316,22 +320,29 @@ def lean_run(
 
 
 def trio_run(
-    args: argparse.Namespace, relay: Daemon, group: Group, warm: list[PreparedJoin], joins: list[PreparedJoin]
+    args: argparse.Namespace, relay: Daemon, group: Group, warm: list[NewMember], members: list[NewMember]
 ) -> tuple[dict[str, Any], Batches]:
-    """The timed run with trio-websocket tasks in this process (:func:`benchmarks.members.flood`)."""
-    trio.run(flood, group.address, warm, CONNECTIONS)
-    before = read_metrics(relay)
-    me = psutil.Process()
-    cpu0 = sum(me.cpu_times()[:2])
-    with timed(relay, [], args.quiet_wait) as section:
-        trio0 = relay.main_thread_cpu_seconds()
-        load = trio.run(partial(flood, group.address, joins, CONNECTIONS, record=True))
-        trio_cpu = relay.main_thread_cpu_seconds() - trio0
-    client_cpu = sum(me.cpu_times()[:2]) - cpu0
+    """The timed run with trio-websocket tasks in this process (:func:`benchmarks.members.run_joins`)."""
+    trio.run(flood, group, warm, CONNECTIONS)
+
+    async def run() -> tuple[Any, Section, float, float, dict[str, float]]:
+        # Connections greeted and requests signed for them first, outside the timed section.
+        async with greeted_joins(group, members, CONNECTIONS) as shares:
+            before = read_metrics(relay)
+            me = psutil.Process()
+            cpu0 = sum(me.cpu_times()[:2])
+            with timed(relay, [], args.quiet_wait) as section:
+                trio0 = relay.main_thread_cpu_seconds()
+                load = await run_joins(shares, record=True)
+                trio_cpu = relay.main_thread_cpu_seconds() - trio0
+            client_cpu = sum(me.cpu_times()[:2]) - cpu0
+        return load, section, trio_cpu, client_cpu, before
+
+    load, section, trio_cpu, client_cpu, before = trio.run(run)
     batches = Batches.between(before, read_metrics(relay))
     latencies = load.latencies or []
     figures = run_figures(
-        requests=len(joins),
+        requests=len(members),
         ok=sum(1 for s in load.answers.values() if s == "admitted"),
         other_answers=dict(Counter(s for s in load.answers.values() if s != "admitted")),
         error_samples=load.error_samples or [],
@@ -407,42 +418,40 @@ class Paced:
     error_samples: list[str] = field(default_factory=list)
 
 
-async def paced(
-    address: Any, joins: list[PreparedJoin], rate: float, members: int, phase: list[str], stop: trio.Event
-) -> Paced:
-    """``members`` sessions together sending ``rate`` requests/s (open loop, evenly interleaved)
-    until ``stop`` is set or the requests run out."""
+async def paced(shares: list[Share], rate: float, phase: list[str], stop: trio.Event) -> Paced:
+    """The greeted sessions of ``shares`` together sending ``rate`` requests/s (open loop,
+    evenly interleaved) until ``stop`` is set or their requests run out."""
     out = Paced()
+    members = len(shares)
     interval = members / rate
-    items = iter(joins)
 
-    async def member(offset: float) -> None:
-        async with member_link(address) as link:
-            due = trio.current_time() + offset
-            while not stop.is_set():
-                await trio.sleep_until(due)
-                if stop.is_set():
-                    return
-                item = next(items, None)
-                if item is None:
-                    return
-                if trio.current_time() - due > 0.005:
-                    out.late += 1
-                label = phase[0]
-                t0 = time.perf_counter()
-                try:
-                    result = await link.join(item.frame)
-                except Exception as exc:
-                    out.errors += 1
-                    if len(out.error_samples) < 5:
-                        out.error_samples.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                out.samples.append((label, time.perf_counter() - t0, result.status))
-                due = max(due + interval, trio.current_time())
+    async def member(offset: float, share: Share) -> None:
+        link, items = share.link, iter(share.joins)
+        due = trio.current_time() + offset
+        while not stop.is_set():
+            await trio.sleep_until(due)
+            if stop.is_set():
+                return
+            item = next(items, None)
+            if item is None:
+                return
+            if trio.current_time() - due > 0.005:
+                out.late += 1
+            label = phase[0]
+            t0 = time.perf_counter()
+            try:
+                result = await link.join(item.frame)
+            except Exception as exc:
+                out.errors += 1
+                if len(out.error_samples) < 5:
+                    out.error_samples.append(f"{type(exc).__name__}: {exc}")
+                continue
+            out.samples.append((label, time.perf_counter() - t0, result.status))
+            due = max(due + interval, trio.current_time())
 
     async with trio.open_nursery() as nursery:
-        for i in range(members):
-            nursery.start_soon(member, 0.1 + i * interval / members)
+        for i, share in enumerate(shares):
+            nursery.start_soon(member, 0.1 + i * interval / members, share)
     return out
 
 
@@ -452,7 +461,19 @@ async def held_now(relay: Daemon) -> float:
 
 
 async def fairness_load(
-    relay: Daemon, a: Group, b: Group, a_joins: list[PreparedJoin], b_joins: list[PreparedJoin], args: Any
+    relay: Daemon, a: Group, b: Group, a_members: list[NewMember], b_members: list[NewMember], args: Any
+) -> dict[str, Any]:
+    # Every session of the run opened and greeted, and its requests signed, before the idle
+    # phase starts: no signing while B is measured.
+    async with (
+        greeted_joins(a, a_members, CONNECTIONS) as a_shares,
+        greeted_joins(b, b_members, args.b_members) as b_shares,
+    ):
+        return await _fairness_phases(relay, a, a_shares, b_shares, len(a_members), args)
+
+
+async def _fairness_phases(
+    relay: Daemon, a: Group, a_shares: list[Share], b_shares: list[Share], a_count: int, args: Any
 ) -> dict[str, Any]:
     phase = ["idle"]
     stop = trio.Event()
@@ -463,10 +484,10 @@ async def fairness_load(
         await trio.sleep(args.idle_seconds)
         phase[0] = "flood"
         t0 = time.perf_counter()
-        loaded = await flood(a.address, a_joins, CONNECTIONS)
+        loaded = await run_joins(a_shares)
         timings["flood"] = time.perf_counter() - t0
         result["flood_answers"] = dict(Counter(loaded.answers.values()))
-        result["flood_errors"] = len(a_joins) - sum(1 for s in loaded.answers.values() if s == "held")
+        result["flood_errors"] = a_count - sum(1 for s in loaded.answers.values() if s == "held")
         result["flood_error_samples"] = loaded.error_samples
         phase[0] = "drain"
         t0 = time.perf_counter()
@@ -480,7 +501,7 @@ async def fairness_load(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drive)
-        b_load = await paced(b.address, b_joins, args.b_rate, args.b_members, phase, stop)
+        b_load = await paced(b_shares, args.b_rate, phase, stop)
         if not stop.is_set():  # B ran out of requests before the drain ended
             result["b_ran_out"] = True
     result["timings"] = timings
@@ -496,14 +517,14 @@ def fairness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         contact = relay.ready["address"]
         a = trio.run(partial(new_group, contact, work / "owners", "A", activate=False))
         b = trio.run(partial(new_group, contact, work / "owners", "B", activate=True))
-        a_joins = prepare_joins(a, args.flood, prefix="a")
+        a_members = new_members(args.flood, prefix="a")
         # B: the idle phase, the flood at ~2,500/s, the drain, with room to spare.
         b_count = int(args.b_rate * (args.idle_seconds + args.flood / 500 + 30))
-        b_joins = prepare_joins(b, b_count, prefix="b")
+        b_members = new_members(b_count, prefix="b")
         machine.wait_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
         me = psutil.Process()
         cpu0 = relay.cpu_seconds()
-        out = trio.run(fairness_load, relay, a, b, a_joins, b_joins, args)
+        out = trio.run(fairness_load, relay, a, b, a_members, b_members, args)
         out["relay_cpu_s"] = relay.cpu_seconds() - cpu0
         final = read_metrics(relay)
         del me
@@ -641,7 +662,7 @@ def restart_case(args: argparse.Namespace, work: Path, held: int) -> dict[str, A
     start_timed(relay)
     try:
         for _ in range(args.restart_repeat):
-            load = trio.run(flood, target.address, prepare_joins(target, over_wire, "k"), CONNECTIONS)
+            load = trio.run(flood, target, new_members(over_wire, "k"), CONNECTIONS)
             if load.errors or len(load.answers) != over_wire:
                 errors.append(f"{load.errors} errors before the kill: {load.error_samples}")
             if held:

@@ -1,12 +1,15 @@
-"""Members' side of the join benchmarks: groups, pre-signed join requests, persistent connections.
+"""Members' side of the join benchmarks: groups, join requests, persistent connections.
 
-Everything that costs the client CPU but is not on the wire is done before a timed section:
-fresh member keys (Ed25519), each ``JoinRequest`` signed with its key and the ``join`` frame
-encoded to bytes.  A :class:`MemberLink` is one WebSocket connection to a group address, opened
-with the project's own client library (trio-websocket), greeted once (``hello``, the relay's
-signed ``welcome`` checked against the fingerprint in the address), and then used for one
-``join`` frame after another: send the pre-encoded bytes, wait for the ``join_result``.  The
-relay answers one frame at a time per connection, so N links keep at most N requests in flight.
+Everything that costs the client CPU but is not on the wire is done before a timed section.
+A join request names the connection it is sent on (the relay's challenge in ``welcome``, the
+request's ``session``), so it can only be signed once its connection is open: fresh member keys
+(Ed25519) are made first (:func:`new_members`); then every connection is opened with the
+project's own client library (trio-websocket) and greeted (``hello``, the relay's signed
+``welcome`` checked against the fingerprint in the address), and each connection's share of the
+requests is signed for it and encoded to ``join`` frames (:func:`greeted_joins`); only then does
+the clock start, and each connection sends its frames one after another, waiting for each
+``join_result`` (:func:`run_joins`).  The relay answers one frame at a time per connection, so
+N connections keep at most N requests in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,35 +84,55 @@ async def activate_group(group: Group) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class NewMember:
+    """A member to be: a fresh key (made before anything is timed) and a name."""
+
+    key: ed25519.Ed25519PrivateKey
+    name: str
+
+    @property
+    def public(self) -> bytes:
+        return crypto.public_bytes(self.key)
+
+
+def new_members(count: int, prefix: str = "m") -> list[NewMember]:
+    """``count`` fresh member keys (client CPU, untimed)."""
+    return [NewMember(ed25519.Ed25519PrivateKey.generate(), f"{prefix}{i}") for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedJoin:
     member_key: bytes  # the public key: how the relay's database names the member
-    frame: bytes  # the encoded ``join`` frame, ready to send
+    frame: bytes  # the encoded ``join`` frame, ready to send on the connection it was signed for
     request: bytes  # the encoded signed request, as the relay stores it
-    key: ed25519.Ed25519PrivateKey | None = None  # kept only when asked (to sign status questions)
 
 
-def make_join(group: Group, name: str, now: int, *, keep_key: bool = False) -> PreparedJoin:
-    """One join request from a fresh member key, signed and encoded."""
+def sign_join(group: Group, member: NewMember, session: bytes, now: int) -> PreparedJoin:
+    """``member``'s join request for the connection whose challenge is ``session``, encoded."""
     address = group.address
     assert address.address_id is not None
-    key = ed25519.Ed25519PrivateKey.generate()
     signed = make_join_request(
-        key,
+        member.key,
         relay_fingerprint=address.fingerprint,
         channel=group.owner.channel,
         address_id=address.address_id,
-        profile=MemberProfile(name=name, about="benchmark member"),
+        profile=MemberProfile(name=member.name, about="benchmark member"),
+        session=session,
         now=now,
     )
-    return PreparedJoin(
-        crypto.public_bytes(key), encode(Join(request=signed)), encode(signed), key if keep_key else None
-    )
+    return PreparedJoin(member.public, encode(Join(request=signed)), encode(signed))
+
+
+# Rows written straight into a database (the SQLite baselines, held requests put in a stopped
+# relay's database) are never verified again, so any session will do: they are signed for none.
+NO_SESSION = bytes(32)
 
 
 def prepare_joins(group: Group, count: int, prefix: str = "m") -> list[PreparedJoin]:
-    """``count`` join requests from fresh member keys, signed and encoded (client CPU, untimed)."""
+    """``count`` join requests from fresh member keys, signed and encoded (client CPU, untimed),
+    as rows to store directly: signed for no connection, the relay would refuse them on one."""
     now = int(time.time())
-    return [make_join(group, f"{prefix}{i}", now) for i in range(count)]
+    return [sign_join(group, member, NO_SESSION, now) for member in new_members(count, prefix)]
 
 
 class MemberLink:
@@ -117,6 +140,7 @@ class MemberLink:
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
+        self.challenge = b""  # the relay's, from the welcome card: what requests here are signed for
 
     async def ask(self, frame: bytes, timeout: float = ANSWER_TIMEOUT) -> RelayFrame:
         with trio.fail_after(timeout):
@@ -145,8 +169,32 @@ async def member_link(address: RelayAddress, timeout: float = ANSWER_TIMEOUT) ->
         answer = await link.ask(encode(Hello(version=PROTOCOL_VERSION, nonce=nonce)), timeout)
         if not isinstance(answer, Welcome):
             raise RuntimeError(f"expected welcome, got {answer!r}")
-        verify_welcome(answer, fingerprint=address.fingerprint, nonce=nonce)
+        link.challenge = verify_welcome(answer, fingerprint=address.fingerprint, nonce=nonce).challenge
         yield link
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One greeted connection and the join frames signed for it."""
+
+    link: MemberLink
+    joins: list[PreparedJoin]
+
+
+@asynccontextmanager
+async def greeted_joins(
+    group: Group, members: Sequence[NewMember], connections: int
+) -> AsyncIterator[list[Share]]:
+    """``connections`` greeted sessions, each with its share of ``members``' join requests
+    (every ``connections``-th one) signed for it: everything a timed run needs, done untimed."""
+    now = int(time.time())
+    async with AsyncExitStack() as stack:
+        shares = []
+        for index in range(min(connections, len(members)) or 1):
+            link = await stack.enter_async_context(member_link(group.address))
+            share = members[index::connections]
+            shares.append(Share(link, [sign_join(group, m, link.challenge, now) for m in share]))
+        yield shares
 
 
 @dataclass
@@ -160,50 +208,46 @@ class JoinLoad:
     latencies: list[float] | None = None
 
 
-async def flood(
-    address: RelayAddress, joins: Sequence[PreparedJoin], connections: int, *, record: bool = False
-) -> JoinLoad:
-    """``connections`` tasks, each on its own greeted session, sending the joins back to back.
-
-    The sessions are opened and greeted before the clock starts; ``elapsed`` is from the first
-    frame sent to the last answer received.
-    """
+async def run_joins(shares: Sequence[Share], *, record: bool = False) -> JoinLoad:
+    """Every connection sends its share back to back, the next as soon as an answer is in;
+    ``elapsed`` is from the first frame sent to the last answer received."""
     load = JoinLoad(answers={}, error_samples=[], latencies=[] if record else None)
     assert load.error_samples is not None
-    items = iter(joins)
-    ready = trio.Event()
-    opened = 0
-    started = 0.0
 
-    async def member() -> None:
-        nonlocal opened
-        async with member_link(address) as link:
-            opened += 1
-            if opened == connections:
-                ready.set()
-            await ready.wait()
-            for item in items:  # shared iterator: each request is sent by exactly one task
-                t0 = time.perf_counter()
-                try:
-                    result = await link.join(item.frame)
-                except Exception as exc:
-                    load.errors += 1
-                    if len(load.error_samples or []) < 5:
-                        load.error_samples.append(f"{type(exc).__name__}: {exc}")  # type: ignore[union-attr]
-                    if isinstance(exc, trio.TooSlowError):
-                        return
-                    continue
-                load.answers[item.member_key] = result.status
-                if load.latencies is not None:
-                    load.latencies.append(time.perf_counter() - t0)
+    async def member(share: Share) -> None:
+        for item in share.joins:
+            t0 = time.perf_counter()
+            try:
+                result = await share.link.join(item.frame)
+            except Exception as exc:
+                load.errors += 1
+                if len(load.error_samples or []) < 5:
+                    load.error_samples.append(f"{type(exc).__name__}: {exc}")  # type: ignore[union-attr]
+                if isinstance(exc, trio.TooSlowError):
+                    return
+                continue
+            load.answers[item.member_key] = result.status
+            if load.latencies is not None:
+                load.latencies.append(time.perf_counter() - t0)
 
+    started = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        for _ in range(connections):
-            nursery.start_soon(member)
-        await ready.wait()
-        started = time.perf_counter()
+        for share in shares:
+            nursery.start_soon(member, share)
     load.elapsed = time.perf_counter() - started
     return load
+
+
+async def flood(
+    group: Group, members: Sequence[NewMember], connections: int, *, record: bool = False
+) -> JoinLoad:
+    """``members`` join over ``connections`` greeted sessions, each sending its share back to back.
+
+    The sessions are opened and greeted, and each one's requests signed for it, before the
+    clock starts (:func:`greeted_joins`).
+    """
+    async with greeted_joins(group, members, connections) as shares:
+        return await run_joins(shares, record=record)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -5,8 +5,9 @@ restart).  ``--members`` member tasks (default 32) each keep one greeted session
 requests from fresh member keys back to back, three in four to an active auto-admit group and
 one in four to a group that is not yet active (those are held).  In each cycle the relay is
 SIGKILLed at a random moment within ``S`` seconds and started again; members reconnect and
-send again every request that was in flight at the kill (a real client's retry: same signed
-request).  Every acknowledged answer is recorded (member key -> status).
+ask again for every request that was in flight at the kill (a real client's retry: the same
+member key, a request signed anew for the new connection, since a signed request is good only
+on the connection it names).  Every acknowledged answer is recorded (member key -> status).
 
 At the end the held group is activated, the worker is waited for, the relay is stopped, and
 every acknowledged request is checked against the database and, for a sample, ``join_status``
@@ -36,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from benchmarks import runs
 from benchmarks.daemon import read_metrics
 from benchmarks.joins import free_ports, relay_daemon, sigkill, start_timed, table
-from benchmarks.members import Group, PreparedJoin, activate_group, make_join, member_link, new_group
+from benchmarks.members import Group, NewMember, activate_group, member_link, new_group, sign_join
 from relay.protocol.encoding import encode
 from relay.protocol.membership import make_member_request
 from relay.protocol.messages import JoinResult, JoinStatus
@@ -56,7 +58,7 @@ DOWN_ERRORS = (ConnectionClosed, HandshakeError, OSError, trio.TooSlowError, tri
 class Soak:
     groups: dict[str, Group] = field(default_factory=dict)
     acked: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # key -> (group, status)
-    keys: dict[bytes, PreparedJoin] = field(default_factory=dict)
+    keys: dict[bytes, NewMember] = field(default_factory=dict)
     sent: int = 0
     down_errors: Counter[str] = field(default_factory=Counter)
     error_answers: list[str] = field(default_factory=list)
@@ -67,10 +69,10 @@ class Soak:
 async def member_task(soak: Soak, rng: random.Random, n: int) -> None:
     """Join after join on one session; now and then reconnect (maybe to the other group).
 
-    A request whose connection died before the answer (the relay was killed) is sent again,
-    the same signed bytes, on the next connection.
+    A request whose connection died before the answer (the relay was killed) is asked again by
+    the same member key on the next connection, signed for it.
     """
-    pending: tuple[str, PreparedJoin] | None = None
+    pending: tuple[str, NewMember] | None = None
     count = 0
     while soak.running:
         name = pending[0] if pending else ("held" if rng.random() < HELD_SHARE else "active")
@@ -80,10 +82,10 @@ async def member_task(soak: Soak, rng: random.Random, n: int) -> None:
                 while soak.running:
                     if pending is None:
                         count += 1
-                        item = make_join(group, f"s{n}-{count}", int(time.time()), keep_key=True)
-                        soak.keys[item.member_key] = item
-                        pending = (name, item)
-                    item = pending[1]
+                        member = NewMember(ed25519.Ed25519PrivateKey.generate(), f"s{n}-{count}")
+                        soak.keys[member.public] = member
+                        pending = (name, member)
+                    item = sign_join(group, pending[1], link.challenge, int(time.time()))
                     soak.sent += 1
                     try:
                         result = await link.join(item.frame, timeout=10)
@@ -123,22 +125,22 @@ async def soak_run(soak: Soak, relay: Any, args: argparse.Namespace, rng: random
         soak.running = False
 
 
-async def ask_status(group: Group, items: list[PreparedJoin]) -> dict[bytes, str]:
+async def ask_status(group: Group, members: list[NewMember]) -> dict[bytes, str]:
     address = group.address
     assert address.address_id is not None
     out = {}
     async with member_link(address) as link:
-        for item in items:
-            assert item.key is not None
+        for member in members:
             request = make_member_request(
-                item.key,
+                member.key,
                 relay_fingerprint=address.fingerprint,
                 channel=group.owner.channel,
                 address_id=address.address_id,
+                session=link.challenge,
                 now=int(time.time()),
             )
             answer = await link.ask(encode(JoinStatus(request=request)))
-            out[item.member_key] = answer.status if isinstance(answer, JoinResult) else f"error: {answer}"
+            out[member.public] = answer.status if isinstance(answer, JoinResult) else f"error: {answer}"
     return out
 
 

@@ -102,6 +102,7 @@ MEMBER2_SECRET = bytes([0x08]) * 32
 MEMBER2_SEAL_SECRET = bytes([0x09]) * 32
 SUBSCRIBE_NONCE = bytes([0x66]) * 16
 DIRECT_NONCE = bytes([0x77]) * 16
+CHALLENGE = bytes([0x88]) * 32  # the relay's challenge in the welcome card: every request's session
 EVENT_BODY = b"Hello, channel"
 ADDRESS_ID = b64e(bytes(range(16)))
 BASE = "http://relay.example:7300"
@@ -171,6 +172,7 @@ def make_invitation_signed(
     service_group: bytes = SERVICE_GROUP,
     nonce: bytes = INVITATION_NONCE,
     label: bytes = crypto.Label.INVITATION,
+    session: bytes = CHALLENGE,
 ) -> Signed:
     """What ``invitation.make_invitation`` builds, with a fixed nonce (and label, for tests)."""
     body = encode(
@@ -178,6 +180,7 @@ def make_invitation_signed(
             relay=relay,
             channel=channel,
             service_group=service_group,
+            session=session,
             profile=profile,
             created_at=created_at,
             nonce=nonce,
@@ -195,6 +198,7 @@ def make_owner_request_signed(
     action: str = "read_log",
     service_group: bytes = SERVICE_GROUP,
     nonce: bytes = REQUEST_NONCE,
+    session: bytes = CHALLENGE,
 ) -> Signed:
     """What ``invitation.make_owner_request`` builds, with a fixed nonce."""
     body = encode(
@@ -202,6 +206,7 @@ def make_owner_request_signed(
             relay=relay,
             channel=channel,
             service_group=service_group,
+            session=session,
             action=action,
             created_at=created_at,
             nonce=nonce,
@@ -329,8 +334,9 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
     seal_public = f.seal_keys.public_keys()
     vectors: dict[str, Any] = {
         "_about": (
-            "chat-relay protocol v1 test vectors; bytes are lowercase hex, *_b64 values unpadded "
-            "base64url.  Regenerate with tests/make_vectors.py; checked by tests/test_vectors.py."
+            f"chat-relay protocol version {PROTOCOL_VERSION} test vectors; bytes are lowercase hex, "
+            "*_b64 values unpadded base64url.  Regenerate with tests/make_vectors.py; checked by "
+            "tests/test_vectors.py."
         )
     }
     vectors["keys"] = {
@@ -386,11 +392,13 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         updated_at=T0 + 2,
     )
     vectors["invitation"] = _signed_group(
-        "An Invitation for the relay above, carrying the signed profile; signed by owner.  `signed` "
-        "is the plaintext that is sealed.",
+        "An Invitation for the relay above, carrying the signed profile, for the connection whose "
+        "challenge is `session` (welcome_card.challenge); signed by owner.  `signed` is the "
+        "plaintext that is sealed.",
         crypto.Label.INVITATION,
         f.invitation,
         service_group=SERVICE_GROUP.hex(),
+        session=CHALLENGE.hex(),
         nonce=INVITATION_NONCE.hex(),
         created_at=T0 + 3,
     )
@@ -420,23 +428,28 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         f.relay,
         {crypto.SUITE_X25519.name: seal_public[crypto.SUITE_X25519.name]},
         HELLO_NONCE,
+        CHALLENGE,
         T0 + 5,
         SOFTWARE,
     )
     vectors["welcome_card"] = _signed_group(
-        "A RelayCard answering hello.nonce, signed by the relay identity key.  To keep the vector "
-        "short its seal_keys lists only the X25519 suite; a real relay lists both suites.",
+        "A RelayCard answering hello.nonce, with the relay's challenge for the connection (every "
+        "request signed on it names the challenge as its session), signed by the relay identity "
+        "key.  To keep the vector short its seal_keys lists only the X25519 suite; a real relay "
+        "lists both suites.",
         crypto.Label.WELCOME,
         welcome.card,
         nonce=HELLO_NONCE.hex(),
+        challenge=CHALLENGE.hex(),
         time=T0 + 5,
         software=SOFTWARE,
     )
     request = make_owner_request_signed(f.owner, relay=f.fingerprint, channel=f.channel, created_at=T0 + 6)
     vectors["owner_request"] = _signed_group(
-        "An OwnerRequest to read the service-group log, signed by owner.",
+        "An OwnerRequest to read the service-group log on the connection of welcome_card, signed by owner.",
         crypto.Label.OWNER_REQUEST,
         request,
+        session=CHALLENGE.hex(),
         action="read_log",
         nonce=REQUEST_NONCE.hex(),
         created_at=T0 + 6,
@@ -450,6 +463,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
                 relay=f.fingerprint,
                 channel=f.channel,
                 address=ADDRESS_ID,
+                session=CHALLENGE,
                 member_profile=member_profile,
                 created_at=T0 + 7,
                 nonce=JOIN_NONCE,
@@ -457,11 +471,12 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         ),
     )
     vectors["join_request"] = _signed_group(
-        "A JoinRequest to the group address ADDRESS_ID, signed by the member key; member_profile is "
-        "an encoded MemberProfile.",
+        "A JoinRequest to the group address ADDRESS_ID on the connection of welcome_card, signed by "
+        "the member key; member_profile is an encoded MemberProfile.",
         crypto.Label.JOIN_REQUEST,
         join,
         address=ADDRESS_ID,
+        session=CHALLENGE.hex(),
         member_profile=member_profile.hex(),
         nonce=JOIN_NONCE.hex(),
         created_at=T0 + 7,
@@ -472,6 +487,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
             relay=f.fingerprint,
             channel=f.channel,
             address=ADDRESS_ID,
+            session=CHALLENGE,
             action=action,
             created_at=created_at,
             nonce=nonce,
@@ -483,6 +499,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         "A MemberRequest asking for the decision on the member's join request, signed by the member key.",
         crypto.Label.MEMBER_REQUEST,
         status,
+        session=CHALLENGE.hex(),
         action="status",
         nonce=JOIN_NONCE.hex(),
         created_at=T0 + 8,
@@ -492,6 +509,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         "A MemberRequest with action subscribe (carried by the subscribe frame), signed by the member key.",
         crypto.Label.MEMBER_REQUEST,
         subscribe,
+        session=CHALLENGE.hex(),
         action="subscribe",
         nonce=SUBSCRIBE_NONCE.hex(),
         created_at=T0 + 9,
@@ -543,6 +561,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
                 relay=f.fingerprint,
                 channel=f.channel,
                 address=ADDRESS_ID,
+                session=CHALLENGE,
                 to=member2_public,
                 suite=crypto.SUITE_X25519.name,
                 sealed=direct_sealed,
@@ -557,6 +576,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         '"chat-relay/v1/seal/direct-invitation" || 0x00 || SHA-256(channel id || member2 key).',
         crypto.Label.DIRECT_INVITATION,
         direct,
+        session=CHALLENGE.hex(),
         to=member2_public.hex(),
         suite=crypto.SUITE_X25519.name,
         content=content.hex(),

@@ -26,6 +26,7 @@ from wire import (
     HYBRID,
     X25519,
     Channel,
+    RawSession,
     assert_readable,
     check_error,
     connect,
@@ -40,12 +41,14 @@ from relay.protocol.addresses import parse_address
 from relay.protocol.encoding import b64e, encode
 from relay.protocol.invitation import verify_grant
 from relay.protocol.messages import (
+    PROTOCOL_VERSION,
     Hello,
     Invite,
     InviteResult,
     LogRequest,
     ProfileResult,
     ProfileUpdate,
+    RelayCard,
     Signed,
 )
 
@@ -91,7 +94,8 @@ async def invite(relay: RunningRelay, channel: Channel, **kw: Any) -> InviteResu
     fingerprint = fingerprint_of(relay)
     async with connect(relay) as session:
         card = await session.hello()
-        answer = await session.request(seal_to(card, fingerprint, channel.invitation(fingerprint, **kw)))
+        plaintext = channel.invitation(fingerprint, session=card.challenge, **kw)
+        answer = await session.request(seal_to(card, fingerprint, plaintext))
     assert isinstance(answer, InviteResult), answer
     return answer
 
@@ -159,7 +163,8 @@ async def test_oversized_frame_is_frame_too_large_and_closes(
                     assert "4096" in error.reason
                     assert await session.expect_closed() == CLOSE_TOO_BIG
         assert admin_groups(relay) == []
-        answer = await bystander.request(seal_to(card, fingerprint, channel.invitation(fingerprint), X25519))
+        plaintext = channel.invitation(fingerprint, session=card.challenge)
+        answer = await bystander.request(seal_to(card, fingerprint, plaintext, X25519))
         assert isinstance(answer, InviteResult) and answer.status == "accepted", answer
 
     await assert_still_serves(relay, tmp_path)
@@ -187,7 +192,8 @@ async def test_malformed_messagepack_is_malformed(relay: RunningRelay, tmp_path:
         card = await session.hello()
         for name, data in MALFORMED.items():
             check_error(await session.request(data), "malformed", name)
-        answer = await session.request(seal_to(card, fingerprint, channel.invitation(fingerprint)))
+        plaintext = channel.invitation(fingerprint, session=card.challenge)
+        answer = await session.request(seal_to(card, fingerprint, plaintext))
         assert isinstance(answer, InviteResult) and answer.status == "accepted", answer
 
     assert [g["state"] for g in admin_groups(relay)] == ["accepted"]
@@ -221,7 +227,8 @@ async def test_wrong_field_types_are_bad_type(relay: RunningRelay, tmp_path: Pat
         await expect_refused_before_hello(relay, msgspec.msgpack.encode(data), "bad_type")
 
     # a version this relay does not speak is its own code
-    await expect_refused_before_hello(relay, Hello(version=2, nonce=nonce), "unsupported_version")
+    for version in (PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1):  # version 1 clients learn it here
+        await expect_refused_before_hello(relay, Hello(version=version, nonce=nonce), "unsupported_version")
 
     # after hello: a wrongly typed request fails alone; the connection stays usable
     async with connect(relay) as session:
@@ -258,15 +265,18 @@ async def test_frame_before_hello_is_unexpected_message(relay: RunningRelay, tmp
     async with connect(relay) as session:
         card = await session.hello()
     # a perfectly good invitation, but before hello: refused, and the connection is closed
-    sealed = seal_to(card, fingerprint, channel.invitation(fingerprint))
+    sealed = seal_to(card, fingerprint, channel.invitation(fingerprint, session=card.challenge))
     await expect_refused_before_hello(relay, sealed, "unexpected_message")
     await expect_refused_before_hello(relay, ProfileUpdate(profile=channel.profile()), "unexpected_message")
     assert admin_groups(relay) == []
 
     # hello twice: the second one is out of order, but fails alone
     async with connect(relay) as session:
-        await session.hello()
-        await session.expect_error(Hello(version=1, nonce=secrets.token_bytes(32)), "unexpected_message")
+        card = await session.hello()
+        await session.expect_error(
+            Hello(version=PROTOCOL_VERSION, nonce=secrets.token_bytes(32)), "unexpected_message"
+        )
+        sealed = seal_to(card, fingerprint, channel.invitation(fingerprint, session=card.challenge))
         answer = await session.request(sealed)
         assert isinstance(answer, InviteResult) and answer.status == "accepted"
     await assert_still_serves(relay, tmp_path)
@@ -282,7 +292,7 @@ async def test_requests_on_the_wrong_kind_of_address_are_unexpected(
     async with connect(relay, f"/g/{address_id}") as session:
         card = await session.hello()
         other = Channel()
-        sealed = seal_to(card, fingerprint, other.invitation(fingerprint))
+        sealed = seal_to(card, fingerprint, other.invitation(fingerprint, session=card.challenge))
         error = await session.expect_error(sealed, "unexpected_message")
         assert "group address" in error.reason
         await session.expect_error(LogRequest(request=channel.profile()), "unexpected_message")
@@ -315,12 +325,19 @@ async def test_invitation_sealed_to_another_relay(relay_factory: RelayFactory, t
     async with connect(a) as session:
         card_a = await session.hello()
         # sealed to B's keys (an invitation meant for B, sent to A): A cannot open it
+        on_a = card_a.challenge
         for suite in (HYBRID, X25519):
-            await session.expect_error(seal_to(card_b, fp_b, channel.invitation(fp_b), suite), "seal_failed")
+            await session.expect_error(
+                seal_to(card_b, fp_b, channel.invitation(fp_b, session=on_a), suite), "seal_failed"
+            )
         # A's keys, but HPKE info naming B: the payload is bound to B, A refuses to open it
-        await session.expect_error(seal_to(card_a, fp_b, channel.invitation(fp_a)), "seal_failed")
+        await session.expect_error(
+            seal_to(card_a, fp_b, channel.invitation(fp_a, session=on_a)), "seal_failed"
+        )
         # sealed to A, but the signed body names B: opened, then refused
-        error = await session.expect_error(seal_to(card_a, fp_a, channel.invitation(fp_b)), "wrong_relay")
+        error = await session.expect_error(
+            seal_to(card_a, fp_a, channel.invitation(fp_b, session=on_a)), "wrong_relay"
+        )
         assert "another relay" in error.reason
         # garbage and a suite nobody offers
         for suite in (HYBRID, X25519):
@@ -343,11 +360,12 @@ def _tamper(plaintext: bytes, **fields: Any) -> bytes:
     return msgspec.msgpack.encode(signed)
 
 
-async def test_bad_or_missing_signature_on_the_invitation(relay: RunningRelay, tmp_path: Path) -> None:
-    channel = Channel()
-    fingerprint = fingerprint_of(relay)
+def _bad_signatures(
+    channel: Channel, fingerprint: bytes, session: bytes
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Invitations for the connection ``session`` whose signatures are bad (or missing)."""
     stranger = ed25519.Ed25519PrivateKey.generate()
-    plaintext = channel.invitation(fingerprint)
+    plaintext = channel.invitation(fingerprint, session=session)
     original = msgspec.msgpack.decode(plaintext)
     body, sig = original["body"], original["sig"]
     flipped = bytes([sig[0] ^ 0x01]) + sig[1:]
@@ -376,18 +394,25 @@ async def test_bad_or_missing_signature_on_the_invitation(relay: RunningRelay, t
     bad_profile = Signed(body=profile.body, signer=profile.signer, sig=flipped)
     cert = owner_cert(channel.root, channel.channel, channel.owner)
     bad_cert = Signed(body=cert.body, signer=cert.signer, sig=bytes(64))
-    bad_signature["profile signature"] = channel.invitation(fingerprint, profile=bad_profile)
+    bad_signature["profile signature"] = channel.invitation(fingerprint, session=session, profile=bad_profile)
     bad_signature["owner cert signature"] = channel.invitation(
-        fingerprint, profile=channel.profile(certs=[bad_cert])
+        fingerprint, session=session, profile=channel.profile(certs=[bad_cert])
     )
+    return bad_signature, bad_type
 
+
+async def test_bad_or_missing_signature_on_the_invitation(relay: RunningRelay, tmp_path: Path) -> None:
+    channel = Channel()
+    fingerprint = fingerprint_of(relay)
     async with connect(relay) as session:
         card = await session.hello()
+        bad_signature, _ = _bad_signatures(channel, fingerprint, card.challenge)
         for name, data in bad_signature.items():
             error = await session.expect_error(seal_to(card, fingerprint, data), "bad_signature")
             assert "signature" in error.reason, name
     async with connect(relay) as session:
         card = await session.hello()
+        _, bad_type = _bad_signatures(channel, fingerprint, card.challenge)
         for data in bad_type.values():
             await session.expect_error(seal_to(card, fingerprint, data), "bad_type")
 
@@ -401,18 +426,37 @@ async def test_owner_key_the_root_never_authorised(relay: RunningRelay, tmp_path
     channel = Channel()
     fingerprint = fingerprint_of(relay)
     stranger = ed25519.Ed25519PrivateKey.generate()
+    async with connect(relay) as session:
+        card = await session.hello()
+        await _check_unauthorised(session, card, channel, fingerprint, stranger)
+
+    assert admin_groups(relay) == []
+    await assert_still_serves(relay, tmp_path)
+    assert (await invite(relay, channel)).status == "accepted"
+
+
+async def _check_unauthorised(
+    session: RawSession,
+    card: RelayCard,
+    channel: Channel,
+    fingerprint: bytes,
+    stranger: ed25519.Ed25519PrivateKey,
+) -> None:
+    on = card.challenge
     cases = {
         # a valid profile, but the invitation is signed by a key no cert authorises
-        "invitation signer": channel.invitation(fingerprint, signer=stranger),
+        "invitation signer": channel.invitation(fingerprint, session=on, signer=stranger),
         # the stranger certifies itself as an owner, signs the profile and the invitation
         "self-signed owner cert": channel.invitation(
             fingerprint,
+            session=on,
             signer=stranger,
             profile=channel.profile(certs=[owner_cert(stranger, channel.channel, stranger)], signer=stranger),
         ),
         # the stranger appends its own cert after the genuine one
         "cert chained from a stranger": channel.invitation(
             fingerprint,
+            session=on,
             signer=stranger,
             profile=channel.profile(
                 certs=[
@@ -424,23 +468,21 @@ async def test_owner_key_the_root_never_authorised(relay: RunningRelay, tmp_path
         ),
         # the profile is signed by the root key itself, which is not an owner key
         "profile signed by the root": channel.invitation(
-            fingerprint, profile=channel.profile(signer=channel.root)
+            fingerprint, session=on, profile=channel.profile(signer=channel.root)
         ),
-        "profile with no owners": channel.invitation(fingerprint, profile=channel.profile(certs=[])),
+        "profile with no owners": channel.invitation(
+            fingerprint, session=on, profile=channel.profile(certs=[])
+        ),
     }
-    async with connect(relay) as session:
-        card = await session.hello()
-        for name, plaintext in cases.items():
-            error = await session.expect_error(seal_to(card, fingerprint, plaintext), "unauthorised_owner")
-            assert "authorised" in error.reason or "owner" in error.reason, name
-        # a root key that is not the channel's: the chain does not even start
-        impostor = Channel(owners=[channel.owner], service_group=channel.service_group)
-        wrong_root = channel.invitation(fingerprint, profile=impostor.profile(channel=channel.channel))
-        await session.expect_error(seal_to(card, fingerprint, wrong_root), "channel_mismatch")
-
-    assert admin_groups(relay) == []
-    await assert_still_serves(relay, tmp_path)
-    assert (await invite(relay, channel)).status == "accepted"
+    for name, plaintext in cases.items():
+        error = await session.expect_error(seal_to(card, fingerprint, plaintext), "unauthorised_owner")
+        assert "authorised" in error.reason or "owner" in error.reason, name
+    # a root key that is not the channel's: the chain does not even start
+    impostor = Channel(owners=[channel.owner], service_group=channel.service_group)
+    wrong_root = channel.invitation(
+        fingerprint, session=on, profile=impostor.profile(channel=channel.channel)
+    )
+    await session.expect_error(seal_to(card, fingerprint, wrong_root), "channel_mismatch")
 
 
 # --- freshness and replay --------------------------------------------------------------
@@ -452,10 +494,14 @@ async def test_stale_and_future_invitations(relay: RunningRelay, tmp_path: Path)
     now = int(time.time())
     async with connect(relay) as session:
         card = await session.hello()
-        old = seal_to(card, fingerprint, channel.invitation(fingerprint, now=now - 3600))
+        old = seal_to(
+            card, fingerprint, channel.invitation(fingerprint, session=card.challenge, now=now - 3600)
+        )
         error = await session.expect_error(old, "invitation_stale")
         assert "old" in error.reason and "600" in error.reason
-        future = seal_to(card, fingerprint, channel.invitation(fingerprint, now=now + 3600))
+        future = seal_to(
+            card, fingerprint, channel.invitation(fingerprint, session=card.challenge, now=now + 3600)
+        )
         error = await session.expect_error(future, "invitation_stale")
         assert "future" in error.reason
     assert admin_groups(relay) == []
@@ -470,26 +516,33 @@ async def test_stale_and_future_invitations(relay: RunningRelay, tmp_path: Path)
 async def test_replayed_invitation_same_address_then_stale(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:
+    """The same signed invitation again on its own connection (a retry) gets the same address;
+    captured and sent on another connection it is ``wrong_session``; once stale, it is
+    ``invitation_stale``.  A new invitation for the same service group gets the same address."""
     relay = relay_factory(policy={"invitation_max_age": 2})
     channel = Channel()
     fingerprint = fingerprint_of(relay)
     created_at = int(time.time())
     async with connect(relay) as session:
         card = await session.hello()
-    sealed = seal_to(card, fingerprint, channel.invitation(fingerprint, now=created_at))
-
-    answers = []
-    for _ in range(2):  # the exact same bytes, each time on a fresh connection
-        async with connect(relay) as session:
-            await session.hello()
+        sealed = seal_to(
+            card, fingerprint, channel.invitation(fingerprint, session=card.challenge, now=created_at)
+        )
+        answers = []
+        for _ in range(2):  # the exact same bytes, twice on the connection they were made for
             answer = await session.request(sealed)
-        assert isinstance(answer, InviteResult)
-        answers.append(address_id_of(answer, relay, channel)[0])
-    assert answers[0] == answers[1]
+            assert isinstance(answer, InviteResult)
+            answers.append(address_id_of(answer, relay, channel)[0])
+        assert answers[0] == answers[1]
 
-    await trio.sleep(max(0.0, created_at + 3.2 - time.time()))
-    async with connect(relay) as session:
-        await session.hello()
+        async with connect(relay) as other:  # the same bytes on another connection
+            await other.hello()
+            error = await other.expect_error(sealed, "wrong_session")
+            assert "another connection" in error.reason
+        again = await invite(relay, channel)  # signed afresh for a new connection
+        assert address_id_of(again, relay, channel)[0] == answers[0]
+
+        await trio.sleep(max(0.0, created_at + 3.2 - time.time()))
         error = await session.expect_error(sealed, "invitation_stale")
         assert "limit is 2 s" in error.reason
 
@@ -505,7 +558,7 @@ async def test_unknown_group_address(relay: RunningRelay, tmp_path: Path) -> Non
     for address_id in (b64e(secrets.token_bytes(16)), "A" * 64):
         async with connect(relay, f"/g/{address_id}") as session:
             error = await session.expect_error(
-                Hello(version=1, nonce=secrets.token_bytes(32)), "unknown_group"
+                Hello(version=PROTOCOL_VERSION, nonce=secrets.token_bytes(32)), "unknown_group"
             )
             assert "address" in error.reason
             assert await session.expect_closed() == CLOSE_UNKNOWN_GROUP
@@ -529,7 +582,6 @@ POLICY_CASES = {
     "name_too_long": ({"max_name_length": 20}, {"name": "x" * 21}, "21"),
     "kind_not_allowed": ({"kinds": ["group"]}, {"kind": "channel"}, "channel"),
     "denied": ({"deny_patterns": ["casino"]}, {"name": "Casino nights"}, "deny list"),
-    "too_many_owners": ({"max_owners": 1}, {"owner_count": 2}, "2 owners"),
     "description_too_long": ({"max_description_length": 10}, {"description": "y" * 11}, "11"),
     "name_invalid": ({}, {"name": "bell\x07"}, "control"),
 }
@@ -566,6 +618,72 @@ async def test_policy_refusal_is_typed_and_remembered_across_restart(
 
     [group] = admin_groups(relay)
     assert (group["state"], group["reason_code"], group["address"]) == ("rejected", code, None)
+    await assert_still_serves(relay, tmp_path)
+
+
+async def test_too_many_owner_certs_are_refused_unremembered_before_any_signature(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """Counted before any signature is checked, so nothing proves the channel's owners sent it:
+    the refusal is not remembered (a forged profile naming another channel's root must not
+    close that channel here), and a fixed invitation is accepted at once."""
+    relay = relay_factory(policy={"max_owners": 1})
+    channel = Channel(owner_count=2)
+    refused = await invite(relay, channel)
+    assert (refused.status, refused.state, refused.code) == ("refused", "none", "too_many_owners")
+    assert "2 owner certs; the limit is 1" in (refused.reason or "")
+    assert_readable(refused.reason)
+
+    # 256 copies of one cert, none of them (nor the profile, nor the invitation) validly signed
+    cert = owner_cert(channel.root, channel.channel, channel.owner)
+    copies = channel.profile(certs=[Signed(body=cert.body, signer=cert.signer, sig=bytes(64))] * 256)
+    fingerprint = fingerprint_of(relay)
+    async with connect(relay) as session:
+        card = await session.hello()
+        plaintext = _tamper(
+            channel.invitation(fingerprint, session=card.challenge, profile=copies), sig=bytes(64)
+        )
+        answer = await session.request(seal_to(card, fingerprint, plaintext))
+        assert isinstance(answer, InviteResult), answer
+        assert (answer.status, answer.state, answer.code) == ("refused", "none", "too_many_owners")
+        assert "256 owner certs" in (answer.reason or "")
+    assert admin_groups(relay) == []
+
+    fixed = Channel(root=channel.root, owners=channel.owners[:1], service_group=channel.service_group)
+    assert (await invite(relay, fixed)).status == "accepted"
+    await assert_still_serves(relay, tmp_path)
+
+
+async def test_duplicate_owner_certs_are_refused(relay: RunningRelay, tmp_path: Path) -> None:
+    channel = Channel()
+    fingerprint = fingerprint_of(relay)
+    cert = owner_cert(channel.root, channel.channel, channel.owner)
+    again = owner_cert(channel.owner, channel.channel, channel.owner)  # another cert, the same key
+    unsigned = Signed(body=cert.body, signer=cert.signer, sig=bytes(64))
+    async with connect(relay) as session:
+        card = await session.hello()
+        for certs, fragment in (
+            ([cert, cert], "repeats owner cert 0"),
+            ([cert, again], "authorises the key of owner cert 0"),
+            ([unsigned] * 16, "repeats owner cert 0"),  # no signature is checked to find it
+        ):
+            plaintext = channel.invitation(
+                fingerprint, session=card.challenge, profile=channel.profile(certs=certs)
+            )
+            error = await session.expect_error(seal_to(card, fingerprint, plaintext), "duplicate_owner")
+            assert fragment in error.reason
+    assert admin_groups(relay) == []
+
+    # an active group's owners cannot publish one either
+    address, address_id = address_id_of(await invite(relay, channel), relay, channel)
+    async with connect(relay, f"/g/{address_id}") as session:
+        await session.hello()
+        error = await session.expect_error(
+            ProfileUpdate(profile=channel.profile(version=2, relays=[address], certs=[cert, again])),
+            "duplicate_owner",
+        )
+        answer = await session.request(ProfileUpdate(profile=channel.profile(version=2, relays=[address])))
+        assert isinstance(answer, ProfileResult) and answer.state == "active"
     await assert_still_serves(relay, tmp_path)
 
 

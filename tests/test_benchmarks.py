@@ -41,3 +41,23 @@ def test_signature_check_benchmark_runs(tmp_path: Path) -> None:
     checks = json.loads(out.read_text())["checks"]
     assert set(checks) == {"OpenSSL, via cryptography (baseline)", "relay.protocol.crypto.verify"}
     assert all(len(c["seconds"]) == 2 and c["median"] > 0 for c in checks.values())
+
+
+def test_cheap_checks_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "cheap.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cheap_checks", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    outcomes = [c["outcome"] for c in cases.values()]
+    assert outcomes == [
+        "accepted",
+        "accepted",
+        "too_many_owners",
+        "duplicate_owner",
+        "wrong_session",
+        "accepted",
+    ]
+    assert all(len(c["seconds"]) == 2 and c["median"] > 0 for c in cases.values())

@@ -48,6 +48,7 @@ async def members_until_killed(relay: RunningRelay, owner: OwnerState, acked: di
                         channel=owner.channel,
                         address_id=address_id,
                         profile=MemberProfile(name="m"),
+                        session=raw.challenge,
                         now=int(time.time()),
                     )
                     answer = await raw.request(Join(request=request), timeout=10)

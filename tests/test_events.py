@@ -168,20 +168,25 @@ async def test_subscribe_refusals(relay: RunningRelay, tmp_path: Path) -> None:
     ada = await join_member(relay, owner, address_id)
     async with group_session(relay, address_id) as session:
         # never joined
-        await session.expect_error(subscribe_frame(relay, owner, address_id, Member()), "not_a_member")
+        await session.expect_error(
+            subscribe_frame(relay, owner, address_id, Member(), session=session.challenge), "not_a_member"
+        )
         # a status request replayed as a subscription
         status = make_member_request(
             ada.key,
             relay_fingerprint=fingerprint_of(relay),
             channel=owner.channel,
             address_id=address_id,
+            session=session.challenge,
             now=now(),
         )
         await session.expect_error(Subscribe(request=status), "unexpected_message")
         # cards and direct invitations need a subscription first
         await session.expect_error(MemberCardRequest(member=ada.public), "unexpected_message")
         await subscribe(session, relay, owner, address_id, ada)
-        await session.expect_error(subscribe_frame(relay, owner, address_id, ada), "unexpected_message")
+        await session.expect_error(
+            subscribe_frame(relay, owner, address_id, ada, session=session.challenge), "unexpected_message"
+        )
 
 
 async def test_since_history_and_retention(relay_factory: RelayFactory, tmp_path: Path) -> None:
@@ -291,7 +296,8 @@ async def test_direct_invitations(relay: RunningRelay, tmp_path: Path) -> None:
         # off by default: refused and counted
         await ada_feed.expect_error(MemberCardRequest(member=bob.public), "direct_messages_off")
         await ada_feed.expect_error(
-            DirectInvite(request=invitation(relay, owner, address_id, ada, bob)), "direct_messages_off"
+            DirectInvite(request=invitation(relay, owner, address_id, ada, bob, session=ada_feed.challenge)),
+            "direct_messages_off",
         )
         owner.direct_messages = True
         await publish(owner, owner_path)
@@ -299,7 +305,9 @@ async def test_direct_invitations(relay: RunningRelay, tmp_path: Path) -> None:
         card = await ada_feed.request(MemberCardRequest(member=bob.public))
         assert isinstance(card, MemberCard) and card.join.signer == bob.public
         # Bob is not subscribed: kept in his inbox, delivered when he subscribes
-        stored = await ada_feed.request(DirectInvite(request=invitation(relay, owner, address_id, ada, bob)))
+        stored = await ada_feed.request(
+            DirectInvite(request=invitation(relay, owner, address_id, ada, bob, session=ada_feed.challenge))
+        )
         assert isinstance(stored, DirectInviteResult) and stored.status == "stored"
         async with group_session(relay, address_id) as bob_feed:
             await subscribe(bob_feed, relay, owner, address_id, bob)
@@ -311,13 +319,18 @@ async def test_direct_invitations(relay: RunningRelay, tmp_path: Path) -> None:
             assert content.sender == ada.public
             # now he is: pushed at once
             live = await ada_feed.request(
-                DirectInvite(request=invitation(relay, owner, address_id, ada, bob))
+                DirectInvite(
+                    request=invitation(relay, owner, address_id, ada, bob, session=ada_feed.challenge)
+                )
             )
             assert isinstance(live, DirectInviteResult) and live.status == "delivered"
             assert isinstance(await next_frame(bob_feed, DirectInviteDelivery), DirectInviteDelivery)
         # to someone who is not a member
         await ada_feed.expect_error(
-            DirectInvite(request=invitation(relay, owner, address_id, ada, Member())), "unknown_member"
+            DirectInvite(
+                request=invitation(relay, owner, address_id, ada, Member(), session=ada_feed.challenge)
+            ),
+            "unknown_member",
         )
     assert metric(relay, "relay_direct_refusals_total") == 2
 
@@ -331,11 +344,14 @@ async def test_direct_invitation_inbox_is_bounded(relay_factory: RelayFactory, t
         await subscribe(ada_feed, relay, owner, address_id, ada)
         for _ in range(2):
             answer = await ada_feed.request(
-                DirectInvite(request=invitation(relay, owner, address_id, ada, bob))
+                DirectInvite(
+                    request=invitation(relay, owner, address_id, ada, bob, session=ada_feed.challenge)
+                )
             )
             assert isinstance(answer, DirectInviteResult) and answer.status == "stored"
         await ada_feed.expect_error(
-            DirectInvite(request=invitation(relay, owner, address_id, ada, bob)), "inbox_full"
+            DirectInvite(request=invitation(relay, owner, address_id, ada, bob, session=ada_feed.challenge)),
+            "inbox_full",
         )
 
 
@@ -406,7 +422,9 @@ async def test_feeds_end_when_the_group_is_suspended_or_removed(relay: RunningRe
     assert (ended["state"], ended["feeds"]) == ("suspended", 2)
     assert metric(relay, "relay_feeds_ended_total") == 2
     async with group_session(relay, address_id) as again:  # no new feed while suspended
-        await again.expect_error(subscribe_frame(relay, owner, address_id, ada), "group_not_active")
+        await again.expect_error(
+            subscribe_frame(relay, owner, address_id, ada, session=again.challenge), "group_not_active"
+        )
     assert httpx.post(f"{admin}/resume").status_code == 200
     async with group_session(relay, address_id) as ada_feed:
         await subscribe(ada_feed, relay, owner, address_id, ada)

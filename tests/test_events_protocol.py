@@ -120,6 +120,9 @@ def test_heads_verify_only_for_their_relay_and_channel_and_tags_differ_per_relay
     assert tag(CHANNEL, fingerprint) != tag(CHANNEL, crypto.digest(b"another relay"))
 
 
+SESSION = bytes([0x5E]) * 32  # the sender's connection's challenge
+
+
 def test_a_direct_invitation_opens_only_for_its_member_and_obeys_the_owners() -> None:
     target = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(7, 39)))
     target_id = crypto.public_bytes(target)
@@ -134,10 +137,17 @@ def test_a_direct_invitation_opens_only_for_its_member_and_obeys_the_owners() ->
         to_seal_key=seal.public_key().public_bytes_raw(),
         contact="https://example.test/contact",
         note="hi",
+        session=SESSION,
         now=NOW,
     )
     verified = verify_direct_invitation(
-        signed, relay_fingerprint=relay_fp, channel=CHANNEL, address_id="addr", now=NOW, max_age=60
+        signed,
+        relay_fingerprint=relay_fp,
+        channel=CHANNEL,
+        address_id="addr",
+        session=SESSION,
+        now=NOW,
+        max_age=60,
     )
     assert verified.sender == crypto.public_bytes(STRANGER)
     content = open_direct_invitation(signed, seal_key=seal, member_key=target_id, channel=CHANNEL)
@@ -153,6 +163,7 @@ def test_a_direct_invitation_opens_only_for_its_member_and_obeys_the_owners() ->
             relay_fingerprint=crypto.digest(b"x"),
             channel=CHANNEL,
             address_id="addr",
+            session=SESSION,
             now=NOW,
             max_age=60,
         )

@@ -61,6 +61,7 @@ def x25519_invite(
         service_group=service_group,
         profile=state.profile(),
         channel=state.channel,
+        session=session.challenge,
         now=int(time.time()),
     )
     key = session.card.seal_keys[SUITE_X25519.name]

@@ -6,8 +6,11 @@ fits (``frame_too_large``, ``malformed`` or ``bad_type`` for decoding) — never
 any other exception, which on the relay would be an ``internal`` failure.
 Inputs: arbitrary bytes, MessagePack encodings of arbitrary nested values,
 frame-shaped maps with random field values, mutations of valid frames, and
-pathologically deep nesting.  Example counts are kept modest so the file runs
-in a few seconds.
+pathologically deep nesting.  Two rules are fuzzed beyond "typed errors only":
+a bound request re-signed with any ``session`` passes only with the
+connection's challenge, and an owner chain of any certs is refused for its count
+or duplicates before a signature is checked.  Example counts are kept modest so
+the file runs in a few seconds.
 """
 
 from __future__ import annotations
@@ -18,18 +21,26 @@ from typing import Any
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from make_vectors import T0, fixture
+from make_vectors import CHALLENGE, MEMBER, T0, fixture, make_profile, owner_cert
 
 from relay.protocol import crypto
 from relay.protocol.addresses import ChannelLink, group_address, parse_address, parse_link
+from relay.protocol.direct import open_direct_invitation, verify_direct_invitation
 from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from relay.protocol.handshake import verify_welcome
 from relay.protocol.invitation import SEAL_PURPOSE, verify_grant, verify_invitation, verify_owner_request
-from relay.protocol.membership import stored_join, verify_join_request, verify_member_request
+from relay.protocol.membership import (
+    stored_join,
+    verify_join_request,
+    verify_member_card,
+    verify_member_request,
+)
 from relay.protocol.messages import (
+    PROTOCOL_VERSION,
     AddressGrant,
     ClientFrame,
     DirectInvitation,
@@ -77,7 +88,7 @@ from relay.protocol.messages import (
     Subscribed,
     Welcome,
 )
-from relay.protocol.profile import verify_owner_chain, verify_profile
+from relay.protocol.profile import MAX_OWNER_CERTS, VerifiedProfile, verify_owner_chain, verify_profile
 from relay.protocol.session import Endpoint, Session
 
 FUZZ = settings(
@@ -288,7 +299,7 @@ def map_with(fields: dict[str, bytes]) -> bytes:
     return bytes(out)
 
 
-HELLO_FIELDS = {"type": encode("hello"), "version": encode(1), "nonce": encode(bytes(32))}
+HELLO_FIELDS = {"type": encode("hello"), "version": encode(PROTOCOL_VERSION), "nonce": encode(bytes(32))}
 DEEP_INPUTS = {
     "array": deep_array(),
     "map": deep_map(),
@@ -323,7 +334,7 @@ def test_session_refuses_deeply_nested_frames_with_a_typed_error(name: str) -> N
 # --- the session ---------------------------------------------------------------------------
 
 SESSION_CODES = DECODE_CODES | {ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.UNSUPPORTED_VERSION}
-HELLO = encode(Hello(version=1, nonce=bytes(32)))
+HELLO = encode(Hello(version=PROTOCOL_VERSION, nonce=bytes(32)))
 
 
 @FUZZ
@@ -412,18 +423,41 @@ def only_protocol_errors(call: Any, *args: Any, **kwargs: Any) -> Any:
         return None
 
 
-def member_verifiers(signed: Signed) -> None:
-    """The member's requests, checked by the relay: a typed error or a value, nothing else."""
-    binding = {"relay_fingerprint": F.fingerprint, "channel": F.channel, "address_id": "A" * 22}
+def member_verifiers(signed: Signed, session: bytes = CHALLENGE) -> None:
+    """The member's requests, checked by the relay (and by other members): a typed error or a
+    value, nothing else."""
+    binding = {
+        "relay_fingerprint": F.fingerprint,
+        "channel": F.channel,
+        "address_id": "A" * 22,
+        "session": session,
+    }
     only_protocol_errors(verify_join_request, signed, **binding, now=T0, max_age=600, max_profile_bytes=1024)
     only_protocol_errors(verify_member_request, signed, **binding, now=T0, max_age=600)
+    only_protocol_errors(verify_direct_invitation, signed, **binding, now=T0, max_age=600)
     only_protocol_errors(stored_join, encode(signed))
+    only_protocol_errors(verify_member_card, signed, member=signed.signer, channel=F.channel)
+    only_protocol_errors(
+        open_direct_invitation, signed, seal_key=SEAL, member_key=signed.signer, channel=F.channel
+    )
+
+
+SEAL = x25519.X25519PrivateKey.generate()
 
 
 @FUZZ
-@given(signed_values(), st.binary(min_size=32, max_size=32), st.lists(signed_values(), max_size=3))
-def test_verifiers_on_arbitrary_signed_values(signed: Signed, key: bytes, certs: list[Signed]) -> None:
+@given(
+    signed_values(),
+    st.binary(min_size=32, max_size=32),
+    st.lists(signed_values(), max_size=3),
+    st.sampled_from([CHALLENGE]) | sized_bytes,
+    st.integers(0, 300),
+)
+def test_verifiers_on_arbitrary_signed_values(
+    signed: Signed, key: bytes, certs: list[Signed], session: bytes, max_owners: int
+) -> None:
     only_protocol_errors(verify_profile, signed)
+    only_protocol_errors(verify_profile, signed, max_owners=max_owners)
     only_protocol_errors(verify_owner_chain, crypto.channel_id(key), key, certs)
     only_protocol_errors(verify_owner_chain, F.channel, F.root_public, [F.cert1, *certs])
     only_protocol_errors(verify_grant, signed, relay_key=key, channel=F.channel, service_group=bytes(16))
@@ -432,13 +466,20 @@ def test_verifiers_on_arbitrary_signed_values(signed: Signed, key: bytes, certs:
         signed,
         actions=("read_log",),
         relay_fingerprint=F.fingerprint,
+        session=session,
         now=T0,
         max_age=600,
     )
     only_protocol_errors(verify_welcome, Welcome(card=signed), fingerprint=crypto.fingerprint(key), nonce=key)
-    member_verifiers(signed)
+    member_verifiers(signed, session)
     only_protocol_errors(
-        verify_invitation, encode(signed), relay_fingerprint=F.fingerprint, now=T0, max_age=600
+        verify_invitation,
+        encode(signed),
+        relay_fingerprint=F.fingerprint,
+        session=session,
+        now=T0,
+        max_age=600,
+        max_owners=max_owners,
     )
 
 
@@ -451,6 +492,7 @@ LABELS = [
     crypto.Label.OWNER_REQUEST,
     crypto.Label.JOIN_REQUEST,
     crypto.Label.MEMBER_REQUEST,
+    crypto.Label.DIRECT_INVITATION,
 ]
 
 
@@ -472,13 +514,19 @@ def test_verifiers_on_validly_signed_random_bodies(label: bytes, body: bytes) ->
         by_owner,
         actions=("read_log",),
         relay_fingerprint=F.fingerprint,
+        session=CHALLENGE,
         now=T0,
         max_age=600,
     )
     only_protocol_errors(verify_welcome, Welcome(card=by_relay), fingerprint=F.fingerprint, nonce=bytes(32))
     member_verifiers(by_owner)
     only_protocol_errors(
-        verify_invitation, encode(by_owner), relay_fingerprint=F.fingerprint, now=T0, max_age=600
+        verify_invitation,
+        encode(by_owner),
+        relay_fingerprint=F.fingerprint,
+        session=CHALLENGE,
+        now=T0,
+        max_age=600,
     )
 
 
@@ -491,3 +539,111 @@ def test_opening_arbitrary_sealed_bytes(suite: str, sealed: bytes) -> None:
         assert exc.code in (ErrorCode.SEAL_FAILED, ErrorCode.UNSUPPORTED_SUITE)
     else:
         raise AssertionError("random bytes opened as a sealed payload")
+
+
+# --- the session binding: every bound body, re-signed with any ``session`` --------------------
+
+BOUND_VECTORS = [
+    "invitation",
+    "owner_request",
+    "join_request",
+    "member_request",
+    "subscribe_request",
+    "direct_invitation",
+]
+
+
+def verify_bound(group: str, signed: Signed, now: int) -> object:
+    """The relay's verifier of the vector ``group``'s body, on the connection of the vectors."""
+    binding = {"relay_fingerprint": F.fingerprint, "session": CHALLENGE, "now": now, "max_age": 600}
+    member = {**binding, "channel": F.channel, "address_id": VECTORS["addresses"]["address_id"]}
+    if group == "invitation":
+        return verify_invitation(encode(signed), **binding)  # type: ignore[arg-type]
+    if group == "owner_request":
+        return verify_owner_request(signed, actions=("read_log",), **binding)  # type: ignore[arg-type]
+    if group == "join_request":
+        return verify_join_request(signed, **member, max_profile_bytes=1024)  # type: ignore[arg-type]
+    if group == "direct_invitation":
+        return verify_direct_invitation(signed, **member)  # type: ignore[arg-type]
+    action = "subscribe" if group == "subscribe_request" else "status"
+    return verify_member_request(signed, **member, action=action)  # type: ignore[arg-type]
+
+
+MISSING = object()
+
+
+@FUZZ
+@given(
+    st.sampled_from(BOUND_VECTORS),
+    st.just(CHALLENGE) | sized_bytes | nested(4) | st.just(MISSING),
+)
+def test_a_bound_body_passes_only_with_this_connections_session(group: str, session: Any) -> None:
+    fields = msgspec.msgpack.decode(bytes.fromhex(VECTORS[group]["body"]))
+    if session is MISSING:
+        del fields["session"]
+    else:
+        fields["session"] = session
+    signer = F.owner if group in ("invitation", "owner_request") else MEMBER
+    label = bytes(VECTORS[group]["label"], "ascii")
+    signed = crypto.signed(signer, label, msgspec.msgpack.encode(fields))
+    try:
+        verify_bound(group, signed, VECTORS[group]["created_at"])
+    except RemoteProtocolError as exc:
+        assert session != CHALLENGE, exc
+        if isinstance(session, bytes) and len(session) == 32:
+            assert exc.code is ErrorCode.WRONG_SESSION
+        else:
+            assert exc.code is ErrorCode.BAD_TYPE
+    else:
+        assert session == CHALLENGE
+
+
+# --- owner chains: cheap checks before signatures, whatever the certs ---------------------------
+
+POOL = [ed25519.Ed25519PrivateKey.from_private_bytes(bytes([0xA0 + i]) * 32) for i in range(4)]
+POOL_PUBLIC = [crypto.public_bytes(k) for k in POOL]
+NO_SIGNATURE = bytes(64)
+
+# A cert: (the key it authorises, who signs it: -1 the root or a pool key, a valid signature?)
+cert_specs = st.tuples(st.integers(0, 3), st.integers(-1, 3), st.booleans(), st.integers(0, 2))
+
+
+def build_cert(owner: int, signer: int, valid: bool, issued: int) -> Signed:
+    key = F.root if signer < 0 else POOL[signer]
+    cert = owner_cert(key, F.channel, POOL_PUBLIC[owner], T0 + issued)
+    return cert if valid else Signed(body=cert.body, signer=cert.signer, sig=NO_SIGNATURE)
+
+
+@FUZZ
+@given(
+    st.lists(cert_specs, max_size=12),
+    st.integers(0, 3),
+    st.booleans(),
+    st.integers(0, 14) | st.just(MAX_OWNER_CERTS),
+)
+def test_owner_chain_rules_hold_for_any_certs(
+    specs: list[tuple[int, int, bool, int]], signer: int, valid: bool, max_owners: int
+) -> None:
+    certs = [build_cert(*spec) for spec in specs]
+    profile = make_profile(POOL[signer], F.root_public, certs)
+    if not valid:
+        profile = Signed(body=profile.body, signer=profile.signer, sig=NO_SIGNATURE)
+    owners = [spec[0] for spec in specs]
+    try:
+        verified = verify_profile(profile, max_owners=max_owners)
+    except ProtocolError as exc:
+        if len(certs) > max_owners:
+            assert exc.code is ErrorCode.TOO_MANY_OWNERS
+        elif len(set(owners)) < len(owners):
+            # a duplicate is a cheap refusal: found before any signature is checked
+            assert exc.code in (ErrorCode.DUPLICATE_OWNER, ErrorCode.UNAUTHORISED_OWNER), exc
+        else:
+            assert exc.code in (ErrorCode.UNAUTHORISED_OWNER, ErrorCode.BAD_SIGNATURE), exc
+            if exc.code is ErrorCode.BAD_SIGNATURE:
+                assert not valid or not all(spec[2] for spec in specs)
+    else:
+        assert isinstance(verified, VerifiedProfile)
+        assert valid and all(spec[2] for spec in specs)
+        assert len(certs) <= max_owners
+        assert sorted(verified.owners) == sorted(POOL_PUBLIC[o] for o in owners)  # no duplicate
+        assert len(verified.owners) == len(certs)

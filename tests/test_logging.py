@@ -16,7 +16,7 @@ from wire import check_error, connect
 from relay.client import add_relay, create_channel, publish
 from relay.protocol import crypto
 from relay.protocol.encoding import b64d, b64e
-from relay.protocol.messages import Hello
+from relay.protocol.messages import PROTOCOL_VERSION, Hello
 
 ROOT = Path(__file__).parent.parent
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "msg"}
@@ -88,7 +88,10 @@ async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys
     await publish(owners[0], tmp_path / f"{b64e(owners[0].channel)[:8]}.json")
     # bad input: an unknown group address, then a text frame
     async with connect(relay, f"/g/{b64e(secrets.token_bytes(16))}") as session:
-        check_error(await session.request(Hello(version=1, nonce=secrets.token_bytes(32))), "unknown_group")
+        check_error(
+            await session.request(Hello(version=PROTOCOL_VERSION, nonce=secrets.token_bytes(32))),
+            "unknown_group",
+        )
     async with connect(relay) as session:
         await session.hello()
         await session.send("not binary")

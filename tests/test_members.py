@@ -254,6 +254,7 @@ async def test_member_who_disconnects_before_the_answer_finds_the_decision_later
             channel=owner.channel,
             address_id=address.address_id,
             profile=MemberProfile(name="gone"),
+            session=raw.challenge,
             now=int(time.time()),
         )
         await raw.send(Join(request=request))

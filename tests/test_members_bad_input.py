@@ -44,6 +44,7 @@ def signed_join(
     owner: OwnerState,
     key: ed25519.Ed25519PrivateKey | None = None,
     *,
+    session: bytes,
     fingerprint: bytes | None = None,
     address_id: str | None = None,
     now: int | None = None,
@@ -56,6 +57,7 @@ def signed_join(
         channel=owner.channel,
         address_id=address_id or real_address,
         profile=profile or MemberProfile(name="Mallory"),
+        session=session,
         now=int(time.time()) if now is None else now,
     )
 
@@ -72,17 +74,25 @@ async def test_bad_join_requests_fail_alone(relay: RunningRelay, tmp_path: Path)
     _, address_id = address_of(owner)
     async with connect(relay, f"/g/{address_id}") as raw:
         await raw.hello()
-        good = signed_join(owner)
+        good = signed_join(owner, session=raw.challenge)
         forged = Signed(body=good.body, signer=good.signer, sig=bytes(64))
         await raw.expect_error(Join(request=forged), "bad_signature")
-        await raw.expect_error(Join(request=signed_join(owner, fingerprint=bytes(32))), "wrong_relay")
+        await raw.expect_error(
+            Join(request=signed_join(owner, session=raw.challenge, fingerprint=bytes(32))), "wrong_relay"
+        )
         # signed for the other channel's group address, sent here
         await raw.expect_error(
-            Join(request=signed_join(other, address_id=address_of(other)[1])), "channel_mismatch"
+            Join(request=signed_join(other, session=raw.challenge, address_id=address_of(other)[1])),
+            "channel_mismatch",
         )
-        await raw.expect_error(Join(request=signed_join(owner, now=int(time.time()) - 3600)), "request_stale")
+        await raw.expect_error(
+            Join(request=signed_join(owner, session=raw.challenge, now=int(time.time()) - 3600)),
+            "request_stale",
+        )
         big = MemberProfile(name="x", about="y" * 2000)
-        await raw.expect_error(Join(request=signed_join(owner, profile=big)), "member_profile_too_large")
+        await raw.expect_error(
+            Join(request=signed_join(owner, session=raw.challenge, profile=big)), "member_profile_too_large"
+        )
         # a member profile that is not a MemberProfile, validly signed
         key = ed25519.Ed25519PrivateKey.generate()
         fingerprint, address = address_of(owner)
@@ -91,6 +101,7 @@ async def test_bad_join_requests_fail_alone(relay: RunningRelay, tmp_path: Path)
                 relay=fingerprint,
                 channel=owner.channel,
                 address=address,
+                session=raw.challenge,
                 member_profile=encode([1, 2, 3]),
                 created_at=int(time.time()),
                 nonce=bytes(16),
@@ -99,8 +110,13 @@ async def test_bad_join_requests_fail_alone(relay: RunningRelay, tmp_path: Path)
         await raw.expect_error(Join(request=crypto.signed(key, crypto.Label.JOIN_REQUEST, body)), "bad_type")
         # an owner request is not a join request, whatever it says
         await raw.expect_error(
-            Join(request=crypto.signed(key, crypto.Label.OWNER_REQUEST, body)), "bad_signature"
+            Join(request=crypto.signed(key, crypto.Label.OWNER_REQUEST, good.body)), "bad_signature"
         )
+        # signed for another connection (captured, and replayed here)
+        async with connect(relay, f"/g/{address_id}") as elsewhere:
+            await elsewhere.hello()
+            captured = signed_join(owner, session=elsewhere.challenge)
+        await raw.expect_error(Join(request=captured), "wrong_session")
         assert rows(relay) == 0  # nothing refused was stored
         # the connection still works, and the replayed request gets the same answer, one row
         first = await raw.request(Join(request=good))
@@ -114,7 +130,7 @@ async def test_member_frames_only_where_they_belong(relay: RunningRelay, tmp_pat
     owner, _ = await active_channel(relay, tmp_path)
     async with connect(relay, "/r") as raw:
         await raw.hello()
-        await raw.expect_error(Join(request=signed_join(owner)), "unexpected_message")
+        await raw.expect_error(Join(request=signed_join(owner, session=raw.challenge)), "unexpected_message")
     fingerprint, address_id = address_of(owner)
     async with connect(relay, f"/g/{address_id}") as raw:
         await raw.hello()
@@ -124,6 +140,7 @@ async def test_member_frames_only_where_they_belong(relay: RunningRelay, tmp_pat
             relay_fingerprint=fingerprint,
             channel=owner.channel,
             address_id=address_id,
+            session=raw.challenge,
             now=int(time.time()),
         )
         await raw.expect_error(JoinStatus(request=status), "unknown_member")
@@ -134,6 +151,7 @@ async def test_member_frames_only_where_they_belong(relay: RunningRelay, tmp_pat
             channel=owner.channel,
             service_group=bytes(16),
             action="list_pending",
+            session=raw.challenge,
             now=int(time.time()),
         )
         await raw.expect_error(OwnerCommand(request=request), "unexpected_message")
@@ -156,6 +174,7 @@ async def test_owner_commands_need_an_owner_and_the_service_group(
             channel=owner.channel,
             service_group=service_group,
             action="read_log",
+            session=raw.challenge,
             now=int(time.time()),
         )
         await raw.expect_error(OwnerCommand(request=read_log), "unexpected_message")
@@ -170,6 +189,7 @@ async def test_owner_commands_need_an_owner_and_the_service_group(
                 channel=owner.channel,
                 service_group=group,
                 action="suspend_admission",
+                session=raw.challenge,
                 now=int(time.time()),
             )
             await raw.expect_error(OwnerCommand(request=request), code)
@@ -181,7 +201,9 @@ async def test_a_removed_group_takes_no_requests(relay: RunningRelay, tmp_path: 
     await remove_relay(owner, path, relay.address)
     async with connect(relay, f"/g/{address_id}") as raw:
         await raw.hello()
-        error = await raw.expect_error(Join(request=signed_join(owner)), "group_closed")
+        error = await raw.expect_error(
+            Join(request=signed_join(owner, session=raw.challenge)), "group_closed"
+        )
         assert "removed" in error.reason
     assert rows(relay) == 0
 
@@ -198,14 +220,16 @@ async def test_a_flooding_connection_is_rate_limited_alone(
         await calm.hello()
         answers = []
         for _ in range(8):
-            answers.append(await flood.request(Join(request=signed_join(owner))))
+            answers.append(await flood.request(Join(request=signed_join(owner, session=flood.challenge))))
         assert [type(a).__name__ for a in answers[:5]] == ["JoinResult"] * 5
         check_error(answers[5], "rate_limited")
         # another connection is not slowed down by it
-        assert isinstance(await calm.request(Join(request=signed_join(owner))), JoinResult)
+        assert isinstance(
+            await calm.request(Join(request=signed_join(owner, session=calm.challenge))), JoinResult
+        )
         # past 16 errors the flooding connection is closed
         for _ in range(20):
-            await flood.send(Join(request=signed_join(owner)))
+            await flood.send(Join(request=signed_join(owner, session=flood.challenge)))
         with trio.fail_after(5):
             assert await drain_until_closed(flood) == 1008
     assert relay.wait_for_event("bound.hit")["bound"] == "request_rate"

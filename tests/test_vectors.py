@@ -117,6 +117,7 @@ def signed_of(group: str) -> Signed:
 
 
 FINGERPRINT = h(KEYS["relay_fingerprint"])
+SESSION = h(V["welcome_card"]["challenge"])  # every per-request body names this connection's challenge
 CHANNEL = h(KEYS["channel_id"])
 SEAL_KEYS = crypto.SealKeys.from_secrets(h(KEYS["x25519_secret"]), h(KEYS["mlkem768_seed"]))
 
@@ -239,6 +240,7 @@ def invitation_struct() -> Invitation:
         relay=FINGERPRINT,
         channel=CHANNEL,
         service_group=h(g["service_group"]),
+        session=h(g["session"]),
         profile=signed_of("profile"),
         created_at=g["created_at"],
         nonce=h(g["nonce"]),
@@ -248,11 +250,17 @@ def invitation_struct() -> Invitation:
 def test_invitation_body_and_verification() -> None:
     g = V["invitation"]
     assert encode(invitation_struct()).hex() == g["body"]
+    assert h(g["session"]) == SESSION
     verified = verify_invitation(
-        h(g["signed"]), relay_fingerprint=FINGERPRINT, now=g["created_at"], max_age=600
+        h(g["signed"]), relay_fingerprint=FINGERPRINT, session=SESSION, now=g["created_at"], max_age=600
     )
     assert verified.invitation == invitation_struct()
     assert verified.signed == signed_of("invitation")
+    with pytest.raises(RemoteProtocolError) as exc:  # the same bytes on another connection
+        verify_invitation(
+            h(g["signed"]), relay_fingerprint=FINGERPRINT, session=bytes(32), now=g["created_at"], max_age=600
+        )
+    assert exc.value.code is ErrorCode.WRONG_SESSION
 
 
 def test_make_invitation_matches_the_vector_but_for_its_random_nonce() -> None:
@@ -263,6 +271,7 @@ def test_make_invitation_matches_the_vector_but_for_its_random_nonce() -> None:
         service_group=h(g["service_group"]),
         profile=signed_of("profile"),
         channel=CHANNEL,
+        session=SESSION,
         now=g["created_at"],
     )
     signed = decode(plaintext, Signed, limit=1 << 20)
@@ -299,13 +308,16 @@ def test_address_grant_body_and_verification() -> None:
 def test_welcome_card_body_and_verification() -> None:
     g = V["welcome_card"]
     seal_keys = {crypto.SUITE_X25519.name: h(KEYS["x25519_public"])}
-    welcome = make_welcome(private("relay"), seal_keys, h(g["nonce"]), g["time"], g["software"])
+    welcome = make_welcome(
+        private("relay"), seal_keys, h(g["nonce"]), h(g["challenge"]), g["time"], g["software"]
+    )
     assert welcome.card == signed_of("welcome_card")
     card = verify_welcome(welcome, fingerprint=FINGERPRINT, nonce=h(g["nonce"]))
     assert card == RelayCard(
         relay_key=h(KEYS["relay_public"]),
         seal_keys=seal_keys,
         nonce=h(g["nonce"]),
+        challenge=h(g["challenge"]),
         time=g["time"],
         software=g["software"],
     )
@@ -318,6 +330,7 @@ def test_owner_request_body_and_verification() -> None:
         relay=FINGERPRINT,
         channel=CHANNEL,
         service_group=h(V["invitation"]["service_group"]),
+        session=h(g["session"]),
         action=g["action"],
         created_at=g["created_at"],
         nonce=h(g["nonce"]),
@@ -327,6 +340,7 @@ def test_owner_request_body_and_verification() -> None:
         signed_of("owner_request"),
         actions=("read_log",),
         relay_fingerprint=FINGERPRINT,
+        session=SESSION,
         now=g["created_at"],
         max_age=600,
     )
@@ -347,7 +361,11 @@ def test_sealed_vector_opens_to_the_invitation(group: str) -> None:
     plaintext = SEAL_KEYS.open(g["suite"], h(g["sealed"]), info)
     assert plaintext.hex() == g["plaintext"]
     verify_invitation(
-        plaintext, relay_fingerprint=FINGERPRINT, now=V["invitation"]["created_at"], max_age=600
+        plaintext,
+        relay_fingerprint=FINGERPRINT,
+        session=SESSION,
+        now=V["invitation"]["created_at"],
+        max_age=600,
     )
 
 
@@ -527,13 +545,13 @@ def test_frame_encoding(name: str) -> None:
 
 
 def test_hello_vector_bytes_spelled_out() -> None:
-    """The smallest frame, byte by byte: fixmap(3), "type": "hello", "version": 1, "nonce": bin8(32)."""
+    """The smallest frame, byte by byte: fixmap(3), "type": "hello", "version": 2, "nonce": bin8(32)."""
     expected = (
         b"\x83"
         + b"\xa4type"
         + b"\xa5hello"
         + b"\xa7version"
-        + b"\x01"
+        + b"\x02"
         + b"\xa5nonce"
         + b"\xc4\x20"
         + bytes([0x33]) * 32
@@ -671,6 +689,7 @@ def test_join_request_body_and_verification() -> None:
         relay=FINGERPRINT,
         channel=CHANNEL,
         address=g["address"],
+        session=h(g["session"]),
         member_profile=member_profile,
         created_at=g["created_at"],
         nonce=h(g["nonce"]),
@@ -681,6 +700,7 @@ def test_join_request_body_and_verification() -> None:
         relay_fingerprint=FINGERPRINT,
         channel=CHANNEL,
         address_id=g["address"],
+        session=SESSION,
         now=g["created_at"],
         max_age=600,
         max_profile_bytes=1024,
@@ -692,6 +712,7 @@ def test_join_request_body_and_verification() -> None:
         relay_fingerprint=FINGERPRINT,
         channel=CHANNEL,
         address_id=g["address"],
+        session=SESSION,
         now=m["created_at"],
         max_age=600,
     )
@@ -699,6 +720,7 @@ def test_join_request_body_and_verification() -> None:
         relay=FINGERPRINT,
         channel=CHANNEL,
         address=g["address"],
+        session=h(m["session"]),
         action="status",
         created_at=m["created_at"],
         nonce=h(m["nonce"]),
@@ -714,6 +736,7 @@ def test_subscribe_request_body_and_verification() -> None:
         relay=FINGERPRINT,
         channel=CHANNEL,
         address=V["addresses"]["address_id"],
+        session=h(g["session"]),
         action="subscribe",
         created_at=g["created_at"],
         nonce=h(g["nonce"]),
@@ -724,6 +747,7 @@ def test_subscribe_request_body_and_verification() -> None:
         relay_fingerprint=FINGERPRINT,
         channel=CHANNEL,
         address_id=expected.address,
+        session=SESSION,
         now=g["created_at"],
         max_age=600,
         action="subscribe",
@@ -735,6 +759,7 @@ def test_subscribe_request_body_and_verification() -> None:
             relay_fingerprint=FINGERPRINT,
             channel=CHANNEL,
             address_id=expected.address,
+            session=SESSION,
             now=g["created_at"],
             max_age=600,
         )
@@ -796,6 +821,7 @@ def test_direct_invitation_body_verification_and_opening() -> None:
         relay=FINGERPRINT,
         channel=CHANNEL,
         address=V["addresses"]["address_id"],
+        session=h(g["session"]),
         to=to,
         suite=g["suite"],
         sealed=h(g["sealed"]),
@@ -809,6 +835,7 @@ def test_direct_invitation_body_verification_and_opening() -> None:
         relay_fingerprint=FINGERPRINT,
         channel=CHANNEL,
         address_id=expected.address,
+        session=SESSION,
         now=g["created_at"],
         max_age=600,
     )

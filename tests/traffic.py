@@ -1,6 +1,7 @@
 """Helpers for channel-traffic tests against the real daemon: an active channel, members who
 join with raw frames (with a seal key), owners who post signed events, and feeds read frame by
-frame.  Built on the raw client of ``wire.py``: nothing here refuses to send a wrong frame."""
+frame.  Built on the raw client of ``wire.py``: nothing here refuses to send a wrong frame.
+Every signed request names the session (the connection's challenge) it is meant for."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from relay.protocol.addresses import parse_address
 from relay.protocol.direct import make_direct_invitation
 from relay.protocol.encoding import decode, encode
 from relay.protocol.events import ChainHead, event_id, make_event
+from relay.protocol.handshake import verify_welcome
 from relay.protocol.membership import ACTION_SUBSCRIBE, make_join_request, make_member_request
 from relay.protocol.messages import (
     PROTOCOL_VERSION,
@@ -74,37 +76,62 @@ class Member:
 
 
 @asynccontextmanager
-async def group_session(relay: RunningRelay, address_id: str) -> AsyncIterator[RawSession]:
-    async with connect(relay, f"/g/{address_id}") as session:
+async def group_session(
+    relay: RunningRelay, address_id: str, local_address: str | None = None
+) -> AsyncIterator[RawSession]:
+    async with connect(relay, f"/g/{address_id}", local_address) as session:
         await session.hello()
         yield session
 
 
-async def join_member(relay: RunningRelay, owner: OwnerState, address_id: str, name: str = "Ada") -> Member:
-    member = Member()
+def join_request(
+    relay: RunningRelay,
+    owner: OwnerState,
+    address_id: str,
+    member: Member,
+    *,
+    session: bytes,
+    name: str = "Ada",
+) -> Join:
+    """``member``'s join request, for the connection whose challenge is ``session``."""
     request = make_join_request(
         member.key,
         relay_fingerprint=fingerprint_of(relay),
         channel=owner.channel,
         address_id=address_id,
         profile=MemberProfile(name=name, seal_key=member.seal_public),
+        session=session,
         now=int(time.time()),
     )
+    return Join(request=request)
+
+
+async def join_member(relay: RunningRelay, owner: OwnerState, address_id: str, name: str = "Ada") -> Member:
+    member = Member()
     async with group_session(relay, address_id) as session:
-        answer = await session.request(Join(request=request))
+        join = join_request(relay, owner, address_id, member, session=session.challenge, name=name)
+        answer = await session.request(join)
     assert isinstance(answer, JoinResult), answer
     assert answer.status == "admitted", answer
     return member
 
 
 def subscribe_frame(
-    relay: RunningRelay, owner: OwnerState, address_id: str, member: Member, since: int | None = None
+    relay: RunningRelay,
+    owner: OwnerState,
+    address_id: str,
+    member: Member,
+    since: int | None = None,
+    *,
+    session: bytes,
 ) -> Subscribe:
+    """``member``'s subscribe, for the connection whose challenge is ``session``."""
     request = make_member_request(
         member.key,
         relay_fingerprint=fingerprint_of(relay),
         channel=owner.channel,
         address_id=address_id,
+        session=session,
         now=int(time.time()),
         action=ACTION_SUBSCRIBE,
     )
@@ -119,7 +146,9 @@ async def subscribe(
     member: Member,
     since: int | None = None,
 ) -> Subscribed:
-    answer = await session.request(subscribe_frame(relay, owner, address_id, member, since))
+    answer = await session.request(
+        subscribe_frame(relay, owner, address_id, member, since, session=session.challenge)
+    )
     assert isinstance(answer, Subscribed), answer
     return answer
 
@@ -196,7 +225,10 @@ def metric(relay: RunningRelay, name: str) -> float:
     return total
 
 
-def invitation(relay: RunningRelay, owner: OwnerState, address_id: str, sender: Member, to: Member) -> Signed:
+def invitation(
+    relay: RunningRelay, owner: OwnerState, address_id: str, sender: Member, to: Member, *, session: bytes
+) -> Signed:
+    """A direct invitation from ``sender`` to ``to``, sent on the connection ``session``."""
     return make_direct_invitation(
         sender.key,
         relay_fingerprint=fingerprint_of(relay),
@@ -206,6 +238,7 @@ def invitation(relay: RunningRelay, owner: OwnerState, address_id: str, sender: 
         to_seal_key=to.seal_public,
         contact="https://chat.example/me",
         note="hello",
+        session=session,
         now=now(),
     )
 
@@ -217,6 +250,7 @@ class RawFeed:
     def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
         self.stream = stream
         self.ws = ws
+        self.challenge = b""  # the relay's, from the welcome card
         self.pending: list[bytes] = []
         self.partial = b""
 
@@ -258,9 +292,12 @@ async def raw_feed(
             ws.receive_data(await stream.receive_some(65536))
             if any(isinstance(e, AcceptConnection) for e in ws.events()):
                 break
-    await feed.send(Hello(version=PROTOCOL_VERSION, nonce=secrets.token_bytes(32)))
-    assert isinstance(await feed.recv(), Welcome)
-    await feed.send(subscribe_frame(relay, owner, address_id, member))
+    nonce = secrets.token_bytes(32)
+    await feed.send(Hello(version=PROTOCOL_VERSION, nonce=nonce))
+    welcome = await feed.recv()
+    assert isinstance(welcome, Welcome)
+    feed.challenge = verify_welcome(welcome, fingerprint=fingerprint_of(relay), nonce=nonce).challenge
+    await feed.send(subscribe_frame(relay, owner, address_id, member, session=feed.challenge))
     assert isinstance(await feed.recv(), Subscribed)
     try:
         yield feed

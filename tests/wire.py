@@ -2,8 +2,10 @@
 
 Unlike the client library, nothing here refuses to send something wrong: frames can be
 arbitrary bytes, text, or protocol structs, and channels and invitations can be built
-with any owner, signer, date or relay binding.  Answers are decoded strictly with the
-protocol's own types, so a test sees exactly the ``error`` frame the relay sent.
+with any owner, signer, date, relay binding or session (the challenge of the connection a
+signed request is meant for: :attr:`RawSession.challenge` after ``hello``).  Answers are
+decoded strictly with the protocol's own types, so a test sees exactly the ``error`` frame
+the relay sent.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from relayproc import RunningRelay
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url, wrap_client_stream
 
 from relay.protocol import crypto
 from relay.protocol.addresses import parse_address
@@ -52,6 +54,14 @@ class RawSession:
     def __init__(self, ws: WebSocketConnection, fingerprint: bytes) -> None:
         self.ws = ws
         self.fingerprint = fingerprint
+        self.card: RelayCard | None = None
+
+    @property
+    def challenge(self) -> bytes:
+        """The relay's challenge for this connection (after ``hello``): the ``session`` of
+        every request signed to be sent on it."""
+        assert self.card is not None, "no hello yet"
+        return self.card.challenge
 
     async def send(self, frame: object) -> None:
         """Bytes go out as one binary frame as they are, text as a text frame, else encoded."""
@@ -75,7 +85,8 @@ class RawSession:
         nonce = secrets.token_bytes(32)
         answer = await self.request(Hello(version=PROTOCOL_VERSION, nonce=nonce))
         assert isinstance(answer, Welcome), answer
-        return verify_welcome(answer, fingerprint=self.fingerprint, nonce=nonce)
+        self.card = verify_welcome(answer, fingerprint=self.fingerprint, nonce=nonce)
+        return self.card
 
     async def expect_error(self, frame: object, code: str, timeout: float = 5.0) -> Error:
         """Send ``frame``; the answer must be an ``error`` frame with ``code`` and a readable reason."""
@@ -105,14 +116,28 @@ def assert_readable(reason: str | None) -> None:
 
 
 @asynccontextmanager
-async def connect(relay: RunningRelay, path: str = "/r") -> AsyncIterator[RawSession]:
-    async with open_websocket_url(
-        f"ws://{relay.listen}{path}",
-        max_message_size=ANSWER_LIMIT,
-        connect_timeout=5,
-        disconnect_timeout=2,
-    ) as ws:
-        yield RawSession(ws, fingerprint_of(relay))
+async def connect(
+    relay: RunningRelay, path: str = "/r", local_address: str | None = None
+) -> AsyncIterator[RawSession]:
+    """A WebSocket to ``path``; from ``local_address`` (127.0.0.2, ...: another host) if given."""
+    if local_address is None:
+        async with open_websocket_url(
+            f"ws://{relay.listen}{path}",
+            max_message_size=ANSWER_LIMIT,
+            connect_timeout=5,
+            disconnect_timeout=2,
+        ) as ws:
+            yield RawSession(ws, fingerprint_of(relay))
+        return
+    host, port = relay.listen.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port), local_address=local_address)
+    async with trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, relay.listen, path, max_message_size=ANSWER_LIMIT)
+        try:
+            yield RawSession(ws, fingerprint_of(relay))
+        finally:
+            with trio.move_on_after(2):
+                await ws.aclose()
 
 
 # --- channels and invitations built by hand --------------------------------------------
@@ -178,17 +203,20 @@ class Channel:
         self,
         relay_fingerprint: bytes,
         *,
+        session: bytes,
         now: int | None = None,
         signer: ed25519.Ed25519PrivateKey | None = None,
         profile: Signed | None = None,
     ) -> bytes:
-        """The plaintext to seal: an invitation signed by ``signer`` (the first owner by default)."""
+        """The plaintext to seal: an invitation signed by ``signer`` (the first owner by default)
+        for the connection whose challenge is ``session``."""
         return make_invitation(
             owner_key=signer or self.owner,
             relay_fingerprint=relay_fingerprint,
             service_group=self.service_group,
             profile=profile or self.profile(),
             channel=self.channel,
+            session=session,
             now=int(time.time()) if now is None else now,
         )
 

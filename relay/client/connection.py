@@ -3,17 +3,28 @@
 Opening a session performs the ``hello``/``welcome`` exchange and verifies that
 the relay's card is signed by the key whose fingerprint the address pins;
 :meth:`RelaySession.request` then sends one frame and returns the one answer.
-Every wait is bounded by ``timeout``.
+Every request signed for the session names its :attr:`RelaySession.challenge`
+(the relay refuses it on any other connection), so requests are signed after
+the session is open, never before.  Every wait is bounded by ``timeout``.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
 from relay.client.errors import (
     RelayIdentityError,
@@ -37,6 +48,21 @@ from relay.protocol.messages import (
 
 MAX_ANSWER = 1024 * 1024
 DEFAULT_TIMEOUT = 15.0
+DISCONNECT_TIMEOUT = 2.0
+
+# The local address new sessions connect from; None: the system's choice.
+_local_address: ContextVar[str | None] = ContextVar("relay_client_local_address", default=None)
+
+
+@contextmanager
+def connecting_from(local_address: str) -> Iterator[None]:
+    """Open every session in this context (and the tasks it starts) from ``local_address``:
+    a host with several addresses, or a test standing in for another host (127.0.0.2)."""
+    token = _local_address.set(local_address)
+    try:
+        yield
+    finally:
+        _local_address.reset(token)
 
 
 class RelaySession:
@@ -44,6 +70,12 @@ class RelaySession:
         self._ws = ws
         self.card = card
         self.timeout = timeout
+
+    @property
+    def challenge(self) -> bytes:
+        """The relay's challenge for this connection: the ``session`` of every request signed
+        to be sent on it."""
+        return self.card.challenge
 
     async def request(self, frame: ClientFrame) -> RelayFrame:
         """Send ``frame``; return the answer, or raise :class:`RelayRefused` for an error frame."""
@@ -107,12 +139,7 @@ async def open_session(
     nonce = secrets.token_bytes(32)
     connected = False
     try:
-        async with open_websocket_url(
-            address.websocket_url,
-            max_message_size=MAX_ANSWER,
-            connect_timeout=timeout,
-            disconnect_timeout=2,
-        ) as ws:
+        async with _websocket(address.websocket_url, timeout) as ws:
             connected = True
             answer = await _exchange(ws, Hello(version=PROTOCOL_VERSION, nonce=nonce), timeout)
             if isinstance(answer, Error):
@@ -128,3 +155,42 @@ async def open_session(
         if connected:
             raise
         raise RelayUnreachable(f"cannot reach {address.base}: {exc}") from None
+
+
+@asynccontextmanager
+async def _websocket(url: str, timeout: float) -> AsyncIterator[WebSocketConnection]:
+    local = _local_address.get()
+    if local is None:
+        async with open_websocket_url(
+            url, max_message_size=MAX_ANSWER, connect_timeout=timeout, disconnect_timeout=DISCONNECT_TIMEOUT
+        ) as ws:
+            yield ws
+        return
+    # trio-websocket cannot pick the local address: connect first, then wrap the stream.
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(timeout):
+                tcp = await trio.open_tcp_stream(host, port, local_address=local)
+                stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+                if parts.scheme == "wss":
+                    stream = trio.SSLStream(
+                        tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True
+                    )
+                    await stream.do_handshake()
+                ws = await wrap_client_stream(
+                    nursery, stream, parts.netloc, parts.path or "/", max_message_size=MAX_ANSWER
+                )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(DISCONNECT_TIMEOUT):
+                    await ws.aclose()
+    except BaseExceptionGroup as group:
+        # The nursery groups what its body raises; callers expect the exception itself, as
+        # open_websocket_url gives it (the reader task ends quietly with the connection).
+        if len(group.exceptions) == 1:
+            inner = group.exceptions[0]
+            raise inner from inner.__cause__
+        raise

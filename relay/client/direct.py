@@ -22,25 +22,22 @@ from relay.client.member import MemberState
 from relay.protocol import crypto
 from relay.protocol.addresses import RelayAddress, parse_address
 from relay.protocol.direct import make_direct_invitation
-from relay.protocol.encoding import b64d, decode
-from relay.protocol.errors import ProtocolError
-from relay.protocol.membership import ACTION_SUBSCRIBE, make_member_request
+from relay.protocol.encoding import b64d
+from relay.protocol.errors import ErrorCode, ProtocolError
+from relay.protocol.membership import ACTION_SUBSCRIBE, make_member_request, verify_member_card
 from relay.protocol.messages import (
     DirectInvite,
     DirectInviteDelivery,
     DirectInviteResult,
     Error,
     EventFrame,
-    JoinRequest,
     MemberCard,
     MemberCardRequest,
-    MemberProfile,
     ProfileAnswer,
     RelayFrame,
     Subscribe,
     Subscribed,
 )
-from relay.protocol.profile import MAX_SIGNED_BODY
 
 T = TypeVar("T")
 PUSHES = (EventFrame, ProfileAnswer, DirectInviteDelivery)
@@ -82,6 +79,7 @@ async def _invite_through(
         relay_fingerprint=address.fingerprint,
         channel=channel,
         address_id=address.address_id,
+        session=session.challenge,
         now=int(time.time()),
         action=ACTION_SUBSCRIBE,
     )
@@ -101,6 +99,7 @@ async def _invite_through(
         to_seal_key=seal_key,
         contact=contact,
         note=note,
+        session=session.challenge,
         now=int(time.time()),
     )
     await session.send(DirectInvite(request=signed))
@@ -109,19 +108,16 @@ async def _invite_through(
 
 def _seal_key(card: MemberCard, to: bytes, channel: bytes) -> bytes:
     """The target's seal key, from its own signed join request: the relay cannot swap it."""
-    join = card.join
-    if not crypto.same_secret(join.signer, to):
+    if not crypto.same_secret(card.join.signer, to):
         raise RelayProtocolError("the relay sent another member's card", code="bad_signature")
     try:
-        crypto.verify(join.signer, crypto.Label.JOIN_REQUEST, join.body, join.sig)
-        request = decode(join.body, JoinRequest, limit=MAX_SIGNED_BODY * 2, what="member card")
-        profile = decode(request.member_profile, MemberProfile, limit=MAX_SIGNED_BODY, what="member profile")
+        profile = verify_member_card(card.join, member=to, channel=channel).profile
     except ProtocolError as exc:
+        if exc.code is ErrorCode.CHANNEL_MISMATCH:
+            raise RelayProtocolError("the member card is for another channel", code=exc.code.value) from None
         raise RelayProtocolError(
             f"the member card does not verify: {exc.reason}", code=exc.code.value
         ) from None
-    if request.channel != channel:
-        raise RelayProtocolError("the member card is for another channel", code="channel_mismatch")
     if len(profile.seal_key) != crypto.X25519_KEY_LEN:
         raise RelayError("that member takes no direct invitations (no seal key)", code="no_seal_key")
     return profile.seal_key

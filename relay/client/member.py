@@ -3,10 +3,11 @@
 The member trusts no relay.  The profile each relay serves is verified against
 the channel id in the link and the owner chain; a relay serving an altered
 profile is reported and skipped.  Each relay gets its own signed join request,
-bound to that relay and group address, so no relay can replay it at another.
-The member key is made once per state file (one per channel), and saved
-(mode 0600) before any request is sent, so a retry after a crash asks with the
-same key and gets the first decision again.
+bound to that relay, group address and connection, so no one can replay it at
+another relay or on another connection.  The member key is made once per state
+file (one per channel), and saved (mode 0600) before any request is sent, so a
+retry after a crash asks with the same key (a new request, signed for the new
+connection) and gets the first decision again.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ async def join(state: MemberState, path: Path, *, wait: float = 0.0, timeout: fl
                     channel=channel,
                     address_id=address.address_id,
                     profile=profile,
+                    session=session.challenge,
                     now=int(time.time()),
                 )
                 answer = _result(await session.request(Join(request=request)))
@@ -227,6 +229,7 @@ async def _status(
         relay_fingerprint=fingerprint,
         channel=state.parsed_link.channel,
         address_id=address_id,
+        session=session.challenge,
         now=int(time.time()),
     )
     session.timeout = max(session.timeout, wait + 5)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from relay.client.connection import open_session
+from relay.client.connection import RelaySession, open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused
 from relay.client.statefile import load_state, save_private
 from relay.protocol import crypto
@@ -249,6 +249,7 @@ async def _invite(
             service_group=b64d(entry.service_group),
             profile=state.profile(),
             channel=state.channel,
+            session=session.challenge,
             now=int(time.time()),
         )
         sealed = crypto.seal(
@@ -343,31 +344,39 @@ async def remove_relay(
 
 
 def _owner_request(
-    state: OwnerState, entry: RelayEntry, action: str, *, subject: bytes = b"", note: str = ""
-) -> tuple[RelayAddress, Signed]:
-    """A fresh owner request for ``action`` in this relay's service group, and where to send it."""
-    address = parse_address(entry.contact)
+    state: OwnerState,
+    entry: RelayEntry,
+    session: RelaySession,
+    action: str,
+    *,
+    subject: bytes = b"",
+    note: str = "",
+) -> Signed:
+    """A fresh owner request for ``action`` in this relay's service group, for ``session``
+    (open on the relay's contact address): it is good on that connection only."""
     request = make_owner_request(
         state.owner_key,
-        relay_fingerprint=address.fingerprint,
+        relay_fingerprint=parse_address(entry.contact).fingerprint,
         channel=state.channel,
         service_group=b64d(entry.service_group),
         action=action,
+        session=session.challenge,
         now=int(time.time()),
         subject=subject,
         note=note,
     )
-    return address, request
+    return request
 
 
 async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str, object]]:
     """The service-group log of every relay, as each relay keeps it."""
     out: list[dict[str, object]] = []
     for entry in state.relays:
-        address, request = _owner_request(state, entry, ACTION_READ_LOG)
+        address = parse_address(entry.contact)
         item: dict[str, object] = {"relay": entry.contact}
         try:
             async with open_session(address, timeout=timeout) as session:
+                request = _owner_request(state, entry, session, ACTION_READ_LOG)
                 answer = await session.request(LogRequest(request=request))
             if not isinstance(answer, LogResult):
                 raise RelayProtocolError(f"expected log_result, got {type(answer).__name__}")
@@ -420,9 +429,10 @@ async def owner_command(
     for entry in state.relays:
         if not entry.listed or entry.group_address is None:
             continue
-        address, request = _owner_request(state, entry, action, subject=subject, note=note)
+        address = parse_address(entry.contact)
         try:
             async with open_session(address, timeout=timeout) as session:
+                request = _owner_request(state, entry, session, action, subject=subject, note=note)
                 answer = await session.request(OwnerCommand(request=request))
             if not isinstance(answer, OwnerCommandResult):
                 raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")

@@ -282,6 +282,7 @@ async def _subscribe(
         relay_fingerprint=address.fingerprint,
         channel=state.parsed_link.channel,
         address_id=address.address_id,
+        session=session.challenge,
         now=int(time.time()),
         action=ACTION_SUBSCRIBE,
     )

@@ -86,10 +86,12 @@ def make_event(
 def verify_event(
     signed: Signed, *, channel: bytes, owners: frozenset[bytes], max_body: int = MAX_EVENT_BODY
 ) -> VerifiedEvent:
-    """Signer, signature, size and channel: everything an event proves on its own.
+    """Signer, size, channel and the chain's first link, then the signature: everything an
+    event proves on its own.
 
     The signer is checked first, so that an event signed by a key the root never
-    authorised is named as such (``unauthorised_owner``), not as a bad signature.
+    authorised is named as such (``unauthorised_owner``), not as a bad signature; every
+    check that costs nothing comes before the signature.
     """
     if signed.signer not in owners:
         raise RemoteProtocolError(
@@ -100,7 +102,6 @@ def verify_event(
             ErrorCode.EVENT_TOO_LARGE,
             f"the event is {len(signed.body)} bytes; the limit is {max_body} for its body",
         )
-    crypto.verify(signed.signer, crypto.Label.EVENT, signed.body, signed.sig)
     event = decode(signed.body, OwnerEvent, limit=max_body + EVENT_OVERHEAD, what="event")
     if len(event.body) > max_body:
         raise RemoteProtocolError(
@@ -110,6 +111,7 @@ def verify_event(
         raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the event is for another channel")
     if (event.seq == 1) != (event.prev == GENESIS):
         raise RemoteProtocolError(ErrorCode.CHAIN_BROKEN, "only event 1 may follow the empty chain")
+    crypto.verify(signed.signer, crypto.Label.EVENT, signed.body, signed.sig)
     return VerifiedEvent(event=event, signed=signed, id=event_id(signed.body))
 
 

@@ -60,14 +60,15 @@ class VerifiedHead:
 
 
 def verify_head(signed: Signed, *, relay_key: bytes, channel: bytes) -> VerifiedHead:
-    """Client side: signed by the pinned relay key, for this relay and this channel's tag."""
+    """Client side: signed by the pinned relay key, for this relay and this channel's tag
+    (checked before the signature)."""
     if not crypto.same_secret(signed.signer, relay_key):
         raise RemoteProtocolError(ErrorCode.BAD_SIGNATURE, "the head is not signed by this relay")
-    crypto.verify(relay_key, crypto.Label.HEAD, signed.body, signed.sig)
     head = decode(signed.body, Head, limit=MAX_HEAD_BYTES, what="head")
     fingerprint = crypto.fingerprint(relay_key)
     if not crypto.same_secret(head.relay, fingerprint):
         raise RemoteProtocolError(ErrorCode.WRONG_RELAY, "the head names another relay")
     if not crypto.same_secret(head.tag, tag(channel, fingerprint)):
         raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the head is for another channel")
+    crypto.verify(relay_key, crypto.Label.HEAD, signed.body, signed.sig)
     return VerifiedHead(head=head, signed=signed)

@@ -2,10 +2,12 @@
 
 A frame is one MessagePack map with a ``type`` tag.  Signed content travels as
 :class:`Signed` — the exact ``body`` bytes that were signed, the signer's key and
-the signature — so that nobody ever re-encodes what was signed: verifiers check
-the signature over ``body`` first and only then decode it.  Field constraints
-(lengths, ranges) are declared here and enforced by msgspec while decoding.
-No I/O, no policy: those live in the modules that use these types.
+the signature — so that nobody ever re-encodes what was signed.  Verifiers decode
+``body`` first (with a size limit), make every check that costs nothing, and
+check the signature last, so that a request that fails a cheap check costs no
+signature.  Field constraints (lengths, ranges) are declared here and enforced
+by msgspec while decoding.  No I/O, no policy: those live in the modules that
+use these types.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-PROTOCOL_VERSION = 1
+# Version 2 bound every per-request signed body to its connection (``session``); a version 1
+# client is told ``unsupported_version`` at ``hello`` rather than failing on its first request.
+PROTOCOL_VERSION = 2
 
 Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Digest = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
 Id16 = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Nonce = Annotated[bytes, Meta(min_length=32, max_length=32)]
+# A connection's challenge (``RelayCard.challenge``), named in every per-request signed body.
+SessionId = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Timestamp = Annotated[int, Meta(ge=0, le=2**40)]
 ShortText = Annotated[str, Meta(max_length=4096)]
 Address = Annotated[str, Meta(max_length=512)]
@@ -68,11 +74,16 @@ class Profile(Struct, frozen=True):
 
 
 class Invitation(Struct, frozen=True):
-    """An owner asks ``relay`` to serve ``channel`` through the service group."""
+    """An owner asks ``relay`` to serve ``channel`` through the service group.
+
+    ``session`` is the challenge of the connection it is sent on: a captured invitation is
+    refused on any other connection (``wrong_session``).
+    """
 
     relay: Digest
     channel: Digest
     service_group: Id16
+    session: SessionId
     profile: Signed
     created_at: Timestamp
     nonce: Id16
@@ -89,11 +100,16 @@ class AddressGrant(Struct, frozen=True):
 
 
 class RelayCard(Struct, frozen=True):
-    """What a relay proves about itself on every connection (signed over the client's nonce)."""
+    """What a relay proves about itself on every connection (signed over the client's nonce).
+
+    ``challenge`` is 32 random bytes the relay picked for this connection: every request the
+    client signs on it names the challenge as its ``session``.
+    """
 
     relay_key: Key
     seal_keys: dict[str, Annotated[bytes, Meta(max_length=2048)]]
     nonce: Nonce
+    challenge: Nonce
     time: Timestamp
     software: ShortText
 
@@ -102,12 +118,14 @@ class OwnerRequest(Struct, frozen=True, omit_defaults=True):
     """An owner's signed command in the service group (read the log, approve a member, ...).
 
     ``subject`` names the member a decision is about; ``note`` is the owners' reason for a
-    refusal.  Both are left out of the encoding when empty, so older requests keep their bytes.
+    refusal.  Both are left out of the encoding when empty.  ``session``: the connection's
+    challenge, so a captured command cannot be replayed on another connection.
     """
 
     relay: Digest
     channel: Digest
     service_group: Id16
+    session: SessionId
     action: Annotated[str, Meta(max_length=32)]
     created_at: Timestamp
     nonce: Id16
@@ -131,25 +149,28 @@ class MemberProfile(Struct, frozen=True):
 class JoinRequest(Struct, frozen=True):
     """A member (the signer) asks ``relay`` to admit them to ``channel``.
 
-    It names the relay and the group address, so it cannot be replayed at another relay or
-    group; ``member_profile`` is an encoded :class:`MemberProfile`, kept as bytes so that the
-    relay stores exactly what was signed.
+    It names the relay, the group address and the connection's challenge (``session``), so it
+    cannot be replayed at another relay, group or connection; ``member_profile`` is an encoded
+    :class:`MemberProfile`, kept as bytes so that the relay stores exactly what was signed.
     """
 
     relay: Digest
     channel: Digest
     address: Annotated[str, Meta(max_length=64)]
+    session: SessionId
     member_profile: Annotated[bytes, Meta(max_length=65536)]
     created_at: Timestamp
     nonce: Id16
 
 
 class MemberRequest(Struct, frozen=True):
-    """A member's signed question about their own join request (``action`` is "status")."""
+    """A member's signed request about itself: ``action`` "status" (its join request) or
+    "subscribe", bound like a join request to relay, group address and connection."""
 
     relay: Digest
     channel: Digest
     address: Annotated[str, Meta(max_length=64)]
+    session: SessionId
     action: Annotated[str, Meta(max_length=32)]
     created_at: Timestamp
     nonce: Id16
@@ -190,12 +211,14 @@ class DirectInvitation(Struct, frozen=True):
     """A member (the signer) asks the relay to pass a sealed invitation to member ``to``.
 
     ``sealed`` is HPKE-sealed to ``to``'s ``MemberProfile.seal_key``: the relay passes it on
-    and cannot read it.  Bound to relay, channel and group address like a join request.
+    and cannot read it.  Bound to relay, channel, group address and connection like a join
+    request.
     """
 
     relay: Digest
     channel: Digest
     address: Annotated[str, Meta(max_length=64)]
+    session: SessionId
     to: Key
     suite: Annotated[str, Meta(max_length=64)]
     sealed: Annotated[bytes, Meta(max_length=16384)]

@@ -7,7 +7,11 @@ valid only if it names the channel of its root key, every cert verifies in
 order, and the profile itself is signed by an authorised owner.  The relay can
 therefore neither add an owner nor swap a key.
 
-This module is pure: the caller passes the clock (``now``) in.
+Verification is split so that a hostile profile costs no more than an honest
+one: :func:`check_profile` decodes everything and checks the structure (cert
+count against the caller's ``max_owners``, duplicates, channels, who signed
+what) without a signature; only then are the signatures checked, each once.
+This module is pure: the caller passes the clock (``now``) and the limits in.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from relay.protocol.errors import ErrorCode, PolicyRefusal, RemoteProtocolError
 from relay.protocol.messages import OwnerCert, Profile, Signed
 
 MAX_SIGNED_BODY = 64 * 1024
+# The most owner certs a profile may carry on the wire (``Profile.owners``).  The relay passes
+# its policy's far lower ``max_owners``, which is checked before any signature.
+MAX_OWNER_CERTS = 256
 
 KINDS = ("channel", "group")
 ADMISSION_MODES = ("auto", "approval")
@@ -35,51 +42,123 @@ class VerifiedProfile:
     owners: frozenset[bytes]
 
 
-def verify_owner_chain(channel: bytes, root_key: bytes, certs: list[Signed]) -> frozenset[bytes]:
-    """Return the owner keys the root authorises through ``certs``, in order.
+@dataclass(frozen=True, slots=True)
+class CheckedProfile:
+    """A profile that passed every check except its signatures (:func:`check_profile`).
 
-    Raises ``channel_mismatch`` if the root key does not name the channel,
-    ``unauthorised_owner`` if a cert's signer was not authorised before it, and
-    ``bad_signature`` if a signature fails.
+    Nothing here is proven yet: a caller makes its own cheap checks against it (the invitation
+    checks that its signer is one of ``owners``) and only then pays for :meth:`verify`.
+    """
+
+    profile: Profile
+    signed: Signed
+    owners: frozenset[bytes]
+
+    def verify(self) -> VerifiedProfile:
+        """The signatures, each once: the certs in chain order, then the profile's own."""
+        verify_chain_signatures(self.profile.owners)
+        crypto.verify(self.signed.signer, crypto.Label.PROFILE, self.signed.body, self.signed.sig)
+        return VerifiedProfile(profile=self.profile, signed=self.signed, owners=self.owners)
+
+
+def check_owner_chain(
+    channel: bytes, root_key: bytes, certs: list[Signed], *, max_owners: int = MAX_OWNER_CERTS
+) -> frozenset[bytes]:
+    """The owner keys ``certs`` claim to authorise, from everything but their signatures.
+
+    Costs no signature, so that a chain that is too long, repeats itself or does not hang
+    together is refused for the price of decoding it.  Raises, in this order:
+    ``channel_mismatch`` if the root key does not name the channel; ``too_many_owners`` (a
+    :class:`PolicyRefusal`) for more than ``max_owners`` certs; a decoding error for a cert
+    that does not decode; ``channel_mismatch`` for a cert of another channel;
+    ``duplicate_owner`` for a cert that repeats an earlier one or authorises a key an earlier
+    cert authorised; ``unauthorised_owner`` for a cert whose signer is neither the root nor a
+    key an earlier cert authorised, or for an empty chain.
     """
     if not crypto.same_secret(crypto.channel_id(root_key), channel):
         raise RemoteProtocolError(
             ErrorCode.CHANNEL_MISMATCH, "the channel id is not the hash of the root key"
         )
-    authorised: set[bytes] = set()
-    for index, cert in enumerate(certs):
+    if len(certs) > max_owners:
+        raise PolicyRefusal(
+            ErrorCode.TOO_MANY_OWNERS,
+            f"the profile has {len(certs)} owner certs; the limit is {max_owners}",
+        )
+    bodies = [
+        decode(cert.body, OwnerCert, limit=MAX_SIGNED_BODY, what=f"owner cert {index}")
+        for index, cert in enumerate(certs)
+    ]
+    authorised: dict[bytes, int] = {}  # owner key -> the index of the cert that authorised it
+    for index, (cert, body) in enumerate(zip(certs, bodies, strict=True)):
+        if body.channel != channel:
+            raise RemoteProtocolError(
+                ErrorCode.CHANNEL_MISMATCH, f"owner cert {index} is for another channel"
+            )
+        earlier = authorised.get(body.owner_key)
+        if earlier is not None:
+            what = "repeats" if cert == certs[earlier] else "authorises the key of"
+            raise RemoteProtocolError(
+                ErrorCode.DUPLICATE_OWNER, f"owner cert {index} {what} owner cert {earlier}"
+            )
         if cert.signer != root_key and cert.signer not in authorised:
             raise RemoteProtocolError(
                 ErrorCode.UNAUTHORISED_OWNER,
                 f"owner cert {index} is signed by a key the root never authorised",
             )
-        crypto.verify(cert.signer, crypto.Label.OWNER_CERT, cert.body, cert.sig)
-        body = decode(cert.body, OwnerCert, limit=MAX_SIGNED_BODY, what="owner cert")
-        if body.channel != channel:
-            raise RemoteProtocolError(
-                ErrorCode.CHANNEL_MISMATCH, f"owner cert {index} is for another channel"
-            )
-        authorised.add(body.owner_key)
+        authorised[body.owner_key] = index
     if not authorised:
         raise RemoteProtocolError(ErrorCode.UNAUTHORISED_OWNER, "the profile lists no owner")
     return frozenset(authorised)
 
 
-def verify_profile(signed: Signed) -> VerifiedProfile:
-    """Verify a signed profile end to end (chain, then the profile's own signature)."""
+def verify_chain_signatures(certs: list[Signed]) -> None:
+    """Each cert's signature, once, in chain order (``bad_signature``); the structure is
+    :func:`check_owner_chain`'s."""
+    for cert in certs:
+        crypto.verify(cert.signer, crypto.Label.OWNER_CERT, cert.body, cert.sig)
+
+
+def verify_owner_chain(
+    channel: bytes, root_key: bytes, certs: list[Signed], *, max_owners: int = MAX_OWNER_CERTS
+) -> frozenset[bytes]:
+    """Return the owner keys the root authorises through ``certs``, in order.
+
+    Everything :func:`check_owner_chain` checks first, then every cert's signature
+    (``bad_signature``).
+    """
+    owners = check_owner_chain(channel, root_key, certs, max_owners=max_owners)
+    verify_chain_signatures(certs)
+    return owners
+
+
+def check_profile(signed: Signed, *, max_owners: int = MAX_OWNER_CERTS) -> CheckedProfile:
+    """Decode a signed profile and make every check that costs no signature.
+
+    The body, the admission mode, the owner chain's structure (:func:`check_owner_chain`) and
+    that the profile's signer is one of the owners it claims.
+    """
     profile = decode(signed.body, Profile, limit=MAX_SIGNED_BODY, what="profile")
     if profile.admission not in ADMISSION_MODES:
         raise RemoteProtocolError(
             ErrorCode.BAD_TYPE,
             f"admission must be one of {', '.join(ADMISSION_MODES)}, not {profile.admission!r}",
         )
-    owners = verify_owner_chain(profile.channel, profile.root_key, profile.owners)
+    owners = check_owner_chain(profile.channel, profile.root_key, profile.owners, max_owners=max_owners)
     if signed.signer not in owners:
         raise RemoteProtocolError(
             ErrorCode.UNAUTHORISED_OWNER, "the profile is signed by a key that is not an owner"
         )
-    crypto.verify(signed.signer, crypto.Label.PROFILE, signed.body, signed.sig)
-    return VerifiedProfile(profile=profile, signed=signed, owners=owners)
+    return CheckedProfile(profile=profile, signed=signed, owners=owners)
+
+
+def verify_profile(signed: Signed, *, max_owners: int = MAX_OWNER_CERTS) -> VerifiedProfile:
+    """Verify a signed profile end to end: the cheap checks first (:func:`check_profile`),
+    then each signature once (root to certs to the profile).
+
+    ``max_owners`` is the operator's cap (a relay passes its policy's); the default is the
+    wire limit, for members and for profiles the relay already accepted.
+    """
+    return check_profile(signed, max_owners=max_owners).verify()
 
 
 def check_succession(current: VerifiedProfile, newer: VerifiedProfile) -> None:

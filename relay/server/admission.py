@@ -150,13 +150,14 @@ class Admissions:
             raise RemoteProtocolError(ErrorCode.GROUP_CLOSED, f"the group is {record.state.value}")
         return ProfileAnswer(profile=decode_signed(record.profile), state=record.state.value)
 
-    async def join(self, group: GroupBinding, frame: Join) -> JoinResult:
+    async def join(self, group: GroupBinding, frame: Join, session: bytes) -> JoinResult:
         now = self.service.now()
         verified = verify_join_request(
             frame.request,
             relay_fingerprint=self.service.identity.fingerprint,
             channel=group.channel,
             address_id=group.address_id,
+            session=session,
             now=now,
             max_age=self.service.policy.policy.invitation_max_age,
             max_profile_bytes=self.config.max_profile_bytes,
@@ -209,12 +210,13 @@ class Admissions:
         self.decisions.write(conn, new.group_id, new.member_key, new.name, arrival.decision, now)
         return True, row, active
 
-    async def status(self, group: GroupBinding, frame: JoinStatus) -> JoinResult:
+    async def status(self, group: GroupBinding, frame: JoinStatus, session: bytes) -> JoinResult:
         verify_member_request(
             frame.request,
             relay_fingerprint=self.service.identity.fingerprint,
             channel=group.channel,
             address_id=group.address_id,
+            session=session,
             now=self.service.now(),
             max_age=self.service.policy.policy.invitation_max_age,
         )
@@ -239,11 +241,12 @@ class Admissions:
 
     # --- the owners' commands (contact address, service group) -----------------
 
-    async def owner_command(self, frame: OwnerCommand) -> OwnerCommandResult:
+    async def owner_command(self, frame: OwnerCommand, session: bytes) -> OwnerCommandResult:
         request = verify_owner_request(
             frame.request,
             actions=OWNER_COMMANDS,
             relay_fingerprint=self.service.identity.fingerprint,
+            session=session,
             now=self.service.now(),
             max_age=self.service.policy.policy.invitation_max_age,
         )

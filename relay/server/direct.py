@@ -73,8 +73,11 @@ class DirectMessages:
         join = decode(row.request, Signed, limit=MAX_SIGNED_BODY * 4, what="stored join request")
         return MemberCard(join=join)
 
-    async def invite(self, group: GroupBinding, member: bytes, frame: DirectInvite) -> DirectInviteResult:
-        """``member`` is the key the connection subscribed with: only it may send from here."""
+    async def invite(
+        self, group: GroupBinding, member: bytes, frame: DirectInvite, session: bytes
+    ) -> DirectInviteResult:
+        """``member`` is the key the connection subscribed with: only it may send from here;
+        ``session`` is the connection's challenge."""
         if not crypto.same_secret(frame.request.signer, member):
             raise RemoteProtocolError(
                 ErrorCode.BAD_SIGNATURE, "a direct invitation must be signed by the subscribed member's key"
@@ -85,6 +88,7 @@ class DirectMessages:
             relay_fingerprint=self.service.identity.fingerprint,
             channel=group.channel,
             address_id=group.address_id,
+            session=session,
             now=now,
             max_age=self.service.policy.policy.invitation_max_age,
         )

@@ -246,7 +246,12 @@ class Channels:
     # --- subscribe -----------------------------------------------------------------
 
     async def subscribe(
-        self, group: GroupBinding, frame: Subscribe, ws: WebSocket, start: Callable[[Feed], None]
+        self,
+        group: GroupBinding,
+        frame: Subscribe,
+        session: bytes,
+        ws: WebSocket,
+        start: Callable[[Feed], None],
     ) -> None:
         """Check and attach a feed; its first frames (``subscribed``, history) are queued on it.
 
@@ -260,6 +265,7 @@ class Channels:
             relay_fingerprint=self.service.identity.fingerprint,
             channel=group.channel,
             address_id=group.address_id,
+            session=session,
             now=now,
             max_age=self.service.policy.policy.invitation_max_age,
             action=ACTION_SUBSCRIBE,

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import itertools
 import json
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +26,7 @@ from relay.protocol.encoding import b64e, encode
 from relay.protocol.errors import ErrorCode, PolicyRefusal, RemoteProtocolError
 from relay.protocol.handshake import make_welcome
 from relay.protocol.messages import (
+    PROTOCOL_VERSION,
     ClientFrame,
     DirectInvite,
     Discover,
@@ -119,7 +121,7 @@ class PublicEndpoint:
         seal_keys = self._seal_public
         return {
             "software": SOFTWARE,
-            "protocol": 1,
+            "protocol": PROTOCOL_VERSION,
             "address": self.contact_address,
             "fingerprint": self.identity.fingerprint_text,
             "identity_key": b64e(self.identity.public_key),
@@ -420,19 +422,23 @@ class PublicEndpoint:
         if isinstance(frame, Hello):
             if session.address_id is not None:
                 session.group = await self.admissions.bind(session.address_id)
+            # Every signed request on this connection must name this challenge: none can be
+            # replayed on another connection (relay.protocol.invitation.check_session).
+            session.challenge = secrets.token_bytes(32)
             return make_welcome(
                 self.identity.signing_key,
                 self._seal_public,
                 frame.nonce,
+                session.challenge,
                 self.service.now(),
                 SOFTWARE,
             )
         if isinstance(frame, Invite):
-            return await self.service.invite(frame, session.source)
+            return await self.service.invite(frame, session.source, session.challenge)
         if isinstance(frame, LogRequest):
-            return await self.service.read_log(frame)
+            return await self.service.read_log(frame, session.challenge)
         if isinstance(frame, OwnerCommand):
-            return await self.admissions.owner_command(frame)
+            return await self.admissions.owner_command(frame, session.challenge)
         if isinstance(frame, Discover):
             return await self.channels.discover(frame)
         # The session admits the frames below only on a group address, bound at hello.
@@ -441,9 +447,9 @@ class PublicEndpoint:
         if isinstance(frame, ProfileUpdate):
             return await self.service.update_profile(group.address_id, frame)
         if isinstance(frame, Join):
-            return await self.admissions.join(group, frame)
+            return await self.admissions.join(group, frame, session.challenge)
         if isinstance(frame, JoinStatus):
-            return await self.admissions.status(group, frame)
+            return await self.admissions.status(group, frame, session.challenge)
         if isinstance(frame, ProfileRequest):
             return await self.admissions.profile(group)
         if isinstance(frame, HeadRequest):
@@ -452,14 +458,14 @@ class PublicEndpoint:
             # The feed's sender tasks run in this connection's context (its log binding).
             context = contextvars.copy_context()
             await self.channels.subscribe(
-                group, frame, ws, lambda feed: self._start_feed(session, ws, feed, context)
+                group, frame, session.challenge, ws, lambda feed: self._start_feed(session, ws, feed, context)
             )
             return None
         if isinstance(frame, MemberCardRequest):
             return await self.direct.member_card(group, frame)
         if isinstance(frame, DirectInvite):
             assert session.feed is not None  # the session admits it only once subscribed
-            return await self.direct.invite(group, session.feed.member, frame)
+            return await self.direct.invite(group, session.feed.member, frame, session.challenge)
         raise AssertionError(f"session let through {type(frame).__name__}")
 
     def _count_refusal(self, exc: RemoteProtocolError, session: _Connection) -> None:
@@ -494,6 +500,7 @@ class _Connection:
     # One per connection, kept while it is open (members' for days): no per-object dict.
     __slots__ = (
         "address_id",
+        "challenge",
         "errors",
         "feed",
         "group",
@@ -509,6 +516,9 @@ class _Connection:
         self.rules = rules
         self.address_id = address_id
         self.source = source  # the budget key of the client's address (relay.server.sources)
+        # Picked at hello and sent in the welcome card: the ``session`` every signed request on
+        # this connection must name.  One bytes object (members' connections stay for days).
+        self.challenge = b""
         self.group: GroupBinding | None = None
         self.rate_limited = False
         self.nursery: trio.Nursery | None = None  # a posting connection's, from its first post

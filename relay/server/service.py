@@ -38,7 +38,6 @@ from relay.protocol.messages import (
     LogRequest,
     LogResult,
     OwnerRequest,
-    Profile,
     ProfileResult,
     ProfileUpdate,
     Signed,
@@ -47,8 +46,8 @@ from relay.protocol.profile import (
     MAX_SIGNED_BODY,
     ProfilePolicy,
     VerifiedProfile,
+    check_profile,
     check_succession,
-    verify_profile,
 )
 from relay.protocol.state import OWNERS_CLOSED, GroupState, Transition, transition
 from relay.server.identity import Identity
@@ -131,8 +130,9 @@ class GroupService:
 
     # --- invitations -------------------------------------------------------
 
-    async def invite(self, frame: Invite, source: str) -> InviteResult:
-        """A sealed invitation from ``source`` (the budget key of the client's address).
+    async def invite(self, frame: Invite, source: str, session: bytes) -> InviteResult:
+        """A sealed invitation from ``source`` (the budget key of the client's address), on a
+        connection whose challenge is ``session``.
 
         The source's invitation budget is charged before anything is opened; a new group
         needs room in the source's pending budget (:mod:`relay.server.pending`).
@@ -143,12 +143,21 @@ class GroupService:
         plaintext = self.identity.seal_keys.open(
             frame.suite, frame.sealed, crypto.seal_info(SEAL_PURPOSE, self.identity.fingerprint)
         )
-        verified = verify_invitation(
-            plaintext,
-            relay_fingerprint=self.identity.fingerprint,
-            now=now,
-            max_age=policy.invitation_max_age,
-        )
+        try:
+            verified = verify_invitation(
+                plaintext,
+                relay_fingerprint=self.identity.fingerprint,
+                session=session,
+                now=now,
+                max_age=policy.invitation_max_age,
+                max_owners=policy.max_owners,
+            )
+        except PolicyRefusal as exc:
+            # Refused before any signature was checked (too many owner certs): nothing proves
+            # the channel's owners sent it, so the refusal is not remembered for the channel.
+            self.metrics.inc("relay_invitations_total", outcome="refused")
+            log.info("invitation.refused", code=exc.code.value, remembered=False)
+            return InviteResult(status="refused", state="none", code=exc.code.value, reason=exc.reason)
         refusal: PolicyRefusal | None = None
         try:
             policy.check(verified.profile)
@@ -285,13 +294,14 @@ class GroupService:
             record = await self.group_by_address(address_id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-            newer = decode(frame.profile.body, Profile, limit=MAX_SIGNED_BODY, what="profile")
+            checked = check_profile(frame.profile, max_owners=self.policy.policy.max_owners)
+            newer = checked.profile
             if newer.channel != record.channel:
                 raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the profile is for another channel")
             transition(record.state, Transition.ACTIVATE)  # a closed group refuses before any check
             _check_newer(newer.version, record.profile_version)
             current = self.profiles.of(record.profile)
-            verified = verify_profile(frame.profile)
+            verified = checked.verify()
             self.policy.policy.check(verified)
             # Certs cannot be revoked: without this, an owner removed in the stored version could
             # sign a newer one that lists itself again on its old root-signed cert.
@@ -376,11 +386,12 @@ class GroupService:
 
     # --- the service-group log -----------------------------------------------
 
-    async def read_log(self, frame: LogRequest) -> LogResult:
+    async def read_log(self, frame: LogRequest, session: bytes) -> LogResult:
         request = verify_owner_request(
             frame.request,
             actions=(ACTION_READ_LOG,),
             relay_fingerprint=self.identity.fingerprint,
+            session=session,
             now=self.now(),
             max_age=self.policy.policy.invitation_max_age,
         )
