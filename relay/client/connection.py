@@ -4,11 +4,18 @@ Opening a session performs the ``hello``/``welcome`` exchange and verifies that
 the relay's card is signed by the key whose fingerprint the address pins;
 :meth:`RelaySession.request` then sends one frame and returns the one answer.
 Every wait is bounded by ``timeout``.
+
+An ``https://`` address is dialled as ``wss://``, and the relay's TLS certificate is
+verified against the system's trust store (Python's default context, which honours
+``SSL_CERT_FILE`` and ``SSL_CERT_DIR``), or against the ``ssl_context`` given.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -99,16 +106,34 @@ async def _exchange(ws: WebSocketConnection, frame: ClientFrame, timeout: float)
     return _decode(data)
 
 
+def default_tls() -> ssl.SSLContext:
+    """The context ``wss://`` sessions verify relays with unless given one: the system's
+    trust store, with host names checked.  Made once per trust setting (loading a trust
+    store costs milliseconds), and again if ``SSL_CERT_FILE``/``SSL_CERT_DIR`` change."""
+    return _default_tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _default_tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context()  # reads the two variables itself (OpenSSL's defaults)
+
+
 @asynccontextmanager
 async def open_session(
-    address: RelayAddress, *, timeout: float = DEFAULT_TIMEOUT
+    address: RelayAddress, *, timeout: float = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None
 ) -> AsyncIterator[RelaySession]:
-    """Connect to ``address`` and prove the relay's identity; a fresh connection every time."""
+    """Connect to ``address`` and prove the relay's identity; a fresh connection every time.
+
+    ``ssl_context`` is used for an ``https://`` address (default: :func:`default_tls`); a
+    certificate it does not trust makes the relay unreachable (:class:`RelayUnreachable`).
+    """
     nonce = secrets.token_bytes(32)
     connected = False
+    secure = address.websocket_url.startswith("wss:")
     try:
         async with open_websocket_url(
             address.websocket_url,
+            ssl_context=(ssl_context or default_tls()) if secure else None,
             max_message_size=MAX_ANSWER,
             connect_timeout=timeout,
             disconnect_timeout=2,

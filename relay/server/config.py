@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,9 @@ from msgspec import Meta, Struct
 from relay.protocol.profile import ProfilePolicy
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
+# A DNS name or an IP address as a Host header names it (no port): letters, digits, '-', '.',
+# or an IPv6 address (hex digits and ':').
+_HOST_NAME = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\[?[0-9A-Fa-f:.]+\]?")
 
 
 class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -39,6 +43,20 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # TCP keepalive on public connections: a subscribed member has no idle time-out, so the
     # kernel's probes are what find a peer that vanished (and keep NAT mappings open).  0: off.
     tcp_keepalive: Annotated[int, Meta(ge=0, le=86_400)] = 60
+    # TLS on the public port (PEM files, both or neither): addresses become https://, clients
+    # use wss://.  Read once at start (a restart picks up a renewed certificate).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Host names (besides loopback and the port's own address) the operator port answers to.
+    admin_hosts: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def base_url(self, listen: str) -> str:
+        """The base of every address handed out: ``public_url``, else the scheme and ``listen``."""
+        return self.public_url.rstrip("/") or f"{'https' if self.tls else 'http'}://{listen}"
 
 
 class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -71,6 +89,8 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     service_log_max: Annotated[int, Meta(ge=10)] = 1000
     max_pending_writes: Annotated[int, Meta(ge=1)] = 10_000
     max_closed_groups: Annotated[int, Meta(ge=0)] = 100_000
+    # Where ``relay admin backup`` may write: empty means DATA/backups; relative, below DATA.
+    backup_dir: str = ""
 
 
 class MembersConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -138,8 +158,6 @@ class ConfigError(Exception):
 
 def problems(config: Config) -> list[tuple[str, str]]:
     """Checks msgspec cannot express (addresses, patterns), as ``(section.key, reason)``."""
-    import re
-
     from relay.protocol.addresses import parse_base
     from relay.protocol.errors import ProtocolError
 
@@ -156,6 +174,22 @@ def problems(config: Config) -> list[tuple[str, str]]:
             found.append(
                 ("server.public_url", f"{exc.reason} (the URL clients reach this relay's public port at)")
             )
+    server = config.server
+    if bool(server.tls_cert) != bool(server.tls_key):
+        missing = "server.tls_key" if server.tls_cert else "server.tls_cert"
+        found.append((missing, "set server.tls_cert and server.tls_key together (both or neither)"))
+    if server.tls and server.public_url.startswith("http:"):
+        found.append(
+            (
+                "server.public_url",
+                "http:// while the public port speaks TLS (server.tls_cert): clients would dial "
+                "ws:// and fail; use https://",
+            )
+        )
+    for index, host in enumerate(server.admin_hosts):
+        if not _HOST_NAME.fullmatch(host):
+            reason = f"{host!r} is not a host name (no port, no scheme)"
+            found.append((f"server.admin_hosts[{index}]", reason))
     for index, pattern in enumerate(config.policy.deny_patterns):
         try:
             re.compile(pattern)
