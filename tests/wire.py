@@ -107,7 +107,8 @@ def assert_readable(reason: str | None) -> None:
 @asynccontextmanager
 async def connect(relay: RunningRelay, path: str = "/r") -> AsyncIterator[RawSession]:
     async with open_websocket_url(
-        f"ws://{relay.listen}{path}",
+        f"{'wss' if relay.client_tls else 'ws'}://{relay.listen}{path}",
+        ssl_context=relay.client_tls,
         max_message_size=ANSWER_LIMIT,
         connect_timeout=5,
         disconnect_timeout=2,

@@ -17,10 +17,17 @@ import os
 import secrets
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+    wrap_client_stream,
+)
 
 from relay.client.errors import (
     RelayIdentityError,
@@ -129,15 +136,15 @@ async def open_session(
     """
     nonce = secrets.token_bytes(32)
     connected = False
-    secure = address.websocket_url.startswith("wss:")
+    websocket: AbstractAsyncContextManager[WebSocketConnection]
+    if address.websocket_url.startswith("wss:"):
+        websocket = _secure_websocket(address, ssl_context or default_tls(), timeout)
+    else:
+        websocket = open_websocket_url(
+            address.websocket_url, max_message_size=MAX_ANSWER, connect_timeout=timeout, disconnect_timeout=2
+        )
     try:
-        async with open_websocket_url(
-            address.websocket_url,
-            ssl_context=(ssl_context or default_tls()) if secure else None,
-            max_message_size=MAX_ANSWER,
-            connect_timeout=timeout,
-            disconnect_timeout=2,
-        ) as ws:
+        async with websocket as ws:
             connected = True
             answer = await _exchange(ws, Hello(version=PROTOCOL_VERSION, nonce=nonce), timeout)
             if isinstance(answer, Error):
@@ -152,4 +159,55 @@ async def open_session(
     except (OSError, HandshakeError, trio.TooSlowError) as exc:
         if connected:
             raise
-        raise RelayUnreachable(f"cannot reach {address.base}: {exc}") from None
+        reason = str(exc) or f"no connection within {timeout:g} s ({type(exc).__name__})"
+        raise RelayUnreachable(f"cannot reach {address.base}: {reason}") from None
+
+
+@asynccontextmanager
+async def _secure_websocket(
+    address: RelayAddress, context: ssl.SSLContext, timeout: float
+) -> AsyncIterator[WebSocketConnection]:
+    """A ``wss://`` WebSocket whose TLS handshake is done first, on its own.
+
+    Why not ``open_websocket_url``: trio-websocket starts TLS inside its WebSocket
+    handshake, and a failed TLS handshake (a certificate the client does not trust) then
+    shows only as a connect time-out with no reason (python-trio/trio-websocket#199).
+    Here it fails at once, saying why.
+    """
+    parts = urlsplit(address.websocket_url)
+    host, port = parts.hostname or "", parts.port or 443
+    try:
+        with trio.fail_after(timeout):
+            tcp = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise RelayUnreachable(f"cannot reach {address.base}: {exc or 'time-out'}") from None
+    stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
+    try:
+        with trio.fail_after(timeout):
+            await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(tcp)
+        raise RelayUnreachable(f"no TLS with {address.base}: {exc.__cause__ or exc}") from None
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(timeout):
+                ws = await wrap_client_stream(
+                    nursery, stream, parts.netloc, parts.path, max_message_size=MAX_ANSWER
+                )
+            try:
+                yield ws
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # One failure (the caller's, or the connection's) comes out as itself, as from
+        # open_websocket_url: callers catch RelayRefused, ConnectionClosed and the like.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        await trio.aclose_forcefully(stream)
