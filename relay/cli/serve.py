@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def add_commands(sub: Any) -> None:
     """``init``, ``serve``, ``config check`` and ``address`` on the top-level subparsers, in that order."""
-    p = add_command(sub, "init", cmd_init, "create the relay's identity keys and database")
+    p = add_command(sub, "init", cmd_init, "create the relay's identity keys, operator token and database")
     p.add_argument("--data", required=True)
     p.add_argument("--config")
     p = add_command(sub, "serve", cmd_serve, "run the relay daemon")
