@@ -340,3 +340,16 @@ def test_host_check_refuses_every_other_name(name: str, port: int | None) -> Non
 )
 def test_host_check_cases(value: str | None, local: str | None, allowed: bool) -> None:
     assert host_allowed(value, local, frozenset({"relay.internal"})) is allowed
+
+
+def test_admin_hosts_are_checked_by_config_check(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('[server]\nadmin_hosts = ["metrics.internal", "http://evil.example/", "a:1"]\n')
+    code, checked = run_json("config", "check", "--config", str(config))
+    reason = str(checked["reason"])
+    assert code == 1 and "server.admin_hosts[1]" in reason and "server.admin_hosts[2]" in reason, reason
+    assert "server.admin_hosts[0]" not in reason
+    code, checked = run_json(
+        "config", "check", env={"RELAY_SERVER_ADMIN_HOSTS": "metrics.internal,[::1],10.0.0.5"}
+    )
+    assert code == 0, checked

@@ -69,7 +69,8 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
         "status": "ok",
         "config": str(path) if path else None,
         "environment": variables,
-        "summary": f"ok: {source}{overrides}; public {config.server.listen}, "
+        "summary": f"ok: {source}{overrides}; public {config.server.listen}"
+        f"{' (TLS)' if config.server.tls else ''}, "
         f"operator {config.server.admin_listen}, approval {config.policy.approval}",
     }
 

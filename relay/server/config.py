@@ -11,6 +11,7 @@ same validation.  Defaults here are the documented defaults of
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -24,9 +25,17 @@ from msgspec import Meta, Struct
 from relay.protocol.profile import ProfilePolicy
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
-# A DNS name or an IP address as a Host header names it (no port): letters, digits, '-', '.',
-# or an IPv6 address (hex digits and ':').
-_HOST_NAME = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\[?[0-9A-Fa-f:.]+\]?")
+# A DNS name as a Host header names it (no port): letters, digits, '-', '.'.
+_HOST_NAME = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?")
+
+
+def _is_host(text: str) -> bool:
+    """A DNS name or an IP address (IPv6 with or without brackets), with no port."""
+    try:
+        ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(text))
+    return True
 
 
 class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -187,7 +196,7 @@ def problems(config: Config) -> list[tuple[str, str]]:
             )
         )
     for index, host in enumerate(server.admin_hosts):
-        if not _HOST_NAME.fullmatch(host):
+        if not _is_host(host):
             reason = f"{host!r} is not a host name (no port, no scheme)"
             found.append((f"server.admin_hosts[{index}]", reason))
     for index, pattern in enumerate(config.policy.deny_patterns):
