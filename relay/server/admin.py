@@ -209,7 +209,7 @@ class BadBackupPath(BadRequest):
 def _body(body: bytes) -> dict[str, object]:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
