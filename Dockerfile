@@ -6,8 +6,14 @@
 #   docker run -d --name chat-relay --stop-timeout 30 \
 #       -v relay-data:/data -p 7300:7300 chat-relay
 #
-# The data folder (identity.key, relay.db, run.json) lives in the volume /data: keep the volume,
-# or the relay gets a new identity and a new address for every channel.
+# The data folder (identity.key, relay.db, run.json, admin.token, backups/) lives in the volume
+# /data: keep the volume, or the relay gets a new identity and a new address for every channel.
+# Admin commands run inside, where --data finds the operator port and its token:
+#   docker exec chat-relay relay admin groups --data /data
+#   docker exec chat-relay relay admin backup relay.db --data /data     # -> /data/backups/relay.db
+#
+# TLS without a proxy: mount the certificate and key (readable by uid 10001) and set
+# server.tls_cert / server.tls_key in the config file (docs/operations.md, "TLS").
 #
 # Public URL: inside the container the relay listens on 0.0.0.0:7300, which is not what clients
 # dial. Mount a config file that sets `server.public_url` to the URL clients use (for example
@@ -71,10 +77,11 @@ WORKDIR /data
 VOLUME ["/data"]
 
 # 7300: public port (HTTP/1.1 + WebSocket), for clients.
-# 7301: operator port (/healthz, /readyz, /metrics, admin API). It has NO authentication and the
-#       default CMD binds it to 127.0.0.1 inside the container, so publishing it does nothing.
-#       To scrape /metrics from outside, override CMD with --admin-listen 0.0.0.0:7301 and publish
-#       it on the host's loopback only: -p 127.0.0.1:7301:7301.
+# 7301: operator port (/healthz, /readyz, /metrics without a token; /admin/... with the token in
+#       /data/admin.token). The default CMD binds it to 127.0.0.1 inside the container, so
+#       publishing it does nothing. To scrape /metrics from outside, override CMD with
+#       --admin-listen 0.0.0.0:7301 and publish it on the host's loopback only:
+#       -p 127.0.0.1:7301:7301 (requests must name a loopback host, or server.admin_hosts).
 EXPOSE 7300 7301
 
 # SIGTERM drains: stop accepting, let requests in flight finish for server.shutdown_grace
@@ -83,6 +90,7 @@ EXPOSE 7300 7301
 STOPSIGNAL SIGTERM
 
 # Health: GET /healthz on the operator port, from inside the container (proxy variables ignored).
+# It needs no token, and its Host (127.0.0.1) is loopback, which the operator port accepts.
 # If you move the operator port (--admin-listen), this check must follow it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request as u; r = u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:7301/healthz', timeout=4); sys.exit(0 if r.status == 200 else 1)"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import httpx
 
 
 @dataclass
@@ -26,6 +29,8 @@ class RunningRelay:
     extra_args: list[str] = field(default_factory=list)
     listen_on: str = "127.0.0.1:0"
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables
+    # A context trusting the relay's certificate, when its public port speaks TLS.
+    client_tls: ssl.SSLContext | None = None
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
@@ -85,11 +90,30 @@ class RunningRelay:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.listen}"
+        return f"{'https' if self.client_tls else 'http'}://{self.listen}"
 
     @property
     def admin_url(self) -> str:
         return f"http://{self.admin_listen}"
+
+    @property
+    def admin_token(self) -> str:
+        """The operator port's token, from the data folder (as ``relay admin --data`` reads it)."""
+        return (self.data / "admin.token").read_text().strip()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.admin_token}"}
+
+    def admin_get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """GET ``path`` on the operator port as the operator (with the token)."""
+        return httpx.get(f"{self.admin_url}{path}", headers=self.admin_headers, **kwargs)
+
+    def admin_post(self, path: str, body: object = None) -> httpx.Response:
+        """POST ``path`` on the operator port as the operator: the token, a JSON object body."""
+        return httpx.post(
+            f"{self.admin_url}{path}", headers=self.admin_headers, json={} if body is None else body
+        )
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.lines if line.get("event") == name]

@@ -26,7 +26,7 @@ def new_owner(tmp_path: Path, name: str) -> tuple[OwnerState, Path]:
 
 
 def post(relay: RunningRelay, path: str, body: object = None) -> httpx.Response:
-    return httpx.post(f"{relay.admin_url}{path}", json=body)
+    return relay.admin_post(path, body)
 
 
 async def test_suspend_resume_remove(relay: RunningRelay, tmp_path: Path) -> None:
@@ -81,7 +81,9 @@ async def test_suspend_resume_remove(relay: RunningRelay, tmp_path: Path) -> Non
 
 
 def test_stats(relay: RunningRelay) -> None:
-    code, out = run_json("admin", "stats", "--admin", relay.admin_listen)
+    code, out = run_json(
+        "admin", "stats", "--admin", relay.admin_listen, env={"RELAY_ADMIN_TOKEN": relay.admin_token}
+    )
     assert code == 0 and out["version"] == __version__
     states = ("invited", "accepted", "active", "rejected", "suspended", "removed")
     assert out["groups"] == dict.fromkeys(states, 0)
@@ -91,7 +93,7 @@ def test_stats(relay: RunningRelay) -> None:
     assert out["members"] == {"admitted": 0, "held": 0, "pending_approval": 0}
     traffic = ("stored", "bytes", "pruned", "equivocations", "inbox", "subscribers")
     assert out["events"] == dict.fromkeys(traffic, 0)
-    code, text, _ = run("admin", "stats", "--admin", relay.admin_listen)  # the human form too
+    code, text, _ = run("admin", "stats", "--data", str(relay.data))  # the human form too
     assert code == 0 and "uptime_seconds: " in text and '"active": 0' in text
 
 
@@ -108,24 +110,25 @@ async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tm
             assert (await add_relay(state, path, relay.address)).status == "accepted"
             invited += 1
 
-    backups = tmp_path / "backups"
-    backups.mkdir()
+    backups = relay.data / "backups"  # storage.backup_dir's default, made at the first backup
+    assert not backups.exists()
     async with trio.open_nursery() as nursery:
         for n in range(4):
             nursery.start_soon(keep_inviting, n)
         while invited < 20:
             await trio.sleep(0.01)
         before = invited
-        # the CLI resolves a relative FILE against its own working folder
+        # a bare file name goes into the relay's backup folder, wherever the command runs
         code, out, err = await trio.to_thread.run_sync(
-            lambda: run("admin", "backup", "relay.db", "--admin", relay.admin_listen, "--json", cwd=backups)
+            lambda: run("admin", "backup", "relay.db", "--data", str(relay.data), "--json", cwd=tmp_path)
         )
         during = invited
         await trio.sleep(0.2)
         stop.set()
     assert code == 0, (out, err)
     target = backups / "relay.db"
-    assert str(target) in out and during > before  # owners were served during the backup
+    assert str(target.resolve()) in out and during > before  # owners were served during the backup
+    assert stat.S_IMODE(backups.stat().st_mode) == 0o700
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     with sqlite3.connect(target) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -134,14 +137,21 @@ async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tm
     assert not (backups / "relay.db-wal").exists()  # a self-contained file
     assert relay.wait_for_event("backup.written")["bytes"] == target.stat().st_size
 
-    for body, reason in (
-        ({"path": "relative.db"}, "not an absolute path"),
-        ({"path": str(target)}, "already exists"),
-        ({"path": str(tmp_path / "nowhere" / "x.db")}, "does not exist"),
-        ({}, "path"),
-        ([1], "JSON object"),
+    # a relative path with a folder is made absolute by the command: inside the folder, fine
+    code, out, err = run("admin", "backup", "./second.db", "--data", str(relay.data), "--json", cwd=backups)
+    assert code == 0 and (backups / "second.db").exists(), (out, err)
+
+    folder = str(backups.resolve())
+    for body, error, reason in (
+        ({"path": "sub/relative.db"}, "bad_backup_path", "outside the backup folder"),
+        ({"path": str(target)}, "bad_backup_path", "already exists"),
+        ({"path": str(backups / "nowhere" / "x.db")}, "bad_backup_path", "does not exist"),
+        ({}, "bad_backup_path", "path"),
+        ([1], "bad_request", "JSON object"),
     ):
         answer = post(relay, "/admin/backup", body)
-        assert answer.status_code == 400 and reason in answer.json()["reason"], (body, answer.text)
+        assert answer.status_code == 400, (body, answer.text)
+        assert (answer.json()["error"], answer.json().get("folder", folder)) == (error, folder), answer.text
+        assert reason in answer.json()["reason"], (body, answer.text)
     code, out = run_json("admin", "backup", str(target), "--data", str(relay.data))
-    assert code == 1 and "already exists" in str(out["reason"])
+    assert code == 1 and "already exists" in str(out["reason"]) and out["code"] == "bad_backup_path"

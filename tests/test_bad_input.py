@@ -62,7 +62,7 @@ CLOSE_UNKNOWN_GROUP = 4404
 
 
 def admin_groups(relay: RunningRelay) -> list[dict[str, Any]]:
-    return list(httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"])
+    return list(relay.admin_get("/admin/groups").json()["groups"])
 
 
 def metric(relay: RunningRelay, line_prefix: str) -> float:

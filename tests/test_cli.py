@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +13,22 @@ from relayproc import RelayFactory, RunningRelay
 from relay.cli import build_parser, member_ids_last
 
 
-def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``relay ARGS`` in a subprocess; ``env`` adds variables (RELAY_* of the shell are dropped)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     done = subprocess.run(
-        [sys.executable, "-m", "relay", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**clean, **(env or {})},
     )
     return done.returncode, done.stdout, done.stderr
 
 
-def run_json(*args: str) -> tuple[int, dict[str, object]]:
-    code, out, err = run(*args, "--json")
+def run_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    code, out, err = run(*args, "--json", env=env)
     lines = out.strip().splitlines()
     assert len(lines) == 1, (out, err)
     return code, json.loads(lines[0])
@@ -120,7 +128,8 @@ def test_admin_commands(relay_factory: RelayFactory, tmp_path: Path) -> None:
     assert code == 0 and [g["id"] for g in page["groups"]] == [1] and page["next_after"] == 1  # type: ignore[union-attr]
     code, page = run_json("admin", "groups", "--data", str(relay.data), "--limit", "1", "--after", "1")
     assert code == 0 and [g["id"] for g in page["groups"]] == [2]  # type: ignore[union-attr]
-    code, approved = run_json("admin", "approve", "1", "--admin", relay.admin_listen)
+    token = ("--token-file", str(relay.data / "admin.token"))
+    code, approved = run_json("admin", "approve", "1", "--admin", relay.admin_listen, *token)
     assert code == 0 and approved["group"]["state"] == "accepted"  # type: ignore[index]
     code, rejected = run_json("admin", "reject", "2", "--reason", "spam", "--data", str(relay.data))
     assert code == 0 and rejected["group"]["reason"] == "spam"  # type: ignore[index]

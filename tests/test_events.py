@@ -7,7 +7,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from relayproc import RelayFactory, RunningRelay
@@ -124,7 +123,7 @@ async def test_equivocation_is_refused_and_both_events_are_kept(relay: RunningRe
         )
         await session.expect_error(Post(event=other), "equivocation")
     # the operator sees the proof counted, beside the one event kept
-    stats = httpx.get(f"{relay.admin_url}/admin/stats").json()["events"]
+    stats = relay.admin_get("/admin/stats").json()["events"]
     assert (stats["stored"], stats["equivocations"]) == (1, 1) and stats["bytes"] > len(b"one")
     assert relay.stop() == 0
     db = sqlite3.connect(relay.data / "relay.db")
@@ -406,13 +405,13 @@ async def test_sigterm_closes_subscribed_members_at_once(relay_factory: RelayFac
 async def test_feeds_end_when_the_group_is_suspended_or_removed(relay: RunningRelay, tmp_path: Path) -> None:
     owner, _, address_id = await active_channel(relay, tmp_path)
     ada, bob = await join_member(relay, owner, address_id), await join_member(relay, owner, address_id)
-    groups = httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"]
+    groups = relay.admin_get("/admin/groups").json()["groups"]
     (group,) = [g for g in groups if g["state"] == "active"]
-    admin = f"{relay.admin_url}/admin/groups/{group['id']}"
+    admin = f"/admin/groups/{group['id']}"
     async with group_session(relay, address_id) as ada_feed, group_session(relay, address_id) as bob_feed:
         await subscribe(ada_feed, relay, owner, address_id, ada)
         await subscribe(bob_feed, relay, owner, address_id, bob)
-        assert httpx.post(f"{admin}/suspend", json={"reason": "abuse report"}).status_code == 200
+        assert relay.admin_post(f"{admin}/suspend", {"reason": "abuse report"}).status_code == 200
         for feed in (ada_feed, bob_feed):
             error = await next_frame(feed, Error)
             assert isinstance(error, Error) and error.code == "group_not_active"
@@ -425,10 +424,10 @@ async def test_feeds_end_when_the_group_is_suspended_or_removed(relay: RunningRe
         await again.expect_error(
             subscribe_frame(relay, owner, address_id, ada, session=again.challenge), "group_not_active"
         )
-    assert httpx.post(f"{admin}/resume").status_code == 200
+    assert relay.admin_post(f"{admin}/resume").status_code == 200
     async with group_session(relay, address_id) as ada_feed:
         await subscribe(ada_feed, relay, owner, address_id, ada)
-        assert httpx.post(f"{admin}/remove", json={"reason": "gone"}).status_code == 200
+        assert relay.admin_post(f"{admin}/remove", {"reason": "gone"}).status_code == 200
         error = await next_frame(ada_feed, Error)
         assert isinstance(error, Error) and error.code == "group_not_active" and "removed" in error.reason
         assert await ada_feed.expect_closed() == 1008

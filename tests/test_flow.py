@@ -47,7 +47,7 @@ def new_owner(tmp_path: Path, name: str = "Weather reports", **kw: str) -> tuple
 
 
 def admin_groups(relay: RunningRelay) -> list[dict[str, object]]:
-    return list(httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"])
+    return list(relay.admin_get("/admin/groups").json()["groups"])
 
 
 def x25519_invite(
@@ -214,18 +214,18 @@ async def test_manual_approval_parks_the_invitation(relay_factory: RelayFactory,
     [group] = admin_groups(relay)
     assert group["state"] == "invited" and group["address"] is None
 
-    approved = httpx.post(f"{relay.admin_url}/admin/groups/{group['id']}/approve").json()
+    approved = relay.admin_post(f"/admin/groups/{group['id']}/approve").json()
     assert approved["state"] == "accepted"
     accepted = await add_relay(state, path, relay.address)
     assert accepted.status == "accepted" and accepted.group_address == approved["address"]
     # approving twice is out of order
-    twice = httpx.post(f"{relay.admin_url}/admin/groups/{group['id']}/approve")
+    twice = relay.admin_post(f"/admin/groups/{group['id']}/approve")
     assert twice.status_code == 409 and twice.json()["error"] == "out_of_order"
 
     other, opath = new_owner(tmp_path, "Other")
     await add_relay(other, opath, relay.address)
     gid = next(g for g in admin_groups(relay) if g["name"] == "Other")["id"]
-    rejected = httpx.post(f"{relay.admin_url}/admin/groups/{gid}/reject", json={"reason": "not here"})
+    rejected = relay.admin_post(f"/admin/groups/{gid}/reject", {"reason": "not here"})
     assert rejected.json()["state"] == "rejected"
     refusal = await add_relay(other, opath, relay.address)
     assert refusal.code == "rejected_by_operator" and refusal.reason == "not here"

@@ -97,10 +97,12 @@ async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys
         await session.send("not binary")
         check_error(await session.recv(), "bad_type")
     # operator actions
-    admin = relay.admin_url
     for action in ("suspend", "resume", "remove"):
-        assert httpx.post(f"{admin}/admin/groups/1/{action}", json={"reason": "testing"}).status_code == 200
-    assert httpx.post(f"{admin}/admin/backup", json={"path": str(tmp_path / "b.db")}).status_code == 200
+        assert relay.admin_post(f"/admin/groups/1/{action}", {"reason": "testing"}).status_code == 200
+    assert relay.admin_post("/admin/backup", {"path": "b.db"}).status_code == 200
+    # the operator port refuses a request without the token (logged, once per reason)
+    assert httpx.post(f"{relay.admin_url}/admin/groups/1/resume", json={}).status_code == 401
+    relay.wait_for_event("admin.refused")
     # SIGHUP: a good file, then a broken one
     relay.config.write_text('[policy]\nkinds = ["channel"]\n')
     relay.proc.send_signal(signal.SIGHUP)
@@ -109,6 +111,7 @@ async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys
     relay.proc.send_signal(signal.SIGHUP)
     relay.wait_for_event("config.reload_failed")
     card = httpx.get(relay.base_url + "/").json()
+    token = relay.admin_token
     assert relay.stop() == 0
 
     seen = {line["event"] for line in relay.lines}
@@ -124,6 +127,8 @@ async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys
         "group.resumed",
         "group.removed",
         "backup.written",
+        "admin_token.created",
+        "admin.refused",
         "config.reloaded",
         "config.reload_failed",
         "relay.stopping",
@@ -146,7 +151,7 @@ async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys
             b64d(state.owner_secret),
             state.channel,
         ]
-    forbidden = set().union(*(whole_key_forms(key) for key in keys))
+    forbidden = set().union(*(whole_key_forms(key) for key in keys)) | {token}
     for raw, line in zip(relay.raw_lines, relay.lines, strict=True):
         assert not any(form in raw for form in forbidden), f"a whole key in: {raw}"
         # the relay's own bound addresses are in relay.ready; no client address anywhere

@@ -126,7 +126,7 @@ async def test_owners_approve_and_refuse(relay: RunningRelay, tmp_path: Path) ->
     assert (await status(ada, tmp_path / "a.json")).relays[0].status == "admitted"
     bob_now = (await status(bob, tmp_path / "b.json")).relays[0]
     assert (bob_now.status, bob_now.code, bob_now.reason) == ("refused", "refused_by_owners", "not this time")
-    events = [e["event"] for e in httpx.get(f"{relay.admin_url}/admin/groups/1").json()["log"]]
+    events = [e["event"] for e in relay.admin_get("/admin/groups/1").json()["log"]]
     assert {"member_pending", "member_admitted", "member_refused"} <= set(events)
 
 
@@ -195,7 +195,7 @@ async def test_a_request_that_keeps_failing_is_dead_lettered_and_retried(
         db.execute("UPDATE join_requests SET request = ?", (b"\xc1",))
     await publish(owner, owner_path)
     relay.wait_for_event("queue.dead_letter", timeout=10)
-    listed = httpx.get(f"{relay.admin_url}/admin/held", params={"status": "dead"}).json()["requests"]
+    listed = relay.admin_get("/admin/held", params={"status": "dead"}).json()["requests"]
     assert [(r["status"], r["attempts"]) for r in listed] == [("dead", 2)]
     assert "malformed" in listed[0]["last_error"]
     assert (await status(state, tmp_path / "s.json")).relays[0].status == "held"  # still waiting
@@ -203,11 +203,11 @@ async def test_a_request_that_keeps_failing_is_dead_lettered_and_retried(
     with db:
         db.execute("UPDATE join_requests SET request = ?", (good,))
     db.close()
-    retried = httpx.post(f"{relay.admin_url}/admin/held/{listed[0]['id']}/retry").json()
+    retried = relay.admin_post(f"/admin/held/{listed[0]['id']}/retry").json()
     assert retried["status"] == "held"
     await status(state, tmp_path / "s.json", wait=10)
     assert statuses(state) == ["admitted"]
-    assert httpx.post(f"{relay.admin_url}/admin/held/{listed[0]['id']}/retry").status_code == 404
+    assert relay.admin_post(f"/admin/held/{listed[0]['id']}/retry").status_code == 404
 
 
 async def test_a_relay_that_alters_the_profile_is_not_used(

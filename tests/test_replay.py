@@ -256,11 +256,11 @@ async def test_invitation_join_status_and_direct_invite_are_good_on_their_connec
             sealed = seal_to(card, fingerprint, channel.invitation(fingerprint, session=card.challenge))
             answer = await conn.request(sealed)
             assert isinstance(answer, InviteResult) and answer.status == "accepted"
-        groups = httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"]
+        groups = relay.admin_get("/admin/groups").json()["groups"]
         async with connect(relay, "/r", THIEF) as thief:
             await thief.hello()
             await thief.expect_error(sealed, "wrong_session")
-        assert httpx.get(f"{relay.admin_url}/admin/groups").json()["groups"] == groups
+        assert relay.admin_get("/admin/groups").json()["groups"] == groups
 
         # a join, and a status question
         carol = Member()

@@ -212,7 +212,7 @@ def relay_key(relay: RunningRelay) -> bytes:
 
     from relay.protocol.encoding import b64d
 
-    return b64d(httpx.get(f"http://{relay.listen}/").json()["identity_key"])
+    return b64d(httpx.get(f"{relay.base_url}/", verify=relay.client_tls or True).json()["identity_key"])
 
 
 def metric(relay: RunningRelay, name: str) -> float:
@@ -247,7 +247,7 @@ class RawFeed:
     """A member connection on a plain socket with a small receive buffer, read only on demand:
     a member that stops reading, as the relay sees it."""
 
-    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+    def __init__(self, stream: trio.abc.Stream, ws: WSConnection) -> None:
         self.stream = stream
         self.ws = ws
         self.challenge = b""  # the relay's, from the welcome card
@@ -283,7 +283,9 @@ async def raw_feed(
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # before connect: small window
     await sock.connect((host, int(port)))
-    stream = trio.SocketStream(sock)
+    stream: trio.abc.Stream = trio.SocketStream(sock)
+    if relay.client_tls is not None:  # the relay speaks TLS: the same member, over it
+        stream = trio.SSLStream(stream, relay.client_tls, server_hostname=host, https_compatible=True)
     ws = WSConnection(ConnectionType.CLIENT)
     await stream.send_all(ws.send(Request(host=relay.listen, target=f"/g/{address_id}")))
     feed = RawFeed(stream, ws)

@@ -120,9 +120,11 @@ async def connect(
     relay: RunningRelay, path: str = "/r", local_address: str | None = None
 ) -> AsyncIterator[RawSession]:
     """A WebSocket to ``path``; from ``local_address`` (127.0.0.2, ...: another host) if given."""
+    scheme = "wss" if relay.client_tls else "ws"
     if local_address is None:
         async with open_websocket_url(
-            f"ws://{relay.listen}{path}",
+            f"{scheme}://{relay.listen}{path}",
+            ssl_context=relay.client_tls,
             max_message_size=ANSWER_LIMIT,
             connect_timeout=5,
             disconnect_timeout=2,
@@ -130,7 +132,10 @@ async def connect(
             yield RawSession(ws, fingerprint_of(relay))
         return
     host, port = relay.listen.rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port), local_address=local_address)
+    tcp = await trio.open_tcp_stream(host, int(port), local_address=local_address)
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+    if relay.client_tls is not None:
+        stream = trio.SSLStream(tcp, relay.client_tls, server_hostname=host, https_compatible=True)
     async with trio.open_nursery() as nursery:
         ws = await wrap_client_stream(nursery, stream, relay.listen, path, max_message_size=ANSWER_LIMIT)
         try:

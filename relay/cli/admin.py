@@ -3,8 +3,9 @@
 Listing and deciding groups, the join-request queue, statistics and online
 backups.  Each command is one call of ``relay.client.admin.AdminClient`` on the
 operator port (found from ``--admin`` or the running relay's ``run.json`` in
-``--data``).  This module must not open the relay's database or files itself:
-the running relay does all the work, even writing the backup.
+``--data``), carrying the operator token (``DATA/admin.token``, ``--token-file``
+or ``RELAY_ADMIN_TOKEN``).  This module must not open the relay's database or
+files itself: the running relay does all the work, even writing the backup.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from relay.cli.common import add_command
 
 
 def _admin(args: argparse.Namespace) -> Any:
-    from relay.client.admin import AdminClient, admin_address
+    from relay.client.admin import AdminClient, admin_address, admin_token
 
-    return AdminClient(admin_address(Path(args.data) if args.data else None, args.admin))
+    data = Path(args.data) if args.data else None
+    address = admin_address(data, args.admin)
+    token_file = Path(args.token_file).expanduser() if args.token_file else None
+    return AdminClient(address, admin_token(data, token_file))
 
 
 def cmd_admin_groups(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,10 +90,12 @@ def cmd_admin_stats(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_admin_backup(args: argparse.Namespace) -> dict[str, Any]:
-    # The relay writes the file itself, so it needs a path that means the same to it.
-    target = Path(args.file).expanduser().absolute()
+    # The relay writes the file itself, into its backup folder: a bare name is sent as it is
+    # (the relay puts it there), any other path made absolute, to mean the same to the relay.
+    name = str(args.file)
+    target = name if "/" not in name else str(Path(name).expanduser().absolute())
     with _admin(args) as admin:
-        return {"status": "ok", **admin.backup(str(target))}
+        return {"status": "ok", **admin.backup(target)}
 
 
 def add_commands(sub: Any) -> None:
@@ -108,11 +114,14 @@ def add_commands(sub: Any) -> None:
         ("resume", cmd_admin_resume, "resume a suspended group"),
         ("remove", cmd_admin_remove, "remove a group for good; repeated invitations are refused"),
         ("stats", cmd_admin_stats, "groups by state, connections, database commits, uptime, version"),
-        ("backup", cmd_admin_backup, "write an online backup of the database to a new FILE"),
+        ("backup", cmd_admin_backup, "write an online backup of the database to a new FILE (backup folder)"),
     ):
         p = add_command(admin, name, func, help_)
-        p.add_argument("--data")
+        p.add_argument("--data", help="the relay's data folder: its run.json and admin.token")
         p.add_argument("--admin", help="operator HOST:PORT")
+        p.add_argument(
+            "--token-file", help="the operator token's file (default: DATA/admin.token or $RELAY_ADMIN_TOKEN)"
+        )
         if name in ("groups", "held"):
             p.add_argument("--after", type=int, default=0, help="only those with an id above this")
             p.add_argument("--limit", type=int, default=100, help="at most this many (up to 1000)")
@@ -121,7 +130,12 @@ def add_commands(sub: Any) -> None:
         elif name == "held":
             p.add_argument("--dead", action="store_true", help="only dead-lettered requests")
         elif name == "backup":
-            p.add_argument("file", metavar="FILE", help="a new file, written by the relay itself (mode 0600)")
+            p.add_argument(
+                "file",
+                metavar="FILE",
+                help="a new file name, written by the relay into storage.backup_dir (default DATA/backups), "
+                "or an absolute path inside that folder (mode 0600)",
+            )
         elif name != "stats":
             p.add_argument("id", type=int)
         if name == "reject":

@@ -55,19 +55,29 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
         lines = "\n".join(f"  - {error}" for error in errors)
         count = f"{len(errors)} error{'s' if len(errors) > 1 else ''}"
         raise Failure(f"{count} in the configuration:\n{lines}", code="bad_config", errors=errors)
+    if config.server.tls:
+        from relay.server.tls import TlsError, server_context
+
+        try:
+            server_context(config.server.tls_cert, config.server.tls_key)
+        except TlsError as exc:
+            reason = f"1 error in the configuration:\n  - {exc}"
+            raise Failure(reason, code="bad_config", errors=[str(exc)]) from None
     source = str(path) if path else "built-in defaults"
     overrides = f" + {', '.join(variables)}" if variables else ""
     return {
         "status": "ok",
         "config": str(path) if path else None,
         "environment": variables,
-        "summary": f"ok: {source}{overrides}; public {config.server.listen}, "
+        "summary": f"ok: {source}{overrides}; public {config.server.listen}"
+        f"{' (TLS)' if config.server.tls else ''}, "
         f"operator {config.server.admin_listen}, approval {config.policy.approval}",
     }
 
 
 def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     from relay.protocol.addresses import contact_address
+    from relay.server import admintoken
     from relay.server.app import DB_FILE
     from relay.server.config import split_host_port
     from relay.server.identity import load_or_create
@@ -76,9 +86,14 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     config = _load_config(args)
     data = Path(args.data)
     identity, created = load_or_create(data)
+    try:
+        # The operator port's token: `relay admin --data` sends it (relay serve makes it too).
+        admintoken.load_or_create(data)
+    except admintoken.TokenError as exc:
+        raise Failure(str(exc)) from None
     Database(data / DB_FILE).close()
     host, port = split_host_port(config.server.listen)
-    base = config.server.public_url.rstrip("/") or f"http://{host}:{port}"
+    base = config.server.base_url(f"{host}:{port}")
     return {
         "status": "ok",
         "created": created,
@@ -131,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
                     async for signum in received:
                         if signum == signal.SIGHUP:
+                            relay.reload_admin_token()  # a deleted token file is made anew
                             try:
                                 relay.reload_policy(_load_config(args))
                             except Failure as exc:
@@ -154,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def add_commands(sub: Any) -> None:
     """``init``, ``serve``, ``config check`` and ``address`` on the top-level subparsers, in that order."""
-    p = add_command(sub, "init", cmd_init, "create the relay's identity keys and database")
+    p = add_command(sub, "init", cmd_init, "create the relay's identity keys, operator token and database")
     p.add_argument("--data", required=True)
     p.add_argument("--config")
     p = add_command(sub, "serve", cmd_serve, "run the relay daemon")

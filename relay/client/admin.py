@@ -1,18 +1,26 @@
 """The operator's client for the admin API on the operator port (httpx, synchronous).
 
 Finds the port from ``DATA/run.json`` (written by a running daemon) or takes
-``HOST:PORT`` directly.  Errors become :class:`relay.client.errors.RelayError`.
+``HOST:PORT`` directly, and the access token from ``DATA/admin.token``, a token
+file, or ``RELAY_ADMIN_TOKEN``; every request carries it as a bearer token.
+Errors become :class:`relay.client.errors.RelayError`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from relay.client.errors import RelayError, RelayRefused, RelayUnreachable
+
+# The file the relay keeps its operator token in (relay.server.admintoken.TOKEN_FILE).
+TOKEN_FILE = "admin.token"
+TOKEN_VARIABLE = "RELAY_ADMIN_TOKEN"
 
 
 def admin_address(data_dir: Path | None, admin: str | None) -> str:
@@ -28,9 +36,46 @@ def admin_address(data_dir: Path | None, admin: str | None) -> str:
         ) from None
 
 
+def admin_token(
+    data_dir: Path | None, token_file: Path | None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The operator token: ``token_file`` if given, else ``DATA/admin.token``, else the
+    ``RELAY_ADMIN_TOKEN`` variable; RelayError with a one-line reason when there is none."""
+    env = os.environ if environ is None else environ
+    path = token_file or (data_dir / TOKEN_FILE if data_dir is not None else None)
+    if path is None:
+        token = env.get(TOKEN_VARIABLE, "").strip()
+        if not token:
+            raise RelayError(
+                f"no operator token: give --data DIR (reads DIR/{TOKEN_FILE}), --token-file PATH "
+                f"or {TOKEN_VARIABLE}",
+                code="no_token",
+            )
+        return token
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        hint = " (start the relay or run 'relay init' once)" if token_file is None else ""
+        raise RelayError(f"no operator token: {path} does not exist{hint}", code="no_token") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise RelayError(
+            f"cannot read the operator token {path}: {reason} (run as the relay's user)", code="no_token"
+        ) from None
+    if not token:
+        raise RelayError(f"no operator token: {path} is empty", code="no_token")
+    return token
+
+
 class AdminClient:
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=f"http://{address}", timeout=timeout)
+    def __init__(self, address: str, token: str, *, timeout: float = 10.0) -> None:
+        self._client = httpx.Client(
+            base_url=f"http://{address}",
+            timeout=timeout,
+            headers={"authorization": f"Bearer {token}"},
+            # The operator port is local: an HTTP(S)_PROXY of the shell must not see the token.
+            trust_env=False,
+        )
 
     def __enter__(self) -> AdminClient:
         return self
@@ -62,7 +107,7 @@ class AdminClient:
         return dict(self._call("GET", f"/admin/groups/{group_id}"))
 
     def approve(self, group_id: int) -> dict[str, Any]:
-        return dict(self._call("POST", f"/admin/groups/{group_id}/approve"))
+        return dict(self._call("POST", f"/admin/groups/{group_id}/approve", json={}))
 
     def reject(self, group_id: int, reason: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/admin/groups/{group_id}/reject", json={"reason": reason}))
@@ -75,14 +120,14 @@ class AdminClient:
         return list(self._call("GET", "/admin/held", params=params)["requests"])
 
     def retry(self, request_id: int) -> dict[str, Any]:
-        return dict(self._call("POST", f"/admin/held/{request_id}/retry"))
+        return dict(self._call("POST", f"/admin/held/{request_id}/retry", json={}))
 
     def suspend(self, group_id: int, reason: str | None = None) -> dict[str, Any]:
         body = {"reason": reason} if reason else {}
         return dict(self._call("POST", f"/admin/groups/{group_id}/suspend", json=body))
 
     def resume(self, group_id: int) -> dict[str, Any]:
-        return dict(self._call("POST", f"/admin/groups/{group_id}/resume"))
+        return dict(self._call("POST", f"/admin/groups/{group_id}/resume", json={}))
 
     def remove(self, group_id: int, reason: str | None = None) -> dict[str, Any]:
         body = {"reason": reason} if reason else {}
@@ -92,5 +137,6 @@ class AdminClient:
         return dict(self._call("GET", "/admin/stats"))
 
     def backup(self, path: str, *, timeout: float = 3600.0) -> dict[str, Any]:
-        """Ask the relay to write an online backup to ``path``, absolute, on the relay's machine."""
+        """Ask the relay to write an online backup to ``path``: a file name (written into the
+        relay's backup folder) or an absolute path inside that folder, on the relay's machine."""
         return dict(self._call("POST", "/admin/backup", json={"path": path}, timeout=timeout))

@@ -6,14 +6,20 @@ the relay's card is signed by the key whose fingerprint the address pins;
 Every request signed for the session names its :attr:`RelaySession.challenge`
 (the relay refuses it on any other connection), so requests are signed after
 the session is open, never before.  Every wait is bounded by ``timeout``.
+
+An ``https://`` address is dialled as ``wss://``, and the relay's TLS certificate is
+verified against the system's trust store (Python's default context, which honours
+``SSL_CERT_FILE`` and ``SSL_CERT_DIR``), or against the ``ssl_context`` given.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from urllib.parse import urlsplit
 
@@ -131,15 +137,44 @@ async def _exchange(ws: WebSocketConnection, frame: ClientFrame, timeout: float)
     return _decode(data)
 
 
+def default_tls() -> ssl.SSLContext:
+    """The context ``wss://`` sessions verify relays with unless given one: the system's
+    trust store, with host names checked.  Made once per trust setting (loading a trust
+    store costs milliseconds), and again if ``SSL_CERT_FILE``/``SSL_CERT_DIR`` change."""
+    return _default_tls(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _default_tls(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context()  # reads the two variables itself (OpenSSL's defaults)
+
+
 @asynccontextmanager
 async def open_session(
-    address: RelayAddress, *, timeout: float = DEFAULT_TIMEOUT
+    address: RelayAddress, *, timeout: float = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None
 ) -> AsyncIterator[RelaySession]:
-    """Connect to ``address`` and prove the relay's identity; a fresh connection every time."""
+    """Connect to ``address`` and prove the relay's identity; a fresh connection every time.
+
+    ``ssl_context`` is used for an ``https://`` address (default: :func:`default_tls`); a
+    certificate it does not trust makes the relay unreachable (:class:`RelayUnreachable`).
+    """
     nonce = secrets.token_bytes(32)
     connected = False
+    websocket: AbstractAsyncContextManager[WebSocketConnection]
+    secure = address.websocket_url.startswith("wss:")
+    local = _local_address.get()
+    if secure or local is not None:
+        context = (ssl_context or default_tls()) if secure else None
+        websocket = _own_websocket(address, context, local, timeout)
+    else:
+        websocket = open_websocket_url(
+            address.websocket_url,
+            max_message_size=MAX_ANSWER,
+            connect_timeout=timeout,
+            disconnect_timeout=DISCONNECT_TIMEOUT,
+        )
     try:
-        async with _websocket(address.websocket_url, timeout) as ws:
+        async with websocket as ws:
             connected = True
             answer = await _exchange(ws, Hello(version=PROTOCOL_VERSION, nonce=nonce), timeout)
             if isinstance(answer, Error):
@@ -154,43 +189,57 @@ async def open_session(
     except (OSError, HandshakeError, trio.TooSlowError) as exc:
         if connected:
             raise
-        raise RelayUnreachable(f"cannot reach {address.base}: {exc}") from None
+        reason = str(exc) or f"no connection within {timeout:g} s ({type(exc).__name__})"
+        raise RelayUnreachable(f"cannot reach {address.base}: {reason}") from None
 
 
 @asynccontextmanager
-async def _websocket(url: str, timeout: float) -> AsyncIterator[WebSocketConnection]:
-    local = _local_address.get()
-    if local is None:
-        async with open_websocket_url(
-            url, max_message_size=MAX_ANSWER, connect_timeout=timeout, disconnect_timeout=DISCONNECT_TIMEOUT
-        ) as ws:
-            yield ws
-        return
-    # trio-websocket cannot pick the local address: connect first, then wrap the stream.
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)
+async def _own_websocket(
+    address: RelayAddress, context: ssl.SSLContext | None, local: str | None, timeout: float
+) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket on a TCP connection (and, with ``context``, a TLS handshake) made here.
+
+    Why not ``open_websocket_url``: it cannot pick the local address (``local``: another
+    host, in tests), and it starts TLS inside its WebSocket handshake, where a failed TLS
+    handshake (a certificate the client does not trust) shows only as a connect time-out
+    with no reason (python-trio/trio-websocket#199).  Here it fails at once, saying why.
+    """
+    parts = urlsplit(address.websocket_url)
+    host, port = parts.hostname or "", parts.port or (443 if context is not None else 80)
+    try:
+        with trio.fail_after(timeout):
+            tcp = await trio.open_tcp_stream(host, port, local_address=local)
+    except (OSError, trio.TooSlowError) as exc:
+        raise RelayUnreachable(f"cannot reach {address.base}: {exc or 'time-out'}") from None
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+    if context is not None:
+        stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
+        try:
+            with trio.fail_after(timeout):
+                await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(tcp)
+            raise RelayUnreachable(f"no TLS with {address.base}: {exc.__cause__ or exc}") from None
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(timeout):
-                tcp = await trio.open_tcp_stream(host, port, local_address=local)
-                stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
-                if parts.scheme == "wss":
-                    stream = trio.SSLStream(
-                        tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True
-                    )
-                    await stream.do_handshake()
                 ws = await wrap_client_stream(
                     nursery, stream, parts.netloc, parts.path or "/", max_message_size=MAX_ANSWER
                 )
             try:
                 yield ws
             finally:
-                with trio.move_on_after(DISCONNECT_TIMEOUT):
+                with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
                     await ws.aclose()
+                nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # The nursery groups what its body raises; callers expect the exception itself, as
-        # open_websocket_url gives it (the reader task ends quietly with the connection).
+        # One failure (the caller's, or the connection's) comes out as itself, as from
+        # open_websocket_url: callers catch RelayRefused, ConnectionClosed and the like.
         if len(group.exceptions) == 1:
-            inner = group.exceptions[0]
-            raise inner from inner.__cause__
+            raise group.exceptions[0] from None
         raise
+    finally:
+        await trio.aclose_forcefully(stream)

@@ -2,18 +2,32 @@
 
 Plain HTTP/1.1 with JSON bodies, served through the same h11 glue as the public
 port.  It exposes what an operator needs to run the relay (groups and their
-state changes, stats, online backups written by the relay to a new file the
-operator names) and nothing a client could use; it must never be bound to a
-public interface without a firewall, since it has no authentication.
+state changes, stats, online backups written by the relay into its backup folder)
+and nothing a client could use.
+
+Every request is screened before routing, because the operator's own browser is
+a way in: a web page can send requests to loopback (cross-origin "simple"
+requests) and, by DNS rebinding, read answers from a name that resolves here.
+So: the ``Host`` must name loopback, the address the connection arrived at, or
+``server.admin_hosts`` (421 otherwise); a request with ``Origin`` or a browser's
+``Sec-Fetch-Site`` is refused (403; no CORS, so no preflight ever succeeds);
+everything but ``/healthz``, ``/readyz`` and ``/metrics`` (GET/HEAD) needs
+``Authorization: Bearer`` with the token in ``DATA/admin.token`` (401); a POST
+body must be ``application/json`` (415) and a JSON object (400).
+
+Must not: log the token or a client address; write a backup outside the backup folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
+import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -21,6 +35,7 @@ import structlog
 import trio
 
 from relay import __version__
+from relay.protocol.crypto import same_secret
 from relay.protocol.encoding import b64e
 from relay.protocol.errors import ProtocolError
 from relay.server.http import HttpRequest, HttpResponse, serve_http_connection
@@ -69,8 +84,102 @@ def group_view(record: GroupRecord, address: str | None) -> dict[str, object]:
     }
 
 
-def _json(status: int, body: object) -> HttpResponse:
-    return HttpResponse(status, json.dumps(body).encode())
+# Answers are for programs: never cached, never sniffed into something a browser would run.
+_HEADERS = [("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
+
+
+def _json(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
+    return HttpResponse(status, json.dumps(body).encode(), headers=[*_HEADERS, *headers])
+
+
+# The paths health checks and Prometheus use without the token (GET and HEAD only).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two ``admin.refused`` lines of one reason
+
+
+def _host_name(value: str) -> str | None:
+    """The host a ``Host`` header names, without its port; None if it is not a Host value."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        rest = value[end + 1 :]
+        if end < 0 or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        return value[1:end]
+    name, sep, port = value.rpartition(":")
+    if not sep:
+        return value
+    if ":" in name or (port and not port.isdigit()):
+        return None  # an IPv6 address without brackets, or a port that is not a number
+    return name
+
+
+def _canonical(name: str) -> str:
+    """A host as compared: lower case, no trailing dot, IP addresses in one form."""
+    name = name.strip().strip("[]").lower().rstrip(".")
+    ip = _ip(name)
+    return name if ip is None else str(ip)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (an IPv4-mapped IPv6 one as IPv4, no zone), else None."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def host_allowed(value: str | None, local: str | None, names: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` may be served (the guard against DNS rebinding).
+
+    Allowed: loopback (127.0.0.0/8, ::1, ``localhost``), the address the connection arrived
+    at (the port's own address; when bound to 0.0.0.0, whichever address the client dialled)
+    and ``names`` (``server.admin_hosts``, canonical), with any port.  A request without
+    ``Host`` (HTTP/1.0 only: h11 refuses HTTP/1.1 without one) is allowed, since browsers
+    always send one and DNS rebinding needs a browser.
+    """
+    if value is None:
+        return True
+    name = _host_name(value)
+    if not name:
+        return False
+    name = _canonical(name)
+    if name == "localhost" or name in names:
+        return True
+    ip = _ip(name)
+    if ip is None:
+        return False
+    if ip.is_loopback:
+        return True
+    return local is not None and ip == _ip(local)
+
+
+def _refusal(status: int, error: str, reason: str) -> HttpResponse:
+    headers = [("www-authenticate", 'Bearer realm="chat-relay operator"')] if status == 401 else []
+    return _json(status, {"error": error, "reason": reason}, headers)
+
+
+_BAD_HOST = _refusal(
+    421,
+    "bad_host",
+    "the operator port answers only requests for loopback, its own address or a name in server.admin_hosts",
+)
+_BROWSER = _refusal(
+    403,
+    "cross_origin",
+    "the operator port serves no browser: requests with Origin or Sec-Fetch-Site are refused",
+)
+_NO_TOKEN = _refusal(
+    401,
+    "unauthorised",
+    "send Authorization: Bearer with the token in DATA/admin.token (relay admin --data DATA does)",
+)
+_BAD_TOKEN = _refusal(401, "unauthorised", "wrong token (is it the one in this relay's DATA/admin.token?)")
+_NOT_JSON = _refusal(415, "unsupported_media_type", "a POST body must be Content-Type: application/json")
+_OPEN_METHODS = _refusal(405, "method_not_allowed", "GET or HEAD")
 
 
 _BAD_PAGE = _json(400, {"error": "bad_request", "reason": "after and limit must be integers"})
@@ -89,18 +198,30 @@ class BadRequest(Exception):
     """The request itself is wrong (HTTP 400); the message says how."""
 
 
+class BadBackupPath(BadRequest):
+    """A backup path the relay will not write (HTTP 400 ``bad_backup_path``, naming the folder)."""
+
+    def __init__(self, reason: str, folder: Path) -> None:
+        super().__init__(reason)
+        self.folder = folder
+
+
 def _body(body: bytes) -> dict[str, object]:
     try:
-        value = json.loads(body or b"{}")
-    except ValueError:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
     return value
 
 
-def _reason(body: bytes, default: str) -> str:
-    return str(_body(body).get("reason") or default)[:MAX_REASON]
+def _exists(target: Path) -> str:
+    return f"{target} already exists; the relay never overwrites a file"
+
+
+def _reason(fields: dict[str, object], default: str) -> str:
+    return str(fields.get("reason") or default)[:MAX_REASON]
 
 
 class AdminEndpoint:
@@ -111,6 +232,9 @@ class AdminEndpoint:
         ready: Callable[[], bool],
         head_timeout: float,
         *,
+        token: str,
+        backup_dir: Path,
+        admin_hosts: Iterable[str] = (),
         open_connections: Callable[[], int] = lambda: 0,
         started: float | None = None,
     ) -> None:
@@ -118,39 +242,112 @@ class AdminEndpoint:
         self.metrics = metrics
         self.ready = ready
         self.head_timeout = head_timeout
+        # Replaced in place on SIGHUP (a rotated token applies to the next request).
+        self.token = token
+        self.backup_dir = backup_dir
+        self.admin_hosts = frozenset(_canonical(h) for h in admin_hosts)
         self.open_connections = open_connections
         self.started = time.time() if started is None else started
+        self._logged: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
 
     async def handle(self, stream: trio.SocketStream) -> None:
         try:
-            await serve_http_connection(stream, on_http=self._http, head_timeout=self.head_timeout)
+            try:
+                local: str | None = str(stream.socket.getsockname()[0])
+            except OSError:
+                local = None
+
+            async def on_http(request: HttpRequest) -> HttpResponse:
+                return await self._http(request, local)
+
+            await serve_http_connection(stream, on_http=on_http, head_timeout=self.head_timeout)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _http(self, request: HttpRequest) -> HttpResponse:
+    async def _http(self, request: HttpRequest, local: str | None = None) -> HttpResponse:
         path, _, query = request.target.partition("?")
+        method = request.method
+        refused = self._screen(request, path, local)
+        if refused is not None:
+            return refused
+        head = method == "HEAD"
         try:
-            return await self._route(request.method, path, query, request.body)
+            if path in OPEN_PATHS:
+                if method not in ("GET", "HEAD"):
+                    return _OPEN_METHODS
+                response = await self._open(path)
+            else:
+                fields = _body(request.body) if method == "POST" else {}
+                response = await self._route("GET" if head else method, path, query, fields)
         except ProtocolError as exc:
             status = 404 if exc.code.value == "unknown_group" else 409
-            return _json(status, {"error": exc.code.value, "reason": exc.reason})
+            response = _json(status, {"error": exc.code.value, "reason": exc.reason})
+        except BadBackupPath as exc:
+            response = _json(400, {"error": "bad_backup_path", "reason": str(exc), "folder": str(exc.folder)})
         except BadRequest as exc:
-            return _json(400, {"error": "bad_request", "reason": str(exc)})
+            response = _json(400, {"error": "bad_request", "reason": str(exc)})
+        if head:  # the same status and headers as GET, without the body
+            return dataclasses.replace(response, body=b"")
+        return response
 
-    async def _route(self, method: str, path: str, query: str, body: bytes) -> HttpResponse:
+    def _screen(self, request: HttpRequest, path: str, local: str | None) -> HttpResponse | None:
+        """The refusal for a request the operator port must not serve, or None to serve it.
+
+        In this order: a Host that is not ours (DNS rebinding), any sign of a browser, no
+        token (all but the open paths), a POST body that is not JSON.  Each is counted in
+        ``relay_admin_refused_total{reason}``.
+        """
+        headers = request.headers
+        if not host_allowed(headers.get("host"), local, self.admin_hosts):
+            return self._refuse("host", _BAD_HOST)
+        if "origin" in headers or headers.get("sec-fetch-site", "none").strip().lower() != "none":
+            # A browser: only a web page sends these, and the operator port serves no page.
+            return self._refuse("browser", _BROWSER)
+        if path in OPEN_PATHS:
+            return None
+        scheme, _, credential = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            return self._refuse("token", _NO_TOKEN)
+        if not same_secret(credential.strip().encode(), self.token.encode()):
+            return self._refuse("token", _BAD_TOKEN)
+        if request.method == "POST":
+            media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media != "application/json":
+                return self._refuse("content_type", _NOT_JSON)
+        return None
+
+    def _refuse(self, reason: str, response: HttpResponse) -> HttpResponse:
+        """Count a refusal, and log it at most once per ``REFUSAL_LOG_INTERVAL`` per reason
+        (a page retrying in a loop must not flood the log)."""
+        self.metrics.inc("relay_admin_refused_total", reason=reason)
+        now = time.monotonic()
+        last = self._logged.get(reason)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        else:
+            self._logged[reason] = now
+            hits = self._unlogged.pop(reason, 0) + 1
+            log.warning("admin.refused", reason=reason, status=response.status, hits=hits)
+        return response
+
+    async def _open(self, path: str) -> HttpResponse:
         if path == "/healthz":
             return _json(200, {"status": "ok"})
         if path == "/readyz":
             ready = self.ready()
             return _json(200 if ready else 503, {"ready": ready})
-        if path == "/metrics":
-            await self._refresh_gauges()
-            return HttpResponse(200, self.metrics.render().encode(), "text/plain; version=0.0.4")
+        await self._refresh_gauges()
+        return HttpResponse(
+            200, self.metrics.render().encode(), "text/plain; version=0.0.4", headers=list(_HEADERS)
+        )
+
+    async def _route(self, method: str, path: str, query: str, fields: dict[str, object]) -> HttpResponse:
         if path == "/admin/stats" and method == "GET":
             return _json(200, await self._stats())
         if path == "/admin/backup" and method == "POST":
-            return await self._backup(body)
+            return await self._backup(fields)
         if path == "/admin/groups" and method == "GET":
             params = dict(parse_qsl(query))
             state = params.get("state") or None
@@ -194,13 +391,13 @@ class AdminEndpoint:
         if action == "/approve":
             record = await self.service.approve(group_id)
         elif action == "/reject":
-            record = await self.service.reject(group_id, _reason(body, "no reason given"))
+            record = await self.service.reject(group_id, _reason(fields, "no reason given"))
         elif action == "/suspend":
-            record = await self.service.suspend(group_id, _reason(body, "no reason given"))
+            record = await self.service.suspend(group_id, _reason(fields, "no reason given"))
         elif action == "/resume":
             record = await self.service.resume(group_id)
         else:
-            record = await self.service.remove(group_id, _reason(body, "no reason given"))
+            record = await self.service.remove(group_id, _reason(fields, "no reason given"))
         self.metrics.inc("relay_operator_actions_total", action=action[1:])
         return _json(200, group_view(record, self.service.address_of(record)))
 
@@ -237,29 +434,65 @@ class AdminEndpoint:
             },
         }
 
-    async def _backup(self, body: bytes) -> HttpResponse:
-        raw = _body(body).get("path")
+    async def _backup(self, fields: dict[str, object]) -> HttpResponse:
+        raw = fields.get("path")
+        folder = self.backup_dir
         if not isinstance(raw, str) or not raw:
-            raise BadRequest('give {"path": "/absolute/path/of/a/new/file"}')
-        target = Path(raw)
-        if not target.is_absolute():
-            raise BadRequest(f"{raw!r} is not an absolute path (the relay's working folder is not yours)")
-        if target.exists() or target.is_symlink():
-            raise BadRequest(f"{raw} already exists; the relay never overwrites a file")
-        if not target.parent.is_dir():
-            raise BadRequest(f"the folder {target.parent} does not exist")
+            raise BadBackupPath(f'give {{"path": "FILE"}}: a new file name, written into {folder}', folder)
+        target, folder = self._backup_target(raw)
         started = time.monotonic()
         try:
             size = await self.service.db.backup(target)
         except FileExistsError:
-            raise BadRequest(f"{raw} already exists; the relay never overwrites a file") from None
+            raise BadBackupPath(_exists(target), folder) from None
         except OSError as exc:
             # Permission denied, read-only file system (systemd's ProtectSystem), disk full.
-            raise BadRequest(f"cannot write {raw}: {exc.strerror or exc}") from None
+            raise BadBackupPath(f"cannot write {target}: {exc.strerror or exc}", folder) from None
         seconds = round(time.monotonic() - started, 3)
         self.metrics.inc("relay_operator_actions_total", action="backup")
         log.info("backup.written", path=str(target), bytes=size, seconds=seconds)
         return _json(200, {"status": "ok", "path": str(target), "bytes": size, "seconds": seconds})
+
+    def _backup_target(self, raw: str) -> tuple[Path, Path]:
+        """Where a backup named ``raw`` goes, inside the backup folder; and the folder itself.
+
+        A bare file name goes into the folder (made 0700 if missing).  An absolute path must
+        lead into the folder or a folder below it once every symbolic link is resolved, with
+        no ``..``.  The file must not exist (a dangling link counts: the write would follow
+        it); ``Database.backup`` creates it with O_EXCL, so a file appearing meanwhile is
+        not overwritten either.
+        """
+        configured = self.backup_dir
+        try:
+            configured.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise BadBackupPath(
+                f"cannot create the backup folder {configured}: {exc.strerror or exc}", configured
+            ) from None
+        folder = Path(os.path.realpath(configured))
+        outside = (
+            f"{raw!r} is outside the backup folder {folder}: give a file name (written there) "
+            "or an absolute path inside it (storage.backup_dir)"
+        )
+        if "\0" in raw:
+            raise BadBackupPath(outside, folder)
+        if "/" not in raw:
+            if raw in (".", ".."):
+                raise BadBackupPath(outside, folder)
+            target = folder / raw
+        else:
+            given = Path(raw)
+            if not given.is_absolute() or ".." in given.parts or not given.name:
+                raise BadBackupPath(outside, folder)
+            parent = Path(os.path.realpath(given.parent))
+            if parent != folder and folder not in parent.parents:
+                raise BadBackupPath(outside, folder)
+            target = parent / given.name
+        if target.is_symlink() or target.exists():
+            raise BadBackupPath(_exists(target), folder)
+        if not target.parent.is_dir():
+            raise BadBackupPath(f"the folder {target.parent} does not exist", folder)
+        return target, folder
 
     async def _retry(self, request_id: int) -> HttpResponse:
         def apply(conn: sqlite3.Connection) -> JoinRow | None:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import resource
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import structlog
 import trio
 
 from relay.protocol.addresses import contact_address
+from relay.server import admintoken
 from relay.server.admin import AdminEndpoint
 from relay.server.admission import Admissions
 from relay.server.bounds import Bounds
@@ -37,6 +39,7 @@ from relay.server.profiles import VerifiedProfiles
 from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
 from relay.server.signals import GroupSignals
+from relay.server.tls import TlsError, server_context
 from relay.server.worker import JoinWorker
 from relay.store.db import Database
 
@@ -45,6 +48,7 @@ log = structlog.get_logger("relay.app")
 DB_FILE = "relay.db"
 RUN_FILE = "run.json"
 LOCK_FILE = "relay.lock"
+BACKUP_DIR = "backups"  # storage.backup_dir's default, below the data folder
 
 
 class StartupError(Exception):
@@ -115,6 +119,7 @@ class Relay:
     ready: ReadyInfo | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _policy: PolicyHolder = field(init=False)
+    _admin: AdminEndpoint | None = None
 
     def __post_init__(self) -> None:
         self.identity, created = load_or_create(self.data_dir)
@@ -142,6 +147,26 @@ class Relay:
         )
         log.info("config.reloaded")
 
+    def reload_admin_token(self) -> None:
+        """Read ``DATA/admin.token`` again (SIGHUP), making a new one if it was deleted:
+        a rotated token applies to the next operator request.  A file that cannot be used
+        keeps the token in force."""
+        if self._admin is None:
+            return
+        try:
+            self._admin.token = self._admin_token()
+        except admintoken.TokenError as exc:
+            log.error("admin_token.reload_failed", reason=str(exc))
+
+    def _admin_token(self) -> str:
+        token, created = admintoken.load_or_create(self.data_dir)
+        path = str(self.data_dir / admintoken.TOKEN_FILE)
+        if created:
+            log.info("admin_token.created", path=path)
+        elif admintoken.exposed(self.data_dir):
+            log.warning("admin_token.exposed", path=path, reason="readable by other users: chmod 600 it")
+        return token
+
     async def run(self, *, task_status: trio.TaskStatus[ReadyInfo] = trio.TASK_STATUS_IGNORED) -> None:
         with data_dir_lock(self.data_dir):
             await self._run(task_status)
@@ -159,10 +184,17 @@ class Relay:
         self.metrics.set("relay_start_time_seconds", self.started)
         signals = GroupSignals()
         try:
+            try:
+                token = self._admin_token()
+                tls: ssl.SSLContext | None = (
+                    server_context(server.tls_cert, server.tls_key) if server.tls else None
+                )
+            except (admintoken.TokenError, TlsError) as exc:
+                raise StartupError(str(exc)) from None
             public_listeners = await _listen(server.listen)
             admin_listeners = await _listen(server.admin_listen)
             listen = _host_port(public_listeners[0])
-            base = server.public_url.rstrip("/") or f"http://{listen}"
+            base = server.base_url(listen)
             if not server.public_url and split_host_port(server.listen)[0] in ("0.0.0.0", "::", ""):
                 # Addresses would name 0.0.0.0, which no client can dial.
                 log.warning(
@@ -206,11 +238,15 @@ class Relay:
                 bounds=self.bounds,
                 log_client_ip=self.config.logging.log_client_ip,
             )
-            admin = AdminEndpoint(
+            public.tls = tls
+            admin = self._admin = AdminEndpoint(
                 service,
                 self.metrics,
                 lambda: self.ready is not None,
                 server.handshake_timeout,
+                token=token,
+                backup_dir=self.data_dir / (storage.backup_dir or BACKUP_DIR),
+                admin_hosts=server.admin_hosts,
                 open_connections=lambda: public.open_connections,
                 started=self.started,
             )

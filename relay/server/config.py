@@ -11,7 +11,9 @@ same validation.  Defaults here are the documented defaults of
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +25,17 @@ from msgspec import Meta, Struct
 from relay.protocol.profile import ProfilePolicy
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
+# A DNS name as a Host header names it (no port): letters, digits, '-', '.'.
+_HOST_NAME = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?")
+
+
+def _is_host(text: str) -> bool:
+    """A DNS name or an IP address (IPv6 with or without brackets), with no port."""
+    try:
+        ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return bool(_HOST_NAME.fullmatch(text))
+    return True
 
 
 class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -39,6 +52,20 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # TCP keepalive on public connections: a subscribed member has no idle time-out, so the
     # kernel's probes are what find a peer that vanished (and keep NAT mappings open).  0: off.
     tcp_keepalive: Annotated[int, Meta(ge=0, le=86_400)] = 60
+    # TLS on the public port (PEM files, both or neither): addresses become https://, clients
+    # use wss://.  Read once at start (a restart picks up a renewed certificate).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Host names (besides loopback and the port's own address) the operator port answers to.
+    admin_hosts: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def base_url(self, listen: str) -> str:
+        """The base of every address handed out: ``public_url``, else the scheme and ``listen``."""
+        return self.public_url.rstrip("/") or f"{'https' if self.tls else 'http'}://{listen}"
 
 
 class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -76,6 +103,8 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_closed_groups: Annotated[int, Meta(ge=0)] = 100_000
     # Stored profiles kept verified in memory (relay.server.profiles), in bytes.
     verified_profiles_bytes: Annotated[int, Meta(ge=64 * 1024)] = 32 * 1024 * 1024
+    # Where ``relay admin backup`` may write: empty means DATA/backups; relative, below DATA.
+    backup_dir: str = ""
 
 
 class MembersConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -143,8 +172,6 @@ class ConfigError(Exception):
 
 def problems(config: Config) -> list[tuple[str, str]]:
     """Checks msgspec cannot express (addresses, patterns), as ``(section.key, reason)``."""
-    import re
-
     from relay.protocol.addresses import parse_base
     from relay.protocol.errors import ProtocolError
 
@@ -161,6 +188,22 @@ def problems(config: Config) -> list[tuple[str, str]]:
             found.append(
                 ("server.public_url", f"{exc.reason} (the URL clients reach this relay's public port at)")
             )
+    server = config.server
+    if bool(server.tls_cert) != bool(server.tls_key):
+        missing = "server.tls_key" if server.tls_cert else "server.tls_cert"
+        found.append((missing, "set server.tls_cert and server.tls_key together (both or neither)"))
+    if server.tls and server.public_url.startswith("http:"):
+        found.append(
+            (
+                "server.public_url",
+                "http:// while the public port speaks TLS (server.tls_cert): clients would dial "
+                "ws:// and fail; use https://",
+            )
+        )
+    for index, host in enumerate(server.admin_hosts):
+        if not _is_host(host):
+            reason = f"{host!r} is not a host name (no port, no scheme)"
+            found.append((f"server.admin_hosts[{index}]", reason))
     for index, pattern in enumerate(config.policy.deny_patterns):
         try:
             re.compile(pattern)

@@ -146,6 +146,7 @@ class WebSocket:
             # A socket is read here directly, waiting only in ``wait_readable``: an idle member
             # waits here for days, and trio's ``receive_some`` keeps four more coroutine frames
             # and a context manager alive for the whole wait (about 1.5 KiB per connection).
+            # Only for a plain socket: a TLS stream's bytes must go through its TLS object.
             stream = self._stream
             try:
                 if isinstance(stream, trio.SocketStream):
@@ -197,7 +198,8 @@ class WebSocket:
         and goes out first with the next write (``unsent`` tells whether a flush is due).
         False: nothing was written (the socket is full, a write is in progress, or the
         connection is closing); the caller queues the bytes for an awaited send.  This is the
-        fan-out's fast path: one system call per member, no task switch.
+        fan-out's fast path: one system call per member, no task switch.  A TLS connection
+        never takes it (its bytes must be encrypted first): always False there.
         """
         if (
             self._unsent
@@ -227,12 +229,14 @@ class WebSocket:
         ``notify_closing`` wakes whatever waits for the socket with ClosedResourceError; the
         flag stops any later read or write (a member that reads nothing must not hold its
         reader in a write for ever), and the connection's handler closes the socket soon after
-        (once ``finish`` has waited, bounded, for the peer's Close).  On a stream that is not
-        a socket only the flag applies.
+        (once ``finish`` has waited, bounded, for the peer's Close).  A TLS stream's reader
+        waits on the socket under it, which is the one notified; on a stream with no socket
+        only the flag applies.
         """
         self._interrupted = True
-        if isinstance(self._stream, trio.SocketStream):
-            trio.lowlevel.notify_closing(self._stream.socket)
+        sock = _socket_of(self._stream)
+        if sock is not None:
+            trio.lowlevel.notify_closing(sock)
 
     @property
     def unsent(self) -> bool:
@@ -273,6 +277,8 @@ class WebSocket:
         """
         stream = self._stream
         if not isinstance(stream, trio.abc.HalfCloseableStream):
+            if isinstance(stream, trio.SSLStream):
+                await self._await_peer_close(stream)
             return
         with (
             trio.move_on_after(CLOSE_LINGER),
@@ -285,6 +291,22 @@ class WebSocket:
                 self._unlock(lock)
             while await stream.receive_some(READ_SIZE):
                 pass
+
+    async def _await_peer_close(self, stream: trio.abc.Stream) -> None:
+        """``_linger`` for a stream that cannot half-close (TLS): read, bounded, until the
+        peer's Close frame (or its end), so that closing does not reset a peer still writing.
+
+        TLS has no half-close short of ending the TLS session, so the peer is not told "no
+        more from me" first; its Close answers ours, and the peer then waits for us to close.
+        """
+        with (
+            trio.move_on_after(CLOSE_LINGER),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, WSRemoteError),
+        ):
+            while data := await stream.receive_some(READ_SIZE):
+                self._ws.receive_data(bytes(data))
+                if any(isinstance(event, CloseConnection) for event in self._ws.events()):
+                    return
 
     async def _write(self, data: bytes) -> None:
         if self._interrupted:  # ended by another task: not even a reply already on its way
@@ -318,6 +340,13 @@ class WebSocket:
         lock.release()
         if not lock.locked():  # nobody was waiting (release hands a waiting writer the lock)
             self._send_lock = None
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under a plain or TLS stream; None for other streams (in-memory ones)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
 def _read_now(sock: trio.socket.SocketType) -> bytes | None:

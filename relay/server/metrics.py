@@ -36,6 +36,7 @@ SPECS: dict[str, Spec] = {
     "relay_refusals_total": Spec("counter", "Requests refused, by error code"),
     "relay_activations_total": Spec("counter", "Groups moved to active"),
     "relay_operator_actions_total": Spec("counter", "Operator actions on groups, by action"),
+    "relay_admin_refused_total": Spec("counter", "Operator-port requests refused before routing, by reason"),
     "relay_bounds_hit_total": Spec("counter", "Times a bound was hit, by bound"),
     "relay_groups": Spec("gauge", "Groups by state"),
     "relay_db_commits_total": Spec("counter", "SQLite commits"),

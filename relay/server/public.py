@@ -15,6 +15,7 @@ import itertools
 import json
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -67,6 +68,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.server.sources import UNKNOWN, source_key
 from relay.server.tasks import ConnectionTasks
+from relay.server.tls import wrap
 
 log = structlog.get_logger("relay.public")
 
@@ -109,6 +111,8 @@ class PublicEndpoint:
         # Where connections' helper tasks run (see relay.server.tasks): the nursery that runs
         # the connections, set by the daemon before the first one is accepted.
         self.helpers: trio.Nursery | None = None
+        # TLS (server.tls_cert): each connection is wrapped once accepted; set by the daemon.
+        self.tls: ssl.SSLContext | None = None
         self._ids = itertools.count(1)
         # Derived once: the ML-KEM public key costs a computation on every call.
         self._seal_public = self.identity.seal_keys.public_keys()
@@ -160,7 +164,7 @@ class PublicEndpoint:
             del peer, address
             try:
                 accepted = await accept_http_connection(
-                    stream,
+                    stream if self.tls is None else wrap(stream, self.tls),
                     on_http=self._http,
                     on_websocket=self._route,
                     head_timeout=self.config.handshake_timeout,
