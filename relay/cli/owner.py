@@ -255,7 +255,14 @@ def cmd_owner_resume(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_commands(sub: Any) -> None:
     """``relay owner`` and its subcommands on the top-level subparsers."""
-    owner = sub.add_parser("owner", help="channel owner commands").add_subparsers(dest="owner", required=True)
+    owner = sub.add_parser(
+        "owner",
+        help="channel owner commands",
+        description="Channel owner commands. The state file (--state, mode 0600) holds this owner's "
+        "key; the channel's root key is in a file of its own that 'create' writes beside it "
+        "(owner.root.json for owner.json) and that belongs offline: only 'remove-owner' may need "
+        "it. 'add-owner' and 'adopt' refuse a key seen in another channel. See docs/owners.md.",
+    ).add_subparsers(dest="owner", required=True)
     p = add_command(
         owner,
         "create",
@@ -310,20 +317,28 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--share", help="write the channel (no secrets) for the new owner to adopt to this file")
     p = add_command(
-        owner, "adopt", cmd_owner_adopt, "a co-owner's second step: take over the channel file shared"
+        owner,
+        "adopt",
+        cmd_owner_adopt,
+        "a co-owner's second step: take over the channel file shared (refused for a key seen in "
+        "another channel)",
     )
     p.add_argument("--state", required=True, help="the file 'relay owner new-key' made")
     p.add_argument("share", metavar="SHARE", help="the file 'relay owner add-owner --share' wrote")
     p = add_command(
-        owner, "remove-owner", cmd_owner_remove_owner, "withdraw an owner key and publish the profile"
+        owner,
+        "remove-owner",
+        cmd_owner_remove_owner,
+        "withdraw an owner key and publish the profile (needs the root key only if that key "
+        "authorised yours)",
     )
     p.add_argument("--state", required=True)
     p.add_argument("owner_key", metavar="OWNER_KEY")
     p.add_argument(
         "--root",
         metavar="FILE",
-        help="the channel's root key file, read only if that owner authorised this file's own key "
-        "(default: beside the state, owner.root.json for owner.json)",
+        help="the channel's root key file, read only if that owner authorised this file's own key, "
+        "directly or through other owners (default: beside the state, owner.root.json for owner.json)",
     )
     p = add_command(
         owner,
