@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 from relayproc import RunningRelay
 
 from relay.client.owner import create_channel
@@ -340,3 +341,23 @@ def test_adopt_and_new_key_refuse_what_would_mix_channels(tmp_path: Path) -> Non
         assert refused["code"] == "exists" and (tmp_path / name).read_bytes() == before
     # adopt into a state file (not a key file) is refused as before
     assert run.json("owner", "adopt", "--state", "a.json", "share-a.json", code=1)["code"] == "not_a_key_file"
+
+
+def test_a_new_file_on_a_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root key may go straight onto a FAT stick, which has no hard links (this kernel has no
+    FAT to mount, so link() answers as FAT does): created exclusively, written in place."""
+    import errno
+
+    from relay.client.statefile import create_private
+
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    create_private(tmp_path / "root.json", {"kind": "owner-root"})
+    assert json.loads((tmp_path / "root.json").read_text()) == {"kind": "owner-root"}
+    assert oct((tmp_path / "root.json").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(FileExistsError):
+        create_private(tmp_path / "root.json", {"kind": "other"})
+    assert json.loads((tmp_path / "root.json").read_text()) == {"kind": "owner-root"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root.json"]

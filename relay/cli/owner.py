@@ -67,6 +67,8 @@ def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
 
     path = state_path(args)
     root = _root_path(args, path)
+    if path.resolve() == root.resolve():
+        raise Failure("the root key needs a file of its own, not the state file", code="usage")
     for taken in (path, root):
         if taken.exists() or taken.is_symlink():
             raise Failure(f"{taken} already exists; it may hold another channel's secrets", code="exists")

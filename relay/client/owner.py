@@ -168,6 +168,8 @@ class OwnerState:
             )
         if raw.get("kind") == "owner-root":
             raise RelayError(f"{path} holds a channel's root key, not an owner state; give the owner file")
+        if not (raw.get("root_public") or raw.get("root_secret")):
+            raise RelayError(f"{path} is not an owner state file: it names no root key")
         raw["relays"] = [RelayEntry(**r) for r in raw.get("relays", [])]
         return cls(**raw)
 

@@ -114,7 +114,13 @@ def export_root(state: OwnerState, path: Path, root_path: Path) -> None:
     except OSError as exc:
         raise RelayError(f"cannot write {root_path}: {exc.strerror}", code="cannot_write") from None
     split = _without_root(state)
-    split.save(path)
+    try:
+        split.save(path)
+    except OSError as exc:
+        raise RelayError(
+            f"wrote {root_path}, but cannot rewrite {path} without the root key: {exc.strerror}",
+            code="cannot_write",
+        ) from None
     _forget_root(state, split)
 
 

@@ -9,6 +9,7 @@ for one name cannot both win and nothing is ever overwritten.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -56,7 +57,9 @@ def create_private(path: Path, data: dict[str, Any]) -> None:
     """Write a new file at ``path`` atomically (mode 0600); FileExistsError if the name is taken.
 
     The whole file is written under a temporary name first and then linked in: the name
-    appears complete or not at all, and an existing file is never replaced.
+    appears complete or not at all, and an existing file is never replaced.  A file system
+    without hard links (FAT on a USB stick, where a root key may go) gets the file created
+    exclusively and written in place instead, and removed again if writing fails.
     """
     if path.exists() or path.is_symlink():
         raise FileExistsError(path)
@@ -64,9 +67,25 @@ def create_private(path: Path, data: dict[str, Any]) -> None:
     _write_temp(tmp, data)
     try:
         os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        _write_new_in_place(path, data)
     finally:
         tmp.unlink(missing_ok=True)
     _sync_folder(path)
+
+
+def _write_new_in_place(path: Path, data: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # FileExistsError if taken
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def load_state(path: Path, who: str, create_with: str) -> dict[str, Any]:
