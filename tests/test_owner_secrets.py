@@ -343,7 +343,9 @@ def test_adopt_and_new_key_refuse_what_would_mix_channels(tmp_path: Path) -> Non
     assert run.json("owner", "adopt", "--state", "a.json", "share-a.json", code=1)["code"] == "not_a_key_file"
 
 
-def test_a_new_file_on_a_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_file_on_a_file_system_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A root key may go straight onto a FAT stick, which has no hard links (this kernel has no
     FAT to mount, so link() answers as FAT does): created exclusively, written in place."""
     import errno
