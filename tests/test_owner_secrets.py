@@ -231,6 +231,7 @@ def test_an_old_state_file_with_the_root_key_keeps_working(relay: RunningRelay, 
     old = asdict(state)
     del old["root_public"], old["certs"]
     root_secret = old["root_secret"]
+    assert root_secret not in repr(state) and state.owner_secret not in repr(state)  # tracebacks
     (tmp_path / "owner.json").write_text(json.dumps(old))
     run = Run(tmp_path)
 
