@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from relayproc import RelayFactory, RunningRelay
+
+
+@pytest.fixture(autouse=True, scope="session")
+def owner_key_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The owner commands' key registry (relay.client.ownerkeys) in a temporary folder, for
+    the tests and every ``relay`` they start, never the user's own."""
+    path = tmp_path_factory.mktemp("registry") / "owner-keys.json"
+    before = os.environ.get("CHAT_RELAY_OWNER_KEYS")
+    os.environ["CHAT_RELAY_OWNER_KEYS"] = str(path)
+    yield path
+    if before is None:
+        del os.environ["CHAT_RELAY_OWNER_KEYS"]
+    else:
+        os.environ["CHAT_RELAY_OWNER_KEYS"] = before
 
 
 @pytest.fixture

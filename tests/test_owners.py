@@ -20,8 +20,10 @@ from relay.client.errors import RelayError
 from relay.client.member import MemberState, join
 from relay.client.owner import OwnerState
 from relay.client.owners import add_owner, adopt, new_key, remove_owner, write_share
+from relay.client.rootkey import export_root
 from relay.protocol import crypto
-from relay.protocol.encoding import b64d, b64e
+from relay.protocol.encoding import b64d, b64e, decode
+from relay.protocol.messages import OwnerCert, Signed
 
 
 async def test_a_co_owner_is_added_adopts_the_channel_and_is_removed(
@@ -98,12 +100,15 @@ async def test_a_co_owner_without_the_root_signs_certs_with_its_own_key(
     assert [r["status"] for r in result.relays] == ["ok"]
     certs = co.owner_certs()
     assert certs[-1].signer == crypto.public_bytes(co.owner_key)  # not the root: it has none
-    # the root holder removes the co-owner, whose cert for the third owner is signed again
+    # the first owner removes the co-owner, whose cert for the third owner is signed again,
+    # by the first owner's key: its own cert comes from the root, so the root is not needed
     state.certs, state.profile_version = co.certs, co.profile_version
     result = await remove_owner(state, path, b64e(crypto.public_bytes(co.owner_key)))
     assert [r["status"] for r in result.relays] == ["ok"]
-    # the third owner's cert is now signed by the root
-    assert [c.signer for c in state.owner_certs()][-1] == crypto.public_bytes(state.root_key)
+    assert [c.signer for c in state.owner_certs()] == [
+        state.root_public_key,
+        crypto.public_bytes(state.owner_key),
+    ]
 
 
 def test_co_owner_setup_on_the_command_line(
@@ -128,3 +133,66 @@ def test_co_owner_setup_on_the_command_line(
     assert run("owner", "publish", "--state", co)["version"] == 4
     assert main(["owner", "new-key", "--state", co, "--json"]) == 1  # never overwrites a key file
     assert "already exists" in capsys.readouterr().out
+
+
+def _follow(dst: OwnerState, src: OwnerState) -> None:
+    """``dst`` catches up with the owner list ``src`` published (what the co-owner's next
+    share or profile read would tell it)."""
+    dst.certs, dst.profile_version, dst.former_owners = list(src.certs), src.profile_version, []
+
+
+async def test_withdrawing_an_owner_signs_its_certs_again_with_the_owner_key_or_the_root(
+    relay: RunningRelay, tmp_path: Path
+) -> None:
+    first, first_path = new_owner(tmp_path)  # the library's own layout: the root in the file
+    await add_relay(first, first_path, relay.address)
+    await publish(first, first_path)
+    root_path = tmp_path / "first.root.json"
+    export_root(first, first_path, root_path)
+    assert not first.has_root and OwnerState.load(first_path).root_secret == ""
+
+    async def co_owner(by: OwnerState, by_path: Path, name: str) -> tuple[OwnerState, Path]:
+        path = tmp_path / f"{name}.json"
+        await add_owner(by, by_path, new_key(path))
+        write_share(by, tmp_path / f"{name}-share.json")
+        return adopt(path, tmp_path / f"{name}-share.json"), path
+
+    second, second_path = await co_owner(first, first_path, "second")  # first -> second
+    third, third_path = await co_owner(second, second_path, "third")  # second -> third
+    _follow(first, second)
+    fourth, fourth_path = await co_owner(first, first_path, "fourth")  # first -> fourth, last
+    owners = {"first": first, "second": second, "third": third, "fourth": fourth}
+    key = {name: crypto.public_bytes(s.owner_key) for name, s in owners.items()}
+    assert [c.signer for c in fourth.owner_certs()] == [
+        first.root_public_key,
+        key["first"],
+        key["second"],
+        key["first"],
+    ]
+    # fourth withdraws second: third's cert is signed again by fourth, and moves behind
+    # fourth's own cert (a signer must be authorised by an earlier cert)
+    result = await remove_owner(fourth, fourth_path, b64e(key["second"]))
+    assert [r["status"] for r in result.relays] == ["ok"]
+    chain = [(c.signer, _subject(c)) for c in fourth.owner_certs()]
+    root = first.root_public_key
+    assert chain == [(root, key["first"]), (key["first"], key["fourth"]), (key["fourth"], key["third"])]
+
+    # third withdraws first, which (through fourth) authorised its own key: only the root can
+    _follow(third, fourth)
+    before = third_path.read_bytes()
+    with pytest.raises(RelayError, match=r"third\.root\.json") as missing:
+        await remove_owner(third, third_path, b64e(key["first"]), root=tmp_path / "third.root.json")
+    assert missing.value.code == "needs_root"
+    with pytest.raises(RelayError) as missing:
+        await remove_owner(third, third_path, b64e(key["first"]))
+    assert missing.value.code == "needs_root" and "--root" in missing.value.reason
+    assert third_path.read_bytes() == before and third.owner_certs() == fourth.owner_certs()
+    result = await remove_owner(third, third_path, b64e(key["first"]), root=root_path)
+    assert [r["status"] for r in result.relays] == ["ok"] and result.version == fourth.profile_version + 1
+    chain = [(c.signer, _subject(c)) for c in third.owner_certs()]
+    assert chain == [(root, key["fourth"]), (key["fourth"], key["third"])]
+    assert OwnerState.load(third_path).root_secret == ""  # the root was used, never kept
+
+
+def _subject(cert: Signed) -> bytes:
+    return decode(cert.body, OwnerCert, limit=65536).owner_key

@@ -73,6 +73,10 @@ def test_quick_tour_works_as_printed(tmp_path: Path) -> None:
         state = json.loads((tmp_path / "owner.json").read_text())
         assert oct((tmp_path / "owner.json").stat().st_mode & 0o777) == "0o600"
         assert state["relays"][0]["group_address"] == addresses[0]
+        # the root key went offline before any of that, and the state never held it
+        root = json.loads((tmp_path / "offline" / "owner.root.json").read_text())
+        assert not state.get("root_secret") and state["root_public"] == root["root_public"]
+        assert "owner.root.json" in tour.stdout and "off this machine" in tour.stdout
         # the member joined through the link and was admitted, and keeps its key private
         member = json.loads((tmp_path / "member.json").read_text())
         assert [r["status"] for r in member["relays"]] == ["admitted"]

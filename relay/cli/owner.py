@@ -12,20 +12,66 @@ from __future__ import annotations
 import argparse
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from relay.cli.common import Failure, add_command, state_path
+from relay.cli.common import Failure, add_command, state_path, warn
+
+if TYPE_CHECKING:
+    from relay.client.owner import OwnerState
+
+
+def _load(args: argparse.Namespace) -> tuple[OwnerState, Path]:
+    """The owner state of ``--state``; a file that still holds the root key gets a warning."""
+    from relay.client.owner import OwnerState
+
+    path = state_path(args)
+    state = OwnerState.load(path)
+    if state.has_root:
+        warn(
+            args,
+            {"warning": "root_in_state", "state": str(path)},
+            f"warning: {path} still holds the channel's root key; move it to a file of its own "
+            f"that you can keep offline with 'relay owner export-root --state {path}'",
+        )
+    return state, path
+
+
+def _root_path(args: argparse.Namespace, path: Path) -> Path:
+    """``--root``, else the root key file beside the state file."""
+    from relay.client.rootkey import default_root_path
+
+    return Path(args.root) if args.root else default_root_path(path)
+
+
+def _root_told(root: Path, first: str) -> dict[str, Any]:
+    """Where the root key is, that it belongs offline and when it is needed: text and JSON."""
+    from relay.client.rootkey import KEEP_OFFLINE, WHEN_NEEDED
+
+    return {
+        "root": str(root),
+        "root_advice": KEEP_OFFLINE,
+        "root_needed_for": WHEN_NEEDED,
+        "summary": f"{first}\nThe channel's root key is in {root} (mode 0600). {KEEP_OFFLINE}\n"
+        f"It is needed {WHEN_NEEDED}.",
+    }
 
 
 def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client import ownerkeys
     from relay.client.owner import create_channel
+    from relay.client.rootkey import save_new_channel
+    from relay.protocol import crypto
     from relay.protocol.encoding import b64e
 
     path = state_path(args)
-    if path.exists():
-        raise Failure(f"{path} already exists; it holds another channel's secrets")
+    root = _root_path(args, path)
+    if path.resolve() == root.resolve():
+        raise Failure("the root key needs a file of its own, not the state file", code="usage")
+    for taken in (path, root):
+        if taken.exists() or taken.is_symlink():
+            raise Failure(f"{taken} already exists; it may hold another channel's secrets", code="exists")
     state = create_channel(
         args.name,
         kind=args.kind,
@@ -33,21 +79,43 @@ def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
         admission=args.admission,
         max_members=args.max_members,
     )
-    state.save(path)
+    owner_key = crypto.public_bytes(state.owner_key)
+    ownerkeys.register([(owner_key, state.channel)])
+    save_new_channel(state, path, root)
+    channel = b64e(state.channel)
     return {
         "status": "ok",
-        "channel": b64e(state.channel),
+        "channel": channel,
         "kind": state.kind,
         "name": state.name,
         "state": str(path),
+        "owner_key": b64e(owner_key),
+        **_root_told(root, f"created the {state.kind} {state.name!r} ({channel}) in {path}"),
+    }
+
+
+def cmd_owner_export_root(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client import ownerkeys
+    from relay.client.owner import OwnerState
+    from relay.client.rootkey import export_root
+    from relay.protocol import crypto
+
+    path = state_path(args)
+    state = OwnerState.load(path)
+    root = _root_path(args, path)
+    ownerkeys.register([(crypto.public_bytes(state.owner_key), state.channel)])
+    export_root(state, path, root)
+    return {
+        "status": "ok",
+        "state": str(path),
+        **_root_told(root, f"moved the channel's root key out of {path}"),
     }
 
 
 def cmd_owner_add_relay(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState, add_relay
+    from relay.client.owner import add_relay
 
-    path = state_path(args)
-    state = OwnerState.load(path)
+    state, path = _load(args)
     result = trio.run(add_relay, state, path, args.relay_address)
     out = {k: v for k, v in result.__dict__.items() if v is not None}
     if result.status == "refused":
@@ -56,10 +124,9 @@ def cmd_owner_add_relay(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState, publish
+    from relay.client.owner import publish
 
-    path = state_path(args)
-    state = OwnerState.load(path)
+    state, path = _load(args)
     if args.admission is not None:
         state.admission = args.admission
     if args.max_members is not None:
@@ -67,24 +134,24 @@ def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
     return _published(trio.run(publish, state, path))
 
 
-def _published(result: Any) -> dict[str, Any]:
+def _published(result: Any, share: str | None = None) -> dict[str, Any]:
     """A publish's answer; a relay that did not take the profile makes it a failure."""
     out = {"status": "ok", "version": result.version, "link": result.link, "relays": result.relays}
+    if share:
+        out["share"] = share
     if any(r.get("status") == "error" for r in result.relays):
         raise Failure("a relay did not take the new profile", **{**out, "status": "error"})
     return out
 
 
 def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState, remove_relay
+    from relay.client.owner import remove_relay
 
-    path = state_path(args)
-    state = OwnerState.load(path)
+    state, path = _load(args)
     return _published(trio.run(remove_relay, state, path, args.relay_address))
 
 
 def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState
     from relay.client.posting import post
 
     if (args.text is None) == (args.file is None):
@@ -93,8 +160,7 @@ def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
         body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
     except OSError as exc:
         raise Failure(f"cannot read {args.file}: {exc.strerror}", code="no_file") from None
-    path = state_path(args)
-    state = OwnerState.load(path)
+    state, path = _load(args)
     outcome = trio.run(partial(post, state, path, body, content_type=args.content_type))
     relays = [{k: v for k, v in r.__dict__.items() if v not in (None, 0)} for r in outcome.relays]
     out = {"status": "ok", "seq": outcome.seq, "id": outcome.id, "relays": relays}
@@ -108,30 +174,27 @@ def cmd_owner_new_key(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owners import new_key
 
     path = state_path(args)
-    if path.exists():
-        raise Failure(f"{path} already exists; it holds another owner's secrets")
     return {"status": "ok", "owner_key": new_key(path), "state": str(path)}
 
 
 def cmd_owner_add_owner(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState
-    from relay.client.owners import add_owner, write_share
+    from relay.client.owners import add_owner, check_share_target, write_share
 
-    path = state_path(args)
-    state = OwnerState.load(path)
-    result = _published(trio.run(add_owner, state, path, args.owner_key))
+    state, path = _load(args)
+    if args.share:
+        check_share_target(Path(args.share))  # before anything is signed or sent
+    published = trio.run(add_owner, state, path, args.owner_key)
     if args.share:
         write_share(state, Path(args.share))
-        result["share"] = args.share
-    return result
+    return _published(published, share=args.share)
 
 
 def cmd_owner_remove_owner(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState
     from relay.client.owners import remove_owner
 
-    path = state_path(args)
-    return _published(trio.run(remove_owner, OwnerState.load(path), path, args.owner_key))
+    state, path = _load(args)
+    root = _root_path(args, path)
+    return _published(trio.run(partial(remove_owner, state, path, args.owner_key, root=root)))
 
 
 def cmd_owner_adopt(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,25 +207,23 @@ def cmd_owner_adopt(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_owner_link(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState
-
-    state = OwnerState.load(state_path(args))
+    state, _ = _load(args)
     if not state.listed_addresses():
         raise Failure("no relay has granted this channel an address yet (run 'relay owner add-relay')")
     return {"status": "ok", "link": str(state.link())}
 
 
 def cmd_owner_log(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import OwnerState, read_log
+    from relay.client.owner import read_log
 
-    state = OwnerState.load(state_path(args))
+    state, _ = _load(args)
     return {"status": "ok", "relays": trio.run(read_log, state)}
 
 
 def _owner_command(args: argparse.Namespace, action: str, member: str = "", note: str = "") -> dict[str, Any]:
-    from relay.client.owner import OwnerState, owner_command
+    from relay.client.owner import owner_command
 
-    state = OwnerState.load(state_path(args))
+    state, _ = _load(args)
     views = trio.run(partial(owner_command, state, action, member=member, note=note))
     relays = [{k: v for k, v in view.__dict__.items() if v not in (None, "")} for view in views]
     if not relays:
@@ -196,9 +257,27 @@ def cmd_owner_resume(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_commands(sub: Any) -> None:
     """``relay owner`` and its subcommands on the top-level subparsers."""
-    owner = sub.add_parser("owner", help="channel owner commands").add_subparsers(dest="owner", required=True)
-    p = add_command(owner, "create", cmd_owner_create, "create a channel: root key, owner key, profile")
-    p.add_argument("--state", required=True)
+    owner = sub.add_parser(
+        "owner",
+        help="channel owner commands",
+        description="Channel owner commands. The state file (--state, mode 0600) holds this owner's "
+        "key; the channel's root key is in a file of its own that 'create' writes beside it "
+        "(owner.root.json for owner.json) and that belongs offline: only 'remove-owner' may need "
+        "it. 'add-owner' and 'adopt' refuse a key seen in another channel. See docs/owners.md.",
+    ).add_subparsers(dest="owner", required=True)
+    p = add_command(
+        owner,
+        "create",
+        cmd_owner_create,
+        "create a channel: an owner key in the state file, the root key in a file of its own",
+    )
+    p.add_argument("--state", required=True, help="the new owner state file (the owner key)")
+    p.add_argument(
+        "--root",
+        metavar="FILE",
+        help="the new root key file, to keep offline (default: beside the state, owner.root.json "
+        "for owner.json)",
+    )
     p.add_argument("--name", required=True)
     p.add_argument("--kind", choices=["channel", "group"], default="channel")
     p.add_argument("--description", default="")
@@ -226,23 +305,53 @@ def add_commands(sub: Any) -> None:
     p = add_command(
         owner, "new-key", cmd_owner_new_key, "a co-owner's first step: make an owner key, print it"
     )
-    p.add_argument("--state", required=True, help="the co-owner's new file")
+    p.add_argument("--state", required=True, help="the co-owner's new file (never over an existing one)")
     p = add_command(
-        owner, "add-owner", cmd_owner_add_owner, "authorise another owner key and publish the profile"
+        owner,
+        "add-owner",
+        cmd_owner_add_owner,
+        "authorise another owner key (signed with this file's key) and publish the profile; "
+        "a key seen in another channel is refused",
     )
     p.add_argument("--state", required=True)
-    p.add_argument("owner_key", metavar="OWNER_KEY", help="as 'relay owner new-key' printed it")
+    p.add_argument(
+        "owner_key", metavar="OWNER_KEY", help="as 'relay owner new-key' printed it (of no other channel)"
+    )
     p.add_argument("--share", help="write the channel (no secrets) for the new owner to adopt to this file")
     p = add_command(
-        owner, "adopt", cmd_owner_adopt, "a co-owner's second step: take over the channel file shared"
+        owner,
+        "adopt",
+        cmd_owner_adopt,
+        "a co-owner's second step: take over the channel file shared (refused for a key seen in "
+        "another channel)",
     )
     p.add_argument("--state", required=True, help="the file 'relay owner new-key' made")
     p.add_argument("share", metavar="SHARE", help="the file 'relay owner add-owner --share' wrote")
     p = add_command(
-        owner, "remove-owner", cmd_owner_remove_owner, "withdraw an owner key and publish the profile"
+        owner,
+        "remove-owner",
+        cmd_owner_remove_owner,
+        "withdraw an owner key and publish the profile (needs the root key only if that key "
+        "authorised yours)",
     )
     p.add_argument("--state", required=True)
     p.add_argument("owner_key", metavar="OWNER_KEY")
+    p.add_argument(
+        "--root",
+        metavar="FILE",
+        help="the channel's root key file, read only if that owner authorised this file's own key, "
+        "directly or through other owners (default: beside the state, owner.root.json for owner.json)",
+    )
+    p = add_command(
+        owner,
+        "export-root",
+        cmd_owner_export_root,
+        "move the root key out of a state file made by an older version, into a file of its own",
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument(
+        "--root", metavar="FILE", help="the new root key file (default: beside the state, owner.root.json)"
+    )
     p = add_command(owner, "link", cmd_owner_link, "print the channel link members join with")
     p.add_argument("--state", required=True)
     p = add_command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")

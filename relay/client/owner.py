@@ -1,9 +1,11 @@
 """The channel owner's side: create a channel, add relays, publish the profile, read the log.
 
-The owner's secrets live in a local state file (mode 0600) that is never sent
-anywhere.  Every channel gets its own root key, owner key and per-relay service
-group id, and every relay is contacted on a fresh connection, so nothing the
-relays see links two channels of one person.  The service group id is saved
+The owner key lives in a local state file (mode 0600) that is never sent
+anywhere; the channel's root key does not (``relay owner create`` writes it to a
+file of its own that the owner can keep offline, see :mod:`relay.client.rootkey`).
+Every channel gets its own root key, owner key and per-relay service group id,
+and every relay is contacted on a fresh connection, so nothing the relays see
+links two channels of one person.  The service group id is saved
 *before* the invitation is sent, so a retry after a crash on either side asks
 for the same group and gets the same address.
 """
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.client.connection import RelaySession, open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused
-from relay.client.statefile import load_state, save_private
+from relay.client.statefile import create_private, load_state, save_private
 from relay.protocol import crypto
 from relay.protocol.addresses import ChannelLink, RelayAddress, parse_address
 from relay.protocol.encoding import b64d, b64e, encode
@@ -59,13 +61,18 @@ class RelayEntry:
 
 @dataclass
 class OwnerState:
-    """Everything an owner keeps about one channel (secrets included)."""
+    """Everything an owner keeps about one channel: the owner key, not the root key.
+
+    ``root_secret`` is empty in files written by ``relay owner create`` since the root key
+    moved to a file of its own; files written before that (and states fresh from
+    :func:`create_channel`, until :func:`relay.client.rootkey.save_new_channel` splits them)
+    still hold it.
+    """
 
     kind: str
     name: str
     description: str
-    root_secret: str
-    owner_secret: str
+    owner_secret: str = field(repr=False)
     owner_cert: dict[str, str]
     profile_version: int = 1
     direct_messages: bool = False
@@ -82,6 +89,9 @@ class OwnerState:
     history: list[str] = field(default_factory=list)
     # Owner keys (b64) removed since: their events stay history this owner may chain onto.
     former_owners: list[str] = field(default_factory=list)
+    # The root secret (b64) only in files written before it moved out; repr=False keeps it
+    # out of tracebacks and test reports.
+    root_secret: str = field(default="", repr=False)
 
     # --- keys and ids (the secrets never change, so each is derived once) ---
     @cached_property
@@ -94,12 +104,12 @@ class OwnerState:
 
     @property
     def has_root(self) -> bool:
-        """A co-owner's file holds no root secret: it signs with its own authorised key."""
+        """Whether this file itself holds the root secret (only files of the old layout do)."""
         return bool(self.root_secret)
 
     @cached_property
     def root_public_key(self) -> bytes:
-        return crypto.public_bytes(self.root_key) if self.has_root else b64d(self.root_public)
+        return b64d(self.root_public) if self.root_public else crypto.public_bytes(self.root_key)
 
     @cached_property
     def channel(self) -> bytes:
@@ -156,12 +166,27 @@ class OwnerState:
             raise RelayError(
                 f"{path} holds only a new owner key; run 'relay owner adopt' with the share file"
             )
+        if raw.get("kind") == "owner-root":
+            raise RelayError(f"{path} holds a channel's root key, not an owner state; give the owner file")
+        if not (raw.get("root_public") or raw.get("root_secret")):
+            raise RelayError(f"{path} is not an owner state file: it names no root key")
         raw["relays"] = [RelayEntry(**r) for r in raw.get("relays", [])]
         return cls(**raw)
 
     def save(self, path: Path) -> None:
-        """Write atomically with mode 0600: the file holds the channel's secrets."""
+        """Write atomically with mode 0600: the file holds the owner key."""
         save_private(path, asdict(self))
+
+    def create(self, path: Path) -> None:
+        """Write a new state file, as :meth:`save` does but never over an existing file."""
+        try:
+            create_private(path, asdict(self))
+        except FileExistsError:
+            raise RelayError(
+                f"{path} already exists; it may hold another channel's secrets", code="exists"
+            ) from None
+        except OSError as exc:
+            raise RelayError(f"cannot write {path}: {exc.strerror}", code="cannot_write") from None
 
 
 def signed_to_json(signed: Signed) -> dict[str, str]:
@@ -175,7 +200,12 @@ def signed_from_json(raw: dict[str, str]) -> Signed:
 def create_channel(
     name: str, *, kind: str = "channel", description: str = "", admission: str = "auto", max_members: int = 0
 ) -> OwnerState:
-    """A new channel: a fresh root key, a fresh owner key, and the root's cert for it."""
+    """A new channel: a fresh root key, a fresh owner key, and the root's cert for it.
+
+    The state holds the root secret in memory; :func:`relay.client.rootkey.save_new_channel`
+    writes it to a root key file and the rest to the state file (``state.save`` alone would
+    keep it in the state file, the old layout).
+    """
     root = ed25519.Ed25519PrivateKey.generate()
     owner = ed25519.Ed25519PrivateKey.generate()
     channel = crypto.channel_id(crypto.public_bytes(root))
@@ -192,6 +222,7 @@ def create_channel(
         owner_cert=signed_to_json(cert),
         admission=admission,
         max_members=max_members,
+        root_public=b64e(crypto.public_bytes(root)),
     )
 
 
