@@ -96,5 +96,16 @@ class LocalProtocolError(ProtocolError):
     """Our own side tried something the rules forbid (a bug or a misuse)."""
 
 
+class ServiceUnavailable(ProtocolError):
+    """Our side cannot serve the request now (its store takes no writes: a full disk, say).
+
+    Neither side broke a rule: the request fails alone with ``unavailable``, nothing of it
+    was kept, and the peer may ask again later.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.UNAVAILABLE, reason)
+
+
 class PolicyRefusal(RemoteProtocolError):
     """The operator's policy refuses this profile; the refusal is remembered."""

@@ -282,7 +282,7 @@ class AdminEndpoint:
                 fields = _body(request.body) if method == "POST" else {}
                 response = await self._route("GET" if head else method, path, query, fields)
         except ProtocolError as exc:
-            status = 404 if exc.code.value == "unknown_group" else 409
+            status = {"unknown_group": 404, "unavailable": 503}.get(exc.code.value, 409)
             response = _json(status, {"error": exc.code.value, "reason": exc.reason})
         except BadBackupPath as exc:
             response = _json(400, {"error": "bad_backup_path", "reason": str(exc), "folder": str(exc.folder)})
@@ -527,4 +527,5 @@ class AdminEndpoint:
         self.metrics.set("relay_db_commits_total", stats.commits)
         self.metrics.set("relay_db_jobs_total", stats.jobs)
         self.metrics.set("relay_db_commit_seconds_total", stats.commit_seconds)
+        self.metrics.set("relay_store_unavailable_total", stats.unavailable)
         self.metrics.set("relay_bounds_hit_total", stats.queue_full, bound="db_pending_jobs")

@@ -41,7 +41,7 @@ from relay.server.service import GroupService, PolicyHolder
 from relay.server.signals import GroupSignals
 from relay.server.tls import TlsError, server_context
 from relay.server.worker import JoinWorker
-from relay.store.db import Database
+from relay.store.db import Database, StoreUnavailable
 
 log = structlog.get_logger("relay.app")
 
@@ -308,7 +308,8 @@ class Relay:
         while True:
             interval = min(60.0, max(0.2, service.policy.policy.activation_timeout / 4))
             await trio.sleep(interval)
-            await service.expire_overdue()
+            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
+                await service.expire_overdue()
 
     def _write_run_file(self, ready: ReadyInfo) -> None:
         path = self.data_dir / RUN_FILE

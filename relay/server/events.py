@@ -18,6 +18,7 @@ does not also hold (the caches here are rebuilt from it).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.store import events as store
 from relay.store import groups, joins
-from relay.store.db import Job
+from relay.store.db import Job, StoreUnavailable
 
 log = structlog.get_logger("relay.events")
 
@@ -423,7 +424,8 @@ class Channels:
     async def run_pruner(self) -> None:
         while True:
             await trio.sleep(self.config.prune_interval)
-            await self.prune_by_age()
+            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
+                await self.prune_by_age()
 
 
 def _append(

@@ -42,6 +42,9 @@ SPECS: dict[str, Spec] = {
     "relay_db_commits_total": Spec("counter", "SQLite commits"),
     "relay_db_jobs_total": Spec("counter", "Jobs committed (several per commit with group commit)"),
     "relay_db_commit_seconds_total": Spec("counter", "Time spent in transactions"),
+    "relay_store_unavailable_total": Spec(
+        "counter", "Requests answered unavailable: the database took no writes (a full disk, say)"
+    ),
     "relay_db_commit_seconds": Spec("histogram", "Duration of each database transaction", _SECONDS),
     "relay_db_batch_size": Spec("histogram", "Jobs per database commit (group commit)", _BATCH),
     "relay_join_requests_total": Spec(

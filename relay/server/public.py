@@ -24,7 +24,13 @@ import trio
 from relay import __version__
 from relay.protocol.addresses import contact_address
 from relay.protocol.encoding import b64e, encode
-from relay.protocol.errors import ErrorCode, PolicyRefusal, RemoteProtocolError
+from relay.protocol.errors import (
+    ErrorCode,
+    PolicyRefusal,
+    ProtocolError,
+    RemoteProtocolError,
+    ServiceUnavailable,
+)
 from relay.protocol.handshake import make_welcome
 from relay.protocol.messages import (
     PROTOCOL_VERSION,
@@ -327,7 +333,7 @@ class PublicEndpoint:
                 reply = await self._dispatch(session, ws, frame)
             except _NeedsNursery as needs:
                 return needs.post
-            except RemoteProtocolError as exc:
+            except (RemoteProtocolError, ServiceUnavailable) as exc:
                 if session.pipeline is not None and session.pipeline.in_flight:
                     # Answers go in order: this error waits behind the posts in flight.
                     await session.pipeline.put(_raise(exc))
@@ -356,9 +362,10 @@ class PublicEndpoint:
                 await ws.close(CLOSE_UNKNOWN_GROUP, "unknown group")
                 return None
 
-    async def _refused(self, session: _Connection, ws: WebSocket, exc: RemoteProtocolError) -> Error | None:
+    async def _refused(self, session: _Connection, ws: WebSocket, exc: ProtocolError) -> Error | None:
         """The error frame for a refused request, or None once the connection is closed for it."""
-        session.errors += 1
+        if not isinstance(exc, ServiceUnavailable):  # the relay's trouble is not the client's error
+            session.errors += 1
         self._count_refusal(exc, session)
         if not session.rules.greeted or session.errors >= MAX_ERRORS_PER_CONNECTION:
             close = CLOSE_UNKNOWN_GROUP if exc.code is ErrorCode.UNKNOWN_GROUP else CLOSE_POLICY
@@ -386,7 +393,7 @@ class PublicEndpoint:
                 reply: RelayFrame | None
                 try:
                     reply = await wait()
-                except RemoteProtocolError as exc:
+                except (RemoteProtocolError, ServiceUnavailable) as exc:
                     # The answers gathered so far go first: a refusal may close the connection.
                     if not await _send_answers(ws, out):
                         session.nursery.cancel_scope.cancel()
@@ -472,7 +479,7 @@ class PublicEndpoint:
             return await self.direct.invite(group, session.feed.member, frame, session.challenge)
         raise AssertionError(f"session let through {type(frame).__name__}")
 
-    def _count_refusal(self, exc: RemoteProtocolError, session: _Connection) -> None:
+    def _count_refusal(self, exc: ProtocolError, session: _Connection) -> None:
         self.metrics.inc("relay_refusals_total", code=exc.code.value)
         if exc.code is ErrorCode.RATE_LIMITED:
             # One event per connection: logging every refused frame of a flood would be a flood.
@@ -581,7 +588,7 @@ async def _send_answers(ws: WebSocket, answers: list[bytes]) -> bool:
     return True
 
 
-def _raise(exc: RemoteProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
+def _raise(exc: ProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
     async def wait() -> RelayFrame:
         raise exc
 

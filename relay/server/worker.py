@@ -18,6 +18,7 @@ look next.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import sqlite3
 import time
@@ -39,6 +40,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.server.signals import GroupSignals
 from relay.store import groups, joins
+from relay.store.db import StoreUnavailable
 
 log = structlog.get_logger("relay.worker")
 
@@ -114,7 +116,7 @@ class JoinWorker:
             now = self.service.now()
             try:
                 turn = await self.db.transact(partial(self._turn, picks=picks, now=now, now_ms=_now_ms()))
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, StoreUnavailable) as exc:
                 # The whole transaction rolled back: nothing was decided, so nothing is lost.
                 failures += 1
                 delay = min(self.config.retry_max, self.config.retry_base * 2 ** (failures - 1))
@@ -197,8 +199,9 @@ class JoinWorker:
         interval = min(60.0, max(0.5, self.config.max_request_age / 10))
         while True:
             await trio.sleep(interval)
-            while await self.expire_old() == EXPIRY_BATCH:
-                pass
+            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
+                while await self.expire_old() == EXPIRY_BATCH:
+                    pass
 
     async def expire_old(self) -> int:
         now = self.service.now()

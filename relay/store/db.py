@@ -16,11 +16,18 @@ under load the writer thread sat idle most of the time while jobs queued.)
 
 Online backups read through a second, read-only connection (see :meth:`Database.backup`).
 
+When the database cannot take writes (its disk is full, an I/O error, a read-only file
+system), a job fails with :class:`StoreUnavailable`, a typed "not now" the server answers
+as ``unavailable``; reads go on meanwhile (a batch whose commit fails is run again one job
+per transaction, and a transaction that wrote nothing commits on a full disk), and writes
+work again as soon as the disk does.
+
 Must not: hold any policy, or use the writer's connection from more than the one worker thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sqlite3
@@ -34,10 +41,47 @@ import structlog
 import trio
 
 from relay.protocol.crypto import verify_forbidden
+from relay.protocol.errors import ServiceUnavailable
 from relay.store.migrations import migrate
 
 T = TypeVar("T")
 log = structlog.get_logger("relay.store")
+
+# SQLite's primary result codes that mean "the database cannot take this now", not "this
+# request is wrong": a full disk, I/O errors, a read-only or vanished file, a lock held
+# elsewhere past the busy time-out, no memory.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+    }
+)
+UNAVAILABLE_LOG_INTERVAL = 10.0
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The database cannot take writes now (its disk is full, say): nothing of the request
+    was stored, and asking again later may work."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"the relay cannot store anything now ({error}); nothing was kept, ask again later")
+        self.error = error
+
+
+def _translated(exc: BaseException) -> BaseException:
+    """``exc``, or a :class:`StoreUnavailable` for an SQLite error that means "not now"."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+        unavailable = StoreUnavailable(str(exc))
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
+
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -67,6 +111,7 @@ class CommitStats:
     largest_batch: int = 0
     commit_seconds: float = 0.0
     queue_full: int = 0
+    unavailable: int = 0  # jobs failed with StoreUnavailable
 
 
 class Database:
@@ -94,6 +139,8 @@ class Database:
         self._max_pending = max_pending
         self._max_batch = max_batch
         self.stats = CommitStats()
+        self._unavailable_logged = -UNAVAILABLE_LOG_INTERVAL
+        self._unavailable_jobs = 0
         self._backup_lock = trio.Lock()  # one backup at a time
         # Called on the trio thread after each commit with (seconds, jobs): the metrics'
         # histograms are not thread-safe, so the worker thread never touches them.
@@ -231,20 +278,75 @@ class Database:
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
+                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                        # SQLite rolled the whole transaction back itself (it may, on a full
+                        # disk or an I/O error): every job of the batch is undone.
+                        raise
                     conn.execute("ROLLBACK TO job")
-                    job.error = exc
+                    job.error = self._count(_translated(exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            log.error("store.commit_failed", error=str(exc), jobs=len(batch))
+            self._roll_back()
+            error = _translated(exc)
+            if isinstance(error, StoreUnavailable) and len(batch) > 1:
+                # The writes cannot commit (a full disk, say), but the reads among these jobs
+                # can: a transaction that wrote nothing commits.  One transaction per job.
+                return self._run_alone(batch, started)
+            self._report_failure(error, len(batch))
             for job in batch:
-                job.result, job.error = None, exc
+                job.result, job.error = None, self._count(error)
             return None
+        return self._committed_in(started, len(batch))
+
+    def _run_alone(self, batch: list[Job[Any]], started: float) -> float | None:
+        """Each job in a transaction of its own (after the batch's commit failed)."""
+        conn = self._conn
+        committed = 0
+        for job in batch:
+            job.result, job.error = None, None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException as exc:
+                    self._roll_back()
+                    job.result, job.error = None, self._count(_translated(exc))
+                    continue
+                conn.execute("COMMIT")
+                committed += 1
+            except sqlite3.Error as exc:
+                self._roll_back()
+                error = _translated(exc)
+                self._report_failure(error, 1)
+                job.result, job.error = None, self._count(error)
+        return self._committed_in(started, committed) if committed else None
+
+    def _roll_back(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # an I/O error may fail this too
+                self._conn.execute("ROLLBACK")
+
+    def _count(self, error: BaseException) -> BaseException:
+        if isinstance(error, StoreUnavailable):
+            self.stats.unavailable += 1
+        return error
+
+    def _report_failure(self, error: BaseException, jobs: int) -> None:
+        """Log a failed transaction; a store that stays unavailable is logged every 10 s."""
+        if not isinstance(error, StoreUnavailable):
+            log.error("store.commit_failed", error=str(error), jobs=jobs)
+            return
+        now = time.monotonic()
+        self._unavailable_jobs += jobs
+        if now - self._unavailable_logged >= UNAVAILABLE_LOG_INTERVAL:
+            log.warning("store.unavailable", error=error.error, jobs=self._unavailable_jobs)
+            self._unavailable_logged, self._unavailable_jobs = now, 0
+
+    def _committed_in(self, started: float, jobs: int) -> float:
         seconds = time.perf_counter() - started
         self.stats.commits += 1
-        self.stats.jobs += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.jobs += jobs
+        self.stats.largest_batch = max(self.stats.largest_batch, jobs)
         self.stats.commit_seconds += seconds
         return seconds
 
