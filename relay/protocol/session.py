@@ -37,6 +37,17 @@ from relay.protocol.messages import (
 )
 
 
+class ConnectionRateLimited(RemoteProtocolError):
+    """A connection sends faster than its own token bucket allows (``rate_limited``).
+
+    A type of its own so that the relay reports the per-connection bound (``request_rate``)
+    for these only; budgets shared by many connections report their own bound.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, reason)
+
+
 class Endpoint(enum.StrEnum):
     CONTACT = "contact"
     GROUP = "group"
@@ -157,14 +168,12 @@ class Session:
             if self.post_bucket is None:
                 self.post_bucket = TokenBucket(rate, burst)
             if not self.post_bucket.take(now):
-                raise RemoteProtocolError(
-                    ErrorCode.RATE_LIMITED,
+                raise ConnectionRateLimited(
                     f"too many posts on this connection (at most {rate:g}/s); slow down",
                 )
             return
         if self.bucket is not None and not self.bucket.take(now):
-            raise RemoteProtocolError(
-                ErrorCode.RATE_LIMITED,
+            raise ConnectionRateLimited(
                 f"too many requests on this connection (at most {self.bucket.rate:g}/s); slow down",
             )
         if isinstance(frame, Discover):
@@ -174,7 +183,6 @@ class Session:
             if self.discover_bucket is None:
                 self.discover_bucket = TokenBucket(rate, burst)
             if not self.discover_bucket.take(now):
-                raise RemoteProtocolError(
-                    ErrorCode.RATE_LIMITED,
+                raise ConnectionRateLimited(
                     f"too many discovery requests on this connection (at most {rate:g}/s); slow down",
                 )

@@ -52,7 +52,7 @@ from relay.protocol.messages import (
     RelayFrame,
     Subscribe,
 )
-from relay.protocol.session import Endpoint, Session
+from relay.protocol.session import ConnectionRateLimited, Endpoint, Session
 from relay.server.admission import Admissions, GroupBinding
 from relay.server.bounds import Bounds
 from relay.server.config import EventsConfig, ServerConfig
@@ -481,13 +481,15 @@ class PublicEndpoint:
 
     def _count_refusal(self, exc: ProtocolError, session: _Connection) -> None:
         self.metrics.inc("relay_refusals_total", code=exc.code.value)
-        if exc.code is ErrorCode.RATE_LIMITED:
+        if isinstance(exc, ConnectionRateLimited):
             # One event per connection: logging every refused frame of a flood would be a flood.
             if not session.rate_limited:
                 session.rate_limited = True
                 self.metrics.inc("relay_bounds_hit_total", bound="request_rate")
                 log.warning("bound.hit", bound="request_rate", limit=self.config.requests_per_second)
             return
+        if exc.code is ErrorCode.RATE_LIMITED:
+            return  # a budget shared by connections: its bound reports it (relay.server.bounds)
         # Literal event names, so that tests/test_logging.py can check the catalogue statically.
         if isinstance(exc, PolicyRefusal):
             log.info("request.refused_by_policy", code=exc.code.value, reason=exc.reason)
