@@ -295,11 +295,11 @@ async def capture(relay: RelayDaemon, victim: OwnerState) -> dict[str, str]:
 
         for action in ("suspend_admission", "list_pending", "resume_admission"):
             async with open_session(contact, timeout=SETUP_TIMEOUT) as session:
-                frame = command(session.challenge, action)
-                if not isinstance(await session.request(frame), OwnerCommandResult):
+                sent = command(session.challenge, action)
+                if not isinstance(await session.request(sent), OwnerCommandResult):
                     raise RuntimeError(f"the captured {action} was not answered")
                 if action != "resume_admission":  # the owners resumed: that one is not replayed
-                    captured[action] = b64e(encode(frame))
+                    captured[action] = b64e(encode(sent))
     return captured
 
 

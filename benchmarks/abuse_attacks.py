@@ -423,7 +423,7 @@ async def _lagging_member(
                 )
                 while True:
                     data = await ws.recv()
-                    frame = decode(data, RelayFrame, limit=4 * 1024 * 1024)  # type: ignore[arg-type]
+                    frame: RelayFrame = decode(data, RelayFrame, limit=4 * 1024 * 1024)  # type: ignore[arg-type]
                     if isinstance(frame, EventFrame):
                         event = stored_event(frame.event).event
                         if last[0] and (event.seq != last[0] + 1 or event.prev != last[1]):

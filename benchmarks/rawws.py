@@ -156,7 +156,7 @@ class RawWs:
             await self.write(wsframe.frame(payload, masked=True, opcode=wsframe.OP_PONG))
 
     async def recv_frame(self) -> RelayFrame:
-        return decode(await self.recv(), RelayFrame, limit=ANSWER_LIMIT, what="relay frame")  # type: ignore[arg-type,return-value]
+        return decode(await self.recv(), RelayFrame, limit=ANSWER_LIMIT, what="relay frame")  # type: ignore[arg-type]
 
     async def request(self, frame: object) -> RelayFrame:
         await self.send_frame(frame)
