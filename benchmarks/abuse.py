@@ -386,6 +386,7 @@ def run_attack(name: str, title: str, work: Path, timing: Timing, args: argparse
         before = sampler.take()
         metrics0 = relay.metrics()
         usage0 = machine.sample([relay.pid, client.pid, attacker.pid])
+        log0 = len(relay.log_lines())
         attacker.send("go")
         started = time.monotonic()
         time.sleep(timing.ramp)
@@ -396,6 +397,7 @@ def run_attack(name: str, title: str, work: Path, timing: Timing, args: argparse
         cost = attacker.expect("done", 60)
         attacker.proc.wait(30)
         stopped = time.monotonic()
+        log_lines = len(relay.log_lines()) - log0
         usage = machine.Usage.between(usage0, machine.sample([relay.pid, client.pid, attacker.pid]))
         last = sampler.take()
         time.sleep(timing.after)
@@ -457,6 +459,7 @@ def run_attack(name: str, title: str, work: Path, timing: Timing, args: argparse
             "rss_after_seconds": round(end.at - stopped, 1),
             "rss_back_within_10pct_after_s": round(back, 1) if back is not None else None,
             "metrics_during": metric_deltas(metrics0, metrics1),
+            "log_lines_per_second_during": round(log_lines / (stopped - started), 1),
             "log": relay_log,
         },
         "machine": {"busy_cores": round(usage.busy, 2), "other_processes_cores": round(usage.others, 2)},
@@ -606,6 +609,28 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def details(rows: list[dict[str, Any]]) -> str:
+    """How the relay answered each attack: the attacker's answers, the bounds it hit, its
+    database writer (busy share of the time, from relay_db_commit_seconds_total), its log."""
+    head = (
+        "| attack | answers the attacker got (most frequent) | bounds hit | DB writer busy | "
+        "relay log lines/s | machine busy / other processes (cores) |"
+    )
+    lines = [head, "|" + "---|" * 6]
+    for row in rows:
+        a, r = row["attacker"], row["relay"]
+        answers = sorted(a["answers"].items(), key=lambda kv: -kv[1])[:4]
+        hits = r["metrics_during"].items()
+        bounds = {k.split('"')[1]: int(v) for k, v in hits if k.startswith("relay_bounds_hit_total")}
+        lines.append(
+            f"| {row['attack']} | {', '.join(f'{k} {v}' for k, v in answers)} | "
+            f"{', '.join(f'{k} {v}' for k, v in bounds.items()) or 'none'} | {r['db_busy_during']:.0%} | "
+            f"{r['log_lines_per_second_during']:.0f} | {row['machine']['busy_cores']:.2f} / "
+            f"{row['machine']['other_processes_cores']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.abuse", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: a few seconds per attack")
@@ -649,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     print()
     print(table(rows))
+    print()
+    print(details(rows))
     failures = sum(r["failures"] for r in rows)
     out = {**header, "timing": timing.__dict__, "rate": args.rate, "attacks": rows, "failures": failures}
     if args.json:
