@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -660,11 +661,18 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {header['date']}, {header['machine']}, Python {header['python']}, load {header['load_average']}"
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
+    broken: list[dict[str, str]] = []
     with work_folder("relay-abuse-", keep=args.keep) as work:
         for name, title in chosen:
             print(f"- {title} ...", flush=True)
-            row = run_attack(name, title, work, timing, args)
+            try:
+                row = run_attack(name, title, work, timing, args)
+            except Exception as exc:  # one attack that cannot run does not lose the others' figures
+                traceback.print_exc()
+                print(f"  did not complete: {type(exc).__name__}: {exc}", flush=True)
+                broken.append({"attack": name, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                continue
             rows.append(row)
             w = row["well_behaved"]
             print(
@@ -677,7 +685,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(details(rows))
     failures = sum(r["failures"] for r in rows)
-    out = {**header, "timing": timing.__dict__, "rate": args.rate, "attacks": rows, "failures": failures}
+    out = {
+        **header,
+        "timing": timing.__dict__,
+        "rate": args.rate,
+        "attacks": rows,
+        "failures": failures,
+        "did_not_complete": broken,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
@@ -687,7 +702,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['attack']} ({phase}): {sample}", file=sys.stderr)
         for sample in row["attacker"]["breaches"]:
             print(f"{row['attack']} breach: {sample}", file=sys.stderr)
-    return 1 if failures else 0
+    for item in broken:
+        print(f"{item['attack']} did not complete: {item['error']}", file=sys.stderr)
+    return 1 if failures or broken else 0
 
 
 if __name__ == "__main__":
