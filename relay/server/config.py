@@ -36,9 +36,25 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     shutdown_grace: PositiveSeconds = 10.0
     requests_per_second: PositiveSeconds = 20.0
     request_burst: Annotated[int, Meta(ge=1)] = 40
-    # TCP keepalive on public connections: a subscribed member has no idle time-out, so the
-    # kernel's probes are what find a peer that vanished (and keep NAT mappings open).  0: off.
+    # TCP keepalive on public connections: the kernel's probes find a peer that vanished without
+    # a word and keep NAT mappings open (WebSocket pings, below, find a peer that stopped
+    # answering).  0: off.
     tcp_keepalive: Annotated[int, Meta(ge=0, le=86_400)] = 60
+    # Budgets per source (an IPv4 address, or the IPv6 prefix of ``ipv6_prefix`` bits).
+    max_connections_per_ip: Annotated[int, Meta(ge=1)] = 256
+    connections_per_ip_per_second: PositiveSeconds = 20.0
+    connection_burst_per_ip: Annotated[int, Meta(ge=1)] = 100
+    requests_per_ip_per_second: PositiveSeconds = 200.0
+    request_burst_per_ip: Annotated[int, Meta(ge=1)] = 400
+    ipv6_prefix: Annotated[int, Meta(ge=16, le=128)] = 64
+    # Subscribed sessions: pinged after ``ping_interval`` seconds of silence, closed when nothing
+    # comes back within ``pong_timeout``.
+    ping_interval: PositiveSeconds = 60.0
+    pong_timeout: PositiveSeconds = 30.0
+    # A WebSocket message started must be complete within ``message_timeout`` seconds; the bytes
+    # of partly received messages, over all connections, are bounded by ``max_buffered_bytes``.
+    message_timeout: PositiveSeconds = 10.0
+    max_buffered_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 64 * 1024 * 1024
 
 
 class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -112,6 +128,8 @@ class EventsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     inbox_ttl: Annotated[int, Meta(ge=1)] = 7 * 24 * 3600
     discover_per_second: PositiveSeconds = 2.0
     discover_burst: Annotated[int, Meta(ge=1)] = 10
+    # Concurrent subscriptions of one member key to one group, over all connections.
+    max_subscriptions_per_member: Annotated[int, Meta(ge=1)] = 4
 
 
 class LoggingConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -156,6 +174,15 @@ def problems(config: Config) -> list[tuple[str, str]]:
             found.append(
                 ("server.public_url", f"{exc.reason} (the URL clients reach this relay's public port at)")
             )
+    server = config.server
+    if server.max_buffered_bytes < server.max_frame_bytes:
+        found.append(
+            (
+                "server.max_buffered_bytes",
+                f"{server.max_buffered_bytes} is below server.max_frame_bytes ({server.max_frame_bytes}): "
+                "no message of the largest size allowed could ever be received",
+            )
+        )
     for index, pattern in enumerate(config.policy.deny_patterns):
         try:
             re.compile(pattern)
