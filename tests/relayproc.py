@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ class RunningRelay:
     extra_args: list[str] = field(default_factory=list)
     listen_on: str = "127.0.0.1:0"
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables
+    preexec: Callable[[], None] | None = None  # run in the child before the daemon (resource limits)
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
@@ -54,6 +56,7 @@ class RunningRelay:
             args + self.extra_args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
             # RELAY_* variables of the shell running the tests would override the test's config.
             env={
                 **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},

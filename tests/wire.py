@@ -185,9 +185,12 @@ class WellBehaved:
 
 
 @asynccontextmanager
-async def well_behaved(relay: RunningRelay, local: str = "127.0.0.2") -> AsyncIterator[WellBehaved]:
-    """Run a :class:`WellBehaved` client beside the block; check it with ``.check()`` after."""
-    client = WellBehaved(relay, local)
+async def well_behaved(
+    relay: RunningRelay, local: str = "127.0.0.2", pause: float = 0.05
+) -> AsyncIterator[WellBehaved]:
+    """Run a :class:`WellBehaved` client beside the block; check it with ``.check()`` after.
+    Its rounds open a connection each: ``pause`` keeps them within the relay's connection rate."""
+    client = WellBehaved(relay, local, pause)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         yield client

@@ -495,7 +495,8 @@ async def _serve_request(
     on_bound: BoundHit | None = None,
 ) -> _Upgrade | None:
     """Answer a plain HTTP request, or return a WebSocket upgrade request for :func:`_accept`."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    # h11's own limit one byte above ours: the count below answers first (and is reported).
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD + 1)
     raw = bytearray()
     request: h11.Request | None = None
     body = bytearray()
