@@ -63,8 +63,8 @@ class Sweeper:
         self.sources = sources
         self.metrics = metrics
         self.bounds = bounds
-        self.tick = max(0.05, min(1.0, config.message_timeout / 4))
         self.feed_period = max(0.05, min(config.ping_interval, config.pong_timeout) / 4)
+        self.tick = max(0.05, min(1.0, config.message_timeout / 4, self.feed_period))
         self._slow_message = self._goodbye(f"a message took more than {config.message_timeout:g} s")
         self._no_pong = self._goodbye(f"no answer to a ping within {config.pong_timeout:g} s")
         self._evicted = 0
