@@ -202,6 +202,7 @@ class Relay:
                 sources=public.sources,
                 metrics=self.metrics,
                 bounds=self.bounds,
+                open_connections=lambda: public.open_connections,
             )
             admin = AdminEndpoint(
                 service,

@@ -258,6 +258,21 @@ class WebSocket:
             # A new, empty object: the old buffer is freed now, not kept at its largest size.
             self._partial = bytearray()
 
+    def dispose(self) -> None:
+        """The connection has ended: give back what it holds, at once.
+
+        Besides the message in progress: wsproto's frame parser is a generator that holds its
+        own ``FrameProtocol`` (a reference cycle) and, suspended, the last frame it parsed
+        (up to one read, 64 KiB).  Left alone, the whole connection waits for a full run of
+        the cyclic garbage collector, which a relay with many long-lived objects makes rare:
+        a burst of refused clients then keeps tens of MB for good.  Closing the generator
+        drops both.  (wsproto internals, looked up defensively: if they move, only this
+        shortcut is lost.)"""
+        self.release()
+        parser = getattr(getattr(self._ws, "_proto", None), "_parse_more", None)
+        if parser is not None and hasattr(parser, "close"):
+            parser.close()
+
     async def send(self, message: bytes) -> None:
         try:
             payload = self._ws.send(BytesMessage(data=message))

@@ -225,7 +225,7 @@ class PublicEndpoint:
                         # read here, by the task that was reading (and only after it stopped).
                         await ws.finish()
                     finally:
-                        ws.release()  # a message cut short gives its bytes back to the budget
+                        ws.dispose()  # a message cut short gives its bytes back, and more
             except Exception:
                 # Last line of defence: one connection's failure never stops the relay.
                 log.exception("connection.internal_error")

@@ -24,6 +24,8 @@ own context.  Must not: wait on a connection (every write here is non-blocking).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 import trio
 
@@ -43,7 +45,8 @@ log = structlog.get_logger("relay.sweeper")
 SLICE = 1000  # feeds checked between two schedule points
 PRUNE_EVERY = 5.0  # seconds between passes over the source table
 TRIM_EVERY = 10.0  # seconds between two trims of the C heap at most
-TRIM_AFTER = 16 * 1024 * 1024  # bytes of buffered-message peak (or freed connections) worth a trim
+TRIM_AFTER = 16 * 1024 * 1024  # a peak of buffered bytes worth a trim once it has gone
+TRIM_AFTER_CONNECTIONS = 1000  # connections gone since the last trim worth one
 
 
 class Sweeper:
@@ -56,6 +59,7 @@ class Sweeper:
         sources: SourceBudgets,
         metrics: Metrics,
         bounds: Bounds,
+        open_connections: Callable[[], int] = lambda: 0,
     ) -> None:
         self.config = config
         self.fanout = fanout
@@ -69,6 +73,8 @@ class Sweeper:
         self._no_pong = self._goodbye(f"no answer to a ping within {config.pong_timeout:g} s")
         self._evicted = 0
         self._trimmed_at = 0.0
+        self.open_connections = open_connections
+        self._connections_peak = 0  # the most open connections seen since the last trim
 
     @staticmethod
     def _goodbye(reason: str) -> tuple[bytes, str]:
@@ -89,6 +95,7 @@ class Sweeper:
                 self.prune(now)
                 next_prune = now + PRUNE_EVERY
             self.metrics.set("relay_buffered_bytes", self.buffers.used)
+            self._connections_peak = max(self._connections_peak, self.open_connections())
 
     # --- messages in progress ---------------------------------------------------------
 
@@ -146,11 +153,18 @@ class Sweeper:
         self.maybe_trim(now)
 
     def maybe_trim(self, now: float) -> bool:
-        """Give free heap memory back to the system after a spike of held bytes."""
-        if now - self._trimmed_at < TRIM_EVERY or self.buffers.used > self.buffers.peak // 4:
+        """Give free heap memory back to the system once a spike has gone: of bytes held in
+        partly received messages, or of connections (at most one trim per ``TRIM_EVERY``)."""
+        if now - self._trimmed_at < TRIM_EVERY:
             return False
-        if self.buffers.peak < TRIM_AFTER:
+        buffers = self.buffers
+        held_spike = buffers.peak >= TRIM_AFTER and buffers.used <= buffers.peak // 4
+        open_now = self.open_connections()
+        gone = self._connections_peak - open_now
+        connection_spike = gone >= TRIM_AFTER_CONNECTIONS and open_now <= self._connections_peak // 2
+        if not (held_spike or connection_spike):
             return False
         self._trimmed_at = now
-        self.buffers.peak = self.buffers.used
+        buffers.peak = buffers.used
+        self._connections_peak = open_now
         return memory.trim()
