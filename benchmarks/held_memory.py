@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import trio
 
 from benchmarks import wsframe
