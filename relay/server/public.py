@@ -326,6 +326,7 @@ class PublicEndpoint:
                     # each).  drain() ends the feed instead, whose sender sends the Close and
                     # ends the connection (WebSocket.interrupt wakes this wait).
                     self._idle_feeds.add(feed)
+                failure: tuple[ErrorCode, str, int] | None = None
                 try:
                     if idle is None:
                         data = await ws.receive()
@@ -333,27 +334,20 @@ class PublicEndpoint:
                         with idle:
                             data = await ws.receive()
                 except MessageTooLarge as exc:
-                    await self._fail(ws, ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
-                    return None
+                    failure = (ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
                 except BufferFull as exc:
                     limit = (
                         self.buffers.per_source if exc.bound == BUFFERED_BYTES_PER_IP else self.buffers.limit
                     )
                     self.bounds.hit(exc.bound, limit)
-                    await self._fail(
-                        ws, ErrorCode.UNAVAILABLE, str(exc) + "; try again later", CLOSE_TRY_AGAIN
-                    )
-                    return None
+                    failure = (ErrorCode.UNAVAILABLE, str(exc) + "; try again later", CLOSE_TRY_AGAIN)
+                except NotBinary:
+                    failure = (ErrorCode.BAD_TYPE, "only binary frames are accepted", CLOSE_UNSUPPORTED)
                 except Aborted as exc:
                     # Ended by the sweeper (a message too slow, no answer to a ping), which sent
                     # the error frame and the Close: only the log line is left, in this context.
                     self.metrics.inc("relay_refusals_total", code=exc.code)
                     log.info("connection.failed", code=exc.code, reason=exc.reason)
-                    return None
-                except NotBinary:
-                    await self._fail(
-                        ws, ErrorCode.BAD_TYPE, "only binary frames are accepted", CLOSE_UNSUPPORTED
-                    )
                     return None
                 except ConnectionClosed:
                     return None
@@ -362,6 +356,13 @@ class PublicEndpoint:
                         self._idle_feeds.discard(feed)
                     else:
                         self._idle.discard(idle)
+                if failure is not None:
+                    # Out of the except block, so the exception is gone: its traceback held
+                    # the read that broke the rule (up to 64 KiB).  What the connection holds
+                    # is given back before the close handshake waits (up to a second).
+                    ws.dispose()
+                    await self._fail(ws, *failure)
+                    return None
                 if idle is not None and idle.cancelled_caught:
                     if self.draining:
                         await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
