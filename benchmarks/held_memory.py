@@ -76,7 +76,8 @@ async def greet(host: str, port: int, local: str) -> tuple[trio.SocketStream, ws
 
 async def attack(args: argparse.Namespace, host: str, port: int, daemon: Daemon) -> dict[str, Any]:
     # The first ``--bytes`` of a message of the largest size allowed (none: greeted sessions only).
-    partial = wsframe.frame(b"\0" * MAX_FRAME, masked=True)[: 10 + args.bytes] if args.bytes else b""
+    whole = wsframe.frame(b"\0" * MAX_FRAME, masked=True)
+    partial = whole[: len(whole) - MAX_FRAME + args.bytes] if args.bytes else b""  # header + bytes
     streams: list[trio.SocketStream] = []
     refused_at_connect = 0
     peak = 0
