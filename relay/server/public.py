@@ -651,10 +651,11 @@ def _raise(exc: RemoteProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
 
 
 def keep_alive(stream: trio.SocketStream, idle: int) -> None:
-    """Let the kernel probe an idle connection: a subscribed member has no idle time-out.
+    """Let the kernel probe an idle connection: it finds a peer that vanished without a word
+    (and keeps NAT mappings open); the sweeper's WebSocket pings find one that stopped answering.
 
-    Costs no task and no timer per connection, which a WebSocket ping loop would.  The
-    per-socket timings are Linux's; elsewhere the system's keepalive defaults apply.
+    Costs no task and no timer per connection.  The per-socket timings are Linux's; elsewhere
+    the system's keepalive defaults apply.
     """
     if idle <= 0:
         return
