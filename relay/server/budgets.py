@@ -152,6 +152,10 @@ class SourceBudgets:
             else:
                 self._went_idle(key, source, now)
 
+    def share(self, key: str) -> Source | None:
+        """The entry of a source with a connection open: its connections' share of held bytes."""
+        return self.sources.get(key)
+
     def charge_request(self, key: str, now: float) -> bool:
         """One request from ``key``: True if its bucket had a token."""
         source = self.sources.get(key)

@@ -84,9 +84,9 @@ class Aborted(ConnectionClosed):
 class BufferFull(Exception):
     """Holding the rest of a message in progress would exceed the budget named ``bound``."""
 
-    def __init__(self, bound: str, limit: int) -> None:
+    def __init__(self, bound: str, size: int) -> None:
         super().__init__(f"the relay holds as many partly received messages as it can ({bound})")
-        self.bound, self.limit = bound, limit
+        self.bound, self.size = bound, size  # ``size``: what this message would have held
 
 
 class BufferShare(Protocol):
@@ -176,7 +176,9 @@ class WebSocket:
         self._unsent = b""
 
     async def receive(self) -> bytes:
-        """The next whole binary message; raises ConnectionClosed, MessageTooLarge, NotBinary."""
+        """The next whole binary message; raises ConnectionClosed (Aborted when another task
+        ended it with a reason), MessageTooLarge, NotBinary, BufferFull (the budget refused the
+        rest of a message in progress)."""
         while True:
             if self._interrupted:
                 raise self._ended()

@@ -202,7 +202,7 @@ class PublicEndpoint:
                     on_websocket=self._route,
                     head_timeout=self.config.handshake_timeout,
                     max_message=self.config.max_frame_bytes,
-                    share=self.sources.sources.get(source),
+                    share=self.sources.share(source),
                     on_bound=self.bounds.hit,
                 )
                 if accepted is not None:
