@@ -295,3 +295,56 @@ async def test_partly_received_messages_have_a_memory_budget(relay_factory: Rela
     assert (
         hits["buffered_bytes"]["limit"] == 1024 * kib and hits["buffered_bytes_per_ip"]["limit"] == 256 * kib
     )
+
+
+class _Wrapped(trio.abc.HalfCloseableStream):
+    """A stream around a socket stream, as trio.SSLStream is (``transport_stream``)."""
+
+    def __init__(self, transport_stream: trio.SocketStream) -> None:
+        self.transport_stream = transport_stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.transport_stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
+
+
+async def test_the_sweeper_wakes_a_reader_on_a_plain_or_a_wrapped_socket() -> None:
+    """``abort`` ends a reader that waits for days (a subscribed member), also under TLS-like
+    wrapping, and the reader reports why (no timer or cancel scope of its own)."""
+    from wsproto.connection import Connection
+
+    from relay.server.http import Aborted, WebSocket
+
+    for wrap in (False, True):
+        left, right = trio.socket.socketpair()
+        stream: trio.abc.Stream = trio.SocketStream(left)
+        if wrap:
+            stream = _Wrapped(trio.SocketStream(left))
+        ws = WebSocket(stream, Connection(ConnectionType.SERVER), 1024)
+        caught: list[BaseException] = []
+
+        async def read(ws: WebSocket = ws, caught: list[BaseException] = caught) -> None:
+            try:
+                await ws.receive()
+            except Aborted as exc:
+                caught.append(exc)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.sleep(0.1)
+                ws.abort(b"", CLOSE_POLICY, "timeout", "no answer to a ping")
+        assert [(e.code, e.reason) for e in caught] == [("timeout", "no answer to a ping")]  # type: ignore[attr-defined]
+        left.close()
+        right.close()

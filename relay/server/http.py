@@ -329,12 +329,19 @@ class WebSocket:
         ``notify_closing`` wakes whatever waits for the socket with ClosedResourceError; the
         flag stops any later read or write (a member that reads nothing must not hold its
         reader in a write for ever), and the connection's handler closes the socket soon after
-        (once ``finish`` has waited, bounded, for the peer's Close).  On a stream that is not
-        a socket only the flag applies.
+        (once ``finish`` has waited, bounded, for the peer's Close).  A stream wrapped around a
+        socket (TLS) is woken through the socket underneath.
         """
         self._interrupted = True
-        if isinstance(self._stream, trio.SocketStream):
-            trio.lowlevel.notify_closing(self._stream.socket)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        stream: object = self._stream
+        for _ in range(4):  # a socket under at most a few wrappers (TLS: ``transport_stream``)
+            if isinstance(stream, trio.SocketStream):
+                trio.lowlevel.notify_closing(stream.socket)
+                return
+            stream = getattr(stream, "transport_stream", None)
 
     def abort(self, goodbye: bytes, code: int, error: str, reason: str) -> None:
         """End the connection from another task (the sweeper), telling the peer why if it can.
@@ -349,8 +356,7 @@ class WebSocket:
             self._unsent = b""  # the rest of a goodbye is not worth a wait
         self._closed = True
         self._interrupted = (error, reason)
-        if isinstance(self._stream, trio.SocketStream):
-            trio.lowlevel.notify_closing(self._stream.socket)
+        self._wake_reader()
 
     @property
     def unsent(self) -> bool:
