@@ -11,6 +11,7 @@ import httpx
 import trio
 from relayproc import RelayFactory, RunningRelay
 from test_cli import run, run_json
+from wire import ONE_SOURCE_UNBOUNDED
 
 from relay import __version__
 from relay.client import add_relay, create_channel, publish, read_log
@@ -96,7 +97,7 @@ def test_stats(relay: RunningRelay) -> None:
 
 
 async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tmp_path: Path) -> None:
-    relay = relay_factory()
+    relay = relay_factory(server=ONE_SOURCE_UNBOUNDED)  # four owners on 127.0.0.1 invite non-stop
     invited = 0
     stop = trio.Event()
 
