@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"rss_before": before, "after_seconds": args.after, "rounds": rounds}
     finally:
         daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
