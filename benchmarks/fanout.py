@@ -34,7 +34,7 @@ import psutil
 import trio
 
 from benchmarks import joins, machine, runs, wsframe
-from benchmarks.daemon import Daemon, read_metrics
+from benchmarks.daemon import ONE_SOURCE, Daemon, read_metrics
 from benchmarks.fanout_members import BUCKET_NS, BUCKETS, stamp
 
 AIM_DELIVERIES = 50_000.0  # deliveries/s at 1,000 members
@@ -57,12 +57,14 @@ SERVERS = {
 def fanout_config(path: Path, extra: str = "") -> Path:
     """The defaults, except what a benchmark member or publisher would hit: the per-connection
     request rate (a publisher sends thousands of posts per second), the idle time-out (members
-    only read), the connection bound (5,000 members), the join queue bound, and the per-member
-    send buffer (see below)."""
+    only read), the connection bound (5,000 members), the budgets per source (every member is
+    on loopback: one source), the ping interval (the lean members answer no pings, and a run
+    leaves them silent for minutes), the join queue bound, and the per-member send buffer (see
+    below)."""
     path.write_text(
         "# Written by python -m benchmarks.fanout.\n"
         "[server]\nrequests_per_second = 1000000.0\nrequest_burst = 1000000\n"
-        "idle_timeout = 3600.0\nmax_connections = 20000\n"
+        f"idle_timeout = 3600.0\nmax_connections = 20000\nping_interval = 86400.0\n{ONE_SOURCE}"
         f"[members]\nmax_queued_per_group = 200000\n"
         # Small enough that the stalled member's queue overflows within the 10 s run (the
         # default, 1024 frames, takes 20 s at 50 posts/s): the drop to catch-up is exercised.

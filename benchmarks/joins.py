@@ -45,7 +45,7 @@ import psutil
 import trio
 
 from benchmarks import machine, runs
-from benchmarks.daemon import Daemon, read_metrics
+from benchmarks.daemon import ONE_SOURCE, Daemon, read_metrics
 from benchmarks.join_members import Spec
 from benchmarks.members import (
     Group,
@@ -74,10 +74,11 @@ CONNECTIONS = 64
 
 def join_config(path: Path, *, max_queued: int = 200_000, extra: str = "") -> Path:
     """The defaults, except the per-connection request rate (20/s by default: a benchmark member
-    sends thousands per second on one connection) and the per-group queue bound."""
+    sends thousands per second on one connection), the budgets per source (every member is on
+    loopback: one source) and the per-group queue bound."""
     path.write_text(
         "# Written by python -m benchmarks.joins.\n"
-        "[server]\nrequests_per_second = 1000000.0\nrequest_burst = 1000000\n"
+        f"[server]\nrequests_per_second = 1000000.0\nrequest_burst = 1000000\n{ONE_SOURCE}"
         f"[members]\nmax_queued_per_group = {max_queued}\n{extra}"
     )
     return path

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ class RunningRelay:
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables
     # A context trusting the relay's certificate, when its public port speaks TLS.
     client_tls: ssl.SSLContext | None = None
+    preexec: Callable[[], None] | None = None  # run in the child before the daemon (resource limits)
     proc: subprocess.Popen[bytes] | None = None
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
@@ -59,6 +61,7 @@ class RunningRelay:
             args + self.extra_args,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
             # RELAY_* variables of the shell running the tests would override the test's config.
             env={
                 **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},

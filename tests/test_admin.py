@@ -11,6 +11,7 @@ import httpx
 import trio
 from relayproc import RelayFactory, RunningRelay
 from test_cli import run, run_json
+from wire import ONE_SOURCE_UNBOUNDED
 
 from relay import __version__
 from relay.client import add_relay, create_channel, publish, read_log
@@ -98,8 +99,12 @@ def test_stats(relay: RunningRelay) -> None:
 
 
 async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tmp_path: Path) -> None:
-    # Hundreds of never-activated channels from one address: past the default budgets per source.
-    relay = relay_factory(policy={"invitations_per_ip_per_minute": 1e6, "max_pending_groups_per_ip": 10**6})
+    # Four owners on 127.0.0.1 invite non-stop: hundreds of never-activated channels from one
+    # source, past the default budgets per source.
+    relay = relay_factory(
+        server=ONE_SOURCE_UNBOUNDED,
+        policy={"invitations_per_ip_per_minute": 1e6, "max_pending_groups_per_ip": 10**6},
+    )
     invited = 0
     stop = trio.Event()
 

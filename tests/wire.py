@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -40,6 +40,15 @@ from relay.protocol.messages import (
 )
 
 ANSWER_LIMIT = 10**6
+# For a test that opens many connections from 127.0.0.1 (one source): the per-source budgets
+# out of the way, so that the test measures what it means to.
+ONE_SOURCE_UNBOUNDED: dict[str, object] = {
+    "max_connections_per_ip": 1_000_000,
+    "connections_per_ip_per_second": 1_000_000.0,
+    "connection_burst_per_ip": 1_000_000,
+    "requests_per_ip_per_second": 1_000_000.0,
+    "request_burst_per_ip": 1_000_000,
+}
 HYBRID = crypto.SUITE_HYBRID.name
 X25519 = crypto.SUITE_X25519.name
 
@@ -117,32 +126,97 @@ def assert_readable(reason: str | None) -> None:
 
 @asynccontextmanager
 async def connect(
-    relay: RunningRelay, path: str = "/r", local_address: str | None = None
+    relay: RunningRelay, path: str = "/r", local_address: str | None = None, timeout: float = 5.0
 ) -> AsyncIterator[RawSession]:
-    """A WebSocket to ``path``; from ``local_address`` (127.0.0.2, ...: another host) if given."""
+    """A WebSocket to ``path``; from ``local_address`` (127.0.0.2, ...: another source, as
+    another host would be) if given.  trio-websocket answers pings by itself."""
     scheme = "wss" if relay.client_tls else "ws"
     if local_address is None:
         async with open_websocket_url(
             f"{scheme}://{relay.listen}{path}",
             ssl_context=relay.client_tls,
             max_message_size=ANSWER_LIMIT,
-            connect_timeout=5,
+            connect_timeout=timeout,
             disconnect_timeout=2,
         ) as ws:
             yield RawSession(ws, fingerprint_of(relay))
         return
+    # trio-websocket cannot pick the local address: connect first, then wrap the stream.
     host, port = relay.listen.rsplit(":", 1)
-    tcp = await trio.open_tcp_stream(host, int(port), local_address=local_address)
+    with trio.fail_after(timeout):
+        tcp = await trio.open_tcp_stream(host, int(port), local_address=local_address)
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
     if relay.client_tls is not None:
         stream = trio.SSLStream(tcp, relay.client_tls, server_hostname=host, https_compatible=True)
-    async with trio.open_nursery() as nursery:
-        ws = await wrap_client_stream(nursery, stream, relay.listen, path, max_message_size=ANSWER_LIMIT)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(timeout):
+                ws = await wrap_client_stream(
+                    nursery, stream, relay.listen, path, message_queue_size=64, max_message_size=ANSWER_LIMIT
+                )
+            try:
+                yield RawSession(ws, fingerprint_of(relay))
+            finally:
+                with trio.move_on_after(2):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def connect_from(
+    relay: RunningRelay, path: str = "/r", local: str = "127.0.0.2", timeout: float = 5.0
+) -> AbstractAsyncContextManager[RawSession]:
+    """:func:`connect` from another loopback address (127.0.0.2 by default)."""
+    return connect(relay, path, local, timeout)
+
+
+@dataclass
+class WellBehaved:
+    """A client from another host that keeps asking a simple question while an attack runs:
+    each round opens a connection from ``local``, sends ``hello`` and checks the relay's signed
+    welcome against its pinned key.  Every failure is kept (``failures``), with the latency of
+    each round (``latencies``)."""
+
+    relay: RunningRelay
+    local: str = "127.0.0.2"
+    pause: float = 0.05
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    async def round(self) -> None:
+        started = time.monotonic()
         try:
-            yield RawSession(ws, fingerprint_of(relay))
-        finally:
-            with trio.move_on_after(2):
-                await ws.aclose()
+            async with connect_from(self.relay, "/r", self.local) as session:
+                await session.hello()
+            self.latencies.append(time.monotonic() - started)
+        except Exception as exc:  # every kind of failure is what the test looks for
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Rounds until cancelled; ``started`` after the first one succeeded (or failed)."""
+        await self.round()
+        task_status.started()
+        while True:
+            await trio.sleep(self.pause)
+            await self.round()
+
+    def check(self, at_least: int = 3) -> None:
+        assert not self.failures, f"the well-behaved client failed: {self.failures[:5]}"
+        assert len(self.latencies) >= at_least, f"only {len(self.latencies)} rounds ran"
+
+
+@asynccontextmanager
+async def well_behaved(
+    relay: RunningRelay, local: str = "127.0.0.2", pause: float = 0.05
+) -> AsyncIterator[WellBehaved]:
+    """Run a :class:`WellBehaved` client beside the block; check it with ``.check()`` after.
+    Its rounds open a connection each: ``pause`` keeps them within the relay's connection rate."""
+    client = WellBehaved(relay, local, pause)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        yield client
+        nursery.cancel_scope.cancel()
 
 
 # --- channels and invitations built by hand --------------------------------------------

@@ -19,15 +19,17 @@ from typing import Any
 from relay.client.errors import RelayError
 
 
-def _write_temp(tmp: Path, data: dict[str, Any]) -> None:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_new(path: Path, data: dict[str, Any]) -> None:
+    """Create ``path`` (mode 0600; FileExistsError if the name is taken), write and fsync it;
+    a file written in part is removed again."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
 
 
@@ -48,7 +50,7 @@ def _sync_folder(path: Path) -> None:
 def save_private(path: Path, data: dict[str, Any]) -> None:
     """Write ``path`` atomically (mode 0600), replacing what was there."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    _write_temp(tmp, data)
+    _write_new(tmp, data)
     tmp.replace(path)
     _sync_folder(path)
 
@@ -64,28 +66,16 @@ def create_private(path: Path, data: dict[str, Any]) -> None:
     if path.exists() or path.is_symlink():
         raise FileExistsError(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    _write_temp(tmp, data)
+    _write_new(tmp, data)
     try:
         os.link(tmp, path)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
-        _write_new_in_place(path, data)
+        _write_new(path, data)
     finally:
         tmp.unlink(missing_ok=True)
     _sync_folder(path)
-
-
-def _write_new_in_place(path: Path, data: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # FileExistsError if taken
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def load_state(path: Path, who: str, create_with: str) -> dict[str, Any]:

@@ -15,16 +15,17 @@ import os
 import resource
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import structlog
 import trio
 
 from relay.protocol.addresses import contact_address
-from relay.server import admintoken
+from relay.server import accept, admintoken, memory
 from relay.server.admin import AdminEndpoint
 from relay.server.admission import Admissions
 from relay.server.bounds import Bounds
@@ -39,6 +40,7 @@ from relay.server.profiles import VerifiedProfiles
 from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
 from relay.server.signals import GroupSignals
+from relay.server.sweeper import Sweeper
 from relay.server.tls import TlsError, server_context
 from relay.server.worker import JoinWorker
 from relay.store.db import Database, StoreUnavailable
@@ -96,6 +98,18 @@ class ReadyInfo:
 def _host_port(listener: trio.SocketListener) -> str:
     host, port = listener.socket.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _admit_operator(address: object) -> Literal[True]:
+    """The operator port takes every connection (it is reached from loopback or a firewall)."""
+    return True
+
+
+def _operator_handler(admin: AdminEndpoint) -> Callable[[trio.SocketStream, object], Awaitable[None]]:
+    async def handle(stream: trio.SocketStream, _: object) -> None:
+        await admin.handle(stream)
+
+    return handle
 
 
 def raise_fd_limit() -> None:
@@ -173,6 +187,7 @@ class Relay:
 
     async def _run(self, task_status: trio.TaskStatus[ReadyInfo]) -> None:
         raise_fd_limit()
+        memory.tune()
         server = self.config.server
         storage = self.config.storage
         db = Database(
@@ -228,7 +243,7 @@ class Relay:
             worker = JoinWorker(
                 service, self.config.members, self.metrics, signals=signals, decisions=decisions
             )
-            channels = Channels(service, self.config.events, self.metrics)
+            channels = Channels(service, self.config.events, self.metrics, self.bounds)
             public = PublicEndpoint(
                 service,
                 admissions,
@@ -239,6 +254,15 @@ class Relay:
                 log_client_ip=self.config.logging.log_client_ip,
             )
             public.tls = tls
+            sweeper = Sweeper(
+                server,
+                fanout=channels.fanout,
+                buffers=public.buffers,
+                sources=public.sources,
+                metrics=self.metrics,
+                bounds=self.bounds,
+                open_connections=lambda: public.open_connections,
+            )
             admin = self._admin = AdminEndpoint(
                 service,
                 self.metrics,
@@ -262,14 +286,30 @@ class Relay:
                 async with trio.open_nursery() as connections:
                     public.helpers = connections
                     async with trio.open_nursery() as acceptors:
-                        for handler, listeners in (
-                            (public.handle, public_listeners),
-                            (admin.handle, admin_listeners),
-                        ):
+                        for listener in public_listeners:
                             acceptors.start_soon(
-                                partial(trio.serve_listeners, handler, listeners, handler_nursery=connections)
+                                partial(
+                                    accept.serve,
+                                    listener,
+                                    admit=public.admit,
+                                    handler=public.handle,
+                                    nursery=connections,
+                                    bounds=self.bounds,
+                                )
+                            )
+                        for listener in admin_listeners:
+                            acceptors.start_soon(
+                                partial(
+                                    accept.serve,
+                                    listener,
+                                    admit=_admit_operator,
+                                    handler=_operator_handler(admin),
+                                    nursery=connections,
+                                    bounds=self.bounds,
+                                )
                             )
                         acceptors.start_soon(self._sweep, service)
+                        acceptors.start_soon(sweeper.run)
                         self.ready = ReadyInfo(
                             address=contact_address(base, self.identity.fingerprint),
                             listen=listen,

@@ -49,8 +49,9 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     shutdown_grace: PositiveSeconds = 10.0
     requests_per_second: PositiveSeconds = 20.0
     request_burst: Annotated[int, Meta(ge=1)] = 40
-    # TCP keepalive on public connections: a subscribed member has no idle time-out, so the
-    # kernel's probes are what find a peer that vanished (and keep NAT mappings open).  0: off.
+    # TCP keepalive on public connections: the kernel's probes find a peer that vanished without
+    # a word and keep NAT mappings open (WebSocket pings, below, find a peer that stopped
+    # answering).  0: off.
     tcp_keepalive: Annotated[int, Meta(ge=0, le=86_400)] = 60
     # TLS on the public port (PEM files, both or neither): addresses become https://, clients
     # use wss://.  Read once at start (a restart picks up a renewed certificate).
@@ -66,6 +67,22 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     def base_url(self, listen: str) -> str:
         """The base of every address handed out: ``public_url``, else the scheme and ``listen``."""
         return self.public_url.rstrip("/") or f"{'https' if self.tls else 'http'}://{listen}"
+
+    # Budgets per source (an IPv4 address, or the IPv6 prefix of ``ipv6_prefix`` bits).
+    max_connections_per_ip: Annotated[int, Meta(ge=1)] = 256
+    connections_per_ip_per_second: PositiveSeconds = 20.0
+    connection_burst_per_ip: Annotated[int, Meta(ge=1)] = 100
+    requests_per_ip_per_second: PositiveSeconds = 200.0
+    request_burst_per_ip: Annotated[int, Meta(ge=1)] = 400
+    ipv6_prefix: Annotated[int, Meta(ge=16, le=128)] = 64
+    # Subscribed sessions: pinged after ``ping_interval`` seconds of silence, closed when nothing
+    # comes back within ``pong_timeout``.
+    ping_interval: PositiveSeconds = 60.0
+    pong_timeout: PositiveSeconds = 30.0
+    # A WebSocket message started must be complete within ``message_timeout`` seconds; the bytes
+    # of partly received messages, over all connections, are bounded by ``max_buffered_bytes``.
+    message_timeout: PositiveSeconds = 10.0
+    max_buffered_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 64 * 1024 * 1024
 
 
 class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -146,6 +163,8 @@ class EventsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     inbox_ttl: Annotated[int, Meta(ge=1)] = 7 * 24 * 3600
     discover_per_second: PositiveSeconds = 2.0
     discover_burst: Annotated[int, Meta(ge=1)] = 10
+    # Concurrent subscriptions of one member key to one group, over all connections.
+    max_subscriptions_per_member: Annotated[int, Meta(ge=1)] = 4
 
 
 class LoggingConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -204,6 +223,14 @@ def problems(config: Config) -> list[tuple[str, str]]:
         if not _is_host(host):
             reason = f"{host!r} is not a host name (no port, no scheme)"
             found.append((f"server.admin_hosts[{index}]", reason))
+    if server.max_buffered_bytes < server.max_frame_bytes:
+        found.append(
+            (
+                "server.max_buffered_bytes",
+                f"{server.max_buffered_bytes} is below server.max_frame_bytes ({server.max_frame_bytes}): "
+                "no message of the largest size allowed could ever be received",
+            )
+        )
     for index, pattern in enumerate(config.policy.deny_patterns):
         try:
             re.compile(pattern)

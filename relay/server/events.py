@@ -47,6 +47,7 @@ from relay.protocol.messages import (
 )
 from relay.protocol.state import GroupState
 from relay.server.admission import GroupBinding
+from relay.server.bounds import Bounds
 from relay.server.config import EventsConfig
 from relay.server.fanout import FanOut, FanoutLimits, Feed, Page, event_message
 from relay.server.http import WebSocket, prepared_message
@@ -106,11 +107,14 @@ _Outcome = _Stored | _Equivocation
 
 
 class Channels:
-    def __init__(self, service: GroupService, config: EventsConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, service: GroupService, config: EventsConfig, metrics: Metrics, bounds: Bounds | None = None
+    ) -> None:
         self.service = service
         self.db = service.db
         self.config = config
         self.metrics = metrics
+        self.bounds = bounds if bounds is not None else Bounds(metrics)
         self.fanout = FanOut(
             FanoutLimits(
                 buffer_frames=config.send_buffer_frames,
@@ -275,6 +279,16 @@ class Channels:
             self._subscribers_bound("max_subscribers", self.config.max_subscribers)
         if self.fanout.feeds_of(group.id) >= self.config.max_subscribers_per_group:
             self._subscribers_bound("max_subscribers_per_group", self.config.max_subscribers_per_group)
+        # After the signature: a key is only counted for the one who holds it.
+        per_member = self.config.max_subscriptions_per_member
+        if not self.fanout.reserve(group.id, member, per_member):
+            self.bounds.hit("subscriptions_per_member", per_member)
+            raise RemoteProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"this member key already holds {per_member} subscriptions to this group, the most "
+                "one member may hold at once; close one first",
+            )
+        reserved = True
         since = frame.since
         history = self.config.history
         page = self.config.catch_up_page
@@ -305,7 +319,10 @@ class Channels:
             return answer, cursor, Page(rows, head.head_seq, complete), inbox
 
         def attach(result: tuple[Subscribed, int, Page, list[bytes]]) -> None:
+            nonlocal reserved
             answer, cursor, first, inbox = result
+            self.fanout.unreserve(group.id, member)
+            reserved = False
             feed = self.fanout.attach(group.id, first.head_seq, ws, member)
             feed.push_control(prepared_message(encode(answer)))
             for request in inbox:
@@ -318,7 +335,11 @@ class Channels:
                 feed.queue_page(events)
             start(feed)
 
-        await self.db.transact(read, on_commit=attach)
+        try:
+            await self.db.transact(read, on_commit=attach)
+        finally:
+            if reserved:  # refused, or failed before its commit hook
+                self.fanout.unreserve(group.id, member)
         self.metrics.inc("relay_subscriptions_total")
         log.debug("feed.subscribed", group=group.id, since=since)
 

@@ -99,13 +99,25 @@ class Mode(enum.Enum):
 class Hub:
     """One group's feeds, and its newest events already framed (bounded)."""
 
-    __slots__ = ("attached", "group_id", "known_from", "live", "members", "profile_message", "recent")
+    __slots__ = (
+        "attached",
+        "group_id",
+        "known_from",
+        "live",
+        "members",
+        "others",
+        "profile_message",
+        "recent",
+    )
 
     def __init__(self, group_id: int, head_seq: int) -> None:
         self.group_id = group_id
         self.live: set[Feed] = set()
         self.attached: set[Feed] = set()  # every feed, live or catching up
         self.members: dict[bytes, Feed] = {}  # member key -> its newest feed (direct invitations)
+        # member key -> its older feeds, only for a member subscribed more than once (a phone
+        # and a laptop): the common member costs no entry here.
+        self.others: dict[bytes, list[Feed]] = {}
         # ``recent`` holds every event from ``known_from`` on: the hub was made in the hook of
         # a read that saw the head, and every later commit is published to it.
         self.recent: deque[tuple[int, bytes]] = deque()
@@ -188,6 +200,17 @@ class Feed:
         self.queued_bytes += len(message)
         self.queued_seq = seq
         self._wake()
+
+    def push_ping(self, message: bytes) -> bool:
+        """A Ping from the liveness sweep: written at once if nothing is queued and the socket
+        takes it (no task), else queued like a control frame; False if it could not be."""
+        if self.closed or self.ending is not None:
+            return False
+        if not self._sending and not self.queue and not self.control and self.ws.send_now(message):
+            if self.ws.unsent:
+                self._wake()
+            return True
+        return self.push_control(message)
 
     def push_control(self, message: bytes) -> bool:
         """Queue a profile or direct-invitation frame; False if too many are waiting."""
@@ -320,6 +343,8 @@ class FanOut:
         self.reader = reader
         self.hubs: dict[int, Hub] = {}
         self.subscribers = 0
+        # (group, member key) -> subscriptions checked and not attached yet (their read runs).
+        self.pending: dict[tuple[int, bytes], int] = {}
 
     def publish(self, group_id: int, seq: int, stored: bytes) -> None:
         """A committed event: frame it once and queue it for every live member (trio thread)."""
@@ -360,6 +385,31 @@ class FanOut:
             feed.end(message, CLOSE_POLICY, ErrorCode.GROUP_NOT_ACTIVE.value)
         return len(feeds)
 
+    def subscriptions_of(self, group_id: int, member: bytes) -> int:
+        """The feeds ``member`` has on the group, attached or about to be."""
+        hub = self.hubs.get(group_id)
+        attached = 0
+        if hub is not None and member in hub.members:
+            attached = 1 + len(hub.others.get(member, ()))
+        return attached + self.pending.get((group_id, member), 0)
+
+    def reserve(self, group_id: int, member: bytes, limit: int) -> bool:
+        """Count a subscription about to be attached, if ``member`` holds fewer than ``limit``."""
+        if self.subscriptions_of(group_id, member) >= limit:
+            return False
+        key = (group_id, member)
+        self.pending[key] = self.pending.get(key, 0) + 1
+        return True
+
+    def unreserve(self, group_id: int, member: bytes) -> None:
+        """A reserved subscription was attached, or failed."""
+        key = (group_id, member)
+        left = self.pending.get(key, 0) - 1
+        if left > 0:
+            self.pending[key] = left
+        else:
+            self.pending.pop(key, None)
+
     def attach(self, group_id: int, head_seq: int, ws: WebSocket, member: bytes) -> Feed:
         """A new feed for a connection, in catch-up mode; call in the hook of its first read."""
         hub = self.hubs.get(group_id)
@@ -369,6 +419,9 @@ class FanOut:
         self.metrics.set("relay_subscribers", self.subscribers)
         feed = Feed(self, hub, ws, member)
         hub.attached.add(feed)
+        previous = hub.members.get(member)
+        if previous is not None:
+            hub.others.setdefault(member, []).append(previous)
         hub.members[member] = feed
         return feed
 
@@ -382,8 +435,17 @@ class FanOut:
         feed.closed = True
         hub = feed.hub
         hub.live.discard(feed)
-        if hub.members.get(feed.member) is feed:
-            del hub.members[feed.member]
+        member = feed.member
+        others = hub.others.get(member)
+        if hub.members.get(member) is feed:
+            if others:
+                hub.members[member] = others.pop()  # the newest of its other feeds
+            else:
+                del hub.members[member]
+        elif others and feed in others:
+            others.remove(feed)
+        if others is not None and not others:
+            del hub.others[member]
         hub.attached.discard(feed)
         self.subscribers -= 1
         self.metrics.set("relay_subscribers", self.subscribers)

@@ -5,6 +5,15 @@ and WebSocket upgrades.  h11 reads the request head; if it asks for a
 WebSocket, the buffered bytes are handed to wsproto, which performs the
 handshake and then frames messages.  This module owns only the I/O glue: size
 limits, time-outs and backpressure.  It knows nothing about the relay protocol.
+
+Where a client's bytes can sit, and what bounds each place: the request head is read
+in pieces of at most what is left of ``MAX_HEAD`` (431 beyond it, however the bytes
+arrive); after the upgrade a read takes at most ``READ_SIZE`` bytes, which wsproto
+frames at once (its buffer holds less than one read between calls: it streams a data
+frame's payload as it comes); the rest of a message in progress is ``WebSocket._partial``,
+at most ``max_message`` bytes and charged to a :class:`BufferShare` (the relay-wide and
+per-source budgets of relay.server.budgets) until the message is complete or the
+connection ends.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import h11
 import structlog
@@ -36,11 +46,17 @@ from wsproto.utilities import RemoteProtocolError as WSRemoteError
 
 log = structlog.get_logger("relay.http")
 
-MAX_HEAD = 16 * 1024
+MAX_HEAD = 16 * 1024  # a request head (request line and headers), however it arrives
 MAX_BODY = 1024 * 1024
 READ_SIZE = 64 * 1024
 CLOSE_LINGER = 1.0  # seconds a closing WebSocket waits for the peer to close its side
 CLOSE_POLICY = 1008  # RFC 6455 7.4.1: the peer broke a rule (or the relay stopped serving it)
+HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: 26\r\nconnection: close\r\n\r\n"
+    b'{"error":"head_too_large"}'
+)
+DISCARD_LIMIT = 256 * 1024  # bytes read and dropped after a refusal, so the answer is not lost to a RST
 
 
 class ConnectionClosed(Exception):
@@ -55,6 +71,30 @@ class MessageTooLarge(Exception):
 
 class NotBinary(Exception):
     """A text frame arrived where only binary frames are allowed."""
+
+
+class Aborted(ConnectionClosed):
+    """Another task ended the connection for a reason the reader reports (``code``, ``reason``)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class BufferFull(Exception):
+    """Holding the rest of a message in progress would exceed the budget named ``bound``."""
+
+    def __init__(self, bound: str, size: int) -> None:
+        super().__init__(f"the relay holds as many partly received messages as it can ({bound})")
+        self.bound, self.size = bound, size  # ``size``: what this message would have held
+
+
+class BufferShare(Protocol):
+    """Where a WebSocket charges the bytes of a message in progress (relay.server.budgets.Source)."""
+
+    def take(self, holder: object, size: int, now: float) -> str | None: ...
+
+    def give(self, holder: object, size: int) -> None: ...
 
 
 @dataclass
@@ -84,6 +124,14 @@ def prepared_message(payload: bytes) -> bytes:
     return bytes(_SERVER_FRAMES.send_data(payload, True))
 
 
+def prepared_close(code: int, reason: str) -> bytes:
+    """A Close frame as a server sends it (for :meth:`WebSocket.abort`)."""
+    return bytes(_SERVER_FRAMES.close(code, reason[:120]))
+
+
+PING = bytes(_SERVER_FRAMES.ping(b""))  # a server's Ping, empty: the same bytes for every connection
+
+
 class WebSocket:
     """A server-side WebSocket: binary messages in and out, one task, bounded buffers."""
 
@@ -95,19 +143,31 @@ class WebSocket:
         "_max",
         "_partial",
         "_send_lock",
+        "_share",
         "_stream",
         "_unsent",
         "_ws",
+        "heard",
+        "pinged",
     )
 
-    def __init__(self, stream: trio.abc.Stream, ws: WSFrames, max_message: int) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, ws: WSFrames, max_message: int, share: BufferShare | None = None
+    ) -> None:
         self._stream = stream
         self._ws = ws
         self._max = max_message
         self._partial = bytearray()
+        self._share = share  # charged for the bytes of a message in progress (None: not bounded)
         self._closed = False
         self._linger_due = False  # a Close was sent by ``send_close``; ``finish`` waits for the peer's
-        self._interrupted = False  # ended by another task (``interrupt``): nothing more is read
+        # Ended by another task (``interrupt``, ``abort``): nothing more is read.  ``abort``
+        # leaves the error code and reason here, for the reader to report.
+        self._interrupted: bool | tuple[str, str] = False
+        # Liveness, for the relay's sweeper (no timer per connection): when bytes last came
+        # in, and when a Ping was sent that nothing has come in after yet (0: none pending).
+        self.heard = trio.current_time()
+        self.pinged = 0.0
         # Orders concurrent writers; made when a write starts and dropped when the last one
         # ends (a trio.Lock is about 330 bytes, and an idle member writes nothing for days).
         self._send_lock: trio.Lock | None = None
@@ -116,20 +176,28 @@ class WebSocket:
         self._unsent = b""
 
     async def receive(self) -> bytes:
-        """The next whole binary message; raises ConnectionClosed, MessageTooLarge, NotBinary."""
+        """The next whole binary message; raises ConnectionClosed (Aborted when another task
+        ended it with a reason), MessageTooLarge, NotBinary, BufferFull (the budget refused the
+        rest of a message in progress)."""
         while True:
             if self._interrupted:
-                raise ConnectionClosed()
+                raise self._ended()
             for event in self._ws.events():
                 if isinstance(event, BytesMessage):
-                    if len(self._partial) + len(event.data) > self._max:
-                        raise MessageTooLarge(len(self._partial) + len(event.data), self._max)
-                    if event.message_finished and not self._partial:
+                    held = len(self._partial)
+                    if held + len(event.data) > self._max:
+                        raise MessageTooLarge(held + len(event.data), self._max)
+                    if event.message_finished and not held:
                         return bytes(event.data)  # the usual single frame: no copy (bytes(bytes))
+                    share = self._share
+                    if share is not None and event.data:
+                        refused = share.take(self, len(event.data), trio.current_time())
+                        if refused is not None:
+                            raise BufferFull(refused, held + len(event.data))
                     self._partial += event.data
                     if event.message_finished:
                         message = bytes(self._partial)
-                        self._partial.clear()
+                        self.release()
                         return message
                 elif isinstance(event, TextMessage):
                     raise NotBinary()
@@ -142,7 +210,7 @@ class WebSocket:
                             await self._write(self._ws.send(event.response()))
                     raise ConnectionClosed()
             if self._closed:
-                raise ConnectionClosed()
+                raise self._ended()
             # A socket is read here directly, waiting only in ``wait_readable``: an idle member
             # waits here for days, and trio's ``receive_some`` keeps four more coroutine frames
             # and a context manager alive for the whole wait (about 1.5 KiB per connection).
@@ -163,7 +231,8 @@ class WebSocket:
                 else:
                     data = bytes(await stream.receive_some(READ_SIZE))
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed() from None  # reset, or closed by another task
+                raise self._ended() from None  # reset, or closed by another task
+            self.heard = trio.current_time()
             eof = not data
             try:
                 self._ws.receive_data(data or None)
@@ -173,6 +242,39 @@ class WebSocket:
             del data
             if eof:
                 self._closed = True
+
+    def _ended(self) -> ConnectionClosed:
+        """What the reader raises once the connection is over (with the reason of an ``abort``)."""
+        why = self._interrupted
+        if isinstance(why, tuple):
+            return Aborted(*why)
+        return ConnectionClosed()
+
+    def release(self) -> None:
+        """Drop the message in progress, if any, and give its bytes back to the budget.
+
+        Called when a message is complete, and by the connection's handler when it ends (a
+        connection closed mid-message must not keep its share)."""
+        if self._partial:
+            if self._share is not None:
+                self._share.give(self, len(self._partial))
+            # A new, empty object: the old buffer is freed now, not kept at its largest size.
+            self._partial = bytearray()
+
+    def dispose(self) -> None:
+        """The connection has ended: give back what it holds, at once.
+
+        Besides the message in progress: wsproto's frame parser is a generator that holds its
+        own ``FrameProtocol`` (a reference cycle) and, suspended, the last frame it parsed
+        (up to one read, 64 KiB).  Left alone, the whole connection waits for a full run of
+        the cyclic garbage collector, which a relay with many long-lived objects makes rare:
+        a burst of refused clients then keeps tens of MB for good.  Closing the generator
+        drops both.  (wsproto internals, looked up defensively: if they move, only this
+        shortcut is lost.)"""
+        self.release()
+        parser = getattr(getattr(self._ws, "_proto", None), "_parse_more", None)
+        if parser is not None and hasattr(parser, "close"):
+            parser.close()
 
     async def send(self, message: bytes) -> None:
         try:
@@ -229,14 +331,31 @@ class WebSocket:
         ``notify_closing`` wakes whatever waits for the socket with ClosedResourceError; the
         flag stops any later read or write (a member that reads nothing must not hold its
         reader in a write for ever), and the connection's handler closes the socket soon after
-        (once ``finish`` has waited, bounded, for the peer's Close).  A TLS stream's reader
-        waits on the socket under it, which is the one notified; on a stream with no socket
-        only the flag applies.
+        (once ``finish`` has waited, bounded, for the peer's Close).  A stream wrapped around a
+        socket (TLS) is woken through the socket underneath.
         """
         self._interrupted = True
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
         sock = _socket_of(self._stream)
         if sock is not None:
             trio.lowlevel.notify_closing(sock)
+
+    def abort(self, goodbye: bytes, code: int, error: str, reason: str) -> None:
+        """End the connection from another task (the sweeper), telling the peer why if it can.
+
+        ``goodbye`` (a prepared error frame) and a Close with ``code`` are written only if the
+        socket takes them now, without waiting and with nothing else being written; the reader
+        then raises :class:`Aborted` with ``error`` and ``reason``, for its log line.
+        """
+        if self._interrupted:
+            return
+        if self.send_now(goodbye + prepared_close(code, error)):
+            self._unsent = b""  # the rest of a goodbye is not worth a wait
+        self._closed = True
+        self._interrupted = (error, reason)
+        self._wake_reader()
 
     @property
     def unsent(self) -> bool:
@@ -343,10 +462,14 @@ class WebSocket:
 
 
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    """The socket under a plain or TLS stream; None for other streams (in-memory ones)."""
-    if isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    return stream.socket if isinstance(stream, trio.SocketStream) else None
+    """The socket under a plain stream, or under a few wrappers (TLS: ``transport_stream``);
+    None for other streams (in-memory ones)."""
+    inner: object = stream
+    for _ in range(4):
+        if isinstance(inner, trio.SocketStream):
+            return inner.socket
+        inner = getattr(inner, "transport_stream", None)
+    return None
 
 
 def _read_now(sock: trio.socket.SocketType) -> bytes | None:
@@ -364,13 +487,17 @@ def _read_now(sock: trio.socket.SocketType) -> bytes | None:
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 # Checks a WebSocket request's target: None accepts the upgrade, a response refuses it.
 WebSocketRouter = Callable[[str], "HttpResponse | None"]
+# Told when a bound refused the connection: the bound's name and its limit.
+BoundHit = Callable[[str, int], None]
 
 
 async def serve_http_connection(
-    stream: trio.abc.Stream, *, on_http: HttpHandler, head_timeout: float
+    stream: trio.abc.Stream, *, on_http: HttpHandler, head_timeout: float, on_bound: BoundHit | None = None
 ) -> None:
     """Read one plain HTTP request and answer it (a WebSocket upgrade is refused)."""
-    await accept_http_connection(stream, on_http=on_http, on_websocket=None, head_timeout=head_timeout)
+    await accept_http_connection(
+        stream, on_http=on_http, on_websocket=None, head_timeout=head_timeout, on_bound=on_bound
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +515,8 @@ async def accept_http_connection(
     on_websocket: WebSocketRouter | None,
     head_timeout: float,
     max_message: int = 0,
+    share: BufferShare | None = None,
+    on_bound: BoundHit | None = None,
 ) -> Accepted | None:
     """Read one request; answer it (None), or upgrade it and return the open WebSocket.
 
@@ -397,10 +526,10 @@ async def accept_http_connection(
     state would otherwise stay alive with it (several KiB per idle member).  The caller runs
     the session itself, with no handler's coroutine frame kept for the connection's lifetime.
     """
-    upgrade = await _serve_request(stream, on_http, on_websocket is not None, head_timeout)
+    upgrade = await _serve_request(stream, on_http, on_websocket is not None, head_timeout, on_bound)
     if upgrade is None or on_websocket is None:
         return None
-    return await _accept(stream, upgrade, on_websocket, max_message)
+    return await _accept(stream, upgrade, on_websocket, max_message, share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,10 +539,15 @@ class _Upgrade:
 
 
 async def _serve_request(
-    stream: trio.abc.Stream, on_http: HttpHandler, websocket: bool, head_timeout: float
+    stream: trio.abc.Stream,
+    on_http: HttpHandler,
+    websocket: bool,
+    head_timeout: float,
+    on_bound: BoundHit | None = None,
 ) -> _Upgrade | None:
     """Answer a plain HTTP request, or return a WebSocket upgrade request for :func:`_accept`."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    # h11's own limit one byte above ours: the count below answers first (and is reported).
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD + 1)
     raw = bytearray()
     request: h11.Request | None = None
     body = bytearray()
@@ -425,8 +559,17 @@ async def _serve_request(
                 await _send_simple(stream, conn, exc.error_status_hint, b'{"error":"bad_http"}')
                 return None
             if event is h11.NEED_DATA:
+                if request is None and len(raw) > MAX_HEAD:
+                    # Counted here, by the bytes received: h11 checks its own limit only when
+                    # it runs short of data, so a large head in one piece would pass it.
+                    if on_bound is not None:
+                        on_bound("request_head", MAX_HEAD)
+                    await _refuse(stream, HEAD_TOO_LARGE)
+                    return None
+                # Before the head is complete, never more than one byte past the limit.
+                want = READ_SIZE if request is not None else MAX_HEAD + 1 - len(raw)
                 try:
-                    data = await stream.receive_some(READ_SIZE)
+                    data = await stream.receive_some(want)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
                 if not data:
@@ -475,6 +618,7 @@ async def _accept(
     upgrade: _Upgrade,
     router: WebSocketRouter,
     max_message: int,
+    share: BufferShare | None,
 ) -> Accepted | None:
     """The handshake: the open WebSocket, or None once refused."""
     ws = WSConnection(ConnectionType.SERVER)
@@ -506,7 +650,28 @@ async def _accept(
     # the handshake (an h11 connection, the request and its headers) for as long as it lives.
     # On the server side, bytes after the request head were never passed on by the handshake.
     assert ws.connection is not None
-    return Accepted(WebSocket(stream, ws.connection, max_message), upgrade.target)
+    return Accepted(WebSocket(stream, ws.connection, max_message, share), upgrade.target)
+
+
+async def _refuse(stream: trio.abc.Stream, answer: bytes) -> None:
+    """Send a final answer, then read and drop what the client still sends (bounded in time and
+    bytes) until it closes: closing with its bytes unread would reset the connection, and the
+    client could lose the answer."""
+    if not await _try_send(stream, answer):
+        return
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return
+    dropped = 0
+    with (
+        trio.move_on_after(CLOSE_LINGER),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await stream.send_eof()
+        while dropped < DISCARD_LIMIT:
+            data = await stream.receive_some(READ_SIZE)
+            if not data:
+                break
+            dropped += len(data)
 
 
 async def _try_send(stream: trio.abc.Stream, data: bytes) -> bool:

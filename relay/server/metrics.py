@@ -97,6 +97,14 @@ SPECS: dict[str, Spec] = {
     ),
     "relay_direct_refusals_total": Spec("counter", "Direct invitations and member cards refused, by code"),
     "relay_direct_expired_total": Spec("counter", "Direct invitations dropped from an inbox after inbox_ttl"),
+    "relay_sources": Spec("gauge", "Entries of the per-source budget table (sources connected or refilling)"),
+    "relay_buffered_bytes": Spec(
+        "gauge", "Bytes held in partly received WebSocket messages, all connections"
+    ),
+    "relay_pings_total": Spec("counter", "WebSocket pings sent to silent subscribed sessions"),
+    "relay_ping_timeouts_total": Spec(
+        "counter", "Subscribed sessions closed for not answering a ping within pong_timeout"
+    ),
 }
 
 

@@ -5,6 +5,12 @@ answers every request with exactly one frame; a bad request gets a typed
 ``error`` frame and fails alone, while framing-level faults (oversized or text
 frames, time-outs, a bad handshake) close only that connection.  Every wait is
 bounded by a time-out, and the number of connections by ``max_connections``.
+
+Budgets per source (relay.server.budgets) are checked by :meth:`PublicEndpoint.admit`
+at the TCP accept, before anything is read (connections and connection rate), and for
+every frame but a post (requests per source, beside each connection's own bucket).
+Subscribed sessions have no idle time-out: the sweeper (relay.server.sweeper) pings
+them, and ends messages that take too long, without a task or timer per connection.
 """
 
 from __future__ import annotations
@@ -55,12 +61,21 @@ from relay.protocol.messages import (
 from relay.protocol.session import ConnectionRateLimited, Endpoint, Session
 from relay.server.admission import Admissions, GroupBinding
 from relay.server.bounds import Bounds
+from relay.server.budgets import (
+    BUFFERED_BYTES_PER_IP,
+    CONNECTION_RATE_PER_IP,
+    CONNECTIONS_PER_IP,
+    BufferBudget,
+    SourceBudgets,
+)
 from relay.server.config import EventsConfig, ServerConfig
 from relay.server.direct import DirectMessages
 from relay.server.events import Channels
 from relay.server.fanout import Feed
 from relay.server.http import (
     CLOSE_POLICY,
+    Aborted,
+    BufferFull,
     ConnectionClosed,
     HttpRequest,
     HttpResponse,
@@ -85,6 +100,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_UNSUPPORTED = 1003
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013  # RFC 6455 registry: "Try Again Later" (the relay's own budget is spent)
 CLOSE_UNKNOWN_GROUP = 4404
 
 
@@ -111,6 +127,9 @@ class PublicEndpoint:
         self.identity = service.identity
         self.log_client_ip = log_client_ip
         self.open_connections = 0
+        # Bytes of partly received messages over all connections, and the budgets per source.
+        self.buffers = BufferBudget(config.max_buffered_bytes)
+        self.sources = SourceBudgets(config, self.buffers)
         self.draining = False
         self._idle: set[trio.CancelScope] = set()
         self._idle_feeds: set[Feed] = set()  # subscribed sessions waiting for their next frame
@@ -145,22 +164,42 @@ class PublicEndpoint:
             "policy": self.service.policy.policy.summary(),
         }
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        """One accepted connection, from first byte to close."""
-        if self.open_connections >= self.config.max_connections:
-            self.metrics.inc("relay_bounds_hit_total", bound="max_connections")
-            log.warning("bound.hit", bound="max_connections", limit=self.config.max_connections)
-            await stream.aclose()
-            return
+    def admit(self, address: object) -> str | None:
+        """At the TCP accept, before a byte is read: the connection's source key if the global
+        and per-source budgets let it in (it is counted from now on), else None (the caller
+        closes it).  ``address`` is the peer address the accept returned."""
+        config = self.config
+        if self.open_connections >= config.max_connections:
+            self.bounds.hit("max_connections", config.max_connections)
+            return None
+        host = address[0] if isinstance(address, tuple) and address else None
+        # The key of this source's budgets; never logged (it is the client's address).
+        source = source_key(str(host), config.ipv6_prefix) if host is not None else UNKNOWN
+        admitted = self.sources.admit(source, trio.current_time())
+        if isinstance(admitted, str):
+            if admitted == CONNECTIONS_PER_IP:
+                self.bounds.hit(admitted, config.max_connections_per_ip)
+            else:
+                assert admitted == CONNECTION_RATE_PER_IP
+                self.bounds.hit(admitted, config.connections_per_ip_per_second)
+            return None
         self.open_connections += 1
-        keep_alive(stream, self.config.tcp_keepalive)
         self.metrics.inc("relay_connections_total")
         self.metrics.set("relay_connections_open", self.open_connections)
+        return source
+
+    async def handle(self, stream: trio.SocketStream, source: str | None = None) -> None:
+        """One connection, from first byte to close; ``source`` is what :meth:`admit` returned
+        for it (when the caller did not admit it, this does)."""
+        if source is None:
+            source = self.admit(_peer_address(stream))
+            if source is None:
+                await stream.aclose()
+                return
+        keep_alive(stream, self.config.tcp_keepalive)
         try:
-            address = _peer(stream)
-            # The key of this source's budgets; never logged (it is the client's address).
-            source = source_key(address) if address != UNKNOWN else UNKNOWN
             # Client addresses are personal data: bound only if the operator opted in.
+            address = _peer(stream) if self.log_client_ip else UNKNOWN
             peer = {"peer": address} if self.log_client_ip else {}
             # Bound in this task's own context (trio gives each task a copy), which ends with
             # the task: no context manager to keep alive for the connection's lifetime.
@@ -175,6 +214,8 @@ class PublicEndpoint:
                     on_websocket=self._route,
                     head_timeout=self.config.handshake_timeout,
                     max_message=self.config.max_frame_bytes,
+                    share=self.sources.share(source),
+                    on_bound=self.bounds.hit,
                 )
                 if accepted is not None:
                     # The session runs here, not in a handler of its own: one coroutine frame
@@ -183,22 +224,26 @@ class PublicEndpoint:
                     session = self._open_session(accepted.target, source)
                     del accepted  # only what the session needs stays referenced while it runs
                     try:
-                        post = await self._serve(session, ws, None)
-                        if post is not None:
-                            await self._serve_posting(session, ws, post)
+                        try:
+                            post = await self._serve(session, ws, None)
+                            if post is not None:
+                                await self._serve_posting(session, ws, post)
+                        finally:
+                            if session.feed is not None:
+                                self.channels.fanout.detach(session.feed)
+                            if session.tasks is not None:
+                                await session.tasks.aclose()
+                        # A feed that ended sent a Close from its sender: the peer's Close is
+                        # read here, by the task that was reading (and only after it stopped).
+                        await ws.finish()
                     finally:
-                        if session.feed is not None:
-                            self.channels.fanout.detach(session.feed)
-                        if session.tasks is not None:
-                            await session.tasks.aclose()
-                    # A feed that ended sent a Close from its sender: the peer's Close is read
-                    # here, by the task that was reading (and only after it stopped).
-                    await ws.finish()
+                        ws.dispose()  # a message cut short gives its bytes back, and more
             except Exception:
                 # Last line of defence: one connection's failure never stops the relay.
                 log.exception("connection.internal_error")
         finally:
             self.open_connections -= 1
+            self.sources.release(source, trio.current_time())
             self.metrics.set("relay_connections_open", self.open_connections)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
@@ -293,6 +338,7 @@ class PublicEndpoint:
                     # each).  drain() ends the feed instead, whose sender sends the Close and
                     # ends the connection (WebSocket.interrupt wakes this wait).
                     self._idle_feeds.add(feed)
+                failure: tuple[ErrorCode, str, int] | None = None
                 try:
                     if idle is None:
                         data = await ws.receive()
@@ -300,12 +346,20 @@ class PublicEndpoint:
                         with idle:
                             data = await ws.receive()
                 except MessageTooLarge as exc:
-                    await self._fail(ws, ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
-                    return None
-                except NotBinary:
-                    await self._fail(
-                        ws, ErrorCode.BAD_TYPE, "only binary frames are accepted", CLOSE_UNSUPPORTED
+                    failure = (ErrorCode.FRAME_TOO_LARGE, str(exc), CLOSE_TOO_BIG)
+                except BufferFull as exc:
+                    limit = (
+                        self.buffers.per_source if exc.bound == BUFFERED_BYTES_PER_IP else self.buffers.limit
                     )
+                    self.bounds.hit(exc.bound, limit)
+                    failure = (ErrorCode.UNAVAILABLE, str(exc) + "; try again later", CLOSE_TRY_AGAIN)
+                except NotBinary:
+                    failure = (ErrorCode.BAD_TYPE, "only binary frames are accepted", CLOSE_UNSUPPORTED)
+                except Aborted as exc:
+                    # Ended by the sweeper (a message too slow, no answer to a ping), which sent
+                    # the error frame and the Close: only the log line is left, in this context.
+                    self.metrics.inc("relay_refusals_total", code=exc.code)
+                    log.info("connection.failed", code=exc.code, reason=exc.reason)
                     return None
                 except ConnectionClosed:
                     return None
@@ -314,6 +368,13 @@ class PublicEndpoint:
                         self._idle_feeds.discard(feed)
                     else:
                         self._idle.discard(idle)
+                if failure is not None:
+                    # Out of the except block, so the exception is gone: its traceback held
+                    # the read that broke the rule (up to 64 KiB).  What the connection holds
+                    # is given back before the close handshake waits (up to a second).
+                    ws.dispose()
+                    await self._fail(ws, *failure)
+                    return None
                 if idle is not None and idle.cancelled_caught:
                     if self.draining:
                         await ws.close(CLOSE_GOING_AWAY, "relay shutting down")
@@ -326,8 +387,17 @@ class PublicEndpoint:
             frame: ClientFrame | None = None
             try:
                 if post is None:
-                    frame = session.rules.receive(data, trio.current_time())
+                    now = trio.current_time()
+                    frame = session.rules.receive(data, now)
                     del data  # not kept while waiting for the next frame
+                    # The source's bucket, shared by its connections; posts have their own.
+                    if not isinstance(frame, Post) and not self.sources.charge_request(session.source, now):
+                        self.bounds.hit("requests_per_ip", self.config.requests_per_ip_per_second)
+                        raise RemoteProtocolError(
+                            ErrorCode.RATE_LIMITED,
+                            "too many requests from your network address over all its connections "
+                            f"(at most {self.config.requests_per_ip_per_second:g}/s); slow down",
+                        )
                 else:
                     frame, post = post, None
                 reply = await self._dispatch(session, ws, frame)
@@ -498,7 +568,7 @@ class PublicEndpoint:
 
     async def _fail(self, ws: WebSocket, code: ErrorCode, reason: str, close_code: int) -> None:
         """Tell the peer why, then close only this connection."""
-        if code in (ErrorCode.TIMEOUT, ErrorCode.FRAME_TOO_LARGE, ErrorCode.BAD_TYPE):
+        if code in (ErrorCode.TIMEOUT, ErrorCode.FRAME_TOO_LARGE, ErrorCode.BAD_TYPE, ErrorCode.UNAVAILABLE):
             self.metrics.inc("relay_refusals_total", code=code.value)
             log.info("connection.failed", code=code.value, reason=reason)
         with trio.move_on_after(1):
@@ -598,10 +668,11 @@ def _raise(exc: ProtocolError) -> Callable[[], Awaitable[RelayFrame]]:
 
 
 def keep_alive(stream: trio.SocketStream, idle: int) -> None:
-    """Let the kernel probe an idle connection: a subscribed member has no idle time-out.
+    """Let the kernel probe an idle connection: it finds a peer that vanished without a word
+    (and keeps NAT mappings open); the sweeper's WebSocket pings find one that stopped answering.
 
-    Costs no task and no timer per connection, which a WebSocket ping loop would.  The
-    per-socket timings are Linux's; elsewhere the system's keepalive defaults apply.
+    Costs no task and no timer per connection.  The per-socket timings are Linux's; elsewhere
+    the system's keepalive defaults apply.
     """
     if idle <= 0:
         return
@@ -628,3 +699,10 @@ def _peer(stream: trio.SocketStream) -> str:
         return str(stream.socket.getpeername()[0])
     except OSError:
         return UNKNOWN
+
+
+def _peer_address(stream: trio.SocketStream) -> object:
+    try:
+        return stream.socket.getpeername()
+    except OSError:
+        return None
