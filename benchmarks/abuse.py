@@ -461,6 +461,9 @@ def run_attack(name: str, title: str, work: Path, timing: Timing, args: argparse
             "rss_back_within_10pct_after_s": round(back, 1) if back is not None else None,
             "metrics_during": metric_deltas(metrics0, metrics1),
             "log_lines_per_second_during": round(log_lines / (stopped - started), 1),
+            # Every sample from just before the attack to the end: seconds after "go", RSS, CPU cores
+            # over the sample's interval.
+            "samples": series(before, sampler.between(started, end.at), started),
             "log": relay_log,
         },
         "machine": {"busy_cores": round(usage.busy, 2), "other_processes_cores": round(usage.others, 2)},
@@ -484,6 +487,15 @@ def run_attack(name: str, title: str, work: Path, timing: Timing, args: argparse
     verdicts = list(row["aims"].values())
     row["aims_met"] = False if False in verdicts else (None if None in verdicts else True)
     return row
+
+
+def series(before: Sample, samples: list[Sample], started: float) -> list[list[float]]:
+    out, last = [], before
+    for sample in samples:
+        cores = (sample.cpu - last.cpu) / (sample.at - last.at) if sample.at > last.at else 0.0
+        out.append([round(sample.at - started, 2), round(sample.rss / 2**20, 1), round(cores, 2)])
+        last = sample
+    return out
 
 
 def relay_daemon(folder: Path, profile: Path | None) -> RelayDaemon:
