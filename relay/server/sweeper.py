@@ -15,8 +15,11 @@ the relay holds anyway:
   members is not held up by one long walk.
 - **Tables**: per-source entries whose buckets are full again are forgotten; the gauges
   of the source table and of the buffered bytes are set.
-- **Memory**: after a spike of buffered bytes (or when connections went away in large
-  numbers), the C allocator is asked to give free memory back (relay.server.memory).
+- **Memory**: after a spike of buffered bytes, of bytes queued to members (summed on the
+  walk over the feeds: lagging members' backlogs), or when connections went away in large
+  numbers, the C allocator is asked to give free memory back (relay.server.memory).  Each
+  spike threshold is one a single source can reach: a source holds at most a quarter of
+  the buffered-bytes budget, and ``max_connections_per_ip`` connections.
 
 The sweeper only marks and wakes: each connection's own task logs why it ended, in its
 own context.  Must not: wait on a connection (every write here is non-blocking).
@@ -46,6 +49,7 @@ SLICE = 1000  # feeds checked between two schedule points
 PRUNE_EVERY = 5.0  # seconds between passes over the source table
 TRIM_EVERY = 10.0  # seconds between two trims of the C heap at most
 TRIM_AFTER = 16 * 1024 * 1024  # a peak of buffered bytes worth a trim once it has gone
+TRIM_AFTER_QUEUED = 4 * 1024 * 1024  # a peak of bytes queued to members (a few lagging ones)
 TRIM_AFTER_CONNECTIONS = 1000  # connections gone since the last trim worth one
 
 
@@ -75,6 +79,8 @@ class Sweeper:
         self._trimmed_at = 0.0
         self.open_connections = open_connections
         self._connections_peak = 0  # the most open connections seen since the last trim
+        self._queued = 0  # bytes queued to members at the last walk over the feeds
+        self._queued_peak = 0  # the most seen at one walk since the last trim
 
     @staticmethod
     def _goodbye(reason: str) -> tuple[bytes, str]:
@@ -117,12 +123,13 @@ class Sweeper:
         interval, timeout = self.config.ping_interval, self.config.pong_timeout
         feeds: list[Feed] = [feed for hub in tuple(self.fanout.hubs.values()) for feed in hub.attached]
         goodbye, reason = self._no_pong
-        pinged = ended = 0
+        pinged = ended = queued = 0
         now = trio.current_time()
         for index, feed in enumerate(feeds):
             if index and not index % SLICE:
                 await trio.sleep(0)
                 now = trio.current_time()
+            queued += feed.queued_bytes
             if feed.closed or feed.ending is not None:
                 continue
             ws = feed.ws
@@ -136,6 +143,8 @@ class Sweeper:
             if now - ws.heard >= interval and feed.push_ping(PING):
                 ws.pinged = now
                 pinged += 1
+        self._queued = queued
+        self._queued_peak = max(self._queued_peak, queued)
         if pinged:
             self.metrics.inc("relay_pings_total", pinged)
         if ended:
@@ -154,17 +163,23 @@ class Sweeper:
 
     def maybe_trim(self, now: float) -> bool:
         """Give free heap memory back to the system once a spike has gone: of bytes held in
-        partly received messages, or of connections (at most one trim per ``TRIM_EVERY``)."""
+        partly received messages, of bytes queued to members, or of connections (at most one
+        trim per ``TRIM_EVERY``)."""
         if now - self._trimmed_at < TRIM_EVERY:
             return False
         buffers = self.buffers
-        held_spike = buffers.peak >= TRIM_AFTER and buffers.used <= buffers.peak // 4
+        # Half a source's share: one source (it holds at most its share) can make a spike.
+        held_after = min(TRIM_AFTER, buffers.per_source // 2)
+        held_spike = buffers.peak >= held_after and buffers.used <= buffers.peak // 4
+        queued_spike = self._queued_peak >= TRIM_AFTER_QUEUED and self._queued <= self._queued_peak // 4
         open_now = self.open_connections()
         gone = self._connections_peak - open_now
-        connection_spike = gone >= TRIM_AFTER_CONNECTIONS and open_now <= self._connections_peak // 2
-        if not (held_spike or connection_spike):
+        after = min(TRIM_AFTER_CONNECTIONS, self.sources.max_connections)
+        connection_spike = gone >= after and open_now <= self._connections_peak // 2
+        if not (held_spike or queued_spike or connection_spike):
             return False
         self._trimmed_at = now
         buffers.peak = buffers.used
+        self._queued_peak = self._queued
         self._connections_peak = open_now
         return memory.trim()
