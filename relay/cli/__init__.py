@@ -36,6 +36,7 @@ from relay.cli.common import (
     human,
     print_result,
 )
+from relay.cli.progress import status_line
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Failure", "build_parser", "main"]
 
@@ -114,7 +115,9 @@ def _main(argv: list[str]) -> int:
             emit(json.dumps(exc.fields) if args.json else f"error: {exc.reason}", err=True)
             return EXIT_FAILED
     try:
-        result: dict[str, Any] | None = args.func(args)
+        # Waits longer than a second show on a terminal's stderr (never with --json).
+        with status_line(not args.json):
+            result: dict[str, Any] | None = args.func(args)
     except Failure as exc:
         return _failed(args, exc.fields)
     except RelayError as exc:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from relay.cli.progress import pause, status_line
+from relay.cli.progress import pause
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_TIMEOUT = 15.0  # seconds for a connection, and for each answer
@@ -167,7 +167,7 @@ def add_command(
 
 def run_async(args: argparse.Namespace, fn: Callable[[], Awaitable[T]]) -> T:
     """Run ``fn`` under trio; Ctrl-C (or SIGTERM) cancels it and raises :class:`Interrupted`
-    once its clean-up is done.  Waits longer than a second show on a terminal's stderr."""
+    once its clean-up is done."""
     import trio
 
     received: list[int] = []
@@ -195,8 +195,7 @@ def run_async(args: argparse.Namespace, fn: Callable[[], Awaitable[T]]) -> T:
             raise Interrupted(received[0] if received else signal.SIGINT)
         return box[0]
 
-    with status_line(not getattr(args, "json", False)):
-        return trio.run(main)
+    return trio.run(main)
 
 
 def state_path(args: argparse.Namespace) -> Path:

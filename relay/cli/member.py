@@ -22,6 +22,7 @@ from relay.cli.common import (
     Interrupted,
     add_command,
     count,
+    emit,
     human,
     per_relay,
     print_result,
@@ -177,13 +178,13 @@ def _show_item(
             post["body_b64"] = b64e(event.body)
         shown.append(post)
         if args.follow and args.json:
-            print(json.dumps({"type": "post", **post}), flush=True)
+            emit(json.dumps({"type": "post", **post}))
         elif not args.json:
             # One line per post where it is one line: a file's final newline is not a line of its own.
             text = str(post.get("text", f"<{event.content_type}, {len(event.body)} bytes>")).removesuffix(
                 "\n"
             )
-            print(f"#{event.seq} {text}", flush=True)
+            emit(f"#{event.seq} {text}")
     elif isinstance(item, Finding):
         finding = {
             "relay": item.relay,

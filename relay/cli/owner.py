@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
+    Interrupted,
     add_command,
     count,
     per_relay,
@@ -131,7 +132,17 @@ def cmd_owner_add_relay(args: argparse.Namespace) -> dict[str, Any]:
 
     parse_address_or_raise(args.relay_address)  # a mistyped address before the state file is read
     state, path = _load(args, writes=True)
-    result = run_async(args, partial(add_relay, state, path, args.relay_address, timeout=args.timeout))
+    before = path.read_bytes()
+    try:
+        result = run_async(args, partial(add_relay, state, path, args.relay_address, timeout=args.timeout))
+    except Interrupted as exc:
+        exc.note = (
+            f"the invitation may have reached the relay: {path} keeps its service group, so the same "
+            "command asks for the same address again"
+            if path.read_bytes() != before
+            else f"{path} was not changed"
+        )
+        raise
     out = {k: v for k, v in result.__dict__.items() if v is not None}
     if result.status == "refused":
         why = f"{result.code}: {result.reason}" if result.code else str(result.reason or "no reason given")
