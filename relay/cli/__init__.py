@@ -139,6 +139,9 @@ def _failed(args: argparse.Namespace, fields: dict[str, Any]) -> int:
     else:
         word = "refused" if fields.get("status") == "refused" else "error"
         reason = str(fields.get("reason") or fields.get("code") or "failed")
+        code = str(fields.get("code") or "")
+        if code and code not in ("error", "usage") and code not in reason:
+            word += f" ({code})"  # for scripts that look for it, as --json gives it
         # one line, except a list of errors of its own (relay config check's, one per line)
         emit(f"{word}: {reason if 'errors' in fields else _one_line(reason)}", err=True)
     return status
