@@ -8,6 +8,8 @@ wait, a closed pipe.  For each the test asserts: no traceback, the right exit st
 2 130), one line on stderr saying what happened (or the one JSON object on stdout with
 ``--json``), the state files as they were after a failure, and an end within its bound.
 The cases run in parallel threads; the whole corpus takes well under a minute.
+``MISTAKES_SHOW=1 pytest -s tests/test_cli_mistakes.py`` prints what each case answered, to
+read the reasons through.
 """
 
 from __future__ import annotations
@@ -295,6 +297,12 @@ def run_case(case: Case, world: World, python: str = sys.executable) -> list[str
         return [f"did not end within {case.bound} s: {out[-300:]!r} {err[-300:]!r}"]
     took = time.monotonic() - started
     out = out or ""
+    if os.environ.get("MISTAKES_SHOW"):
+        print(
+            f"@@ {case.name} [{proc.returncode}] {took:.1f}s",
+            f"out: {out.strip()[:300]}",
+            f"err: {err.strip()[:400]}",
+        )
     problems = _judge(case, proc.returncode, out, err)
     for path, was in before.items():
         if _snapshot(path) != was:

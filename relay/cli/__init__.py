@@ -1,8 +1,10 @@
 """The ``relay`` command: daemon, owner, member and operator commands.
 
 Every command accepts ``--json`` and then prints exactly one JSON object on
-stdout.  Exit status: 0 success, 1 refusal or failure (with the reason), 2
-usage.  The daemon's own output is its JSON log, one event per line.
+stdout.  Exit status: 0 success, 1 refusal or failure, 2 usage (a number out of
+range too), 130 Ctrl-C.  A failure is one line on stderr saying what happened and
+what to do (with ``--json``: the object's ``code`` and ``reason``), never a
+traceback.  The daemon's own output is its JSON log, one event per line.
 
 This package assembles the parser from the audiences' modules and runs a
 command: ``serve`` (the daemon and its configuration), ``owner``, ``member``

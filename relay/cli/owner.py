@@ -84,9 +84,9 @@ def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
     if path.resolve() == root.resolve():
         raise Failure("the root key needs a file of its own, not the state file", code="usage")
     for taken in (path, root):
+        check_writable(taken)  # a folder, a missing or read-only folder: said as such
         if taken.exists() or taken.is_symlink():
             raise Failure(f"{taken} already exists; it may hold another channel's secrets", code="exists")
-        check_writable(taken)
     state = create_channel(
         args.name,
         kind=args.kind,

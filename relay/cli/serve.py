@@ -80,7 +80,7 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     from relay.server import admintoken
     from relay.server.app import DB_FILE
-    from relay.server.datadir import StartupError, explained
+    from relay.server.datadir import StartupError, explained, token_problem
     from relay.server.identity import KEY_FILE, load_or_create
     from relay.store.db import Database
 
@@ -94,8 +94,11 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
             admintoken.load_or_create(data)
         with explained(data / DB_FILE, data):
             Database(data / DB_FILE).close()
-    except (StartupError, admintoken.TokenError) as exc:
+    except StartupError as exc:
         raise Failure(str(exc), code="bad_data_folder") from None
+    except admintoken.TokenError as exc:
+        reason = token_problem(exc, data / admintoken.TOKEN_FILE, data)
+        raise Failure(reason, code="bad_data_folder") from None
     result: dict[str, Any] = {
         "status": "ok",
         "created": created,

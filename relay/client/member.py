@@ -276,7 +276,11 @@ async def status(state: MemberState, path: Path, *, wait: float = 0.0, timeout: 
         if answered:
             state.save(path)
     if asked and not answered:
-        reasons = "; ".join(f"{e.address.split('/g/')[0]}: {e.reason}" for e in asked)
+        bases = [e.address.split("/g/")[0] for e in asked]
+        reasons = "; ".join(
+            str(e.reason) if base in str(e.reason) else f"{base}: {e.reason}"
+            for e, base in zip(asked, bases, strict=True)
+        )
         raise RelayError(f"no relay answered: {reasons}", code=asked[0].code)
     return state
 

@@ -249,7 +249,12 @@ def adopt(path: Path, share_path: Path) -> OwnerState:
         certs = [signed_from_json(c) for c in share["certs"]]
         root_public = b64d(share["root_public"], length=32, what="root key")
     except (ValueError, KeyError, TypeError, ProtocolError) as exc:
-        why = exc.reason if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ProtocolError):
+            why = exc.reason
+        elif isinstance(exc, KeyError):
+            why = f"it has no {exc.args[0]!r}"
+        else:
+            why = str(exc) or type(exc).__name__
         raise RelayError(f"{share_path} is not a share file ({why})", code="bad_share") from None
     channel = crypto.channel_id(root_public)
     try:

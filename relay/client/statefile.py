@@ -107,6 +107,8 @@ def create_private(path: Path, data: dict[str, Any]) -> None:
     without hard links (FAT on a USB stick, where a root key may go) gets the file created
     exclusively and written in place instead, and removed again if writing fails.
     """
+    if path.is_dir():
+        raise file_error(IsADirectoryError(errno.EISDIR, "is a folder"), path, doing="write")
     if path.exists() or path.is_symlink():
         raise FileExistsError(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -145,22 +147,30 @@ def read_json(path: Path, *, what: str, missing: str) -> Any:
     """The JSON in ``path``; RelayError naming the file if it is missing (``missing`` says what
     to do), unreadable, a folder, or not JSON."""
     try:
-        return json.loads(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RelayError(f"no {what} at {path} ({missing})", code="no_file") from None
     except OSError as exc:
         raise file_error(exc, path, doing="read", what=what) from None
+    if not data.strip():
+        raise RelayError(f"{path} is empty, not {_a(what)}", code="bad_file")
+    try:
+        return json.loads(data)
     except UnicodeDecodeError:
-        raise RelayError(f"{path} is not a {what}: it is not text", code="bad_file") from None
+        raise RelayError(f"{path} is not {_a(what)}: it is not text", code="bad_file") from None
     except ValueError as exc:
-        raise RelayError(f"{path} is not a {what}: it is not JSON ({exc})", code="bad_file") from None
+        raise RelayError(f"{path} is not {_a(what)}: it is not JSON ({exc})", code="bad_file") from None
+
+
+def _a(what: str) -> str:
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
 
 
 def load_state(path: Path, who: str, create_with: str) -> dict[str, Any]:
     """The JSON object in ``path``, a ``who`` state file that ``create_with`` makes."""
     raw = read_json(path, what=f"{who} state file", missing=f"run '{create_with}' first")
     if not isinstance(raw, dict):
-        raise RelayError(f"{path} is not a {who} state file: it holds no JSON object", code="bad_file")
+        raise RelayError(f"{path} is not {_a(who)} state file: it holds no JSON object", code="bad_file")
     return raw
 
 
@@ -170,4 +180,4 @@ def convert(raw: dict[str, Any], kind: type[T], path: Path, who: str) -> T:
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
-        raise RelayError(f"{path} is not a {who} state file ({exc})", code="bad_file") from None
+        raise RelayError(f"{path} is not {_a(who)} state file ({exc})", code="bad_file") from None

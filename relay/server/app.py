@@ -30,7 +30,7 @@ from relay.server.admission import Admissions
 from relay.server.bounds import Bounds
 from relay.server.config import Config, split_host_port
 from relay.server.datadir import StartupError as StartupError
-from relay.server.datadir import explained
+from relay.server.datadir import explained, token_problem
 from relay.server.decisions import Decisions
 from relay.server.events import Channels
 from relay.server.identity import KEY_FILE, Identity, load_or_create
@@ -191,7 +191,10 @@ class Relay:
                 tls: ssl.SSLContext | None = (
                     server_context(server.tls_cert, server.tls_key) if server.tls else None
                 )
-            except (admintoken.TokenError, TlsError) as exc:
+            except admintoken.TokenError as exc:
+                token_path = self.data_dir / admintoken.TOKEN_FILE
+                raise StartupError(token_problem(exc, token_path, self.data_dir)) from None
+            except TlsError as exc:
                 raise StartupError(str(exc)) from None
             public_listeners = await _listen(server.listen)
             admin_listeners = await _listen(server.admin_listen)

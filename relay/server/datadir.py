@@ -93,6 +93,15 @@ def problem(exc: BaseException, path: Path, data_dir: Path) -> str | None:
     return None
 
 
+def token_problem(exc: Exception, path: Path, data_dir: Path) -> str:
+    """An unusable ``admin.token`` (relay.server.admintoken.TokenError) in words; a file another
+    user owns is told as such, like the other files of the data folder."""
+    inner = exc.__context__
+    if isinstance(inner, PermissionError):
+        return problem(inner, path, data_dir) or str(exc)
+    return str(exc)
+
+
 @contextmanager
 def explained(path: Path, data_dir: Path) -> Iterator[None]:
     """Raise a :class:`StartupError` for a data-folder problem in the block (see :func:`problem`)."""
