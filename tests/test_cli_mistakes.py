@@ -168,10 +168,12 @@ def _at_peer(owner: Path, member: Path, peer: Peer, folder: Path) -> tuple[Path,
 def world(tmp_path_factory: pytest.TempPathFactory, owner_key_registry: Path) -> Iterator[World]:
     base = Path(tempfile.mkdtemp(prefix="relay-mistakes-"))
     base.chmod(0o755)  # nobody reaches the folders made for it
-    relay = RunningRelay(data=tmp_path_factory.mktemp("mistakes") / "relay").start()
-    peers = {mode: Peer(mode) for mode in MODES}
+    peers: dict[str, Peer] = {}
+    relay = RunningRelay(data=tmp_path_factory.mktemp("mistakes") / "relay")
     world = World(base, relay, Path(), Path(), "", owner_key_registry, peers, {}, {})
     try:
+        relay.start()
+        peers.update((mode, Peer(mode)) for mode in MODES)
         world.owner, world.link, world.member = _owner_state(base, relay)
         folder = base / "at-peers"
         for mode, peer in peers.items():
