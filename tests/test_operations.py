@@ -89,8 +89,12 @@ def test_dockerfile_meets_the_container_checklist() -> None:
         "--admin-listen",
         "127.0.0.1:7301",
     ]
-    # the documented entry point is this one
-    assert "docker run -v relay-data:/data -p 7300:7300 chat-relay" in (ROOT / "README.md").read_text()
+    # the documented entry point is this one, with a stop time-out longer than the drain and the
+    # public URL (inside, the relay listens on 0.0.0.0, which no client can dial)
+    line = re.search(r"`docker build -t chat-relay \. && (docker run .*)`", (ROOT / "README.md").read_text())
+    assert line, "no container line in the README"
+    assert "--stop-timeout 30" in line.group(1) and "-e RELAY_SERVER_PUBLIC_URL=http" in line.group(1)
+    assert line.group(1).endswith("-v relay-data:/data -p 7300:7300 chat-relay")
 
 
 def _docker_works() -> bool:

@@ -255,7 +255,7 @@ def test_relay_admin_finds_its_token(relay: RunningRelay, tmp_path: Path) -> Non
     assert run_json("admin", "stats", "--data", str(relay.data))[0] == 0
     # --admin needs a token: none given is one clear line
     code, out, err = run("admin", "stats", *at)
-    assert code == 1 and err == "" and out.count("\n") == 1 and "--token-file" in out, (out, err)
+    assert code == 1 and out == "" and err.count("\n") == 1 and "--token-file" in err, (out, err)
     code, out_json = run_json("admin", "stats", *at)
     assert code == 1 and out_json["code"] == "no_token"
     # ... from a file or the environment
