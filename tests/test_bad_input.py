@@ -238,10 +238,18 @@ async def test_wrong_field_types_are_bad_type(relay: RunningRelay, tmp_path: Pat
             {"type": "invite", "suite": HYBRID, "sealed": 12345},
             {"type": "invite", "suite": ["x"], "sealed": b"x"},
             {"type": "profile_update", "profile": "not signed"},
-            {"type": "log_request", "request": {"body": b"", "signer": b"short", "sig": b""}},
+            {"type": "log_request", "request": {"body": b"", "signer": "a key as text", "sig": b""}},
             {"type": "subscribe"},
         ):
             check_error(await session.request(msgspec.msgpack.encode(data)), "bad_type")
+        # a key or signature of the wrong length in a well-formed envelope cannot verify
+        for request in (
+            {"body": b"", "signer": b"short", "sig": bytes(64)},
+            {"body": b"", "signer": bytes(32), "sig": bytes(63)},
+        ):
+            data = msgspec.msgpack.encode({"type": "log_request", "request": request})
+            error = check_error(await session.request(data), "bad_signature")
+            assert "bytes" in error.reason
         check_error(await session.request(Invite(suite=HYBRID, sealed=b"x" * 64)), "seal_failed")
 
     assert admin_groups(relay) == []
@@ -382,13 +390,18 @@ def _bad_signatures(
         ),
         "body altered after signing": _tamper(plaintext, body=body[:-1] + bytes([body[-1] ^ 1])),
         "all zero": _tamper(plaintext, sig=b"\x00" * 64),
+        # a key or signature of the wrong length cannot verify either: refused as it is decoded
+        "signature empty": _tamper(plaintext, sig=b""),
+        "signature one byte short": _tamper(plaintext, sig=sig[:63]),
+        "signature one byte long": _tamper(plaintext, sig=sig + b"\x00"),
+        "signer one byte short": _tamper(plaintext, signer=original["signer"][:31]),
+        "signer empty": _tamper(plaintext, signer=b""),
     }
     bad_type = {
         "signature missing": _tamper(plaintext, sig=None),
-        "signature empty": _tamper(plaintext, sig=b""),
-        "signature one byte short": _tamper(plaintext, sig=sig[:63]),
         "signature as text": _tamper(plaintext, sig=sig.hex()),
         "signer missing": _tamper(plaintext, signer=None),
+        "signer as text": _tamper(plaintext, signer=original["signer"].hex()),
     }
     # the profile inside is signed badly, or one of its owner certs is
     profile = channel.profile()
@@ -410,7 +423,7 @@ async def test_bad_or_missing_signature_on_the_invitation(relay: RunningRelay, t
         bad_signature, _ = _bad_signatures(channel, fingerprint, card.challenge)
         for name, data in bad_signature.items():
             error = await session.expect_error(seal_to(card, fingerprint, data), "bad_signature")
-            assert "signature" in error.reason, name
+            assert "signature" in error.reason or "signer key" in error.reason, name
     async with connect(relay) as session:
         card = await session.hello()
         _, bad_type = _bad_signatures(channel, fingerprint, card.challenge)
