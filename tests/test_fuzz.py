@@ -33,7 +33,13 @@ from relay.protocol.direct import open_direct_invitation, verify_direct_invitati
 from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from relay.protocol.handshake import verify_welcome
-from relay.protocol.invitation import SEAL_PURPOSE, verify_grant, verify_invitation, verify_owner_request
+from relay.protocol.invitation import (
+    OWNER_COMMANDS,
+    SEAL_PURPOSE,
+    verify_grant,
+    verify_invitation,
+    verify_owner_request,
+)
 from relay.protocol.membership import (
     stored_join,
     verify_join_request,
@@ -555,6 +561,7 @@ def test_opening_arbitrary_sealed_bytes(suite: str, sealed: bytes) -> None:
 BOUND_VECTORS = [
     "invitation",
     "owner_request",
+    "owner_command_request",
     "join_request",
     "member_request",
     "subscribe_request",
@@ -570,6 +577,8 @@ def verify_bound(group: str, signed: Signed, now: int) -> object:
         return verify_invitation(encode(signed), **binding)  # type: ignore[arg-type]
     if group == "owner_request":
         return verify_owner_request(signed, actions=("read_log",), **binding)  # type: ignore[arg-type]
+    if group == "owner_command_request":
+        return verify_owner_request(signed, actions=OWNER_COMMANDS, **binding)  # type: ignore[arg-type]
     if group == "join_request":
         return verify_join_request(signed, **member, max_profile_bytes=1024)  # type: ignore[arg-type]
     if group == "direct_invitation":
@@ -592,7 +601,7 @@ def test_a_bound_body_passes_only_with_this_connections_session(group: str, sess
         del fields["session"]
     else:
         fields["session"] = session
-    signer = F.owner if group in ("invitation", "owner_request") else MEMBER
+    signer = F.owner if group in ("invitation", "owner_request", "owner_command_request") else MEMBER
     label = bytes(VECTORS[group]["label"], "ascii")
     signed = crypto.signed(signer, label, msgspec.msgpack.encode(fields))
     try:

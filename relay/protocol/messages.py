@@ -26,7 +26,6 @@ PROTOCOL_VERSION = 2
 
 Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Digest = Annotated[bytes, Meta(min_length=32, max_length=32)]
-Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
 Id16 = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Nonce = Annotated[bytes, Meta(min_length=32, max_length=32)]
 # A connection's challenge (``RelayCard.challenge``), named in every per-request signed body.
