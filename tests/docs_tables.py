@@ -184,3 +184,36 @@ def expand(cell: str, aliases: dict[str, str]) -> str:
         return cell
     pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, aliases), key=len, reverse=True)) + r")\b")
     return pattern.sub(lambda m: aliases[m.group(1)], cell)
+
+
+# --- configuration options (docs/operations.md) ---------------------------------------------
+
+
+def render_option(t: mi.Type) -> str:
+    """The values an option takes, as docs/operations.md's configuration tables write them."""
+    if isinstance(t, mi.StrType):
+        assert t.min_length is None and t.max_length is None and t.pattern is None
+        return "text"
+    if isinstance(t, mi.BoolType):
+        return "`true` or `false`"
+    if isinstance(t, mi.LiteralType):
+        return "one of " + ", ".join(f'`"{value}"`' for value in t.values)
+    if isinstance(t, mi.ListType):
+        assert t.min_length is None and t.max_length is None
+        inner = render_option(t.item_type)
+        return "list of text" if inner == "text" else f"list, each {inner}"
+    if isinstance(t, mi.IntType | mi.FloatType):
+        assert t.lt is None and t.multiple_of is None
+        name = "int" if isinstance(t, mi.IntType) else "number"
+        if t.gt is not None:
+            assert t.ge is None and t.le is None
+            return f"{name} >{number(t.gt)}"
+        return _range(name, t.ge, t.le)
+    raise AssertionError(f"no notation for the option type {t!r}")
+
+
+def toml_value(cell: str) -> object:
+    """A default cell (a TOML value in backticks) as Python reads it."""
+    import tomllib
+
+    return tomllib.loads(f"value = {unquote(cell)}")["value"]
