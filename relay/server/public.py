@@ -258,7 +258,7 @@ class PublicEndpoint:
         self.admissions.waiters.wake_all()
 
     async def _http(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "GET" and request.target.split("?")[0] in ("/", "/info"):
+        if request.method in ("GET", "HEAD") and request.target.split("?")[0] in ("/", "/info"):
             return HttpResponse(200, json.dumps(self.info()).encode())
         return HttpResponse(404, b'{"error":"not_found"}')
 
