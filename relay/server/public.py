@@ -555,8 +555,7 @@ class PublicEndpoint:
             # One event per connection: logging every refused frame of a flood would be a flood.
             if not session.rate_limited:
                 session.rate_limited = True
-                self.metrics.inc("relay_bounds_hit_total", bound="request_rate")
-                log.warning("bound.hit", bound="request_rate", limit=self.config.requests_per_second)
+                self.bounds.hit("request_rate", self.config.requests_per_second)
             return
         if exc.code is ErrorCode.RATE_LIMITED:
             return  # a budget shared by connections: its bound reports it (relay.server.bounds)
