@@ -34,15 +34,23 @@ def run_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[s
     return code, json.loads(lines[0])
 
 
-def test_init_creates_keys_once_and_prints_the_address(tmp_path: Path) -> None:
+def test_init_creates_keys_once_and_never_guesses_the_address(tmp_path: Path) -> None:
     code, first = run_json("init", "--data", str(tmp_path / "d"))
-    assert code == 0 and first["created"] is True
-    assert str(first["address"]).startswith("http://127.0.0.1:7300/r#")
+    assert code == 0 and first["created"] is True and "address" not in first
     assert oct((tmp_path / "d" / "identity.key").stat().st_mode & 0o777) == "0o600"
     code, second = run_json("init", "--data", str(tmp_path / "d"))
-    assert code == 0 and second["created"] is False and second["address"] == first["address"]
+    assert code == 0 and second["created"] is False and second["fingerprint"] == first["fingerprint"]
+    # stopped, the relay's port is not known (--listen may pick any): an error, not 7300
     code, address = run_json("address", "--data", str(tmp_path / "d"))
-    assert code == 0 and address["address"] == first["address"] and address["running"] is False
+    assert code == 1 and address["code"] == "not_running", address
+    # with server.public_url the address is known without the relay running
+    config = tmp_path / "relay.toml"
+    config.write_text('[server]\npublic_url = "https://relay.example.org:443"\n')
+    code, address = run_json("address", "--data", str(tmp_path / "d"), "--config", str(config))
+    assert code == 0 and address["running"] is False
+    assert address["address"] == f"https://relay.example.org:443/r#{first['fingerprint']}"
+    code, third = run_json("init", "--data", str(tmp_path / "d"), "--config", str(config))
+    assert code == 0 and third["address"] == address["address"]
 
 
 def test_address_of_a_running_relay_uses_the_bound_port(relay: RunningRelay) -> None:
@@ -82,8 +90,11 @@ def test_a_member_id_that_begins_with_a_dash_is_taken_as_the_member() -> None:
 
 
 def test_usage_errors_exit_2() -> None:
-    code, _, err = run("owner", "create", "--json")
-    assert code == 2 and "--state" in err
+    code, out, err = run("owner", "create", "--json")
+    answer = json.loads(out)  # with --json the usage error is the one JSON object, on stdout
+    assert code == 2 and answer["code"] == "usage" and "--state" in answer["reason"] and not err
+    code, out, err = run("owner", "create")
+    assert code == 2 and not out and len(err.splitlines()) == 1 and "--state" in err
     code, _, _ = run("no-such-command")
     assert code == 2
 
@@ -182,7 +193,7 @@ def test_private_files_and_a_stale_run_file(relay_factory: RelayFactory, tmp_pat
     relay.kill()  # SIGKILL leaves run.json behind, naming a dead pid
     assert (relay.data / "run.json").exists()
     code, out = run_json("address", "--data", str(relay.data))
-    assert code == 0 and out["running"] is False
+    assert code == 1 and out["code"] == "not_running", out
 
 
 def test_members_and_owners_decide_through_the_command_line(relay: RunningRelay, tmp_path: Path) -> None:

@@ -199,7 +199,7 @@ def test_withdrawing_the_key_that_authorised_yours_needs_the_root(
     assert "co.root.json" in missing["reason"] and "root key" in missing["reason"]
     assert "authorised this file's own key" in missing["reason"]
     text = run.text("owner", "remove-owner", "--state", "co.json", stolen)
-    assert text.returncode == 1 and len(text.stdout.strip().splitlines()) == 1 and "--root" in text.stdout
+    assert text.returncode == 1 and len(text.stderr.strip().splitlines()) == 1 and "--root" in text.stderr
     wrong = run.json(
         "owner", "remove-owner", "--state", "co.json", stolen, "--root", "unrelated.root.json", code=1
     )
@@ -285,7 +285,7 @@ def test_add_owner_refuses_a_key_of_another_channel(relay: RunningRelay, tmp_pat
     refused = Run(here, blank).json("owner", "add-owner", "--state", "a.json", b_key, code=1)
     assert refused["code"] == "key_in_use" and "b.json" in refused["reason"]
     text = run.text("owner", "add-owner", "--state", "a.json", c_key)
-    assert text.returncode == 1 and "key_in_use" in text.stdout
+    assert text.returncode == 1 and "key_in_use" in text.stderr
     # nothing changed: no file, no profile version, and the relay never saw the key
     assert (here / "a.json").read_bytes() == before and sorted(p.name for p in here.iterdir()) == files
     assert profile_version(run, relay, "A") == 2

@@ -195,7 +195,7 @@ def test_post_and_read_on_the_command_line(relay: RunningRelay, tmp_path: Path) 
     again = relay_cmd("member", "read", "--state", "m.json", "--since", "1", "--json")
     assert [e["text"] for e in json.loads(again.stdout)["events"]] == ["# second\n"]
     usage = relay_cmd("owner", "post", "--state", "owner.json")
-    assert usage.returncode == 1 and "TEXT or with --file" in usage.stdout
+    assert usage.returncode == 2 and "TEXT or with --file" in usage.stderr and not usage.stdout
 
 
 async def test_two_owners_post_in_turn_and_a_removed_owners_posts_stay_history(
@@ -278,7 +278,12 @@ async def test_follow_on_the_command_line_prints_json_lines_and_stops_on_ctrl_c(
     finally:
         proc.send_signal(signal.SIGINT)
         code = await trio.to_thread.run_sync(proc.wait, 20)
-    assert code == 0, proc.stderr.read() if proc.stderr else ""
+    # Ctrl-C ends a follow the way it ends any command: 130, and (with --json) a last object
+    # saying where it stopped
+    rest = proc.stdout.read() if proc.stdout else ""
+    assert code == 130, proc.stderr.read() if proc.stderr else ""
+    stopped = json.loads(rest.splitlines()[-1])
+    assert stopped["status"] == "interrupted" and "#2" in stopped["reason"], rest
     assert MemberState.load(apath).last_seq == 2  # saved on the way out
 
 

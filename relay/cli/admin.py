@@ -14,7 +14,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from relay.cli.common import add_command
+from relay.cli.common import DEFAULT_TIMEOUT, add_command, count, host_port, ident, page_size
+
+# The states a group can be in (relay.protocol.state.GroupState; a test keeps them equal).
+GROUP_STATES = ("invited", "accepted", "active", "rejected", "suspended", "removed")
+BACKUP_TIMEOUT = 3600.0  # a large database takes a while to copy
 
 
 def _admin(args: argparse.Namespace) -> Any:
@@ -23,7 +27,7 @@ def _admin(args: argparse.Namespace) -> Any:
     data = Path(args.data) if args.data else None
     address = admin_address(data, args.admin)
     token_file = Path(args.token_file).expanduser() if args.token_file else None
-    return AdminClient(address, admin_token(data, token_file))
+    return AdminClient(address, admin_token(data, token_file), timeout=args.timeout)
 
 
 def cmd_admin_groups(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,7 +37,7 @@ def cmd_admin_groups(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _limit(args: argparse.Namespace) -> int:
-    return int(min(max(args.limit, 1), 1000))  # what the operator port serves at most
+    return int(args.limit)
 
 
 def _paged(key: str, page: list[dict[str, Any]], limit: int) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def cmd_admin_backup(args: argparse.Namespace) -> dict[str, Any]:
     name = str(args.file)
     target = name if "/" not in name else str(Path(name).expanduser().absolute())
     with _admin(args) as admin:
-        return {"status": "ok", **admin.backup(target)}
+        return {"status": "ok", **admin.backup(target, timeout=args.timeout)}
 
 
 def add_commands(sub: Any) -> None:
@@ -116,17 +120,21 @@ def add_commands(sub: Any) -> None:
         ("stats", cmd_admin_stats, "groups by state, connections, database commits, uptime, version"),
         ("backup", cmd_admin_backup, "write an online backup of the database to a new FILE (backup folder)"),
     ):
-        p = add_command(admin, name, func, help_)
+        p = add_command(
+            admin, name, func, help_, timeout=BACKUP_TIMEOUT if name == "backup" else DEFAULT_TIMEOUT
+        )
         p.add_argument("--data", help="the relay's data folder: its run.json and admin.token")
-        p.add_argument("--admin", help="operator HOST:PORT")
+        p.add_argument("--admin", type=host_port, help="operator HOST:PORT")
         p.add_argument(
             "--token-file", help="the operator token's file (default: DATA/admin.token or $RELAY_ADMIN_TOKEN)"
         )
         if name in ("groups", "held"):
-            p.add_argument("--after", type=int, default=0, help="only those with an id above this")
-            p.add_argument("--limit", type=int, default=100, help="at most this many (up to 1000)")
+            p.add_argument("--after", type=count, default=0, help="only those with an id above this")
+            p.add_argument("--limit", type=page_size, default=100, help="at most this many (1 to 1000)")
         if name == "groups":
-            p.add_argument("--state", dest="state_filter", help="only groups in this state")
+            p.add_argument(
+                "--state", dest="state_filter", choices=GROUP_STATES, help="only groups in this state"
+            )
         elif name == "held":
             p.add_argument("--dead", action="store_true", help="only dead-lettered requests")
         elif name == "backup":
@@ -137,7 +145,7 @@ def add_commands(sub: Any) -> None:
                 "or an absolute path inside that folder (mode 0600)",
             )
         elif name != "stats":
-            p.add_argument("id", type=int)
+            p.add_argument("id", type=ident, help="the id 'relay admin groups' (or 'held') shows")
         if name == "reject":
             p.add_argument("--reason", required=True)
         if name in ("suspend", "remove"):

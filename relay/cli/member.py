@@ -12,13 +12,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-import trio
-
-from relay.cli.common import Failure, add_command, state_path, warn
+from relay.cli.common import (
+    DEFAULT_TIMEOUT,
+    Failure,
+    Interrupted,
+    add_command,
+    count,
+    emit,
+    human,
+    per_relay,
+    print_result,
+    run_async,
+    state_path,
+    wait_seconds,
+    warn,
+)
 
 
 def _member_out(state: Any) -> dict[str, Any]:
@@ -30,74 +42,114 @@ def _member_out(state: Any) -> dict[str, Any]:
         "relays": relays,
     }
     if relays and all(r["status"] in ("refused", "unusable") for r in relays):
-        raise Failure("no relay took the request", **{**out, "status": "refused"})
+        reason = f"no relay took the request: {per_relay(relays, address='address')}"
+        raise Failure(reason, **{**out, "status": "refused", "code": relays[0].get("code")})
     return out
+
+
+def _kept(state: Any, path: Path) -> str:
+    """What an interrupted join or status left in the state file."""
+    if state.answered():
+        return (
+            f"the request is held by a relay and its key kept in {path}; "
+            f"'relay member status --state {path}' asks for the decision later"
+        )
+    return f"no relay has the request; {path} was not written"
 
 
 def cmd_member_join(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.member import MemberState, join
-    from relay.protocol.errors import ProtocolError
+    from relay.client.statefile import check_writable
 
     path = state_path(args)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         state = MemberState.load(path)
         if state.link != args.link:
-            raise Failure(f"{path} holds a member of another channel link; use another --state file")
+            raise Failure(
+                f"{path} holds a member of another channel link; use another --state file", code="exists"
+            )
     else:
-        try:
-            state = MemberState.new(args.link, name=args.name, about=args.about)
-        except ProtocolError as exc:
-            raise Failure(exc.reason, code=exc.code.value) from None
-    return _member_out(trio.run(partial(join, state, path, wait=args.wait)))
+        state = MemberState.new(args.link, name=args.name, about=args.about)
+    check_writable(path)
+    try:
+        joined = run_async(args, partial(join, state, path, wait=args.wait, timeout=args.timeout))
+    except Interrupted as exc:
+        exc.note = _kept(state, path)
+        raise
+    return _member_out(joined)
 
 
 def cmd_member_status(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.member import MemberState, status
+    from relay.client.statefile import check_writable
 
     path = state_path(args)
-    return _member_out(trio.run(partial(status, MemberState.load(path), path, wait=args.wait)))
+    state = MemberState.load(path)
+    check_writable(path)
+    if all(r.status == "new" for r in state.relays):
+        raise Failure(
+            f"no relay has a request of this member yet; run 'relay member join --state {path} LINK' again",
+            code="not_joined",
+        )
+    return _member_out(run_async(args, partial(status, state, path, wait=args.wait, timeout=args.timeout)))
 
 
 def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
     """Print each post once as it is accepted; findings go to stderr as warnings."""
     from relay.client.member import MemberState
     from relay.client.reader import read
+    from relay.client.statefile import check_writable
 
     path = state_path(args)
     state = MemberState.load(path)
+    check_writable(path)
     shown: list[dict[str, Any]] = []
     told: list[dict[str, Any]] = []
     troubles: list[dict[str, Any]] = []
 
-    stopped = []
-
     async def main() -> None:
-        # Ctrl-C (or SIGTERM) ends a read cleanly: the tasks are cancelled, the position saved.
-        async with trio.open_nursery() as nursery:
-
-            async def stop_on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        stopped.append(True)
-                        nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_on_signal)
-            async with read(state, path, since=args.since, follow=args.follow) as items:
-                async for item in items:
+        printed = state.last_seq, state.last_id  # what the reader of stdout has got
+        async with read(state, path, since=args.since, follow=args.follow, timeout=args.timeout) as items:
+            async for item in items:
+                try:
                     _show_item(args, item, shown, told, troubles)
-            nursery.cancel_scope.cancel()
+                except BrokenPipeError:
+                    # the post taken last never reached the reader: the next read shows it again
+                    state.last_seq, state.last_id = printed
+                    raise
+                printed = state.last_seq, state.last_id
 
-    trio.run(main)
-    if stopped:
-        return None
+    before = state.last_seq, state.last_id
+    try:
+        run_async(args, main)
+    except Interrupted as exc:
+        exc.note = (
+            f"shown up to #{state.last_seq}; the next read starts after it"
+            if (state.last_seq, state.last_id) != before
+            else "nothing new was shown"
+        )
+        raise
     lies = [t for t in told if t["lie"]]
+    failed = bool(troubles) and len(troubles) >= len(state.parsed_link.relays) and not shown
+    if not args.follow and not failed:
+        for trouble in troubles:
+            _warn_trouble(args, trouble)
     out = {"status": "ok", "events": shown, "findings": told, "relays": troubles, "last_seq": state.last_seq}
-    if troubles and len(troubles) >= len(state.parsed_link.relays) and not shown:
-        raise Failure("no relay could be read", **{**out, "status": "error", "code": "no_relay"})
+    if failed:
+        reason = f"no relay could be read: {per_relay(troubles)}"
+        raise Failure(reason, **{**out, "status": "error", "code": troubles[0]["code"]})
     if lies and not args.follow:
         codes = ", ".join(sorted({f"{t['relay']}: {t['code']}" for t in lies}))
         raise Failure(f"a relay lied ({codes})", **{**out, "status": "error", "code": "relay_lied"})
-    return out if args.json and not args.follow else None
+    if args.json and not args.follow:
+        try:
+            print_result(args, out, human)
+        except BrokenPipeError:
+            # nobody got the answer: the next read starts where this one did
+            state.last_seq, state.last_id = before
+            state.save(path)
+            raise
+    return None
 
 
 def _show_item(
@@ -126,13 +178,13 @@ def _show_item(
             post["body_b64"] = b64e(event.body)
         shown.append(post)
         if args.follow and args.json:
-            print(json.dumps({"type": "post", **post}), flush=True)
+            emit(json.dumps({"type": "post", **post}))
         elif not args.json:
             # One line per post where it is one line: a file's final newline is not a line of its own.
             text = str(post.get("text", f"<{event.content_type}, {len(event.body)} bytes>")).removesuffix(
                 "\n"
             )
-            print(f"#{event.seq} {text}", flush=True)
+            emit(f"#{event.seq} {text}")
     elif isinstance(item, Finding):
         finding = {
             "relay": item.relay,
@@ -146,7 +198,8 @@ def _show_item(
     elif isinstance(item, RelayTrouble):
         trouble = {"relay": item.relay, "code": item.code, "reason": item.reason}
         troubles.append(trouble)
-        warn(args, {"type": "relay", **trouble}, f"warning: {item.relay}: {item.code}: {item.reason}")
+        if args.follow:  # else told at the end: in the one failure line if no relay could be read
+            _warn_trouble(args, trouble)
     elif isinstance(item, InvitationReceived):
         invitation = {"sender": item.sender, "contact": item.contact, "note": item.note}
         warn(
@@ -162,13 +215,23 @@ def _show_item(
         )
 
 
+def _warn_trouble(args: argparse.Namespace, trouble: dict[str, Any]) -> None:
+    warn(
+        args,
+        {"type": "relay", **trouble},
+        f"warning: {trouble['relay']}: {trouble['code']}: {trouble['reason']}",
+    )
+
+
 def cmd_member_invite(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.direct import invite
     from relay.client.member import MemberState
 
     path = state_path(args)
     state = MemberState.load(path)
-    result = trio.run(partial(invite, state, args.member, contact=args.contact, note=args.note))
+    result = run_async(
+        args, partial(invite, state, args.member, contact=args.contact, note=args.note, timeout=args.timeout)
+    )
     return {"status": "ok", **result}
 
 
@@ -182,24 +245,58 @@ def cmd_member_invitations(args: argparse.Namespace) -> dict[str, Any]:
 def add_commands(sub: Any) -> None:
     """``relay member`` and its subcommands on the top-level subparsers."""
     member = sub.add_parser("member", help="member commands").add_subparsers(dest="member_cmd", required=True)
-    p = add_command(member, "join", cmd_member_join, "ask every relay of a channel link to admit you")
+    p = add_command(
+        member,
+        "join",
+        cmd_member_join,
+        "ask every relay of a channel link to admit you",
+        timeout=DEFAULT_TIMEOUT,
+    )
     p.add_argument("--state", required=True, help="your member file (created on first join; one per channel)")
     p.add_argument("--name", default="member", help="the name the owners see")
     p.add_argument("--about", default="", help="a line about you for the owners")
-    p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for a decision")
+    p.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this many seconds (at most 3600) for a decision",
+    )
     p.add_argument("link", metavar="LINK")
-    p = add_command(member, "status", cmd_member_status, "ask each relay for the decision on your request")
-    p.add_argument("--state", required=True)
-    p.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for a decision")
-
-    p = add_command(member, "read", cmd_member_read, "print the channel's posts, verified, from every relay")
+    p = add_command(
+        member,
+        "status",
+        cmd_member_status,
+        "ask each relay for the decision on your request",
+        timeout=DEFAULT_TIMEOUT,
+    )
     p.add_argument("--state", required=True)
     p.add_argument(
-        "--since", type=int, help="the posts after this sequence number (default: after the last shown)"
+        "--wait",
+        type=wait_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this many seconds (at most 3600) for a decision",
+    )
+
+    p = add_command(
+        member,
+        "read",
+        cmd_member_read,
+        "print the channel's posts, verified, from every relay",
+        timeout=DEFAULT_TIMEOUT,
+    )
+    p.add_argument("--state", required=True)
+    p.add_argument(
+        "--since", type=count, help="the posts after this sequence number (default: after the last shown)"
     )
     p.add_argument("--follow", action="store_true", help="keep printing live posts until Ctrl-C")
     p = add_command(
-        member, "invite", cmd_member_invite, "send another member a sealed direct-message invitation"
+        member,
+        "invite",
+        cmd_member_invite,
+        "send another member a sealed direct-message invitation",
+        timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
     p.add_argument("member", metavar="MEMBER", help="the other member's id (its member key, base64url)")

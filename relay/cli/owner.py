@@ -14,20 +14,33 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import trio
-
-from relay.cli.common import Failure, add_command, state_path, warn
+from relay.cli.common import (
+    DEFAULT_TIMEOUT,
+    Failure,
+    Interrupted,
+    add_command,
+    count,
+    per_relay,
+    relay_name,
+    run_async,
+    state_path,
+    warn,
+)
 
 if TYPE_CHECKING:
     from relay.client.owner import OwnerState
 
 
-def _load(args: argparse.Namespace) -> tuple[OwnerState, Path]:
-    """The owner state of ``--state``; a file that still holds the root key gets a warning."""
+def _load(args: argparse.Namespace, *, writes: bool = False) -> tuple[OwnerState, Path]:
+    """The owner state of ``--state``; a file that still holds the root key gets a warning.
+    ``writes``: the command will write it, so a file it could not write stops it first."""
     from relay.client.owner import OwnerState
+    from relay.client.statefile import check_writable
 
     path = state_path(args)
     state = OwnerState.load(path)
+    if writes:
+        check_writable(path)
     if state.has_root:
         warn(
             args,
@@ -62,6 +75,7 @@ def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client import ownerkeys
     from relay.client.owner import create_channel
     from relay.client.rootkey import save_new_channel
+    from relay.client.statefile import check_writable
     from relay.protocol import crypto
     from relay.protocol.encoding import b64e
 
@@ -70,6 +84,7 @@ def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
     if path.resolve() == root.resolve():
         raise Failure("the root key needs a file of its own, not the state file", code="usage")
     for taken in (path, root):
+        check_writable(taken)  # a folder, a missing or read-only folder: said as such
         if taken.exists() or taken.is_symlink():
             raise Failure(f"{taken} already exists; it may hold another channel's secrets", code="exists")
     state = create_channel(
@@ -113,25 +128,37 @@ def cmd_owner_export_root(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_owner_add_relay(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.owner import add_relay
+    from relay.client.owner import add_relay, parse_address_or_raise
 
-    state, path = _load(args)
-    result = trio.run(add_relay, state, path, args.relay_address)
+    parse_address_or_raise(args.relay_address)  # a mistyped address before the state file is read
+    state, path = _load(args, writes=True)
+    before = path.read_bytes()
+    try:
+        result = run_async(args, partial(add_relay, state, path, args.relay_address, timeout=args.timeout))
+    except Interrupted as exc:
+        exc.note = (
+            f"the invitation may have reached the relay: {path} keeps its service group, so the same "
+            "command asks for the same address again"
+            if path.read_bytes() != before
+            else f"{path} was not changed"
+        )
+        raise
     out = {k: v for k, v in result.__dict__.items() if v is not None}
     if result.status == "refused":
-        raise Failure(result.reason or "refused", **{**out, "status": "refused"})
+        why = f"{result.code}: {result.reason}" if result.code else str(result.reason or "no reason given")
+        raise Failure(f"{relay_name(args.relay_address)}: {why}", **{**out, "status": "refused"})
     return out
 
 
 def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owner import publish
 
-    state, path = _load(args)
+    state, path = _load(args, writes=True)
     if args.admission is not None:
         state.admission = args.admission
     if args.max_members is not None:
         state.max_members = args.max_members
-    return _published(trio.run(publish, state, path))
+    return _published(run_async(args, partial(publish, state, path, timeout=args.timeout)))
 
 
 def _published(result: Any, share: str | None = None) -> dict[str, Any]:
@@ -139,19 +166,28 @@ def _published(result: Any, share: str | None = None) -> dict[str, Any]:
     out = {"status": "ok", "version": result.version, "link": result.link, "relays": result.relays}
     if share:
         out["share"] = share
-    if any(r.get("status") == "error" for r in result.relays):
-        raise Failure("a relay did not take the new profile", **{**out, "status": "error"})
+    failed = [r for r in result.relays if r.get("status") == "error"]
+    if failed:
+        if len(failed) == len(result.relays):
+            what = "no relay took the new profile, so nothing changed"
+        else:
+            what = f"a relay did not take profile version {result.version}"
+        reason = f"{what}: {per_relay(failed)}"
+        raise Failure(reason, **{**out, "status": "error", "code": failed[0].get("code")})
     return out
 
 
 def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owner import remove_relay
 
-    state, path = _load(args)
-    return _published(trio.run(remove_relay, state, path, args.relay_address))
+    state, path = _load(args, writes=True)
+    return _published(
+        run_async(args, partial(remove_relay, state, path, args.relay_address, timeout=args.timeout))
+    )
 
 
 def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.client.errors import file_error
     from relay.client.posting import post
 
     if (args.text is None) == (args.file is None):
@@ -159,14 +195,21 @@ def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
     try:
         body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
     except OSError as exc:
-        raise Failure(f"cannot read {args.file}: {exc.strerror}", code="no_file") from None
-    state, path = _load(args)
-    outcome = trio.run(partial(post, state, path, body, content_type=args.content_type))
-    relays = [{k: v for k, v in r.__dict__.items() if v not in (None, 0)} for r in outcome.relays]
+        raise file_error(exc, Path(args.file), doing="read") from None
+    state, path = _load(args, writes=True)
+    outcome = run_async(
+        args, partial(post, state, path, body, content_type=args.content_type, timeout=args.timeout)
+    )
+    relays = [
+        {k: v for k, v in r.__dict__.items() if v not in (None, 0) and k != "sent"} for r in outcome.relays
+    ]
+    if not outcome.sent:
+        reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
+        raise Failure(reason, status="error", code=relays[0].get("code"), relays=relays)
     out = {"status": "ok", "seq": outcome.seq, "id": outcome.id, "relays": relays}
     if all(r["status"] == "error" for r in relays):
-        first = relays[0]
-        raise Failure(str(first.get("reason")), **{**out, "status": "error", "code": first.get("code")})
+        reason = f"no relay stored post #{outcome.seq}: {per_relay(relays)}"
+        raise Failure(reason, **{**out, "status": "error", "code": relays[0].get("code")})
     return out
 
 
@@ -180,10 +223,10 @@ def cmd_owner_new_key(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_owner_add_owner(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owners import add_owner, check_share_target, write_share
 
-    state, path = _load(args)
+    state, path = _load(args, writes=True)
     if args.share:
         check_share_target(Path(args.share))  # before anything is signed or sent
-    published = trio.run(add_owner, state, path, args.owner_key)
+    published = run_async(args, partial(add_owner, state, path, args.owner_key, timeout=args.timeout))
     if args.share:
         write_share(state, Path(args.share))
     return _published(published, share=args.share)
@@ -192,9 +235,11 @@ def cmd_owner_add_owner(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_owner_remove_owner(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owners import remove_owner
 
-    state, path = _load(args)
+    state, path = _load(args, writes=True)
     root = _root_path(args, path)
-    return _published(trio.run(partial(remove_owner, state, path, args.owner_key, root=root)))
+    return _published(
+        run_async(args, partial(remove_owner, state, path, args.owner_key, root=root, timeout=args.timeout))
+    )
 
 
 def cmd_owner_adopt(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,7 +254,9 @@ def cmd_owner_adopt(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_owner_link(args: argparse.Namespace) -> dict[str, Any]:
     state, _ = _load(args)
     if not state.listed_addresses():
-        raise Failure("no relay has granted this channel an address yet (run 'relay owner add-relay')")
+        raise Failure(
+            "no relay has granted this channel an address yet (run 'relay owner add-relay')", code="no_relay"
+        )
     return {"status": "ok", "link": str(state.link())}
 
 
@@ -217,21 +264,29 @@ def cmd_owner_log(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.owner import read_log
 
     state, _ = _load(args)
-    return {"status": "ok", "relays": trio.run(read_log, state)}
+    if not state.relays:
+        raise Failure("no relay serves this channel yet (run 'relay owner add-relay')", code="no_relay")
+    relays = run_async(args, partial(read_log, state, timeout=args.timeout))
+    out = {"status": "ok", "relays": relays}
+    if all("error" in r for r in relays):
+        raise Failure(f"no relay could be asked: {per_relay(relays)}", **{**out, "status": "error"})
+    return out
 
 
 def _owner_command(args: argparse.Namespace, action: str, member: str = "", note: str = "") -> dict[str, Any]:
     from relay.client.owner import owner_command
 
     state, _ = _load(args)
-    views = trio.run(partial(owner_command, state, action, member=member, note=note))
+    views = run_async(
+        args, partial(owner_command, state, action, member=member, note=note, timeout=args.timeout)
+    )
     relays = [{k: v for k, v in view.__dict__.items() if v not in (None, "")} for view in views]
     if not relays:
         raise Failure("no relay serves this channel yet (add one and publish)", code="no_relay")
     out = {"status": "ok", "relays": relays}
     if all("error" in r for r in relays):
-        first = relays[0]
-        raise Failure(str(first.get("reason")), **{**out, "status": "error", "code": first["error"]})
+        reason = f"no relay took the command: {per_relay(relays)}"
+        raise Failure(reason, **{**out, "status": "error", "code": relays[0]["error"]})
     return out
 
 
@@ -282,22 +337,42 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--kind", choices=["channel", "group"], default="channel")
     p.add_argument("--description", default="")
     p.add_argument("--admission", choices=["auto", "approval"], default="auto", help="how members get in")
-    p.add_argument("--max-members", type=int, default=0, help="the owners' member limit (0: none)")
-    p = add_command(owner, "add-relay", cmd_owner_add_relay, "invite a relay to serve the channel")
+    p.add_argument("--max-members", type=count, default=0, help="the owners' member limit (0: none)")
+    p = add_command(
+        owner,
+        "add-relay",
+        cmd_owner_add_relay,
+        "invite a relay to serve the channel",
+        timeout=DEFAULT_TIMEOUT,
+    )
     p.add_argument("--state", required=True)
     p.add_argument("relay_address", metavar="RELAY_ADDRESS")
     p = add_command(
-        owner, "publish", cmd_owner_publish, "sign the profile listing the relays and notify them"
+        owner,
+        "publish",
+        cmd_owner_publish,
+        "sign the profile listing the relays and notify them",
+        timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
     p.add_argument("--admission", choices=["auto", "approval"], help="change how members get in")
-    p.add_argument("--max-members", type=int, help="change the owners' member limit (0: none)")
+    p.add_argument("--max-members", type=count, help="change the owners' member limit (0: none)")
     p = add_command(
-        owner, "remove-relay", cmd_owner_remove_relay, "publish a profile without a relay; it stops serving"
+        owner,
+        "remove-relay",
+        cmd_owner_remove_relay,
+        "publish a profile without a relay; it stops serving",
+        timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
     p.add_argument("relay_address", metavar="RELAY_ADDRESS")
-    p = add_command(owner, "post", cmd_owner_post, "sign a post and store it on every relay of the channel")
+    p = add_command(
+        owner,
+        "post",
+        cmd_owner_post,
+        "sign a post and store it on every relay of the channel",
+        timeout=DEFAULT_TIMEOUT,
+    )
     p.add_argument("--state", required=True)
     p.add_argument("text", metavar="TEXT", nargs="?", help="the post (or --file)")
     p.add_argument("--file", help="post the bytes of this file")
@@ -312,6 +387,7 @@ def add_commands(sub: Any) -> None:
         cmd_owner_add_owner,
         "authorise another owner key (signed with this file's key) and publish the profile; "
         "a key seen in another channel is refused",
+        timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
     p.add_argument(
@@ -333,6 +409,7 @@ def add_commands(sub: Any) -> None:
         cmd_owner_remove_owner,
         "withdraw an owner key and publish the profile (needs the root key only if that key "
         "authorised yours)",
+        timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
     p.add_argument("owner_key", metavar="OWNER_KEY")
@@ -354,18 +431,42 @@ def add_commands(sub: Any) -> None:
     )
     p = add_command(owner, "link", cmd_owner_link, "print the channel link members join with")
     p.add_argument("--state", required=True)
-    p = add_command(owner, "log", cmd_owner_log, "print the service-group log each relay keeps")
+    p = add_command(
+        owner, "log", cmd_owner_log, "print the service-group log each relay keeps", timeout=DEFAULT_TIMEOUT
+    )
     p.add_argument("--state", required=True)
-    p = add_command(owner, "pending", cmd_owner_pending, "list members waiting for the owners' approval")
+    p = add_command(
+        owner,
+        "pending",
+        cmd_owner_pending,
+        "list members waiting for the owners' approval",
+        timeout=DEFAULT_TIMEOUT,
+    )
     p.add_argument("--state", required=True)
-    p = add_command(owner, "approve", cmd_owner_approve, "admit a member waiting for approval")
+    p = add_command(
+        owner, "approve", cmd_owner_approve, "admit a member waiting for approval", timeout=DEFAULT_TIMEOUT
+    )
     p.add_argument("--state", required=True)
     p.add_argument("member", metavar="MEMBER", help="the member id, as 'relay owner pending' shows it")
-    p = add_command(owner, "refuse", cmd_owner_refuse, "turn down a member waiting for approval")
+    p = add_command(
+        owner, "refuse", cmd_owner_refuse, "turn down a member waiting for approval", timeout=DEFAULT_TIMEOUT
+    )
     p.add_argument("--state", required=True)
     p.add_argument("member", metavar="MEMBER", help="the member id, as 'relay owner pending' shows it")
     p.add_argument("--reason", help="told to the member")
-    p = add_command(owner, "suspend-admission", cmd_owner_suspend, "pause admissions on every relay")
+    p = add_command(
+        owner,
+        "suspend-admission",
+        cmd_owner_suspend,
+        "pause admissions on every relay",
+        timeout=DEFAULT_TIMEOUT,
+    )
     p.add_argument("--state", required=True)
-    p = add_command(owner, "resume-admission", cmd_owner_resume, "resume admissions on every relay")
+    p = add_command(
+        owner,
+        "resume-admission",
+        cmd_owner_resume,
+        "resume admissions on every relay",
+        timeout=DEFAULT_TIMEOUT,
+    )
     p.add_argument("--state", required=True)

@@ -16,13 +16,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import trio
-
 from relay.cli.common import Failure, add_command
 
 
 def _load_config(args: argparse.Namespace) -> Any:
+    import msgspec
+
     from relay.server.config import ConfigError, load_config, validate
 
     try:
@@ -52,16 +51,19 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
     path = Path(args.config) if args.config else None
     config, errors, variables = check_config(path, os.environ)
     if config is None:
+        if len(errors) == 1:
+            raise Failure(f"1 error in the configuration: {errors[0]}", code="bad_config", errors=errors)
         lines = "\n".join(f"  - {error}" for error in errors)
-        count = f"{len(errors)} error{'s' if len(errors) > 1 else ''}"
-        raise Failure(f"{count} in the configuration:\n{lines}", code="bad_config", errors=errors)
+        raise Failure(
+            f"{len(errors)} errors in the configuration:\n{lines}", code="bad_config", errors=errors
+        )
     if config.server.tls:
         from relay.server.tls import TlsError, server_context
 
         try:
             server_context(config.server.tls_cert, config.server.tls_key)
         except TlsError as exc:
-            reason = f"1 error in the configuration:\n  - {exc}"
+            reason = f"1 error in the configuration: {exc}"
             raise Failure(reason, code="bad_config", errors=[str(exc)]) from None
     source = str(path) if path else "built-in defaults"
     overrides = f" + {', '.join(variables)}" if variables else ""
@@ -76,68 +78,143 @@ def cmd_config_check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.protocol.addresses import contact_address
     from relay.server import admintoken
     from relay.server.app import DB_FILE
-    from relay.server.config import split_host_port
-    from relay.server.identity import load_or_create
+    from relay.server.datadir import StartupError, explained, token_problem
+    from relay.server.identity import KEY_FILE, load_or_create
     from relay.store.db import Database
 
     config = _load_config(args)
     data = Path(args.data)
-    identity, created = load_or_create(data)
     try:
-        # The operator port's token: `relay admin --data` sends it (relay serve makes it too).
-        admintoken.load_or_create(data)
+        with explained(data / KEY_FILE, data):
+            identity, created = load_or_create(data)
+        with explained(data / admintoken.TOKEN_FILE, data):
+            # The operator port's token: `relay admin --data` sends it (relay serve makes it too).
+            admintoken.load_or_create(data)
+        with explained(data / DB_FILE, data):
+            Database(data / DB_FILE).close()
+    except StartupError as exc:
+        raise Failure(str(exc), code="bad_data_folder") from None
     except admintoken.TokenError as exc:
-        raise Failure(str(exc)) from None
-    Database(data / DB_FILE).close()
-    host, port = split_host_port(config.server.listen)
-    base = config.server.base_url(f"{host}:{port}")
-    return {
+        reason = token_problem(exc, data / admintoken.TOKEN_FILE, data)
+        raise Failure(reason, code="bad_data_folder") from None
+    result: dict[str, Any] = {
         "status": "ok",
         "created": created,
-        "address": contact_address(base, identity.fingerprint),
         "fingerprint": identity.fingerprint_text,
+        "data": str(data),
     }
+    done = "created" if created else "kept"
+    what = f"{done} the relay's keys in {data} (fingerprint {identity.fingerprint_text})"
+    known = _known_address(data, config, identity.fingerprint)
+    if known is None:
+        result["summary"] = (
+            f"{what}; its address is known once it runs: 'relay serve --data {data}', then "
+            f"'relay address --data {data}' (or set server.public_url)"
+        )
+    else:
+        result.update(address=known[0], running=known[1], summary=f"{what}; address {known[0]}")
+    return result
 
 
-def _alive(pid: int) -> bool:
-    """Whether the daemon that wrote ``run.json`` still runs (it may have been SIGKILLed)."""
+def _running(data: Path) -> dict[str, Any] | None:
+    """What the relay running with ``data`` wrote to ``run.json``; None if none runs."""
+    from relay.client.admin import process_alive
+    from relay.server.app import RUN_FILE
+    from relay.server.datadir import problem
+
+    run = data / RUN_FILE
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        text = run.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise Failure(problem(exc, run, data) or str(exc), code="bad_data_folder") from None
+    try:
+        info = json.loads(text)
+        if isinstance(info, dict) and process_alive(int(info["pid"])) and isinstance(info["address"], str):
+            return info
+    except (ValueError, KeyError, TypeError):
+        pass  # a damaged run file says nothing
+    return None
+
+
+def _known_address(data: Path, config: Any, fingerprint: bytes) -> tuple[str, bool] | None:
+    """The relay's true address and whether it runs: the running relay's, else the one
+    ``server.public_url`` names; None when neither tells (never a guessed default)."""
+    from relay.protocol.addresses import contact_address
+
+    running = _running(data)
+    if running is not None:
+        return str(running["address"]), True
+    if config.server.public_url:
+        return contact_address(config.server.base_url(""), fingerprint), False
+    return None
 
 
 def cmd_address(args: argparse.Namespace) -> dict[str, Any]:
-    run = Path(args.data) / "run.json"
-    if run.exists():
-        try:
-            info = json.loads(run.read_text())
-            if _alive(int(info["pid"])):
-                return {"status": "ok", "address": info["address"], "running": True}
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged run file says nothing; fall back to the configured address
-    if not (Path(args.data) / "identity.key").exists():
-        raise Failure(f"no relay identity in {args.data} (run 'relay init --data {args.data}')")
-    result = cmd_init(args)
-    return {"status": "ok", "address": result["address"], "running": False}
+    """The running relay's address (``DATA/run.json``), else the one ``server.public_url``
+    makes, else a failure that says how to learn it."""
+    from relay.server.datadir import StartupError, explained
+    from relay.server.identity import KEY_FILE, load
+
+    data = Path(args.data)
+    running = _running(data)
+    if running is not None:
+        return {"status": "ok", "address": running["address"], "running": True}
+    if not (data / KEY_FILE).exists():
+        what = (
+            "there is no such folder"
+            if not data.exists()
+            else "it is a file, not a folder"
+            if not data.is_dir()
+            else f"there is no {KEY_FILE} in it"
+        )
+        raise Failure(
+            f"no relay identity in {data} ({what}): run 'relay init --data {data}' "
+            f"or 'relay serve --data {data}'",
+            code="no_identity",
+        )
+    config = _load_config(args)
+    if not config.server.public_url:
+        raise Failure(
+            f"the relay of {data} is not running, so its address is not known (its port is the one it "
+            f"binds when it starts): start it with 'relay serve --data {data}', or set server.public_url",
+            code="not_running",
+        )
+    try:
+        with explained(data / KEY_FILE, data):
+            identity = load(data)
+    except StartupError as exc:
+        raise Failure(str(exc), code="bad_data_folder") from None
+    from relay.protocol.addresses import contact_address
+
+    address = contact_address(config.server.base_url(""), identity.fingerprint)
+    return {"status": "ok", "address": address, "running": False}
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     import structlog
+    import trio
 
     from relay.server.app import Relay, StartupError
     from relay.server.logsetup import configure
 
     os.umask(0o077)  # the database, its WAL and the run file hold nothing others should read
-    config = _load_config(args)
+    log = structlog.get_logger("relay.app")
+    try:
+        config = _load_config(args)
+    except Failure as exc:
+        configure("info")  # the configuration's level is not known: the default's
+        log.error("relay.start_failed", reason=exc.reason)
+        raise
     configure(config.logging.level)
-    relay = Relay(config=config, data_dir=Path(args.data))
+    try:
+        relay = Relay(config=config, data_dir=Path(args.data))
+    except StartupError as exc:
+        log.error("relay.start_failed", reason=str(exc))
+        raise Failure(str(exc), code="cannot_start") from None
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -160,12 +237,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
             await relay.run()
             nursery.cancel_scope.cancel()
 
+    failed: list[str] = []
     try:
         trio.run(main)
     except* StartupError as group:
-        reason = str(group.exceptions[0])
-        structlog.get_logger("relay.app").error("relay.start_failed", reason=reason)
-        raise Failure(reason, code="cannot_start") from None
+        failed.append(str(_first(group)))
+    if failed:  # raised here, not in the except* block, which would wrap it in a group
+        log.error("relay.start_failed", reason=failed[0])
+        raise Failure(failed[0], code="cannot_start")
+
+
+def _first(exc: BaseException) -> BaseException:
+    """The first exception of a group (of groups), or the exception itself."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def add_commands(sub: Any) -> None:

@@ -1,28 +1,53 @@
-"""The client library: what owners (and, later, members) use to talk to relays.
+"""The client library: what owners, members and operators use to talk to relays.
 
 Public surface: :class:`OwnerState`, :func:`create_channel`, :func:`add_relay`,
 :func:`publish`, :func:`remove_relay`, :func:`read_log`, :class:`AdminClient`, and the exception
-hierarchy rooted at :class:`RelayError`.  It never imports the server.
+hierarchy rooted at :class:`RelayError`.  It never imports the server.  The names are loaded
+when first used (PEP 562), so that a command that only reads a file does not load the network
+libraries.
 """
 
-from relay.client.admin import AdminClient
-from relay.client.errors import (
-    RelayError,
-    RelayIdentityError,
-    RelayProtocolError,
-    RelayRefused,
-    RelayUnreachable,
-)
-from relay.client.owner import (
-    AddRelayResult,
-    OwnerState,
-    PublishResult,
-    add_relay,
-    create_channel,
-    publish,
-    read_log,
-    remove_relay,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.client.admin import AdminClient
+    from relay.client.errors import (
+        RelayError,
+        RelayIdentityError,
+        RelayProtocolError,
+        RelayRefused,
+        RelayUnreachable,
+    )
+    from relay.client.owner import (
+        AddRelayResult,
+        OwnerState,
+        PublishResult,
+        add_relay,
+        create_channel,
+        publish,
+        read_log,
+        remove_relay,
+    )
+
+_WHERE = {
+    "AdminClient": "relay.client.admin",
+    "RelayError": "relay.client.errors",
+    "RelayIdentityError": "relay.client.errors",
+    "RelayProtocolError": "relay.client.errors",
+    "RelayRefused": "relay.client.errors",
+    "RelayUnreachable": "relay.client.errors",
+    "AddRelayResult": "relay.client.owner",
+    "OwnerState": "relay.client.owner",
+    "PublishResult": "relay.client.owner",
+    "add_relay": "relay.client.owner",
+    "create_channel": "relay.client.owner",
+    "publish": "relay.client.owner",
+    "read_log": "relay.client.owner",
+    "remove_relay": "relay.client.owner",
+}
 
 __all__ = [
     "AddRelayResult",
@@ -40,3 +65,9 @@ __all__ = [
     "read_log",
     "remove_relay",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'relay.client' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -3,7 +3,7 @@
 Finds the port from ``DATA/run.json`` (written by a running daemon) or takes
 ``HOST:PORT`` directly, and the access token from ``DATA/admin.token``, a token
 file, or ``RELAY_ADMIN_TOKEN``; every request carries it as a bearer token.
-Errors become :class:`relay.client.errors.RelayError`.
+Errors become :class:`relay.client.errors.RelayError` (:func:`relay.client.errors.translate`).
 """
 
 from __future__ import annotations
@@ -16,24 +16,80 @@ from typing import Any
 
 import httpx
 
-from relay.client.errors import RelayError, RelayRefused, RelayUnreachable
+from relay.client.errors import (
+    RelayError,
+    RelayProtocolError,
+    RelayRefused,
+    RelayUnreachable,
+    file_error,
+    translated,
+)
+from relay.client.progress import waiting
 
 # The file the relay keeps its operator token in (relay.server.admintoken.TOKEN_FILE).
 TOKEN_FILE = "admin.token"
 TOKEN_VARIABLE = "RELAY_ADMIN_TOKEN"
 
 
+def host_port(text: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) as given, checked; RelayError if not."""
+    host, sep, port = text.rpartition(":")
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or not 0 < int(port) <= 65535
+        or any(c in host for c in "/@ #?")
+    ):
+        raise RelayError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:7301)", code="usage")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise RelayError(f"{text!r}: write an IPv6 address in brackets, [::1]:7301", code="usage")
+    return text
+
+
 def admin_address(data_dir: Path | None, admin: str | None) -> str:
+    """The operator port's ``HOST:PORT``: ``admin`` if given, else the one the relay running
+    with ``data_dir`` wrote to its ``run.json``."""
     if admin:
-        return admin
+        return host_port(admin)
     if data_dir is None:
-        raise RelayError("give --data DIR (of a running relay) or --admin HOST:PORT")
+        raise RelayError("give --data DIR (of a running relay) or --admin HOST:PORT", code="usage")
+    run = data_dir / "run.json"
     try:
-        return str(json.loads((data_dir / "run.json").read_text())["admin_listen"])
-    except (OSError, ValueError, KeyError):
+        info = json.loads(run.read_text())
+        address, pid = str(info["admin_listen"]), int(info["pid"])
+    except FileNotFoundError:
+        why = "no relay is running there" if data_dir.is_dir() else "there is no such folder"
         raise RelayUnreachable(
-            f"no running relay recorded in {data_dir} (is 'relay serve' running?)"
+            f"{why} ({run} is missing): start it with 'relay serve --data {data_dir}'"
         ) from None
+    except OSError as exc:
+        raise file_error(exc, run, doing="read") from None
+    except (ValueError, KeyError, TypeError):
+        raise RelayError(
+            f"{run} is damaged; restart the relay (it writes the file again)", code="bad_file"
+        ) from None
+    if not process_alive(pid):
+        raise RelayUnreachable(
+            f"the relay recorded in {run} is not running any more: "
+            f"start it with 'relay serve --data {data_dir}'"
+        )
+    return host_port(address)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` (a relay that wrote ``run.json``) still runs."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    except OverflowError:
+        return False
+    return True
 
 
 def admin_token(
@@ -68,14 +124,17 @@ def admin_token(
 
 
 class AdminClient:
-    def __init__(self, address: str, token: str, *, timeout: float = 10.0) -> None:
-        self._client = httpx.Client(
-            base_url=f"http://{address}",
-            timeout=timeout,
-            headers={"authorization": f"Bearer {token}"},
-            # The operator port is local: an HTTP(S)_PROXY of the shell must not see the token.
-            trust_env=False,
-        )
+    def __init__(self, address: str, token: str, *, timeout: float = 15.0) -> None:
+        self.where = f"the operator port at {address}"
+        self.timeout = timeout
+        with translated(where=self.where):
+            self._client = httpx.Client(
+                base_url=f"http://{address}",
+                timeout=timeout,
+                headers={"authorization": f"Bearer {token}"},
+                # The operator port is local: an HTTP(S)_PROXY of the shell must not see the token.
+                trust_env=False,
+            )
 
     def __enter__(self) -> AdminClient:
         return self
@@ -83,17 +142,28 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self._client.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RelayUnreachable(f"operator port unreachable: {exc}") from None
+    def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        bound = self.timeout if timeout is None else timeout
+        with waiting(f"an answer from {self.where}"), translated(where=self.where, timeout=bound):
+            response = self._client.request(method, path, timeout=bound, **kwargs)
         try:
             body = response.json()
         except ValueError:
-            raise RelayError(f"operator port answered {response.status_code} without JSON") from None
+            body = None
         if response.status_code >= 400:
-            raise RelayRefused(str(body.get("reason", body)), code=str(body.get("error", "error")))
+            if isinstance(body, dict) and isinstance(body.get("reason"), str):
+                raise RelayRefused(
+                    body["reason"], code=str(body.get("error") or f"http_{response.status_code}")
+                )
+            raise RelayRefused(
+                f"{self.where} answered HTTP {response.status_code} {response.reason_phrase}".rstrip(),
+                code=f"http_{response.status_code}",
+            )
+        if not isinstance(body, dict):
+            raise RelayProtocolError(
+                f"{self.where} answered HTTP {response.status_code} without a JSON object: is that the "
+                "operator port (admin_listen), not the public one?"
+            )
         return body
 
     def groups(self, state: str | None = None, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
@@ -138,5 +208,6 @@ class AdminClient:
 
     def backup(self, path: str, *, timeout: float = 3600.0) -> dict[str, Any]:
         """Ask the relay to write an online backup to ``path``: a file name (written into the
-        relay's backup folder) or an absolute path inside that folder, on the relay's machine."""
+        relay's backup folder) or an absolute path inside that folder, on the relay's machine.
+        A large database takes a while: the answer is waited for up to ``timeout`` seconds."""
         return dict(self._call("POST", "/admin/backup", json={"path": path}, timeout=timeout))

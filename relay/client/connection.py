@@ -5,7 +5,11 @@ the relay's card is signed by the key whose fingerprint the address pins;
 :meth:`RelaySession.request` then sends one frame and returns the one answer.
 Every request signed for the session names its :attr:`RelaySession.challenge`
 (the relay refuses it on any other connection), so requests are signed after
-the session is open, never before.  Every wait is bounded by ``timeout``.
+the session is open, never before.  Every wait is bounded by ``timeout``
+(the connection, the TLS and WebSocket handshakes, each answer), is told to
+:mod:`relay.client.progress`, and every failure of the network or the peer comes
+out as a :class:`~relay.client.errors.RelayError` made by
+:func:`relay.client.errors.translate`.
 
 An ``https://`` address is dialled as ``wss://``, and the relay's TLS certificate is
 verified against the system's trust store (Python's default context, which honours
@@ -15,29 +19,27 @@ verified against the system's trust store (Python's default context, which honou
 from __future__ import annotations
 
 import functools
+import math
 import os
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-    wrap_client_stream,
-)
+from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from relay.client.errors import (
     RelayIdentityError,
     RelayProtocolError,
     RelayRefused,
     RelayUnreachable,
+    translate,
+    translated,
 )
+from relay.client.progress import waiting
 from relay.protocol.addresses import RelayAddress
 from relay.protocol.encoding import decode, encode
 from relay.protocol.errors import ProtocolError
@@ -72,10 +74,11 @@ def connecting_from(local_address: str) -> Iterator[None]:
 
 
 class RelaySession:
-    def __init__(self, ws: WebSocketConnection, card: RelayCard, timeout: float) -> None:
+    def __init__(self, ws: WebSocketConnection, card: RelayCard, timeout: float, where: str) -> None:
         self._ws = ws
         self.card = card
         self.timeout = timeout
+        self.where = where  # "the relay at http://HOST:PORT", for reasons
 
     @property
     def challenge(self) -> bytes:
@@ -83,57 +86,42 @@ class RelaySession:
         to be sent on it."""
         return self.card.challenge
 
-    async def request(self, frame: ClientFrame) -> RelayFrame:
-        """Send ``frame``; return the answer, or raise :class:`RelayRefused` for an error frame."""
-        answer = await _exchange(self._ws, frame, self.timeout)
+    async def request(self, frame: ClientFrame, *, timeout: float | None = None) -> RelayFrame:
+        """Send ``frame``; return the answer, or raise :class:`RelayRefused` for an error frame.
+
+        ``timeout``: this answer's bound, when it is not the session's (a decision waited for).
+        """
+        answer = await _exchange(self._ws, frame, self.timeout if timeout is None else timeout, self.where)
         if isinstance(answer, Error):
             raise RelayRefused(answer.reason, code=answer.code)
         return answer
 
     async def send(self, frame: ClientFrame) -> None:
         """Send one frame without waiting for an answer (on a subscribed feed)."""
-        try:
-            with trio.fail_after(self.timeout):
-                await self._ws.send_message(encode(frame))
-        except trio.TooSlowError:
-            raise RelayUnreachable(f"could not send within {self.timeout:g} s") from None
-        except ConnectionClosed as exc:
-            raise RelayUnreachable(f"the relay closed the connection ({_close_code(exc)})") from None
+        with translated(where=self.where, timeout=self.timeout), trio.fail_after(self.timeout):
+            await self._ws.send_message(encode(frame))
 
-    async def receive(self) -> RelayFrame:
-        """The next frame the relay sends (an answer or a push); the caller bounds the wait."""
-        try:
+    async def receive(self, *, timeout: float | None = None) -> RelayFrame:
+        """The next frame the relay sends (an answer or a push), within ``timeout`` seconds
+        if given (else the caller bounds the wait)."""
+        bound = math.inf if timeout is None else timeout
+        with translated(where=self.where, timeout=timeout), trio.fail_after(bound):
             data = await self._ws.get_message()
-        except ConnectionClosed as exc:
-            raise RelayUnreachable(f"the relay closed the connection ({_close_code(exc)})") from None
         return _decode(data)
-
-
-def _close_code(exc: ConnectionClosed) -> str:
-    return str(exc.reason.code) if exc.reason else "?"
 
 
 def _decode(data: bytes | str) -> RelayFrame:
     if isinstance(data, str):
         raise RelayProtocolError("the relay sent a text frame")
-    try:
+    with translated():
         return decode(data, RelayFrame, limit=MAX_ANSWER, what="relay frame")  # type: ignore[arg-type]
-    except ProtocolError as exc:
-        raise RelayProtocolError(exc.reason, code=exc.code.value) from None
 
 
-async def _exchange(ws: WebSocketConnection, frame: ClientFrame, timeout: float) -> RelayFrame:
-    try:
+async def _exchange(ws: WebSocketConnection, frame: ClientFrame, timeout: float, where: str) -> RelayFrame:
+    with waiting(f"an answer from {where}"), translated(where=where, timeout=timeout):
         with trio.fail_after(timeout):
             await ws.send_message(encode(frame))
             data = await ws.get_message()
-    except trio.TooSlowError:
-        raise RelayUnreachable(f"no answer within {timeout:g} s") from None
-    except ConnectionClosed as exc:
-        reason = exc.reason
-        raise RelayUnreachable(
-            f"the relay closed the connection ({reason.code if reason else '?'})"
-        ) from None
     return _decode(data)
 
 
@@ -159,87 +147,154 @@ async def open_session(
     certificate it does not trust makes the relay unreachable (:class:`RelayUnreachable`).
     """
     nonce = secrets.token_bytes(32)
-    connected = False
-    websocket: AbstractAsyncContextManager[WebSocketConnection]
+    where = f"the relay at {address.base}"
     secure = address.websocket_url.startswith("wss:")
-    local = _local_address.get()
-    if secure or local is not None:
-        context = (ssl_context or default_tls()) if secure else None
-        websocket = _own_websocket(address, context, local, timeout)
-    else:
-        websocket = open_websocket_url(
-            address.websocket_url,
-            max_message_size=MAX_ANSWER,
-            connect_timeout=timeout,
-            disconnect_timeout=DISCONNECT_TIMEOUT,
-        )
-    try:
-        async with websocket as ws:
-            connected = True
-            answer = await _exchange(ws, Hello(version=PROTOCOL_VERSION, nonce=nonce), timeout)
-            if isinstance(answer, Error):
-                raise RelayRefused(answer.reason, code=answer.code)
-            if not isinstance(answer, Welcome):
-                raise RelayProtocolError(f"expected welcome, got {type(answer).__name__}")
-            try:
-                card = verify_welcome(answer, fingerprint=address.fingerprint, nonce=nonce)
-            except ProtocolError as exc:
-                raise RelayIdentityError(exc.reason, code=exc.code.value) from None
-            yield RelaySession(ws, card, timeout)
-    except (OSError, HandshakeError, trio.TooSlowError) as exc:
-        if connected:
-            raise
-        reason = str(exc) or f"no connection within {timeout:g} s ({type(exc).__name__})"
-        raise RelayUnreachable(f"cannot reach {address.base}: {reason}") from None
+    context = (ssl_context or default_tls()) if secure else None
+    async with _websocket(address, context, _local_address.get(), timeout, where) as ws:
+        answer = await _exchange(ws, Hello(version=PROTOCOL_VERSION, nonce=nonce), timeout, where)
+        if isinstance(answer, Error):
+            raise RelayRefused(answer.reason, code=answer.code)
+        if not isinstance(answer, Welcome):
+            raise RelayProtocolError(f"expected welcome, got {type(answer).__name__}")
+        try:
+            card = verify_welcome(answer, fingerprint=address.fingerprint, nonce=nonce)
+        except ProtocolError as exc:
+            raise RelayIdentityError(
+                f"{where} does not hold the key the address names ({exc.reason}): check the address",
+                code=exc.code.value,
+            ) from None
+        yield RelaySession(ws, card, timeout, where)
 
 
 @asynccontextmanager
-async def _own_websocket(
-    address: RelayAddress, context: ssl.SSLContext | None, local: str | None, timeout: float
+async def _websocket(
+    address: RelayAddress, context: ssl.SSLContext | None, local: str | None, timeout: float, where: str
 ) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket on a TCP connection (and, with ``context``, a TLS handshake) made here.
+    """A WebSocket on a TCP connection (and, with ``context``, a TLS handshake) made here,
+    every step bounded by ``timeout``.
 
-    Why not ``open_websocket_url``: it cannot pick the local address (``local``: another
-    host, in tests), and it starts TLS inside its WebSocket handshake, where a failed TLS
-    handshake (a certificate the client does not trust) shows only as a connect time-out
-    with no reason (python-trio/trio-websocket#199).  Here it fails at once, saying why.
+    Why not ``open_websocket_url``: its ``connect_timeout`` does not end the wait for a peer
+    that accepts the connection and never answers (its reader task keeps the nursery open),
+    it cannot pick the local address (``local``: another host, in tests), and it starts TLS
+    inside its WebSocket handshake, where a failed TLS handshake (a certificate the client
+    does not trust) shows only as a connect time-out with no reason
+    (python-trio/trio-websocket#199).  Here each fails at once, saying why.
     """
     parts = urlsplit(address.websocket_url)
     host, port = parts.hostname or "", parts.port or (443 if context is not None else 80)
-    try:
+    with waiting(f"a connection to {where}"), translated(where=where, timeout=timeout):
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port, local_address=local)
-    except (OSError, trio.TooSlowError) as exc:
-        raise RelayUnreachable(f"cannot reach {address.base}: {exc or 'time-out'}") from None
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
-    if context is not None:
-        stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
-        try:
-            with trio.fail_after(timeout):
-                await stream.do_handshake()
-        except trio.BrokenResourceError as exc:
-            await trio.aclose_forcefully(tcp)
-            raise RelayUnreachable(f"no TLS with {address.base}: {exc.__cause__ or exc}") from None
-        except BaseException:
-            await trio.aclose_forcefully(tcp)
-            raise
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+        if context is not None:
+            stream = trio.SSLStream(tcp, context, server_hostname=host, https_compatible=True)
+            try:
+                with trio.fail_after(timeout):
+                    await stream.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(tcp)
+                raise
+    watched = _Watched(stream)
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(timeout):
-                ws = await wrap_client_stream(
-                    nursery, stream, parts.netloc, parts.path or "/", max_message_size=MAX_ANSWER
-                )
+            with waiting(f"a WebSocket handshake with {where}"), translated(where=where, timeout=timeout):
+                with trio.fail_after(timeout):
+                    ws = await _handshake(nursery, watched, parts.netloc, parts.path or "/", where)
             try:
                 yield ws
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT):
-                    await ws.aclose()
+            except (RelayUnreachable, trio.Cancelled):
+                # A silent or broken peer, or a cancellation (Ctrl-C): no closing handshake
+                # that would wait for it; the stream is closed below.
                 nursery.cancel_scope.cancel()
+                raise
+            except BaseException:
+                await _close(ws)  # the peer answered (a refusal, say): it is told goodbye
+                nursery.cancel_scope.cancel()
+                raise
+            await _close(ws)
+            nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # One failure (the caller's, or the connection's) comes out as itself, as from
-        # open_websocket_url: callers catch RelayRefused, ConnectionClosed and the like.
+        # One failure (the caller's, or the connection's: a refused handshake, a peer that
+        # breaks the protocol, raised in trio-websocket's reader task) comes out as itself,
+        # translated: callers catch RelayRefused and the like, never a group.
         if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+            [exc] = group.exceptions
+            error = translate(exc, where=where, timeout=timeout) if isinstance(exc, Exception) else None
+            raise (error or exc) from None
         raise
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _handshake(
+    nursery: trio.Nursery, stream: _Watched, host: str, resource: str, where: str
+) -> WebSocketConnection:
+    """The WebSocket opening handshake on ``stream``; its reader task runs in ``nursery``.
+
+    trio-websocket's own wait for the handshake does not end when the peer closes the
+    connection before answering it (the reader task only marks the connection closed), so
+    the end of the stream is watched as well: such a peer fails at once, not at the time-out.
+    """
+    opened: list[WebSocketConnection] = []
+    async with trio.open_nursery() as race:
+
+        async def upgrade() -> None:
+            # Any trio Stream works; the annotation names only the two it was written for.
+            ws = await wrap_client_stream(
+                nursery,
+                stream,  # type: ignore[arg-type]
+                host,
+                resource,
+                max_message_size=MAX_ANSWER,
+            )
+            opened.append(ws)
+            race.cancel_scope.cancel()
+
+        async def ended() -> None:
+            await stream.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(upgrade)
+        race.start_soon(ended)
+    if not opened:
+        raise RelayUnreachable(
+            f"{where} closed the connection during the WebSocket handshake (is that a chat-relay?)"
+        )
+    return opened[0]
+
+
+class _Watched(trio.abc.Stream):
+    """A stream that tells (:attr:`ended`) when the peer closed or broke it."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.ended = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+        if not data:
+            self.ended.set()
+        return bytes(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.inner.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def _close(ws: WebSocketConnection) -> None:
+    """The WebSocket closing handshake, bounded: a peer that does not answer it is left."""
+    with trio.move_on_after(DISCONNECT_TIMEOUT):
+        await ws.aclose()

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import trio
 
 from relay.client.connection import RelaySession, open_session
-from relay.client.errors import RelayError, RelayProtocolError
+from relay.client.errors import RelayError, RelayProtocolError, translated
 from relay.client.member import MemberState
+from relay.client.progress import waiting
 from relay.protocol import crypto
 from relay.protocol.addresses import RelayAddress, parse_address
 from relay.protocol.direct import make_direct_invitation
@@ -47,10 +48,8 @@ async def invite(
     state: MemberState, member: str, *, contact: str, note: str = "", timeout: float = 15.0
 ) -> dict[str, Any]:
     """Send ``member`` (its member key, b64) a sealed invitation through the first relay that takes it."""
-    try:
+    with translated(from_relay=False):
         to = b64d(member, length=32, what="member id")
-    except ProtocolError as exc:
-        raise RelayError(exc.reason, code=exc.code.value) from None
     errors: list[RelayError] = []
     for entry in state.relays:
         if entry.status != "admitted":
@@ -58,12 +57,11 @@ async def invite(
         try:
             address = parse_address(entry.address)
             async with open_session(address, timeout=timeout) as session:
-                status = await _invite_through(session, state, address, to, contact, note)
+                with translated(where=session.where):
+                    status = await _invite_through(session, state, address, to, contact, note)
             return {"relay": entry.address, "delivery": status}
         except RelayError as exc:
             errors.append(exc)
-        except ProtocolError as exc:
-            errors.append(RelayProtocolError(exc.reason, code=exc.code.value))
     if errors:
         raise errors[0]
     raise RelayError("no relay has admitted this member yet", code="not_a_member")
@@ -125,9 +123,10 @@ def _seal_key(card: MemberCard, to: bytes, channel: bytes) -> bytes:
 
 async def _answer(session: RelaySession, kind: type[T]) -> T:
     """The answer of ``kind``, skipping the feed's pushes; an ``error`` frame is raised."""
-    with trio.fail_after(session.timeout):
+    deadline = trio.current_time() + session.timeout
+    with waiting(f"an answer from {session.where}"):
         while True:
-            frame: RelayFrame = await session.receive()
+            frame: RelayFrame = await session.receive(timeout=max(0.0, deadline - trio.current_time()))
             if isinstance(frame, kind):
                 return frame
             if isinstance(frame, Error):

@@ -18,15 +18,17 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.client.connection import RelaySession, open_session
-from relay.client.errors import RelayError, RelayProtocolError, RelayRefused
-from relay.client.statefile import create_private, load_state, save_private
+from relay.client.errors import RelayError, RelayProtocolError, translated
+from relay.client.statefile import convert, create_private, load_state, save_private
 from relay.protocol import crypto
 from relay.protocol.addresses import ChannelLink, RelayAddress, parse_address
-from relay.protocol.encoding import b64d, b64e, encode
+from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ProtocolError
+from relay.protocol.events import MAX_EVENT_BODY
 from relay.protocol.invitation import (
     ACTION_READ_LOG,
     SEAL_PURPOSE,
@@ -47,6 +49,7 @@ from relay.protocol.messages import (
     ProfileUpdate,
     Signed,
 )
+from relay.protocol.profile import verify_owner_chain
 from relay.protocol.state import OWNERS_CLOSED
 
 
@@ -162,19 +165,46 @@ class OwnerState:
     @classmethod
     def load(cls, path: Path) -> OwnerState:
         raw = load_state(path, "owner", "relay owner create")
-        if raw.get("kind") == "owner-key":
+        kind = raw.get("kind")
+        if kind == "owner-key":
             raise RelayError(
-                f"{path} holds only a new owner key; run 'relay owner adopt' with the share file"
+                f"{path} holds only a new owner key; run 'relay owner adopt' with the share file",
+                code="wrong_file",
             )
-        if raw.get("kind") == "owner-root":
-            raise RelayError(f"{path} holds a channel's root key, not an owner state; give the owner file")
+        if kind == "owner-root":
+            raise RelayError(
+                f"{path} holds a channel's root key, not an owner state; give the owner file",
+                code="wrong_file",
+            )
+        if "member_secret" in raw:
+            raise RelayError(
+                f"{path} is a member's state file ('relay member ...'), not an owner's; give the owner file",
+                code="wrong_file",
+            )
+        if "owner_secret" not in raw and "certs" in raw:
+            raise RelayError(
+                f"{path} is a share file, not an owner state; a new owner takes it with "
+                "'relay owner adopt --state KEY_FILE SHARE'",
+                code="wrong_file",
+            )
         if not (raw.get("root_public") or raw.get("root_secret")):
-            raise RelayError(f"{path} is not an owner state file: it names no root key")
-        raw["relays"] = [RelayEntry(**r) for r in raw.get("relays", [])]
-        return cls(**raw)
+            raise RelayError(f"{path} is not an owner state file: it names no root key", code="bad_file")
+        state = convert(raw, cls, path, "owner")
+        try:  # every key, cert, address and event the commands will use, checked once here
+            verify_owner_chain(state.channel, state.root_public_key, state.owner_certs())
+            crypto.public_bytes(state.owner_key)
+            local_events(state)
+            for entry in state.relays:
+                parse_address(entry.contact)
+                if entry.group_address is not None:
+                    parse_address(entry.group_address)
+        except (ProtocolError, ValueError, TypeError, KeyError) as exc:
+            reason = exc.reason if isinstance(exc, ProtocolError) else str(exc) or type(exc).__name__
+            raise RelayError(f"{path} is not a valid owner state file ({reason})", code="bad_file") from None
+        return state
 
     def save(self, path: Path) -> None:
-        """Write atomically with mode 0600: the file holds the owner key."""
+        """Write atomically, mode 0600 (or the mode the file had): it holds the owner key."""
         save_private(path, asdict(self))
 
     def create(self, path: Path) -> None:
@@ -185,8 +215,11 @@ class OwnerState:
             raise RelayError(
                 f"{path} already exists; it may hold another channel's secrets", code="exists"
             ) from None
-        except OSError as exc:
-            raise RelayError(f"cannot write {path}: {exc.strerror}", code="cannot_write") from None
+
+
+def local_events(state: OwnerState) -> list[Signed]:
+    """The signed events of the owner's local history (see relay.client.posting)."""
+    return [decode(b64d(raw), Signed, limit=2 * MAX_EVENT_BODY, what="history") for raw in state.history]
 
 
 def signed_to_json(signed: Signed) -> dict[str, str]:
@@ -240,36 +273,38 @@ async def add_relay(state: OwnerState, path: Path, contact: str, *, timeout: flo
 
     A relay the owners removed (or let lapse before activation) is invited again through a new
     service group, and grants a new address; any other refusal is the relay's remembered answer.
+    The state file is written only once an invitation is about to be sent (a retry after that
+    must ask for the same service group), and again with the answer; a relay that cannot be
+    reached or does not prove its key leaves it as it was.
     """
     address = parse_address_or_raise(contact)
     if address.address_id is not None:
-        raise RelayError("that is a group address; add-relay needs a relay's contact address (/r)")
+        raise RelayError(
+            "that is a group address; add-relay needs a relay's contact address (/r#...)", code="bad_type"
+        )
     entry = state.relay(contact)
     if entry is None or not entry.listed:
-        entry = _fresh_entry(state, path, contact, replacing=entry)
+        entry = _fresh_entry(state, contact, replacing=entry)
     entry.contact = contact
-    result = await _invite(state, entry, address, timeout)
+    result = await _invite(state, path, entry, address, timeout)
     if result.status == "refused" and result.code in OWNERS_CLOSED:
-        entry = _fresh_entry(state, path, contact, replacing=entry)
-        result = await _invite(state, entry, address, timeout)
+        entry = _fresh_entry(state, contact, replacing=entry)
+        result = await _invite(state, path, entry, address, timeout)
     state.save(path)
     return result
 
 
-def _fresh_entry(
-    state: OwnerState, path: Path, contact: str, *, replacing: RelayEntry | None = None
-) -> RelayEntry:
-    """A new service group for this relay, saved before anything is sent: a retry must reuse it."""
+def _fresh_entry(state: OwnerState, contact: str, *, replacing: RelayEntry | None = None) -> RelayEntry:
+    """A new service group for this relay (saved by :func:`_invite` before it is sent)."""
     if replacing is not None:
         state.relays.remove(replacing)
     entry = RelayEntry(contact=contact, service_group=b64e(secrets.token_bytes(16)))
     state.relays.append(entry)
-    state.save(path)
     return entry
 
 
 async def _invite(
-    state: OwnerState, entry: RelayEntry, address: RelayAddress, timeout: float
+    state: OwnerState, path: Path, entry: RelayEntry, address: RelayAddress, timeout: float
 ) -> AddRelayResult:
     """One invitation on a fresh connection; records the answer in ``entry``."""
     async with open_session(address, timeout=timeout) as session:
@@ -289,6 +324,7 @@ async def _invite(
             plaintext,
             crypto.seal_info(SEAL_PURPOSE, address.fingerprint),
         )
+        state.save(path)  # the service group is on disk before the relay may know it: a retry reuses it
         answer = await session.request(Invite(suite=suite, sealed=sealed))
     if not isinstance(answer, InviteResult):
         raise RelayProtocolError(f"expected invite_result, got {type(answer).__name__}")
@@ -318,10 +354,8 @@ async def _invite(
 
 
 def parse_address_or_raise(text: str) -> RelayAddress:
-    try:
+    with translated(from_relay=False):
         return parse_address(text)
-    except ProtocolError as exc:
-        raise RelayError(exc.reason, code=exc.code.value) from None
 
 
 @dataclass(frozen=True)
@@ -335,17 +369,29 @@ async def publish(
     state: OwnerState, path: Path, *, timeout: float = 15.0, also_notify: RelayEntry | None = None
 ) -> PublishResult:
     """Sign a new profile version that lists every granted address, and notify each relay
-    (and ``also_notify``, a relay just removed, so that it stops serving the channel)."""
+    (and ``also_notify``, a relay just removed, so that it stops serving the channel), all at once.
+
+    The new version is written to the state file before the first relay may see it (versions
+    only grow, even if a notification fails), and not at all if no relay can be reached.
+    """
     state.profile_version += 1
-    state.save(path)  # versions only grow, even if a notification fails below
     signed = state.profile()
-    outcomes: list[dict[str, object]] = []
-    for entry in state.relays:
-        if entry.group_address is None or not (entry.listed or entry is also_notify):
-            continue
-        outcome: dict[str, object] = {"relay": entry.contact, "group_address": entry.group_address}
+    targets = [
+        entry
+        for entry in state.relays
+        if entry.group_address is not None and (entry.listed or entry is also_notify)
+    ]
+    outcomes: list[dict[str, object]] = [
+        {"relay": entry.contact, "group_address": entry.group_address} for entry in targets
+    ]
+    saved: list[bool] = []
+
+    async def notify(entry: RelayEntry, outcome: dict[str, object]) -> None:
         try:
-            async with open_session(parse_address(entry.group_address), timeout=timeout) as session:
+            async with open_session(parse_address(str(entry.group_address)), timeout=timeout) as session:
+                if not saved:
+                    state.save(path)
+                    saved.append(True)
                 answer = await session.request(ProfileUpdate(profile=signed))
             if not isinstance(answer, ProfileResult):
                 raise RelayProtocolError(f"expected profile_result, got {type(answer).__name__}")
@@ -353,8 +399,14 @@ async def publish(
             entry.status = answer.state
         except RelayError as exc:
             outcome.update(status="error", code=exc.code, reason=exc.reason)
-        outcomes.append(outcome)
-    state.save(path)
+
+    async with trio.open_nursery() as nursery:
+        for entry, outcome in zip(targets, outcomes, strict=True):
+            nursery.start_soon(notify, entry, outcome)
+    if saved or not targets:
+        state.save(path)
+    else:
+        state.profile_version -= 1  # no relay saw it: the file is as it was, and so is this state
     return PublishResult(version=state.profile_version, link=str(state.link()), relays=outcomes)
 
 
@@ -400,13 +452,12 @@ def _owner_request(
 
 
 async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str, object]]:
-    """The service-group log of every relay, as each relay keeps it."""
-    out: list[dict[str, object]] = []
-    for entry in state.relays:
-        address = parse_address(entry.contact)
-        item: dict[str, object] = {"relay": entry.contact}
+    """The service-group log of every relay, as each relay keeps it (asked all at once)."""
+    out: list[dict[str, object]] = [{"relay": entry.contact} for entry in state.relays]
+
+    async def ask(entry: RelayEntry, item: dict[str, object]) -> None:
         try:
-            async with open_session(address, timeout=timeout) as session:
+            async with open_session(parse_address(entry.contact), timeout=timeout) as session:
                 request = _owner_request(state, entry, session, ACTION_READ_LOG)
                 answer = await session.request(LogRequest(request=request))
             if not isinstance(answer, LogResult):
@@ -417,9 +468,12 @@ async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str
                     {"seq": e.seq, "at": e.at, "event": e.event, "detail": e.detail} for e in answer.entries
                 ],
             )
-        except RelayRefused as exc:
+        except RelayError as exc:
             item.update(error=exc.code, reason=exc.reason)
-        out.append(item)
+
+    async with trio.open_nursery() as nursery:
+        for entry, item in zip(state.relays, out, strict=True):
+            nursery.start_soon(ask, entry, item)
     return out
 
 
@@ -452,39 +506,38 @@ async def owner_command(
 
     ``member`` is the member id as the pending list shows it (the member key, base64url).
     """
-    try:
+    with translated(from_relay=False):
         subject = b64d(member, length=32, what="member id") if member else b""
-    except ProtocolError as exc:
-        raise RelayError(exc.reason, code=exc.code.value) from None
-    views: list[AdmissionView] = []
-    for entry in state.relays:
-        if not entry.listed or entry.group_address is None:
-            continue
-        address = parse_address(entry.contact)
+    targets = [entry for entry in state.relays if entry.listed and entry.group_address is not None]
+    views: list[AdmissionView] = [AdmissionView(relay=entry.contact) for entry in targets]
+
+    async def command(i: int, entry: RelayEntry) -> None:
         try:
-            async with open_session(address, timeout=timeout) as session:
+            async with open_session(parse_address(entry.contact), timeout=timeout) as session:
                 request = _owner_request(state, entry, session, action, subject=subject, note=note)
                 answer = await session.request(OwnerCommand(request=request))
             if not isinstance(answer, OwnerCommandResult):
                 raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
-            views.append(
-                AdmissionView(
-                    relay=entry.contact,
-                    state=answer.state,
-                    admission=answer.admission,
-                    members=answer.members,
-                    pending=[
-                        {
-                            "member": b64e(p.member),
-                            "name": p.name,
-                            "about": p.about,
-                            "received_at": p.received_at,
-                        }
-                        for p in answer.pending
-                    ],
-                    detail=answer.detail,
-                )
+            views[i] = AdmissionView(
+                relay=entry.contact,
+                state=answer.state,
+                admission=answer.admission,
+                members=answer.members,
+                pending=[
+                    {
+                        "member": b64e(p.member),
+                        "name": p.name,
+                        "about": p.about,
+                        "received_at": p.received_at,
+                    }
+                    for p in answer.pending
+                ],
+                detail=answer.detail,
             )
         except RelayError as exc:
-            views.append(AdmissionView(relay=entry.contact, error=exc.code, reason=exc.reason))
+            views[i] = AdmissionView(relay=entry.contact, error=exc.code, reason=exc.reason)
+
+    async with trio.open_nursery() as nursery:
+        for i, entry in enumerate(targets):
+            nursery.start_soon(command, i, entry)
     return views

@@ -117,9 +117,9 @@ def register(pairs: Iterable[tuple[bytes, bytes]]) -> None:
             }
             try:
                 save_private(path, data)
-            except OSError as exc:
+            except RelayError as exc:
                 raise RelayError(
-                    f"cannot write the owner key registry {path}: {exc.strerror}", code="bad_registry"
+                    f"{exc.reason} (the owner key registry; set {ENV} to use another)", code="bad_registry"
                 ) from None
     finally:
         os.close(lock_fd)

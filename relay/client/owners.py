@@ -30,7 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.client import ownerkeys
-from relay.client.errors import RelayError
+from relay.client.errors import RelayError, translated
 from relay.client.owner import (
     OwnerState,
     PublishResult,
@@ -40,7 +40,7 @@ from relay.client.owner import (
     signed_to_json,
 )
 from relay.client.rootkey import load_root
-from relay.client.statefile import create_private, load_state, save_private
+from relay.client.statefile import create_private, load_state, read_json, save_private
 from relay.protocol import crypto
 from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ProtocolError
@@ -60,8 +60,6 @@ def new_key(path: Path) -> str:
         raise RelayError(
             f"{path} already exists; it may hold another owner's secrets", code="exists"
         ) from None
-    except OSError as exc:
-        raise RelayError(f"cannot write {path}: {exc.strerror}", code="cannot_write") from None
     return b64e(crypto.public_bytes(key))
 
 
@@ -70,10 +68,8 @@ def _owner_key_of(cert: Signed) -> bytes:
 
 
 def _key(text: str) -> bytes:
-    try:
+    with translated(from_relay=False):
         return b64d(text, length=32, what="owner key")
-    except ProtocolError as exc:
-        raise RelayError(exc.reason, code=exc.code.value) from None
 
 
 def _cert(signer: ed25519.Ed25519PrivateKey, channel: bytes, owner_key: bytes) -> Signed:
@@ -180,10 +176,8 @@ def _root_for_removal(state: OwnerState, root: Path | None) -> ed25519.Ed25519Pr
 
 
 def _set_certs(state: OwnerState, certs: list[Signed]) -> None:
-    try:
+    with translated(from_relay=False):
         owners = verify_owner_chain(state.channel, state.root_public_key, certs)
-    except ProtocolError as exc:
-        raise RelayError(exc.reason, code=exc.code.value) from None
     mine = crypto.public_bytes(state.owner_key)
     if mine not in owners:
         raise RelayError("the new owner list would not include this file's own key", code="own_key")
@@ -250,12 +244,18 @@ def adopt(path: Path, share_path: Path) -> OwnerState:
         )
     except (ValueError, KeyError, TypeError, ProtocolError):
         raise RelayError(f"{path} holds no valid owner key", code="not_a_key_file") from None
+    share = read_json(share_path, what="share file", missing="'relay owner add-owner --share FILE' writes it")
     try:
-        share = json.loads(share_path.read_text())
         certs = [signed_from_json(c) for c in share["certs"]]
         root_public = b64d(share["root_public"], length=32, what="root key")
-    except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
-        raise RelayError(f"{share_path} is not a share file: {exc}", code="bad_share") from None
+    except (ValueError, KeyError, TypeError, ProtocolError) as exc:
+        if isinstance(exc, ProtocolError):
+            why = exc.reason
+        elif isinstance(exc, KeyError):
+            why = f"it has no {exc.args[0]!r}"
+        else:
+            why = str(exc) or type(exc).__name__
+        raise RelayError(f"{share_path} is not a share file ({why})", code="bad_share") from None
     channel = crypto.channel_id(root_public)
     try:
         verify_owner_chain(channel, root_public, certs)

@@ -6,7 +6,10 @@ verified against the relay's pinned key, and its event against the channel's
 owners; the newest such event (or the owner's own newest, if newer) is the one the
 new event chains onto, so two owners posting from two machines follow each other.
 The event is signed once, saved in the owner's bounded local history *before*
-anything is sent, and the same signed bytes go to every relay, concurrently.
+anything is sent, and the same signed bytes go to every relay, concurrently.  If no
+relay can be reached nothing is signed or saved; if every relay that was sent the
+event refused it (a suspended group, say), it leaves the history again, so that no
+later post delivers it as a repair.
 
 A relay that answers ``event_gap`` missed earlier events (it was down, or a post
 failed half-way): it is sent the events after its head from the local history,
@@ -23,7 +26,7 @@ from pathlib import Path
 import trio
 
 from relay.client.connection import RelaySession, open_session
-from relay.client.errors import RelayError, RelayProtocolError, RelayRefused
+from relay.client.errors import RelayError, RelayProtocolError, RelayRefused, translated
 from relay.client.owner import OwnerState, RelayEntry
 from relay.protocol import crypto
 from relay.protocol.addresses import parse_address
@@ -58,9 +61,10 @@ class RelayPost:
 
 @dataclass
 class PostOutcome:
-    seq: int
+    seq: int  # 0 when nothing was sent
     id: str  # b64
     relays: list[RelayPost] = field(default_factory=list)
+    sent: bool = True  # False: no relay could be reached, nothing was signed or saved
 
 
 @dataclass
@@ -69,6 +73,9 @@ class _Head:
     seq: int = 0
     event: VerifiedEvent | None = None
     error: RelayError | None = None
+    connected: bool = False  # a session with the relay was open
+    sent: bool = False  # the new event went out to it
+    refused: bool = False  # and it answered with a refusal: it did not store it
 
 
 def local_history(state: OwnerState) -> list[VerifiedEvent]:
@@ -120,7 +127,10 @@ async def post(
             )
         for _ in heads:
             await reported.receive()
+        if not any(head.connected for head in heads):
+            return PostOutcome(seq=0, id="", relays=results, sent=False)
         base = _newest(state, heads)
+        before = list(state.history)
         signed = make_event(
             state.owner_key,
             channel=state.channel,
@@ -134,6 +144,9 @@ async def post(
         state.save(path)  # kept before any relay sees it: a relay that misses it is repaired later
         signed_box.append(event)
         ready.set()
+    if all(head.refused or not head.sent for head in heads):
+        state.history = before  # no relay stored it: a later repair must not deliver it
+        state.save(path)
     return PostOutcome(seq=event.seq, id=b64e(event.id), relays=results)
 
 
@@ -152,18 +165,24 @@ async def _relay_post(
     try:
         address = parse_address(str(head.entry.group_address))
         async with open_session(address, timeout=timeout) as session:
+            head.connected = True
             await _fetch_head(session, head, state, owners)
             reported.send_nowait(None)
             told = True
             await ready.wait()
             event = signed_box[0]
+            head.sent = True
             try:
-                answer = await _post(session, event.signed)
-            except RelayRefused as exc:
-                if exc.code != ErrorCode.EVENT_GAP:
-                    raise
-                result.repaired = await _repair(session, state, event)
-                answer = await _post(session, event.signed)
+                try:
+                    answer = await _post(session, event.signed)
+                except RelayRefused as exc:
+                    if exc.code != ErrorCode.EVENT_GAP:
+                        raise
+                    result.repaired = await _repair(session, state, event)
+                    answer = await _post(session, event.signed)
+            except RelayRefused:
+                head.refused = True
+                raise
         result.status = answer.status
     except RelayError as exc:
         result.code, result.reason = exc.code, exc.reason
@@ -240,10 +259,8 @@ async def _repair(session: RelaySession, state: OwnerState, event: VerifiedEvent
     answer = await session.request(HeadRequest())
     if not isinstance(answer, HeadAnswer):
         raise RelayProtocolError(f"expected head, got {type(answer).__name__}")
-    try:
+    with translated():
         at = verify_head(answer.head, relay_key=session.card.relay_key, channel=state.channel).head.seq
-    except ProtocolError as exc:
-        raise RelayProtocolError(exc.reason, code=exc.code.value) from None
     missing = [e for e in local_history(state) if at < e.seq < event.seq]
     if not missing or missing[0].seq != at + 1:
         first = missing[0].seq if missing else event.seq

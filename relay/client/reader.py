@@ -11,8 +11,9 @@ cannot tailor to this member), so a fork shown only to this member shows.
 
 Items come out of the receive channel :func:`read` yields: accepted events (each
 once, in order), findings, relays that could not be read, profiles adopted, and
-direct invitations received.  The last event shown is saved in the member state
-file, so the next read starts after it.  Nothing here trusts a relay: the
+direct invitations received.  The last event shown (handed to the caller, not
+merely verified and queued) is saved in the member state file, so the next read
+starts after it.  Nothing here trusts a relay: the
 follower decides.
 """
 
@@ -30,6 +31,7 @@ import trio
 from relay.client.connection import RelaySession, open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayUnreachable
 from relay.client.member import MemberState
+from relay.client.progress import waiting
 from relay.protocol import crypto
 from relay.protocol.addresses import RelayAddress, parse_address
 from relay.protocol.direct import open_direct_invitation
@@ -99,18 +101,45 @@ class _Read:
 
     async def emit(self, outputs: list[Output]) -> None:
         for item in outputs:
-            if isinstance(item, Accepted):
-                self.state.last_seq, self.state.last_id = item.event.seq, b64e(item.event.id)
-                self.dirty = True
-            elif isinstance(item, ProfileAdopted):
+            if isinstance(item, ProfileAdopted):
                 self.state.keep_profile(item.profile)
                 self.dirty = True
             await self.send.send(item)
+
+    def shown(self, item: Accepted) -> None:
+        """``item`` reached the caller: the next read starts after it."""
+        self.state.last_seq, self.state.last_id = item.event.seq, b64e(item.event.id)
+        self.dirty = True
 
     def save(self) -> None:
         if self.dirty:
             self.state.save(self.path)
             self.dirty = False
+
+
+class Items:
+    """What :func:`read` yields: the items, in order, as an async iterator (``async for``).
+
+    An accepted event counts as shown when the caller takes it, not when it is verified and
+    queued (up to ``QUEUE`` items ahead): a caller that stops early (a closed pipe, Ctrl-C)
+    leaves the position after the last event it took.
+    """
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[ReadItem], run: _Read) -> None:
+        self._receive = receive
+        self._run = run
+
+    def __aiter__(self) -> Items:
+        return self
+
+    async def __anext__(self) -> ReadItem:
+        try:
+            item = await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        if isinstance(item, Accepted):
+            self._run.shown(item)
+        return item
 
 
 @asynccontextmanager
@@ -123,8 +152,8 @@ async def read(
     timeout: float = 15.0,
     idle: float = 2.0,
     behind_grace: float = 30.0,
-) -> AsyncIterator[trio.MemoryReceiveChannel[ReadItem]]:
-    """Read the channel from every relay; iterate the channel this yields.
+) -> AsyncIterator[Items]:
+    """Read the channel from every relay; iterate what this yields.
 
     ``since``: show the events after this sequence number (default: after the last one this
     member was shown; a new member gets each relay's latest history).  Without ``follow`` the
@@ -137,7 +166,7 @@ async def read(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_run, run)
             async with receive:
-                yield receive
+                yield Items(receive, run)
             nursery.cancel_scope.cancel()  # the caller stopped reading early
     finally:
         run.save()
@@ -287,8 +316,8 @@ async def _subscribe(
         action=ACTION_SUBSCRIBE,
     )
     await session.send(Subscribe(request=request, since=since))
-    with trio.fail_after(run.timeout):
-        first = await session.receive()
+    with waiting(f"the subscription at {session.where}"):
+        first = await session.receive(timeout=run.timeout)
     if isinstance(first, Error):
         raise RelayError(first.reason, code=first.code)
     if not isinstance(first, Subscribed):

@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from relay.client.errors import RelayError
+from relay.client.errors import RelayError, file_error
 from relay.client.owner import OwnerState
 from relay.client.statefile import create_private
 from relay.protocol import crypto
@@ -81,8 +81,6 @@ def save_new_channel(state: OwnerState, path: Path, root_path: Path) -> None:
         create_private(root_path, _root_file(root, state.name))
     except FileExistsError:
         raise RelayError(f"{root_path} already exists", code="exists") from None
-    except OSError as exc:
-        raise RelayError(f"cannot write {root_path}: {exc.strerror}", code="cannot_write") from None
     split = _without_root(state)
     try:
         split.create(path)
@@ -111,15 +109,13 @@ def export_root(state: OwnerState, path: Path, root_path: Path) -> None:
         raise RelayError(
             f"{root_path} already exists; choose another file with --root", code="exists"
         ) from None
-    except OSError as exc:
-        raise RelayError(f"cannot write {root_path}: {exc.strerror}", code="cannot_write") from None
     split = _without_root(state)
     try:
         split.save(path)
-    except OSError as exc:
+    except RelayError as exc:
         raise RelayError(
-            f"wrote {root_path}, but cannot rewrite {path} without the root key: {exc.strerror}",
-            code="cannot_write",
+            f"wrote {root_path}, but cannot rewrite the state without the root key: {exc.reason}",
+            code=exc.code,
         ) from None
     _forget_root(state, split)
 
@@ -138,10 +134,12 @@ def _forget_root(state: OwnerState, split: OwnerState) -> None:
 def load_root(path: Path, state: OwnerState) -> ed25519.Ed25519PrivateKey:
     """The root key in ``path``, checked to be the root of ``state``'s channel."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise RelayError(f"no root key file at {path}", code="no_root") from None
-    except (OSError, ValueError):
+    except OSError as exc:
+        raise file_error(exc, path, doing="read", what="root key file") from None
+    except ValueError:
         raise RelayError(f"{path} is not a root key file", code="bad_root") from None
     if not (isinstance(raw, dict) and raw.get("kind") == ROOT_KIND):
         raise RelayError(f"{path} is not a root key file", code="bad_root")

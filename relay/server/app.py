@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import structlog
 import trio
 
@@ -30,9 +31,11 @@ from relay.server.admin import AdminEndpoint
 from relay.server.admission import Admissions
 from relay.server.bounds import Bounds
 from relay.server.config import Config, split_host_port
+from relay.server.datadir import StartupError as StartupError
+from relay.server.datadir import explained, token_problem
 from relay.server.decisions import Decisions
 from relay.server.events import Channels
-from relay.server.identity import Identity, load_or_create
+from relay.server.identity import KEY_FILE, Identity, load_or_create
 from relay.server.metrics import Metrics
 from relay.server.notify import Notifier
 from relay.server.pending import InvitationBudgets
@@ -51,18 +54,29 @@ DB_FILE = "relay.db"
 RUN_FILE = "run.json"
 LOCK_FILE = "relay.lock"
 BACKUP_DIR = "backups"  # storage.backup_dir's default, below the data folder
+# The sections SIGHUP applies in place; a change anywhere else waits for a restart (it is read
+# into listeners, the database, the workers and the log set up at start).
+RELOADABLE = frozenset({"policy"})
 
 
-class StartupError(Exception):
-    """The relay cannot start (data folder in use, port taken); the message says why."""
+def changed_options(old: Config, new: Config) -> list[str]:
+    """``section.key`` of every option whose value differs, in the order of the structs."""
+    changed: list[str] = []
+    for section in Config.__struct_fields__:
+        before, after = getattr(old, section), getattr(new, section)
+        for key in type(before).__struct_fields__:
+            if getattr(before, key) != getattr(after, key):
+                changed.append(f"{section}.{key}")
+    return changed
 
 
 @contextlib.contextmanager
 def data_dir_lock(data_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the data folder: two daemons on one database would each
     believe their own answers, and their group addresses would diverge."""
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    with explained(data_dir / LOCK_FILE, data_dir):
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -136,7 +150,8 @@ class Relay:
     _admin: AdminEndpoint | None = None
 
     def __post_init__(self) -> None:
-        self.identity, created = load_or_create(self.data_dir)
+        with explained(self.data_dir / KEY_FILE, self.data_dir):
+            self.identity, created = load_or_create(self.data_dir)
         if created:
             log.info("identity.created", fingerprint=self.identity.fingerprint_text)
         self._policy = PolicyHolder(self.config.policy.to_policy())
@@ -152,14 +167,36 @@ class Relay:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self._stop.set()
 
-    def reload_policy(self, config: Config) -> None:
-        """Swap the profile policy in place (SIGHUP); connections are untouched."""
-        self._policy.policy = config.policy.to_policy()
-        self.budgets.configure(
-            per_minute=config.policy.invitations_per_ip_per_minute,
-            max_pending=config.policy.max_pending_groups_per_ip,
-        )
-        log.info("config.reloaded")
+    def reload_config(self, config: Config) -> None:
+        """SIGHUP: apply what can change in place ([policy]), say which other changes wait.
+
+        Compared with the configuration in force: ``config.reloaded`` names the options applied,
+        ``config.restart_needed`` the changed options that only a restart applies (the relay
+        goes on with the values it started with), ``config.unchanged`` says there was nothing
+        to do.  Connections are untouched.
+        """
+        changed = changed_options(self.config, config)
+        applied = [key for key in changed if key.partition(".")[0] in RELOADABLE]
+        waiting = [key for key in changed if key not in applied]
+        if applied:
+            self._policy.policy = config.policy.to_policy()
+            self.budgets.configure(
+                per_minute=config.policy.invitations_per_ip_per_minute,
+                max_pending=config.policy.max_pending_groups_per_ip,
+            )
+            self.config = msgspec.structs.replace(self.config, policy=config.policy)
+            log.info("config.reloaded", applied=applied)
+        if waiting:
+            log.warning(
+                "config.restart_needed",
+                options=waiting,
+                reason="SIGHUP applies [policy] only; restart the relay to apply these",
+            )
+        if not changed:
+            log.info("config.unchanged")
+
+    # relay/cli/serve.py calls it by this name (it once reloaded the policy alone).
+    reload_policy = reload_config
 
     def reload_admin_token(self) -> None:
         """Read ``DATA/admin.token`` again (SIGHUP), making a new one if it was deleted:
@@ -190,21 +227,26 @@ class Relay:
         memory.tune()
         server = self.config.server
         storage = self.config.storage
-        db = Database(
-            self.data_dir / DB_FILE,
-            synchronous=storage.synchronous,
-            max_pending=storage.max_pending_writes,
-            on_commit=self._observe_commit,
-        )
+        with explained(self.data_dir / DB_FILE, self.data_dir):
+            db = Database(
+                self.data_dir / DB_FILE,
+                synchronous=storage.synchronous,
+                max_pending=storage.max_pending_writes,
+                on_commit=self._observe_commit,
+            )
         self.metrics.set("relay_start_time_seconds", self.started)
         signals = GroupSignals()
         try:
             try:
-                token = self._admin_token()
+                with explained(self.data_dir / admintoken.TOKEN_FILE, self.data_dir):
+                    token = self._admin_token()
                 tls: ssl.SSLContext | None = (
                     server_context(server.tls_cert, server.tls_key) if server.tls else None
                 )
-            except (admintoken.TokenError, TlsError) as exc:
+            except admintoken.TokenError as exc:
+                token_path = self.data_dir / admintoken.TOKEN_FILE
+                raise StartupError(token_problem(exc, token_path, self.data_dir)) from None
+            except TlsError as exc:
                 raise StartupError(str(exc)) from None
             public_listeners = await _listen(server.listen)
             admin_listeners = await _listen(server.admin_listen)
@@ -315,7 +357,8 @@ class Relay:
                             listen=listen,
                             admin_listen=_host_port(admin_listeners[0]),
                         )
-                        self._write_run_file(self.ready)
+                        with explained(self.data_dir / RUN_FILE, self.data_dir):
+                            self._write_run_file(self.ready)
                         log.info(
                             "relay.ready",
                             address=self.ready.address,

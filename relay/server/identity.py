@@ -47,19 +47,22 @@ class Identity:
         return b64e(self.fingerprint)
 
 
+def load(data_dir: Path) -> Identity:
+    """The identity in ``data_dir``, which must exist (FileNotFoundError otherwise).  A damaged
+    file raises msgspec's or cryptography's errors (see relay.server.datadir)."""
+    keys = msgspec.msgpack.decode((data_dir / KEY_FILE).read_bytes(), type=_KeyFile)
+    return Identity(
+        ed25519.Ed25519PrivateKey.from_private_bytes(keys.ed25519),
+        crypto.SealKeys.from_secrets(keys.x25519, keys.mlkem768_seed),
+    )
+
+
 def load_or_create(data_dir: Path) -> tuple[Identity, bool]:
     """Load the identity from ``data_dir``, creating it on first use; returns (identity, created)."""
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / KEY_FILE
     if path.exists():
-        keys = msgspec.msgpack.decode(path.read_bytes(), type=_KeyFile)
-        return (
-            Identity(
-                ed25519.Ed25519PrivateKey.from_private_bytes(keys.ed25519),
-                crypto.SealKeys.from_secrets(keys.x25519, keys.mlkem768_seed),
-            ),
-            False,
-        )
+        return load(data_dir), False
     signing = ed25519.Ed25519PrivateKey.generate()
     seal_keys = crypto.SealKeys.generate()
     x_secret, seed = seal_keys.secrets()
