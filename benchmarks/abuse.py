@@ -19,7 +19,8 @@ before / at the peak during / at the end of the wait after (and the seconds it t
 back), the well-behaved p50/p99 idle against during (the ratio of the p99s), the failures,
 and whether the issue's aims were met: 0 failures, p99 under 3 times the idle p99, RSS back
 within 10 % within 30 s (and no breach: an answer that means the attack worked).  ``--json``
-writes every figure; the exit status is 1 if any well-behaved request failed.
+writes every figure; the exit status is 1 if any well-behaved request failed (or an attack
+could not run at all).
 
 Must not: change the relay's configuration beyond what the benchmark needs to run at all (it
 needs nothing: the relay runs without a configuration file), or tune an attack to hide a
