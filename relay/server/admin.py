@@ -42,6 +42,7 @@ from relay import __version__
 from relay.protocol.crypto import same_secret
 from relay.protocol.encoding import b64e
 from relay.protocol.errors import ProtocolError
+from relay.server.bounds import LogThrottle
 from relay.server.http import HttpRequest, HttpResponse, serve_http_connection
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
@@ -307,8 +308,7 @@ class AdminEndpoint:
         self.admin_hosts = frozenset(_canonical(h) for h in admin_hosts)
         self.open_connections = open_connections
         self.started = time.time() if started is None else started
-        self._logged: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        self._refusals_log = LogThrottle(REFUSAL_LOG_INTERVAL)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -383,13 +383,8 @@ class AdminEndpoint:
         """Count a refusal, and log it at most once per ``REFUSAL_LOG_INTERVAL`` per reason
         (a page retrying in a loop must not flood the log)."""
         self.metrics.inc("relay_admin_refused_total", reason=reason)
-        now = time.monotonic()
-        last = self._logged.get(reason)
-        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
-        else:
-            self._logged[reason] = now
-            hits = self._unlogged.pop(reason, 0) + 1
+        hits = self._refusals_log.due(reason)
+        if hits:
             log.warning("admin.refused", reason=reason, status=response.status, hits=hits)
         return response
 

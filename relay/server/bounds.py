@@ -25,6 +25,35 @@ log = structlog.get_logger("relay.bounds")
 LOG_INTERVAL = 10.0
 
 
+class LogThrottle:
+    """At most one log line per key every ``interval`` seconds, each saying how many
+    occurrences it stands for: what a client can make happen at will (a refusal, a bound
+    hit) is counted in full by its metric but must not become a flood in the log.
+
+    Keys must come from a small, fixed set (bound names, error codes, reasons): the table
+    is not bounded otherwise.
+    """
+
+    def __init__(
+        self, interval: float = LOG_INTERVAL, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def due(self, key: str, count: int = 1) -> int:
+        """0 if this occurrence is not logged; else how many the line stands for (this
+        ``count`` and those not logged since the last line)."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._unlogged[key] = self._unlogged.get(key, 0) + count
+            return 0
+        self._last[key] = now
+        return self._unlogged.pop(key, 0) + count
+
+
 class Bounds:
     """The relay's reporter of bounds hit (one per process, made at start-up)."""
 
@@ -32,10 +61,7 @@ class Bounds:
         self, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic, interval: float = LOG_INTERVAL
     ) -> None:
         self.metrics = metrics
-        self._clock = clock
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        self._throttle = LogThrottle(interval, clock=clock)
         self._lock = threading.Lock()
         self._deferred: list[tuple[str, float, int, dict[str, object]]] = []
 
@@ -61,11 +87,6 @@ class Bounds:
         On the trio thread only (see :meth:`hit_from_thread`).
         """
         self.metrics.inc("relay_bounds_hit_total", count, bound=bound)
-        now = self._clock()
-        last = self._last.get(bound)
-        if last is not None and now - last < self._interval:
-            self._unlogged[bound] = self._unlogged.get(bound, 0) + count
-            return
-        self._last[bound] = now
-        hits = self._unlogged.pop(bound, 0) + count
-        log.warning("bound.hit", bound=bound, limit=limit, hits=hits, **fields)
+        hits = self._throttle.due(bound, count)
+        if hits:
+            log.warning("bound.hit", bound=bound, limit=limit, hits=hits, **fields)

@@ -47,7 +47,7 @@ from relay.protocol.messages import (
 )
 from relay.protocol.state import GroupState
 from relay.server.admission import GroupBinding
-from relay.server.bounds import Bounds
+from relay.server.bounds import Bounds, LogThrottle
 from relay.server.config import EventsConfig
 from relay.server.fanout import FanOut, FanoutLimits, Feed, Page, event_message
 from relay.server.http import WebSocket, prepared_message
@@ -127,6 +127,7 @@ class Channels:
             self._read_page,
         )
         self._views: dict[int, GroupView] = {}
+        self._equivocations_log = LogThrottle()
         self._tags: dict[bytes, int] | None = None  # tag -> group id, built on first discover
         self._tags_dirty: set[int] = set()
         service.signals.profile_changed.connect(self.profile_changed)
@@ -238,7 +239,15 @@ class Channels:
     def _answer(self, view: GroupView, result: _Outcome) -> PostResult:
         if isinstance(result, _Equivocation):
             self.metrics.inc("relay_equivocations_total")
-            log.warning("event.equivocation", group=view.id, seq=result.seq, proof_kept=result.proof_kept)
+            hits = self._equivocations_log.due("equivocation")  # an owner can post them at will
+            if hits:
+                log.warning(
+                    "event.equivocation",
+                    group=view.id,
+                    seq=result.seq,
+                    proof_kept=result.proof_kept,
+                    hits=hits,
+                )
             raise RemoteProtocolError(
                 ErrorCode.EQUIVOCATION,
                 f"event {result.seq} already exists with different content; both are kept as proof",

@@ -60,7 +60,7 @@ from relay.protocol.messages import (
 )
 from relay.protocol.session import ConnectionRateLimited, Endpoint, Session
 from relay.server.admission import Admissions, GroupBinding
-from relay.server.bounds import Bounds
+from relay.server.bounds import Bounds, LogThrottle
 from relay.server.budgets import (
     BUFFERED_BYTES_PER_IP,
     CONNECTION_RATE_PER_IP,
@@ -95,6 +95,7 @@ log = structlog.get_logger("relay.public")
 
 SOFTWARE = f"chat-relay/{__version__}"
 MAX_ERRORS_PER_CONNECTION = 16
+REFUSAL_LOG_INTERVAL = 1.0  # seconds between two ``request.refused`` lines of one code
 # WebSocket close codes (RFC 6455 plus the private 4000-4999 range).
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
@@ -124,6 +125,7 @@ class PublicEndpoint:
         self.config = config
         self.metrics = metrics
         self.bounds = bounds if bounds is not None else Bounds(metrics)
+        self._refusals_log = LogThrottle(REFUSAL_LOG_INTERVAL)
         self.identity = service.identity
         self.log_client_ip = log_client_ip
         self.open_connections = 0
@@ -559,11 +561,16 @@ class PublicEndpoint:
             return
         if exc.code is ErrorCode.RATE_LIMITED:
             return  # a budget shared by connections: its bound reports it (relay.server.bounds)
+        # At most one line per code a second: a client can make refusals at will (the metric
+        # above counts every one).
+        hits = self._refusals_log.due(exc.code.value)
+        if not hits:
+            return
         # Literal event names, so that tests/test_logging.py can check the catalogue statically.
         if isinstance(exc, PolicyRefusal):
-            log.info("request.refused_by_policy", code=exc.code.value, reason=exc.reason)
+            log.info("request.refused_by_policy", code=exc.code.value, reason=exc.reason, hits=hits)
         else:
-            log.info("request.refused", code=exc.code.value, reason=exc.reason)
+            log.info("request.refused", code=exc.code.value, reason=exc.reason, hits=hits)
 
     async def _fail(self, ws: WebSocket, code: ErrorCode, reason: str, close_code: int) -> None:
         """Tell the peer why, then close only this connection."""
