@@ -11,6 +11,10 @@ per group.  A request whose processing fails is retried with exponential
 back-off and, after ``max_attempts``, dead-lettered for the operator.  Held
 and dead requests older than ``max_request_age`` are refused as expired.
 
+Time: the back-off deadlines are dates in the database (wall milliseconds, so they
+survive a restart) and the waits are on trio's clock; both come from the service's
+:class:`relay.server.clock.Clock`.
+
 Must not: decide anything itself (``relay.protocol.admission`` does), or hold
 a request in memory only: the database is the queue; memory only says where to
 look next.
@@ -21,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import sqlite3
-import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -77,6 +80,7 @@ class JoinWorker:
         self.metrics = metrics
         self.signals = signals
         self.decisions = decisions
+        self.clock = service.clock
         signals.requests_waiting.connect(self.mark)
         signals.state_changed.connect(lambda group_id, state: self.mark(group_id))
         self._ready: deque[int] = deque()
@@ -108,14 +112,15 @@ class JoinWorker:
             picks = [self._ready.popleft() for _ in range(min(GROUPS_PER_TURN, len(self._ready)))]
             if not picks:
                 self._wake = trio.Event()
-                wait = (self._later[0][0] - _now_ms()) / 1000 if self._later else 3600.0
+                wait = (self._later[0][0] - self.clock.now_ms()) / 1000 if self._later else 3600.0
                 with trio.move_on_after(max(wait, 0.0)):
                     await self._wake.wait()
                 continue
             self._queued.difference_update(picks)
-            now = self.service.now()
+            now_ms = self.clock.now_ms()
+            now = now_ms // 1000
             try:
-                turn = await self.db.transact(partial(self._turn, picks=picks, now=now, now_ms=_now_ms()))
+                turn = await self.db.transact(partial(self._turn, picks=picks, now=now, now_ms=now_ms))
             except (sqlite3.Error, StoreUnavailable) as exc:
                 # The whole transaction rolled back: nothing was decided, so nothing is lost.
                 failures += 1
@@ -130,7 +135,7 @@ class JoinWorker:
             self._after(turn)
 
     def _release_due(self) -> None:
-        now = _now_ms()
+        now = self.clock.now_ms()
         while self._later and self._later[0][0] <= now:
             _, group_id = heapq.heappop(self._later)
             self.mark(group_id)
@@ -231,7 +236,3 @@ class JoinWorker:
 
 def _one_more_member(rules: admission.GroupRules) -> admission.GroupRules:
     return replace(rules, members=rules.members + 1)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
