@@ -259,14 +259,17 @@ class AdminEndpoint:
                 local = None
 
             async def on_http(request: HttpRequest) -> HttpResponse:
-                return await self._http(request, local)
+                return await self.respond(request, local)
 
             await serve_http_connection(stream, on_http=on_http, head_timeout=self.head_timeout)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _http(self, request: HttpRequest, local: str | None = None) -> HttpResponse:
+    async def respond(self, request: HttpRequest, local: str | None = None) -> HttpResponse:
+        """The answer to one parsed request that reached the operator port at ``local`` (the
+        address it was sent to, for the Host check).  :meth:`handle` reads requests off a
+        connection and sends these back; in-process tests ask here directly."""
         path, _, query = request.target.partition("?")
         method = request.method
         refused = self._screen(request, path, local)
