@@ -443,6 +443,7 @@ class AdminEndpoint:
         if not isinstance(raw, str) or not raw:
             raise BadBackupPath(f'give {{"path": "FILE"}}: a new file name, written into {folder}', folder)
         target, folder = self._backup_target(raw)
+        log.info("backup.started", path=str(target))
         started = time.monotonic()
         try:
             size = await self.service.db.backup(target)
