@@ -96,6 +96,7 @@ SERVICE_GROUP = bytes([0x11]) * 16
 INVITATION_NONCE = bytes([0x22]) * 16
 HELLO_NONCE = bytes([0x33]) * 32
 REQUEST_NONCE = bytes([0x44]) * 16
+COMMAND_NONCE = bytes([0x99]) * 16  # the owner command's request (the owner_command frame)
 MEMBER_SECRET = bytes([0x07]) * 32
 JOIN_NONCE = bytes([0x55]) * 16
 MEMBER2_SECRET = bytes([0x08]) * 32
@@ -454,6 +455,25 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         nonce=REQUEST_NONCE.hex(),
         created_at=T0 + 6,
     )
+    # The owner_command frame carries a command the relay takes there (read_log is log_request's).
+    command = make_owner_request_signed(
+        f.owner,
+        relay=f.fingerprint,
+        channel=f.channel,
+        created_at=T0 + 6,
+        action="list_pending",
+        nonce=COMMAND_NONCE,
+    )
+    vectors["owner_command_request"] = _signed_group(
+        "An OwnerRequest for the owner_command frame (action list_pending, one of the commands the "
+        "relay takes there) on the connection of welcome_card, signed by owner.",
+        crypto.Label.OWNER_REQUEST,
+        command,
+        session=CHALLENGE.hex(),
+        action="list_pending",
+        nonce=COMMAND_NONCE.hex(),
+        created_at=T0 + 6,
+    )
     member_profile = encode(MemberProfile(name="Ada", about="reads the weather"))
     join = crypto.signed(
         MEMBER,
@@ -614,7 +634,7 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         ),
         "join_status": JoinStatus(request=status, wait=30.0),
         "join_result_admitted": JoinResult(status="admitted", received_at=T0 + 7, decided_at=T0 + 8),
-        "owner_command": OwnerCommand(request=request),
+        "owner_command": OwnerCommand(request=command),
         "owner_result": OwnerCommandResult(
             state="active",
             admission="open",

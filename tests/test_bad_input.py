@@ -40,6 +40,7 @@ from relay.client import add_relay, create_channel
 from relay.protocol import crypto
 from relay.protocol.addresses import parse_address
 from relay.protocol.encoding import b64e, encode
+from relay.protocol.handshake import verify_welcome
 from relay.protocol.invitation import verify_grant
 from relay.protocol.messages import (
     PROTOCOL_VERSION,
@@ -51,6 +52,7 @@ from relay.protocol.messages import (
     ProfileUpdate,
     RelayCard,
     Signed,
+    Welcome,
 )
 
 CLOSE_POLICY = 1008
@@ -238,13 +240,71 @@ async def test_wrong_field_types_are_bad_type(relay: RunningRelay, tmp_path: Pat
             {"type": "invite", "suite": HYBRID, "sealed": 12345},
             {"type": "invite", "suite": ["x"], "sealed": b"x"},
             {"type": "profile_update", "profile": "not signed"},
-            {"type": "log_request", "request": {"body": b"", "signer": b"short", "sig": b""}},
+            {"type": "log_request", "request": {"body": b"", "signer": "a key as text", "sig": b""}},
             {"type": "subscribe"},
         ):
             check_error(await session.request(msgspec.msgpack.encode(data)), "bad_type")
+        # a key or signature of the wrong length in a well-formed envelope cannot verify
+        for request in (
+            {"body": b"", "signer": b"short", "sig": bytes(64)},
+            {"body": b"", "signer": bytes(32), "sig": bytes(63)},
+        ):
+            data = msgspec.msgpack.encode({"type": "log_request", "request": request})
+            error = check_error(await session.request(data), "bad_signature")
+            assert "bytes" in error.reason
         check_error(await session.request(Invite(suite=HYBRID, sealed=b"x" * 64)), "seal_failed")
 
     assert admin_groups(relay) == []
+    await assert_still_serves(relay, tmp_path)
+
+
+async def test_where_malformed_ends_and_bad_type_begins(relay: RunningRelay, tmp_path: Path) -> None:
+    """The rows of the error table an independent client found wrong: invalid UTF-8 is
+    ``malformed`` only in a string the decoder reads; a value of the wrong kind is ``bad_type``
+    even when it holds invalid UTF-8, an extension type or deep nesting."""
+    nonce = secrets.token_bytes(32)
+    hello = b"\x84\xa4type\xa5hello\xa7version" + encode(PROTOCOL_VERSION) + b"\xa5nonce" + encode(nonce)
+    not_utf8 = b"\xa2\xff\xfe"  # a MessagePack str of two bytes that are not UTF-8
+    async with connect(relay) as session:
+        # an unknown field is skipped unread: its invalid UTF-8 is no error, the hello is answered
+        answer = await session.request(hello + b"\xa5extra" + not_utf8)
+        assert isinstance(answer, Welcome), answer
+        signed = {"body": b"", "signer": bytes(32), "sig": bytes(64)}
+        deep = b"\x91" * 5000 + b"\xc0"  # [[[...nil...]]], deeper than the decoder follows
+
+        def status(wait: float) -> bytes:
+            return msgspec.msgpack.encode({"type": "join_status", "request": signed, "wait": wait})
+
+        bad_type = {
+            "invalid UTF-8 where a bin is expected": b"\x82\xa4type\xa8discover\xa4tags\x91" + not_utf8,
+            "an extension type": b"\x82\xa4type\xa8discover\xa4tags\x91\xd4\x01\x00",
+            "a timestamp extension for an int": b"\x83\xa4type\xa5hello\xa7version\xd6\xff\x00\x00\x00\x01"
+            + b"\xa5nonce"
+            + encode(nonce),
+            "a key that is not a str": b"\x82\xa4type\xa8discover\x01\x90",
+            "nil": b"\xc0",
+            "deep nesting whose first value has the wrong type": b"\x82\xa4type\xa8discover\xa4tags" + deep,
+            "wait over 3600": status(3601.0),
+            "wait NaN": status(float("nan")),
+        }
+        for name, data in bad_type.items():
+            check_error(await session.request(data), "bad_type", name)
+        empty_sealed = b"\xa6sealed\xc4\x00"
+        malformed = {
+            "invalid UTF-8 in a str field": b"\x83\xa4type\xa6invite\xa5suite" + not_utf8 + empty_sealed,
+            "invalid UTF-8 in the type tag": b"\x81\xa4type" + not_utf8,
+            "deep nesting in an ignored field": b"\x82\xa4type\xa8discover\xa5extra" + deep,
+        }
+        for name, data in malformed.items():
+            check_error(await session.request(data), "malformed", name)
+        # every one failed alone: the connection still takes a real request
+        channel = Channel()
+        fingerprint = fingerprint_of(relay)
+        assert session.card is None
+        session.card = verify_welcome(answer, fingerprint=fingerprint, nonce=nonce)
+        plaintext = channel.invitation(fingerprint, session=session.challenge)
+        accepted = await session.request(seal_to(session.card, fingerprint, plaintext))
+        assert isinstance(accepted, InviteResult) and accepted.status == "accepted", accepted
     await assert_still_serves(relay, tmp_path)
 
 
@@ -382,13 +442,18 @@ def _bad_signatures(
         ),
         "body altered after signing": _tamper(plaintext, body=body[:-1] + bytes([body[-1] ^ 1])),
         "all zero": _tamper(plaintext, sig=b"\x00" * 64),
+        # a key or signature of the wrong length cannot verify either: refused as it is decoded
+        "signature empty": _tamper(plaintext, sig=b""),
+        "signature one byte short": _tamper(plaintext, sig=sig[:63]),
+        "signature one byte long": _tamper(plaintext, sig=sig + b"\x00"),
+        "signer one byte short": _tamper(plaintext, signer=original["signer"][:31]),
+        "signer empty": _tamper(plaintext, signer=b""),
     }
     bad_type = {
         "signature missing": _tamper(plaintext, sig=None),
-        "signature empty": _tamper(plaintext, sig=b""),
-        "signature one byte short": _tamper(plaintext, sig=sig[:63]),
         "signature as text": _tamper(plaintext, sig=sig.hex()),
         "signer missing": _tamper(plaintext, signer=None),
+        "signer as text": _tamper(plaintext, signer=original["signer"].hex()),
     }
     # the profile inside is signed badly, or one of its owner certs is
     profile = channel.profile()
@@ -410,7 +475,7 @@ async def test_bad_or_missing_signature_on_the_invitation(relay: RunningRelay, t
         bad_signature, _ = _bad_signatures(channel, fingerprint, card.challenge)
         for name, data in bad_signature.items():
             error = await session.expect_error(seal_to(card, fingerprint, data), "bad_signature")
-            assert "signature" in error.reason, name
+            assert "signature" in error.reason or "signer key" in error.reason, name
     async with connect(relay) as session:
         card = await session.hello()
         _, bad_type = _bad_signatures(channel, fingerprint, card.challenge)

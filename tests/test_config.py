@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
-from relayproc import RunningRelay
+from relayproc import RelayFactory, RunningRelay
 
 from relay.server.config import Config, ConfigError, check_config, load_config
 
@@ -122,3 +124,93 @@ def test_the_daemon_takes_the_environment_and_flags_win(tmp_path: Path) -> None:
         assert relay.wait_for_event("connection.opened")["peer"] == "127.0.0.1"
     finally:
         assert relay.stop() == 0
+
+
+OVERLAPPING = [
+    ("127.0.0.1:7300", "127.0.0.1:7300"),
+    ("0.0.0.0:7300", "127.0.0.1:7300"),  # the wildcard takes the port on every IPv4 address
+    ("127.0.0.1:7300", "0.0.0.0:7300"),
+    ("localhost:7300", "127.0.0.1:7300"),
+    ("[::]:7300", "[::1]:7300"),
+    ("[0:0::1]:7300", "[::1]:7300"),  # one address, written two ways
+]
+APART = [
+    ("127.0.0.1:7300", "127.0.0.1:7301"),
+    ("127.0.0.1:0", "127.0.0.1:0"),  # two free ports, whichever they are
+    ("127.0.0.1:7300", "127.0.0.2:7300"),
+    ("0.0.0.0:7300", "[::1]:7300"),  # IPv6 listeners are IPv6-only
+]
+
+
+def test_the_public_and_operator_ports_must_not_overlap(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    for listen, admin in OVERLAPPING + APART:
+        path.write_text(f'[server]\nlisten = "{listen}"\nadmin_listen = "{admin}"\n')
+        config, errors, _ = check_config(path, {})
+        if (listen, admin) in APART:
+            assert config is not None and not errors, (listen, admin, errors)
+        else:
+            assert config is None and len(errors) == 1, (listen, admin, errors)
+            assert errors[0].startswith("server.admin_listen:") and "port of server.listen" in errors[0]
+
+    # the real commands: `relay config check` lists it, `relay serve` does not start
+    path.write_text('[server]\nlisten = "0.0.0.0:7399"\nadmin_listen = "127.0.0.1:7399"\n')
+    code, out = check("--config", str(path), env={})
+    assert code == 1 and out["code"] == "bad_config", out
+    assert "server.admin_listen" in str(out["errors"]), out
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    same = "127.0.0.1:7399"
+    command = [sys.executable, "-m", "relay", "serve", "--data", str(tmp_path / "d")]
+    served = subprocess.run(
+        [*command, "--listen", same, "--admin-listen", same],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean,
+    )
+    assert served.returncode == 1, served
+    [line] = [json.loads(text) for text in served.stdout.splitlines()]
+    assert line["event"] == "relay.start_failed" and "server.admin_listen" in line["reason"], line
+    assert "Traceback" not in served.stdout + served.stderr
+
+
+def _next(relay: RunningRelay, name: str, seen: int, timeout: float = 10.0) -> dict[str, object]:
+    """The event ``name`` logged after the first ``seen`` of them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = relay.events(name)
+        if len(found) > seen:
+            return found[seen]
+        time.sleep(0.02)
+    raise AssertionError(f"no new {name} event within {timeout} s")
+
+
+def test_sighup_says_what_it_applied_and_what_needs_a_restart(relay_factory: RelayFactory) -> None:
+    relay = relay_factory(policy={"kinds": ["channel", "group"]}, server={"idle_timeout": 120})
+    assert relay.config is not None and relay.proc is not None
+    sections = {"policy": 'kinds = ["channel", "group"]', "server": "idle_timeout = 120.0"}
+
+    def reload(**changes: str) -> None:
+        sections.update(changes)
+        relay.config.write_text("".join(f"[{name}]\n{body}\n" for name, body in sections.items()))
+        relay.proc.send_signal(signal.SIGHUP)
+
+    # only options a restart applies: nothing is said to be reloaded, and nothing is
+    reload(server="idle_timeout = 60.0", events="history = 5")
+    waiting = _next(relay, "config.restart_needed", 0)
+    assert waiting["level"] == "warning" and waiting["options"] == ["server.idle_timeout", "events.history"]
+    assert not relay.events("config.reloaded")
+    assert httpx.get(relay.base_url + "/").json()["limits"]["idle_timeout"] == 120.0
+
+    # a [policy] change is applied and named; the others still wait, and are named again
+    reload(policy='kinds = ["channel"]')
+    applied = _next(relay, "config.reloaded", 0)
+    assert applied["applied"] == ["policy.kinds"]
+    assert _next(relay, "config.restart_needed", 1)["options"] == ["server.idle_timeout", "events.history"]
+    assert httpx.get(relay.base_url + "/").json()["policy"]["kinds"] == ["channel"]
+
+    # the file as the relay runs it: nothing to do
+    reload(server="idle_timeout = 120.0", events="")
+    _next(relay, "config.unchanged", 0)
+    assert len(relay.events("config.reloaded")) == 1 and len(relay.events("config.restart_needed")) == 2
+    assert relay.stop() == 0

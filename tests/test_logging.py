@@ -8,6 +8,7 @@ import re
 import secrets
 import signal
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,9 +33,42 @@ def catalogue() -> dict[str, str]:
     return dict(rows)
 
 
-def events_in_source() -> dict[str, set[str]]:
-    """Event name -> levels, for every ``<logger>.<level>("name", ...)`` call under relay/."""
-    found: dict[str, set[str]] = {}
+def documented_fields() -> dict[str, set[str]]:
+    """Event name -> the fields its row lists (the third column): the names in backticks outside
+    parentheses, and those inside a parenthesis that starts with ``+`` (fields some lines carry)."""
+    fields: dict[str, set[str]] = {}
+    for line in (ROOT / "docs" / "logging.md").read_text().splitlines():
+        match = re.match(r"^\| `([a-z_]+\.[a-z_.]+)` \| \w+ \|([^|]*)\|", line)
+        if match is None:
+            continue
+        cell, kept, depth, extra = match.group(2), [], 0, False
+        for i, char in enumerate(cell):  # drop the parentheses' text, but not a "(+ ...)" group's
+            if char == "(":
+                if depth == 0:
+                    extra = cell.startswith("(+", i)
+                depth += 1
+            if depth == 0 or extra:
+                kept.append(char)
+            if char == ")":
+                depth -= 1
+        fields[match.group(1)] = set(re.findall(r"`([a-z_]+)`", "".join(kept)))
+    return fields
+
+
+@dataclass(frozen=True)
+class LogCall:
+    """One ``<logger>.<level>("name", ...)`` call: its level, the fields it names, and whether
+    it adds others a static read cannot see (``**fields``)."""
+
+    where: str
+    level: str
+    fields: frozenset[str]
+    open: bool
+
+
+def log_calls() -> dict[str, list[LogCall]]:
+    """Event name -> every call that logs it, under relay/."""
+    found: dict[str, list[LogCall]] = {}
     for path in (ROOT / "relay").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
@@ -48,8 +82,23 @@ def events_in_source() -> dict[str, set[str]]:
             level = {"exception": "error", "critical": "error", "msg": "info"}.get(
                 node.func.attr, node.func.attr
             )
-            found.setdefault(first.value, set()).add(level)
+            # structlog renders a traceback (log.exception, exc_info=...) as the field `exception`
+            names = {"exception" if k.arg == "exc_info" else k.arg for k in node.keywords if k.arg}
+            if node.func.attr == "exception":
+                names.add("exception")
+            call = LogCall(
+                f"{path.relative_to(ROOT)}:{node.lineno}",
+                level,
+                frozenset(names),
+                any(k.arg is None for k in node.keywords),
+            )
+            found.setdefault(first.value, []).append(call)
     return found
+
+
+def events_in_source() -> dict[str, set[str]]:
+    """Event name -> levels, for every ``<logger>.<level>("name", ...)`` call under relay/."""
+    return {name: {call.level for call in calls} for name, calls in log_calls().items()}
 
 
 def test_every_event_in_the_source_is_catalogued_with_its_level() -> None:
@@ -62,6 +111,22 @@ def test_every_event_in_the_source_is_catalogued_with_its_level() -> None:
         assert listed[name] in levels, f"{name}: catalogued as {listed[name]}, logged at {levels}"
     unused = sorted(set(listed) - set(found))
     assert not unused, f"catalogued but never logged: {unused}"
+
+
+def test_every_event_logs_the_fields_it_documents() -> None:
+    documented = documented_fields()
+    checked = 0
+    for name, calls in log_calls().items():
+        listed = documented[name]
+        for call in calls:
+            assert call.fields <= listed, (
+                f"{call.where}: {name} logs {sorted(call.fields - listed)}, not listed"
+            )
+        if not any(call.open for call in calls):
+            logged = frozenset().union(*(call.fields for call in calls))
+            assert logged == listed, f"{name}: listed {sorted(listed)}, logged {sorted(logged)}"
+            checked += 1
+    assert checked >= 40  # most events are checked both ways
 
 
 def whole_key_forms(key: bytes) -> set[str]:
@@ -132,6 +197,7 @@ async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys
         "admin_token.created",
         "admin.refused",
         "config.reloaded",
+        "config.restart_needed",
         "config.reload_failed",
         "relay.stopping",
         "relay.stopped",

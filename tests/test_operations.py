@@ -10,9 +10,12 @@ import subprocess
 from pathlib import Path
 
 import msgspec
+import msgspec.inspect as mi
 import pytest
 import trio
+from docs_tables import DOCS, marked_tables, render_option, toml_value, unquote
 
+from relay.server.app import RELOADABLE
 from relay.server.config import Config, load_config
 from relay.server.public import keep_alive
 
@@ -31,6 +34,34 @@ def test_shipped_config_documents_every_option() -> None:
             # each key set on its own line, with a comment line just above it
             match = re.search(rf"^#.*\n{key} = ", text, re.M)
             assert match, f"{section}.{key} is missing or has no comment"
+
+
+OPERATIONS = marked_tables(DOCS / "operations.md")
+
+
+def test_the_operations_guide_has_a_table_per_config_section() -> None:
+    sections = [table.name for table in OPERATIONS if table.kind == "config"]
+    assert sections == list(Config.__struct_fields__)
+
+
+@pytest.mark.parametrize("section", list(Config.__struct_fields__))
+def test_a_config_table_matches_its_struct(section: str) -> None:
+    """Every option of the section, in order, with its default, its values, and whether SIGHUP
+    applies it: an option added to relay/server/config.py without a row fails here."""
+    [table] = [t for t in OPERATIONS if t.kind == "config" and t.name == section]
+    assert table.header == [f"`[{section}]` option", "default", "values", "on SIGHUP", "what"]
+    defaults = getattr(Config(), section)
+    info = mi.type_info(type(defaults))
+    assert isinstance(info, mi.StructType)
+    assert [unquote(row[0]) for row in table.rows] == [field.name for field in info.fields]
+    for row, field in zip(table.rows, info.fields, strict=True):
+        where = f"operations.md:{table.line}: {section}.{field.name}"
+        default = toml_value(row[1])
+        wanted = getattr(defaults, field.name)
+        assert default == wanted and type(default) is type(wanted), f"{where}: default {row[1]}"
+        assert row[2] == render_option(field.type), f"{where}: values"
+        assert row[3] == ("applied" if section in RELOADABLE else "restart"), f"{where}: on SIGHUP"
+        assert len(row[4]) >= 10, f"{where}: say what it does"
 
 
 NO_SYSTEMD = pytest.mark.skipif(

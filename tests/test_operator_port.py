@@ -278,7 +278,7 @@ def test_a_deleted_token_is_replaced_on_sighup(relay: RunningRelay) -> None:
     (relay.data / "admin.token").unlink()
     assert relay.proc is not None
     relay.proc.send_signal(signal.SIGHUP)
-    relay.wait_for_event("config.reloaded")
+    relay.wait_for_event("config.unchanged")  # the token is read before the configuration
     new = relay.admin_token
     assert new != old and len(relay.events("admin_token.created")) == 2
     assert stat.S_IMODE((relay.data / "admin.token").stat().st_mode) == 0o600
@@ -353,3 +353,111 @@ def test_admin_hosts_are_checked_by_config_check(tmp_path: Path) -> None:
         "config", "check", env={"RELAY_SERVER_ADMIN_HOSTS": "metrics.internal,[::1],10.0.0.5"}
     )
     assert code == 0, checked
+
+
+HUGE = "9" * 5000  # longer than Python's int() reads from text by default
+# (method, path with query, status, error code): what the operator port answers each, with the token.
+MALFORMED = [
+    ("GET", "/admin/groups/99999999999999999999999", 400, "bad_request"),
+    ("GET", "/admin/groups/9223372036854775808", 400, "bad_request"),  # one above SQLite's integers
+    ("GET", "/admin/groups/9223372036854775807", 404, "unknown_group"),  # the largest id: no such group
+    ("GET", f"/admin/groups/{HUGE}", 400, "bad_request"),
+    ("GET", "/admin/groups/-1", 400, "bad_request"),
+    ("GET", "/admin/groups/0", 400, "bad_request"),
+    ("GET", "/admin/groups/abc", 400, "bad_request"),
+    ("GET", "/admin/groups/1.5", 400, "bad_request"),
+    ("GET", "/admin/groups/%31", 400, "bad_request"),
+    ("GET", "/admin/groups/%D9%A1", 400, "bad_request"),  # an Arabic-Indic digit one, encoded
+    ("GET", "/admin/groups/\u0661", 400, "bad_request"),  # the digit itself (int() would take it)
+    ("POST", "/admin/groups/99999999999999999999999/approve", 400, "bad_request"),
+    ("POST", "/admin/groups/-7/suspend", 400, "bad_request"),
+    ("POST", "/admin/groups/42/approve", 404, "unknown_group"),
+    ("POST", "/admin/held/99999999999999999999999/retry", 400, "bad_request"),
+    ("POST", "/admin/held/x/retry", 400, "bad_request"),
+    ("POST", "/admin/held/42/retry", 404, "not_found"),
+    ("GET", "/admin/groups/1/approve/extra", 404, "not_found"),
+    ("GET", "/admin/groups/1/extra", 404, "not_found"),
+    ("GET", "/admin/groups/", 404, "not_found"),
+    ("GET", "/admin/groups//approve", 404, "not_found"),
+    ("GET", "/admin/stats/extra", 404, "not_found"),
+    ("GET", "/admin", 404, "not_found"),
+    ("GET", "/", 404, "not_found"),
+    ("GET", "/healthz/extra", 404, "not_found"),
+    ("DELETE", "/admin/groups/1", 405, "method_not_allowed"),
+    ("PUT", "/admin/stats", 405, "method_not_allowed"),
+    ("PATCH", "/admin/groups", 405, "method_not_allowed"),
+    ("GET", "/admin/groups/1/approve", 405, "method_not_allowed"),
+    ("GET", "/admin/backup", 405, "method_not_allowed"),
+    ("POST", "/admin/groups", 405, "method_not_allowed"),
+    ("OPTIONS", "/admin/held", 405, "method_not_allowed"),
+    ("DELETE", "/healthz", 405, "method_not_allowed"),
+    ("GET", "/admin/groups?after=99999999999999999999999", 400, "bad_request"),
+    ("GET", "/admin/groups?after=-5", 400, "bad_request"),
+    ("GET", "/admin/groups?after=1e3", 400, "bad_request"),
+    ("GET", f"/admin/groups?after={HUGE}", 400, "bad_request"),
+    ("GET", "/admin/groups?limit=0", 400, "bad_request"),
+    ("GET", "/admin/groups?limit=1001", 400, "bad_request"),
+    ("GET", "/admin/groups?state=bogus", 400, "bad_request"),
+    ("GET", "/admin/held?status=bogus", 400, "bad_request"),
+    ("GET", "/admin/held?limit=-3", 400, "bad_request"),
+]
+
+
+def test_every_malformed_id_path_or_method_gets_a_typed_4xx(relay: RunningRelay) -> None:
+    """Never an internal error: ``relay admin group 99999999999999999999999`` once made the
+    relay log ``http.internal_error`` (an OverflowError from SQLite)."""
+    with httpx.Client(base_url=relay.admin_url, headers=relay.admin_headers) as client:
+        for method, path, status, error in MALFORMED:
+            answer = client.request(method, path, json={} if method == "POST" else None)
+            assert answer.status_code == status, (method, path, answer.text)
+            body = answer.json()
+            assert body["error"] == error and body.get("reason"), (method, path, body)
+            if status == 405:
+                assert answer.headers["allow"] in ("GET, HEAD", "POST"), (method, path)
+        # the well-formed neighbours of those paths are served
+        assert client.get("/admin/groups", params={"after": 9223372036854775807, "limit": 1000}).json() == {
+            "groups": []
+        }
+        assert client.get("/admin/held", params={"status": "dead", "limit": 1}).json() == {"requests": []}
+    assert not [line for line in relay.lines if line["event"].endswith("internal_error")]
+    assert relay.proc is not None and relay.proc.poll() is None
+
+
+def _raw(address: str, request: bytes) -> bytes:
+    """Send one raw HTTP request and read the whole answer, until the relay closes."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def _head_and_body(answer: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, dict(line.lower().split(": ", 1) for line in lines), body
+
+
+def test_head_gets_the_head_of_get_and_no_body(relay: RunningRelay) -> None:
+    token = f"Authorization: Bearer {relay.admin_token}\r\n"
+    cases = [(relay.admin_listen, path, "") for path in ("/healthz", "/readyz")]
+    cases += [(relay.admin_listen, path, token) for path in ("/admin/groups", "/admin/held")]
+    cases += [(relay.listen, path, "") for path in ("/", "/info")]  # the public port's info
+    for address, path, extra in cases:
+        request = f"{{}} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n"
+        got = _head_and_body(_raw(address, request.format("GET").encode()))
+        head = _head_and_body(_raw(address, request.format("HEAD").encode()))
+        assert head[0] == got[0] and head[0].endswith(" OK"), (path, head[0])
+        assert head[1]["content-length"] == got[1]["content-length"] == str(len(got[2])), path
+        assert head[1]["content-type"] == got[1]["content-type"], path
+        assert head[2] == b"" and got[2], path  # the same head, with no body after it
+    # /metrics and /admin/stats change between two reads; their HEAD still carries a length, no body
+    for path, extra in (("/metrics", ""), ("/admin/stats", token)):
+        answer = _raw(relay.admin_listen, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
+        status, headers, body = _head_and_body(answer)
+        assert status == "HTTP/1.1 200 OK" and int(headers["content-length"]) > 100 and body == b"", path
+    assert not [line for line in relay.lines if line["event"].endswith("internal_error")]

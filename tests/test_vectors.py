@@ -35,6 +35,7 @@ from relay.protocol.handshake import make_welcome, verify_welcome
 from relay.protocol.heads import make_head, verify_head
 from relay.protocol.heads import tag as discovery_tag
 from relay.protocol.invitation import (
+    OWNER_COMMANDS,
     SEAL_PURPOSE,
     make_grant,
     make_invitation,
@@ -160,6 +161,7 @@ SIGNED_GROUPS = {
     "address_grant": ("relay", crypto.Label.ADDRESS_GRANT),
     "welcome_card": ("relay", crypto.Label.WELCOME),
     "owner_request": ("owner", crypto.Label.OWNER_REQUEST),
+    "owner_command_request": ("owner", crypto.Label.OWNER_REQUEST),
     "join_request": ("member", crypto.Label.JOIN_REQUEST),
     "member_request": ("member", crypto.Label.MEMBER_REQUEST),
     "subscribe_request": ("member", crypto.Label.MEMBER_REQUEST),
@@ -347,6 +349,28 @@ def test_owner_request_body_and_verification() -> None:
     assert request == expected
 
 
+def test_owner_command_request_is_a_command_the_relay_takes() -> None:
+    """The owner_command frame's request is an action the relay takes in that frame; the
+    log's ``read_log`` would be refused there (``unexpected_message``)."""
+    g = V["owner_command_request"]
+    expected = OwnerRequest(
+        relay=FINGERPRINT,
+        channel=CHANNEL,
+        service_group=h(V["invitation"]["service_group"]),
+        session=h(g["session"]),
+        action=g["action"],
+        created_at=g["created_at"],
+        nonce=h(g["nonce"]),
+    )
+    assert encode(expected).hex() == g["body"]
+    binding = {"relay_fingerprint": FINGERPRINT, "session": SESSION, "now": g["created_at"], "max_age": 600}
+    command = verify_owner_request(signed_of("owner_command_request"), actions=OWNER_COMMANDS, **binding)
+    assert command == expected
+    with pytest.raises(RemoteProtocolError) as refused:
+        verify_owner_request(signed_of("owner_request"), actions=OWNER_COMMANDS, **binding)
+    assert refused.value.code is ErrorCode.UNEXPECTED_MESSAGE
+
+
 # --- sealing -------------------------------------------------------------------------
 
 
@@ -459,7 +483,7 @@ def expected_frames() -> dict[str, tuple[msgspec.Struct, Any]]:
             ),
             RelayFrame,
         ),
-        "owner_command": (OwnerCommand(request=signed_of("owner_request")), ClientFrame),
+        "owner_command": (OwnerCommand(request=signed_of("owner_command_request")), ClientFrame),
         "owner_result": (
             OwnerCommandResult(
                 state="active",

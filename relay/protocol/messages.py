@@ -6,8 +6,10 @@ the signature — so that nobody ever re-encodes what was signed.  Verifiers dec
 ``body`` first (with a size limit), make every check that costs nothing, and
 check the signature last, so that a request that fails a cheap check costs no
 signature.  Field constraints (lengths, ranges) are declared here and enforced
-by msgspec while decoding.  No I/O, no policy: those live in the modules that
-use these types.
+by msgspec while decoding (``bad_type``), except the key and signature lengths of
+a :class:`Signed`, which are ``bad_signature``.  docs/protocol.md has a field table
+for every struct here, and tests/test_protocol_doc.py holds the two together.  No
+I/O, no policy: those live in the modules that use these types.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from relay.protocol.errors import ErrorCode, RemoteProtocolError
+
 # Version 2 bound every per-request signed body to its connection (``session``); a version 1
 # client is told ``unsupported_version`` at ``hello`` rather than failing on its first request.
 PROTOCOL_VERSION = 2
 
 Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Digest = Annotated[bytes, Meta(min_length=32, max_length=32)]
-Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
 Id16 = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Nonce = Annotated[bytes, Meta(min_length=32, max_length=32)]
 # A connection's challenge (``RelayCard.challenge``), named in every per-request signed body.
@@ -32,12 +35,36 @@ ShortText = Annotated[str, Meta(max_length=4096)]
 Address = Annotated[str, Meta(max_length=512)]
 
 
+ED25519_KEY_BYTES = 32
+ED25519_SIGNATURE_BYTES = 64
+
+
 class Signed(Struct, frozen=True):
-    """Bytes as signed: ``sig`` is ``signer``'s Ed25519 signature over a label and ``body``."""
+    """Bytes as signed: ``sig`` is ``signer``'s Ed25519 signature over a label and ``body``.
+
+    ``signer`` and ``sig`` are plain ``bytes`` to msgspec, and their lengths are checked here,
+    as soon as a ``Signed`` is decoded: a key or signature of the wrong length inside an
+    otherwise well-formed envelope is ``bad_signature``, like any other signature that cannot
+    verify, and is refused before any other check (a length constraint on the field would
+    make it ``bad_type``, and only where the field is decoded).
+    """
 
     body: bytes
-    signer: Key
-    sig: Signature
+    signer: bytes
+    sig: bytes
+
+    def __post_init__(self) -> None:
+        # Not a ValueError: msgspec would turn that into a ValidationError (``bad_type``).
+        if len(self.signer) != ED25519_KEY_BYTES:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_SIGNATURE,
+                f"the signer key is {len(self.signer)} bytes; an Ed25519 key is {ED25519_KEY_BYTES}",
+            )
+        if len(self.sig) != ED25519_SIGNATURE_BYTES:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_SIGNATURE,
+                f"the signature is {len(self.sig)} bytes; an Ed25519 signature is {ED25519_SIGNATURE_BYTES}",
+            )
 
 
 # --- signed bodies ---------------------------------------------------------

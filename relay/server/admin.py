@@ -15,12 +15,16 @@ everything but ``/healthz``, ``/readyz`` and ``/metrics`` (GET/HEAD) needs
 ``Authorization: Bearer`` with the token in ``DATA/admin.token`` (401); a POST
 body must be ``application/json`` (415) and a JSON object (400).
 
+Whatever the path, id, query or method, the answer is a typed JSON error, never a 500: an
+unknown path is 404 ``not_found``, a method the path does not take 405 (with ``Allow``), an id
+that is not a whole number SQLite can hold (1 to 2^63-1) or a query out of range 400
+``bad_request``.  HEAD is answered as GET; the HTTP layer sends the head without the body.
+
 Must not: log the token or a client address; write a backup outside the backup folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import os
@@ -47,10 +51,46 @@ from relay.store.joins import JoinRow
 
 log = structlog.get_logger("relay.admin")
 
-_GROUP = re.compile(r"^/admin/groups/(\d+)(/approve|/reject|/suspend|/resume|/remove)?$")
 _STATES = ("invited", "accepted", "active", "rejected", "suspended", "removed")
 MAX_REASON = 500
-_RETRY = re.compile(r"^/admin/held/(\d+)/retry$")
+MAX_ID = 2**63 - 1  # SQLite's integers: no row has a larger id, and SQLite cannot even take one
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: ``\d`` and int() take other scripts' digits
+_GROUP_ACTIONS = frozenset({"approve", "reject", "suspend", "resume", "remove"})
+# The methods each route answers (HEAD wherever GET is: the same head, no body).
+_METHODS = {
+    "stats": ("GET", "HEAD"),
+    "backup": ("POST",),
+    "groups": ("GET", "HEAD"),
+    "held": ("GET", "HEAD"),
+    "group": ("GET", "HEAD"),
+    "group_action": ("POST",),
+    "retry": ("POST",),
+}
+
+
+def _resolve(path: str) -> tuple[str, str, str] | None:
+    """The route ``path`` names, its id (text, unchecked) and its action; None for no route.
+
+    An id is whatever stands in its place; it is checked (:func:`_id`) only once the path and
+    the method are known to be right, so a bad id is a 400 and an unknown path a 404."""
+    match path.split("/")[1:]:
+        case ["admin", "stats" | "backup" | "groups" | "held" as name]:
+            return name, "", ""
+        case ["admin", "groups", ident] if ident:
+            return "group", ident, ""
+        case ["admin", "groups", ident, action] if ident and action in _GROUP_ACTIONS:
+            return "group_action", ident, action
+        case ["admin", "held", ident, "retry"] if ident:
+            return "retry", ident, ""
+    return None
+
+
+def _id(text: str, what: str) -> int:
+    """An id from a path: a whole number from 1 to :data:`MAX_ID`, else :class:`BadRequest`."""
+    if _DIGITS.fullmatch(text) and 1 <= int(text) <= MAX_ID:
+        return int(text)
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise BadRequest(f"{shown!r} is not a {what} id: ids are whole numbers from 1 to {MAX_ID}")
 
 
 def held_view(row: JoinRow) -> dict[str, object]:
@@ -179,19 +219,38 @@ _NO_TOKEN = _refusal(
 )
 _BAD_TOKEN = _refusal(401, "unauthorised", "wrong token (is it the one in this relay's DATA/admin.token?)")
 _NOT_JSON = _refusal(415, "unsupported_media_type", "a POST body must be Content-Type: application/json")
-_OPEN_METHODS = _refusal(405, "method_not_allowed", "GET or HEAD")
-
-
-_BAD_PAGE = _json(400, {"error": "bad_request", "reason": "after and limit must be integers"})
 MAX_PAGE = 1000
 
 
-def _page(params: dict[str, str]) -> tuple[int, int] | None:
-    """``after`` and ``limit`` of a listing (limit clamped to 1..1000), or None if not integers."""
-    try:
-        return int(params.get("after") or 0), min(max(int(params.get("limit") or 100), 1), MAX_PAGE)
-    except ValueError:
-        return None
+def _method_not_allowed(allowed: tuple[str, ...]) -> HttpResponse:
+    return _json(
+        405,
+        {"error": "method_not_allowed", "reason": f"this path takes {' or '.join(allowed)}"},
+        [("allow", ", ".join(allowed))],
+    )
+
+
+_NOT_FOUND = _json(
+    404,
+    {
+        "error": "not_found",
+        "reason": "no such path on the operator port: /healthz, /readyz, /metrics and /admin/... "
+        "(docs/operations.md)",
+    },
+)
+
+
+def _whole(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within ``low..high``, else :class:`BadRequest`."""
+    text = params.get(name) or str(default)
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
+    return int(text)
+
+
+def _page(params: dict[str, str]) -> tuple[int, int]:
+    """``after`` (0 to MAX_ID) and ``limit`` (1 to 1000) of a listing, else :class:`BadRequest`."""
+    return _whole(params, "after", 0, 0, MAX_ID), _whole(params, "limit", 100, 1, MAX_PAGE)
 
 
 class BadRequest(Exception):
@@ -275,25 +334,27 @@ class AdminEndpoint:
         refused = self._screen(request, path, local)
         if refused is not None:
             return refused
-        head = method == "HEAD"
+        # HEAD is answered as GET: the HTTP layer sends the same head without the body.
         try:
             if path in OPEN_PATHS:
                 if method not in ("GET", "HEAD"):
-                    return _OPEN_METHODS
-                response = await self._open(path)
-            else:
-                fields = _body(request.body) if method == "POST" else {}
-                response = await self._route("GET" if head else method, path, query, fields)
+                    return _method_not_allowed(("GET", "HEAD"))
+                return await self._open(path)
+            route = _resolve(path)
+            if route is None:
+                return _NOT_FOUND
+            name, ident, action = route
+            if method not in _METHODS[name]:
+                return _method_not_allowed(_METHODS[name])
+            fields = _body(request.body) if method == "POST" else {}
+            return await self._route(name, ident, action, query, fields)
         except ProtocolError as exc:
             status = {"unknown_group": 404, "unavailable": 503}.get(exc.code.value, 409)
-            response = _json(status, {"error": exc.code.value, "reason": exc.reason})
+            return _json(status, {"error": exc.code.value, "reason": exc.reason})
         except BadBackupPath as exc:
-            response = _json(400, {"error": "bad_backup_path", "reason": str(exc), "folder": str(exc.folder)})
+            return _json(400, {"error": "bad_backup_path", "reason": str(exc), "folder": str(exc.folder)})
         except BadRequest as exc:
-            response = _json(400, {"error": "bad_request", "reason": str(exc)})
-        if head:  # the same status and headers as GET, without the body
-            return dataclasses.replace(response, body=b"")
-        return response
+            return _json(400, {"error": "bad_request", "reason": str(exc)})
 
     def _screen(self, request: HttpRequest, path: str, local: str | None) -> HttpResponse | None:
         """The refusal for a request the operator port must not serve, or None to serve it.
@@ -346,41 +407,38 @@ class AdminEndpoint:
             200, self.metrics.render().encode(), "text/plain; version=0.0.4", headers=list(_HEADERS)
         )
 
-    async def _route(self, method: str, path: str, query: str, fields: dict[str, object]) -> HttpResponse:
-        if path == "/admin/stats" and method == "GET":
+    async def _route(
+        self, name: str, ident: str, action: str, query: str, fields: dict[str, object]
+    ) -> HttpResponse:
+        """Answer a route :func:`_resolve` found, with a method it takes."""
+        params = dict(parse_qsl(query))
+        if name == "stats":
             return _json(200, await self._stats())
-        if path == "/admin/backup" and method == "POST":
+        if name == "backup":
             return await self._backup(fields)
-        if path == "/admin/groups" and method == "GET":
-            params = dict(parse_qsl(query))
+        if name == "groups":
             state = params.get("state") or None
-            page = _page(params)
-            if page is None:
-                return _BAD_PAGE
-            after, limit = page
+            if state is not None and state not in _STATES:
+                raise BadRequest(f"state must be one of {', '.join(_STATES)}, not {state[:40]!r}")
+            after, limit = _page(params)
             records = await self.service.db.transact(
                 lambda conn: groups.listing(conn, state=state, limit=limit, after=after)
             )
             return _json(200, {"groups": [group_view(r, self.service.address_of(r)) for r in records]})
-        if path == "/admin/held" and method == "GET":
-            params = dict(parse_qsl(query))
-            statuses = ("dead",) if params.get("status") == "dead" else ("held", "dead")
-            page = _page(params)
-            if page is None:
-                return _BAD_PAGE
-            after, limit = page
+        if name == "held":
+            status = params.get("status") or None
+            if status not in (None, "dead"):
+                raise BadRequest(f"status may only be dead (dead-lettered requests), not {status[:40]!r}")
+            statuses = ("dead",) if status == "dead" else ("held", "dead")
+            after, limit = _page(params)
             queued = await self.service.db.transact(
                 lambda conn: joins.listing(conn, statuses=statuses, after=after, limit=limit)
             )
             return _json(200, {"requests": [held_view(r) for r in queued]})
-        retry = _RETRY.match(path)
-        if retry is not None and method == "POST":
-            return await self._retry(int(retry.group(1)))
-        match = _GROUP.match(path)
-        if match is None:
-            return _json(404, {"error": "not_found"})
-        group_id, action = int(match.group(1)), match.group(2)
-        if action is None and method == "GET":
+        if name == "retry":
+            return await self._retry(_id(ident, "join request"))
+        group_id = _id(ident, "group")
+        if name == "group":
             record, rows = await self.service.db.transact(
                 lambda conn: (groups.by_id(conn, group_id), groups.read_log(conn, group_id, 100))
             )
@@ -389,19 +447,17 @@ class AdminEndpoint:
             view = group_view(record, self.service.address_of(record))
             view["log"] = [{"seq": r.seq, "at": r.at, "event": r.event, "detail": r.detail} for r in rows]
             return _json(200, view)
-        if method != "POST" or action is None:
-            return _json(405, {"error": "method_not_allowed"})
-        if action == "/approve":
+        if action == "approve":
             record = await self.service.approve(group_id)
-        elif action == "/reject":
+        elif action == "reject":
             record = await self.service.reject(group_id, _reason(fields, "no reason given"))
-        elif action == "/suspend":
+        elif action == "suspend":
             record = await self.service.suspend(group_id, _reason(fields, "no reason given"))
-        elif action == "/resume":
+        elif action == "resume":
             record = await self.service.resume(group_id)
         else:
             record = await self.service.remove(group_id, _reason(fields, "no reason given"))
-        self.metrics.inc("relay_operator_actions_total", action=action[1:])
+        self.metrics.inc("relay_operator_actions_total", action=action)
         return _json(200, group_view(record, self.service.address_of(record)))
 
     async def _stats(self) -> dict[str, object]:

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import structlog
 import trio
 
@@ -54,6 +55,20 @@ DB_FILE = "relay.db"
 RUN_FILE = "run.json"
 LOCK_FILE = "relay.lock"
 BACKUP_DIR = "backups"  # storage.backup_dir's default, below the data folder
+# The sections SIGHUP applies in place; a change anywhere else waits for a restart (it is read
+# into listeners, the database, the workers and the log set up at start).
+RELOADABLE = frozenset({"policy"})
+
+
+def changed_options(old: Config, new: Config) -> list[str]:
+    """``section.key`` of every option whose value differs, in the order of the structs."""
+    changed: list[str] = []
+    for section in Config.__struct_fields__:
+        before, after = getattr(old, section), getattr(new, section)
+        for key in type(before).__struct_fields__:
+            if getattr(before, key) != getattr(after, key):
+                changed.append(f"{section}.{key}")
+    return changed
 
 
 @contextlib.contextmanager
@@ -171,14 +186,36 @@ class Relay:
         """Begin a graceful shutdown (what SIGTERM does)."""
         self._stop.set()
 
-    def reload_policy(self, config: Config) -> None:
-        """Swap the profile policy in place (SIGHUP); connections are untouched."""
-        self._policy.policy = config.policy.to_policy()
-        self.budgets.configure(
-            per_minute=config.policy.invitations_per_ip_per_minute,
-            max_pending=config.policy.max_pending_groups_per_ip,
-        )
-        log.info("config.reloaded")
+    def reload_config(self, config: Config) -> None:
+        """SIGHUP: apply what can change in place ([policy]), say which other changes wait.
+
+        Compared with the configuration in force: ``config.reloaded`` names the options applied,
+        ``config.restart_needed`` the changed options that only a restart applies (the relay
+        goes on with the values it started with), ``config.unchanged`` says there was nothing
+        to do.  Connections are untouched.
+        """
+        changed = changed_options(self.config, config)
+        applied = [key for key in changed if key.partition(".")[0] in RELOADABLE]
+        waiting = [key for key in changed if key not in applied]
+        if applied:
+            self._policy.policy = config.policy.to_policy()
+            self.budgets.configure(
+                per_minute=config.policy.invitations_per_ip_per_minute,
+                max_pending=config.policy.max_pending_groups_per_ip,
+            )
+            self.config = msgspec.structs.replace(self.config, policy=config.policy)
+            log.info("config.reloaded", applied=applied)
+        if waiting:
+            log.warning(
+                "config.restart_needed",
+                options=waiting,
+                reason="SIGHUP applies [policy] only; restart the relay to apply these",
+            )
+        if not changed:
+            log.info("config.unchanged")
+
+    # relay/cli/serve.py calls it by this name (it once reloaded the policy alone).
+    reload_policy = reload_config
 
     def reload_admin_token(self) -> None:
         """Read ``DATA/admin.token`` again (SIGHUP), making a new one if it was deleted:

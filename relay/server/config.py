@@ -195,11 +195,20 @@ def problems(config: Config) -> list[tuple[str, str]]:
     from relay.protocol.errors import ProtocolError
 
     found: list[tuple[str, str]] = []
+    bound: list[tuple[str, int]] = []
     for key in ("listen", "admin_listen"):
         try:
-            split_host_port(getattr(config.server, key))
+            bound.append(split_host_port(getattr(config.server, key)))
         except ConfigError as exc:
             found.append((f"server.{key}", str(exc)))
+    if len(bound) == 2 and same_socket(*bound):
+        found.append(
+            (
+                "server.admin_listen",
+                f"{config.server.admin_listen!r} takes the port of server.listen ({config.server.listen!r}): "
+                "the public and the operator port need two ports (or two addresses that do not overlap)",
+            )
+        )
     if config.server.public_url:
         try:
             parse_base(config.server.public_url)
@@ -312,6 +321,43 @@ def _check_key(struct: type[msgspec.Struct], section: str, key: str, value: obje
     except msgspec.ValidationError as exc:
         return str(exc).replace("`$.", f"`{section}.")
     return None
+
+
+def _addresses(host: str) -> set[str]:
+    """What a listen host binds, as comparable text: IP addresses in one form, ``localhost`` as
+    its two loopback addresses, any other name as itself (no DNS lookup here)."""
+    if host.lower() == "localhost":
+        return {"127.0.0.1", "::1"}
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        return {host.lower().rstrip(".")}
+
+
+def _overlap(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    for wildcard, other in ((a, b), (b, a)):
+        try:
+            ip = ipaddress.ip_address(other)
+        except ValueError:
+            continue
+        # 0.0.0.0 takes the port on every IPv4 address, :: on every IPv6 one (trio binds IPv6
+        # listeners IPv6-only).
+        if wildcard == "0.0.0.0" and ip.version == 4:
+            return True
+        if wildcard == "::" and ip.version == 6:
+            return True
+    return False
+
+
+def same_socket(first: tuple[str, int], second: tuple[str, int]) -> bool:
+    """Whether two listen addresses would take the same port on some address (port 0, "any
+    free port", never collides)."""
+    (host_a, port_a), (host_b, port_b) = first, second
+    if port_a != port_b or port_a == 0:
+        return False
+    return any(_overlap(a, b) for a in _addresses(host_a) for b in _addresses(host_b))
 
 
 def split_host_port(text: str) -> tuple[str, int]:

@@ -22,6 +22,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Protocol
 
 import h11
@@ -605,7 +606,8 @@ async def _serve_request(
         # A handler's bug fails this request alone; escaping, it would stop the whole daemon.
         log.exception("http.internal_error", method=request.method.decode(), path=target.split("?")[0])
         response = HttpResponse(500, b'{"error":"internal"}')
-    await _send_response(stream, conn, response)
+    # A HEAD request gets the head GET would get (its content-length too) and no body.
+    await _send_response(stream, conn, response, head=request.method == b"HEAD")
     return None
 
 
@@ -682,7 +684,10 @@ async def _try_send(stream: trio.abc.Stream, data: bytes) -> bool:
         return False
 
 
-async def _send_response(stream: trio.abc.Stream, conn: h11.Connection, response: HttpResponse) -> None:
+async def _send_response(
+    stream: trio.abc.Stream, conn: h11.Connection, response: HttpResponse, *, head: bool = False
+) -> None:
+    """Send ``response``; with ``head`` (the answer to a HEAD request) its head alone."""
     headers = [
         ("content-type", response.content_type),
         ("content-length", str(len(response.body))),
@@ -690,9 +695,14 @@ async def _send_response(stream: trio.abc.Stream, conn: h11.Connection, response
         *response.headers,
     ]
     try:
-        data = conn.send(h11.Response(status_code=response.status, headers=headers))
-        data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
-        data += conn.send(h11.EndOfMessage()) or b""
+        phrase = HTTPStatus(response.status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    try:
+        data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=phrase))
+        if not head:
+            data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
+        data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
     except h11.LocalProtocolError:
         return
     await _try_send(stream, data)

@@ -258,7 +258,7 @@ class PublicEndpoint:
         self.admissions.waiters.wake_all()
 
     async def _http(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "GET" and request.target.split("?")[0] in ("/", "/info"):
+        if request.method in ("GET", "HEAD") and request.target.split("?")[0] in ("/", "/info"):
             return HttpResponse(200, json.dumps(self.info()).encode())
         return HttpResponse(404, b'{"error":"not_found"}')
 
@@ -555,8 +555,7 @@ class PublicEndpoint:
             # One event per connection: logging every refused frame of a flood would be a flood.
             if not session.rate_limited:
                 session.rate_limited = True
-                self.metrics.inc("relay_bounds_hit_total", bound="request_rate")
-                log.warning("bound.hit", bound="request_rate", limit=self.config.requests_per_second)
+                self.bounds.hit("request_rate", self.config.requests_per_second)
             return
         if exc.code is ErrorCode.RATE_LIMITED:
             return  # a budget shared by connections: its bound reports it (relay.server.bounds)
