@@ -62,15 +62,17 @@ class Parser:
     """Feed it bytes; it returns the whole data messages (binary payloads) found so far.
 
     Handles both directions (masked client frames on the server side, unmasked server frames on
-    the client side) and fragmentation; control frames are noted (``closed`` on a Close) and
-    otherwise skipped.  Unbounded on purpose: the peers are the benchmark's own processes.
+    the client side) and fragmentation; control frames are noted (``closed`` on a Close, the
+    payload of a Ping in ``pings``, for the caller to answer) and otherwise skipped.  Unbounded
+    on purpose: the peers are the benchmark's own processes.
     """
 
-    __slots__ = ("_fragments", "buf", "closed")
+    __slots__ = ("_fragments", "buf", "closed", "pings")
 
     def __init__(self) -> None:
         self.buf = b""
         self.closed = False
+        self.pings: list[bytes] = []  # payloads of the Pings received, for a peer that answers them
         self._fragments: list[bytes] = []
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -107,6 +109,8 @@ class Parser:
             if opcode >= OP_CLOSE:
                 if opcode == OP_CLOSE:
                     self.closed = True
+                elif opcode == OP_PING:
+                    self.pings.append(payload)
                 continue
             if not b0 & 0x80:
                 self._fragments.append(payload)

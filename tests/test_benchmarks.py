@@ -61,3 +61,25 @@ def test_cheap_checks_benchmark_runs(tmp_path: Path) -> None:
         "accepted",
     ]
     assert all(len(c["seconds"]) == 2 and c["median"] > 0 for c in cases.values())
+
+
+def test_abuse_benchmark_runs_every_attack(tmp_path: Path) -> None:
+    """``python -m benchmarks.abuse --quick``: every attack class runs against its own relay
+    and gets a row, with the well-behaved client's figures beside it.  Exit status 1 means a
+    well-behaved request failed: a figure of the run (reported), not a crash."""
+    out = tmp_path / "abuse.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.abuse", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    attacks = ["liar", "owners", "webpage", "starve", "fill", "memory", "replay", "heads"]
+    assert [row["attack"] for row in figures["attacks"]] == attacks
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    for row in figures["attacks"]:
+        assert any(line.startswith(f"| {row['title']} |") for line in rows), done.stdout[-3000:]
+        for phase in ("idle", "during"):
+            assert row["well_behaved"][phase]["requests"] > 0
+        assert row["attacker"]["seconds"] > 0 and row["relay"]["rss_before"] > 0
+    assert (done.returncode == 1) == (figures["failures"] > 0)

@@ -16,6 +16,7 @@ from relayproc import RunningRelay
 from test_flow import new_owner
 from traffic import Poster, active_channel, group_session, metric
 
+from relay.client import publish
 from relay.client.owner import owner_command, read_log
 from relay.protocol import crypto
 from relay.protocol.encoding import encode
@@ -69,6 +70,24 @@ def test_a_stored_profile_is_verified_once_and_the_cache_is_bounded(tmp_path: Pa
     assert metrics.get("relay_bounds_hit_total", bound="verified_profiles") >= 1
     profiles.of(first)  # evicted: verified again, not trusted blindly
     assert metrics.get("relay_profile_verifications_total") == 42
+    kept, count = profiles.bytes, len(profiles)
+    profiles.forget(first)  # replaced in the store: out now, not when the order reaches it
+    assert profiles.bytes < kept and len(profiles) == count - 1
+    profiles.forget(first)  # already gone: nothing happens
+    profiles.of(first)
+    assert metrics.get("relay_profile_verifications_total") == 43
+
+
+async def test_a_replaced_profile_leaves_the_cache(relay: RunningRelay, tmp_path: Path) -> None:
+    """An owner publishing version after version (issue 13's stalling owner sends hundreds a
+    second) must not fill the cache with versions the relay no longer stores: memory that
+    came back only when the least recently used order reached it."""
+    owner, path, _ = await active_channel(relay, tmp_path)
+    for _ in range(5):
+        assert [r["state"] for r in (await publish(owner, path)).relays] == ["active"]
+    assert metric(relay, "relay_verified_profiles") == 1  # the stored version only
+    [view] = await owner_command(owner, "list_pending")  # and it is the one the relay uses
+    assert view.error is None, view
 
 
 async def test_owner_commands_and_posts_do_not_verify_the_profile_again(

@@ -14,7 +14,9 @@ What this does, on glibc only (elsewhere nothing, and the relay runs as before):
   the dynamic one off), so large buffers keep their own mappings, given back when freed;
   and ``M_TRIM_THRESHOLD`` to match, so free memory at the top of the heap goes back too;
 - :func:`trim`, ``malloc_trim(0)``: returns every whole free page inside the heap, called
-  by the sweeper after a spike of buffered bytes has gone.
+  by the sweeper after a spike of buffered bytes has gone, or when :func:`free_bytes` (glibc's
+  ``mallinfo2``: bytes in free chunks, all arenas) says the heap holds a lot it does not use,
+  whatever freed it (a lagging member's backlog, a burst of connections' objects).
 
 Must not: be called on the hot path (a trim walks the whole heap: milliseconds).
 """
@@ -24,7 +26,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+from collections.abc import Callable
 from functools import cache
+from typing import cast
 
 M_TRIM_THRESHOLD = -1  # glibc malloc.h
 M_MMAP_THRESHOLD = -3
@@ -45,6 +49,42 @@ def _libc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33 and later): every field a size_t."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+            "keepcost",
+        )
+    ]  # fmt: skip
+
+
+@cache
+def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
+    libc = _libc()
+    if libc is None:
+        return None
+    try:
+        function = libc.mallinfo2
+    except AttributeError:  # glibc before 2.33
+        return None
+    function.argtypes = []
+    function.restype = _Mallinfo2
+    return cast(Callable[[], _Mallinfo2], function)
+
+
+def free_bytes() -> int | None:
+    """Bytes the C heap holds in free chunks (what a trim could give back, at most); None if
+    not known (not glibc, or a glibc without ``mallinfo2``).  Walks the free lists: call it
+    from the sweeper, not per request."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return None
+    return int(mallinfo2().fordblks)
 
 
 def tune() -> bool:

@@ -9,7 +9,11 @@ every group waits on.  So a stored profile is verified once, on the trio thread,
 its :class:`VerifiedProfile` kept here, keyed by the SHA-256 of the stored bytes: a
 group's next profile has other bytes and another key, so nothing is ever stale, and a
 profile verified on intake is put here before it is stored, so it is never verified
-twice.
+twice.  The profile a newer one replaces is forgotten once the newer one is stored (and a
+profile verified for an update that did not happen, once the update failed): nothing
+asks for it again, and an owner publishing version after version would otherwise fill
+the cache with versions the store no longer holds, memory not given back until the least
+recently used order reached them.
 
 The cache is bounded by the bytes of the profiles it holds (least recently used first
 out); going over counts as a bound hit (``verified_profiles``).  An evicted profile is
@@ -61,6 +65,12 @@ class VerifiedProfiles:
     def remember(self, stored: bytes, verified: VerifiedProfile) -> None:
         """Keep a profile verified on intake under the bytes it is stored as."""
         self._put(hashlib.sha256(stored).digest(), verified, len(stored))
+
+    def forget(self, stored: bytes) -> None:
+        """Drop a profile the store no longer holds (a group's replaced version), if kept."""
+        entry = self._entries.pop(hashlib.sha256(stored).digest(), None)
+        if entry is not None:
+            self._bytes -= entry[1]
 
     def _put(self, key: bytes, verified: VerifiedProfile, size: int) -> None:
         cost = 2 * size + ENTRY_OVERHEAD  # the signed bytes, and the decoded fields beside them

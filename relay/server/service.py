@@ -323,7 +323,7 @@ class GroupService:
         self.profiles.remember(new.profile, verified)
         now = self.now()
 
-        def apply(conn: sqlite3.Connection) -> tuple[GroupState, GroupState, int, int]:
+        def apply(conn: sqlite3.Connection) -> tuple[GroupState, GroupState, int, int, bytes]:
             record = groups.by_address(conn, address_id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
@@ -359,9 +359,14 @@ class GroupService:
                     "the profile does not list this relay's address yet",
                     keep=self.log_keep,
                 )
-            return record.state, after, version, record.id
+            return record.state, after, version, record.id, record.profile
 
-        before, after, version, group_id = await self.db.transact(apply)
+        try:
+            before, after, version, group_id, replaced = await self.db.transact(apply)
+        except BaseException:
+            self.profiles.forget(new.profile)  # not stored (whoever stores it later verifies again)
+            raise
+        self.profiles.forget(replaced)  # the store no longer holds it: its memory goes back now
         self.signals.profile_changed.send(group_id, frame.profile, after)
         with structlog.contextvars.bound_contextvars(group=group_id):
             if after is not before:

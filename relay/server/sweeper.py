@@ -15,8 +15,13 @@ the relay holds anyway:
   members is not held up by one long walk.
 - **Tables**: per-source entries whose buckets are full again are forgotten; the gauges
   of the source table and of the buffered bytes are set.
-- **Memory**: after a spike of buffered bytes (or when connections went away in large
-  numbers), the C allocator is asked to give free memory back (relay.server.memory).
+- **Memory**: after a spike of buffered bytes, or when connections went away in large
+  numbers (each threshold one a single source can reach: a source holds at most a quarter of
+  the buffered-bytes budget, and ``max_connections_per_ip`` connections), or whenever the C
+  heap's free bytes rose ``TRIM_FREE`` above the fewest seen since the last trim, whatever
+  freed them (a lagging member's backlog, a burst of any kind), the C allocator is asked to
+  give free memory back (relay.server.memory).  Free bytes a trim cannot give back (pieces
+  smaller than a page) stay the floor, so they do not make the sweeper trim again and again.
 
 The sweeper only marks and wakes: each connection's own task logs why it ended, in its
 own context.  Must not: wait on a connection (every write here is non-blocking).
@@ -46,6 +51,7 @@ SLICE = 1000  # feeds checked between two schedule points
 PRUNE_EVERY = 5.0  # seconds between passes over the source table
 TRIM_EVERY = 10.0  # seconds between two trims of the C heap at most
 TRIM_AFTER = 16 * 1024 * 1024  # a peak of buffered bytes worth a trim once it has gone
+TRIM_FREE = 2 * 1024 * 1024  # free bytes in the C heap, above their floor, worth a trim (a few ms)
 TRIM_AFTER_CONNECTIONS = 1000  # connections gone since the last trim worth one
 
 
@@ -75,6 +81,7 @@ class Sweeper:
         self._trimmed_at = 0.0
         self.open_connections = open_connections
         self._connections_peak = 0  # the most open connections seen since the last trim
+        self._free_low: int | None = None  # the fewest free heap bytes seen since the last trim
 
     @staticmethod
     def _goodbye(reason: str) -> tuple[bytes, str]:
@@ -153,17 +160,26 @@ class Sweeper:
         self.maybe_trim(now)
 
     def maybe_trim(self, now: float) -> bool:
-        """Give free heap memory back to the system once a spike has gone: of bytes held in
-        partly received messages, or of connections (at most one trim per ``TRIM_EVERY``)."""
+        """Give free heap memory back to the system once a spike has gone (of bytes held in
+        partly received messages, or of connections), or when the heap holds ``TRIM_FREE``
+        bytes it does not use, more than before (at most one trim per ``TRIM_EVERY``)."""
+        free = memory.free_bytes()
+        if free is not None:
+            self._free_low = free if self._free_low is None else min(self._free_low, free)
         if now - self._trimmed_at < TRIM_EVERY:
             return False
         buffers = self.buffers
-        held_spike = buffers.peak >= TRIM_AFTER and buffers.used <= buffers.peak // 4
+        # Half a source's share: one source (it holds at most its share) can make a spike.
+        held_after = min(TRIM_AFTER, buffers.per_source // 2)
+        held_spike = buffers.peak >= held_after and buffers.used <= buffers.peak // 4
         open_now = self.open_connections()
         gone = self._connections_peak - open_now
-        connection_spike = gone >= TRIM_AFTER_CONNECTIONS and open_now <= self._connections_peak // 2
-        if not (held_spike or connection_spike):
+        after = min(TRIM_AFTER_CONNECTIONS, self.sources.max_connections)
+        connection_spike = gone >= after and open_now <= self._connections_peak // 2
+        freed = free is not None and self._free_low is not None and free - self._free_low >= TRIM_FREE
+        if not (held_spike or connection_spike or freed):
             return False
+        self._free_low = free
         self._trimmed_at = now
         buffers.peak = buffers.used
         self._connections_peak = open_now
