@@ -98,6 +98,24 @@ def test_stats(relay: RunningRelay) -> None:
     assert code == 0 and "uptime_seconds: " in text and '"active": 0' in text
 
 
+FILLER_GROUP = 10**9  # stored posts of a group that is not in the groups table: bulk only
+FILLER_BYTES = 96 * 1024 * 1024
+
+
+def grow(database: Path, size: int) -> None:
+    """Make a relay's database about ``size`` bytes larger with stored posts, as a relay that
+    has served for a while (the relay is stopped meanwhile)."""
+    now = int(time.time())
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "WITH RECURSIVE n(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM n WHERE seq < ?) "
+            "INSERT INTO events (group_id, seq, id, event, created_at, stored_at, size) "
+            "SELECT ?, seq, randomblob(32), randomblob(4096), ?, ?, 4096 FROM n",
+            (size // 4096, FILLER_GROUP, now, now),
+        )
+    db.close()
+
+
 async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tmp_path: Path) -> None:
     # Four owners on 127.0.0.1 invite non-stop: hundreds of never-activated channels from one
     # source, past the default budgets per source.
@@ -105,6 +123,10 @@ async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tm
         server=ONE_SOURCE_UNBOUNDED,
         policy={"invitations_per_ip_per_minute": 1e6, "max_pending_groups_per_ip": 10**6},
     )
+    # A database of 96 MiB: its backup takes long enough to see what happens meanwhile.
+    relay.stop()
+    grow(relay.data / "relay.db", FILLER_BYTES)
+    relay.start()
     invited = 0
     stop = trio.Event()
 
@@ -122,25 +144,35 @@ async def test_backup_while_owners_keep_inviting(relay_factory: RelayFactory, tm
             nursery.start_soon(keep_inviting, n)
         while invited < 20:
             await trio.sleep(0.01)
-        before = invited
         # a bare file name goes into the relay's backup folder, wherever the command runs
         code, out, err = await trio.to_thread.run_sync(
             lambda: run("admin", "backup", "relay.db", "--data", str(relay.data), "--json", cwd=tmp_path)
         )
-        during = invited
-        await trio.sleep(0.2)
         stop.set()
     assert code == 0, (out, err)
     target = backups / "relay.db"
-    assert str(target.resolve()) in out and during > before  # owners were served during the backup
+    assert str(target.resolve()) in out
+
+    # Owners were served during the backup, as the relay's own log orders things (not the
+    # command's start-up time): more invitations answered between its start and its end than
+    # the four owners can have had in flight when it started, so at least one owner sent an
+    # invitation after the backup began and had it committed and answered before it ended.
+    written = relay.wait_for_event("backup.written")
+    events = [line["event"] for line in relay.lines]
+    began, ended = events.index("backup.started"), events.index("backup.written")
+    answered = events[began:ended].count("invitation.accepted")
+    assert answered > 4, (answered, written)
+    assert written["bytes"] == target.stat().st_size > FILLER_BYTES
+
     assert stat.S_IMODE(backups.stat().st_mode) == 0o700
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     with sqlite3.connect(target) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         (count,) = db.execute("SELECT count(*) FROM groups").fetchone()
-    assert before <= count <= invited
+    db.close()
+    # a snapshot: every group answered before the backup began, and none that did not exist
+    assert events[:began].count("invitation.accepted") <= count <= invited
     assert not (backups / "relay.db-wal").exists()  # a self-contained file
-    assert relay.wait_for_event("backup.written")["bytes"] == target.stat().st_size
 
     # a relative path with a folder is made absolute by the command: inside the folder, fine
     code, out, err = run("admin", "backup", "./second.db", "--data", str(relay.data), "--json", cwd=backups)

@@ -7,6 +7,7 @@ import base64
 import re
 import secrets
 import signal
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from relayproc import RelayFactory
 from wire import check_error, connect
 
 from relay.client import add_relay, create_channel, publish
+from relay.client.member import MemberState, join
 from relay.protocol import crypto
 from relay.protocol.encoding import b64d, b64e
 from relay.protocol.messages import PROTOCOL_VERSION, Hello
@@ -223,3 +225,27 @@ async def test_a_real_daemon_logs_only_catalogued_json_without_addresses_or_keys
         # the relay's own bound addresses are in relay.ready; no client address anywhere
         rest = {k: v for k, v in line.items() if k not in ("address", "listen", "admin_listen")}
         assert "127.0.0.1" not in str(rest), raw
+
+
+async def test_a_failed_attempt_at_a_held_request_is_logged_with_its_traceback(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """The daemon's own JSON line (the back-off and the dead letter that follow: test_timers.py)."""
+    relay = relay_factory(members={"max_attempts": 1})
+    state = create_channel("Weather")
+    path = tmp_path / "owner.json"
+    state.save(path)
+    await add_relay(state, path, relay.address)
+    member = MemberState.new(str(state.link()), name="Ada")
+    assert [r.status for r in (await join(member, tmp_path / "member.json")).relays] == ["held"]
+    # The stored request is damaged on disk (a real SQLite write beside the running relay).
+    with sqlite3.connect(relay.data / "relay.db", timeout=10) as db:
+        db.execute("UPDATE join_requests SET request = ?", (b"\xc1",))
+    db.close()
+    await publish(state, path)
+    line = relay.wait_for_event("queue.dead_letter")
+    assert (line["level"], line["group"], line["request"], line["attempt"]) == ("error", 1, 1, 1)
+    exception = line["exception"]
+    assert exception.startswith("Traceback (most recent call last):\n"), exception
+    assert "stored_join" in exception and "malformed" in exception.splitlines()[-1], exception
+    assert catalogue()["queue.dead_letter"] == "error"

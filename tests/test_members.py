@@ -4,7 +4,9 @@ Early requests are held durably and decided in arrival order once the group is
 active; the owners' rules (auto-admit, approval, member limit, suspended
 admission) apply; duplicates get the first decision; the queue is bounded;
 a request that keeps failing is dead-lettered and can be retried; held
-requests are refused with the group's reason when it closes, or when too old.
+requests are refused with the group's reason when it closes, or when too old.  The parts
+whose point is time (back-off, dead letters, expiry, activation time-outs, a status request
+waiting for the decision) run on trio's MockClock in ``test_timers.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import time
 from pathlib import Path
 
 import httpx
-import trio
 from relayproc import RelayFactory, RunningRelay
 from test_flow import new_owner
 
@@ -88,22 +89,6 @@ async def test_early_requests_are_held_and_decided_in_arrival_order(
     assert decided == [("admitted", None), ("admitted", None), ("refused", "member_limit")]
 
 
-async def test_a_connected_member_learns_the_decision(relay: RunningRelay, tmp_path: Path) -> None:
-    owner, owner_path = new_owner(tmp_path)
-    await add_relay(owner, owner_path, relay.address)
-    state, path = member(tmp_path, owner)
-    results: list[MemberState] = []
-
-    async def wait_for_it() -> None:
-        results.append(await join(state, path, wait=20))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait_for_it)
-        await trio.sleep(1.0)  # the member is connected, holding a "held" answer
-        await publish(owner, owner_path)
-    assert statuses(results[0]) == ["admitted"]
-
-
 async def test_owners_approve_and_refuse(relay: RunningRelay, tmp_path: Path) -> None:
     owner, _ = await active_channel(relay, tmp_path, admission="approval")
     ada = await joined(tmp_path, owner, "Ada")
@@ -143,28 +128,6 @@ async def test_suspended_admission_refuses_until_resumed(relay: RunningRelay, tm
     assert statuses(state) == ["admitted"]
 
 
-async def test_held_requests_are_refused_with_the_groups_reason(
-    relay_factory: RelayFactory, tmp_path: Path
-) -> None:
-    relay = relay_factory(policy={"activation_timeout": 1})
-    owner, owner_path = new_owner(tmp_path)
-    await add_relay(owner, owner_path, relay.address)
-    state = await joined(tmp_path, owner)
-    assert statuses(state) == ["held"]
-    await status(state, tmp_path / "s.json", wait=10)
-    assert (state.relays[0].status, state.relays[0].code) == ("refused", "activation_timeout")
-
-
-async def test_old_held_requests_expire_with_the_reason(relay_factory: RelayFactory, tmp_path: Path) -> None:
-    relay = relay_factory(members={"max_request_age": 1})
-    owner, owner_path = new_owner(tmp_path)
-    await add_relay(owner, owner_path, relay.address)
-    state = await joined(tmp_path, owner)
-    await status(state, tmp_path / "s.json", wait=10)
-    assert (state.relays[0].status, state.relays[0].code) == ("refused", "request_expired")
-    assert metric(relay, "relay_queue_expired_total") == 1
-
-
 async def test_a_full_queue_refuses_without_remembering(relay_factory: RelayFactory, tmp_path: Path) -> None:
     relay = relay_factory(members={"max_queued_per_group": 2})
     owner, owner_path = new_owner(tmp_path)
@@ -178,36 +141,6 @@ async def test_a_full_queue_refuses_without_remembering(relay_factory: RelayFact
     # once there is room the same member asks again and gets in
     await join(answers[2], tmp_path / "c-again.json", wait=10)
     assert statuses(answers[2]) == ["admitted"]
-
-
-async def test_a_request_that_keeps_failing_is_dead_lettered_and_retried(
-    relay_factory: RelayFactory, tmp_path: Path
-) -> None:
-    relay = relay_factory(members={"max_attempts": 2, "retry_base": 0.2, "retry_max": 0.5})
-    owner, owner_path = new_owner(tmp_path)
-    await add_relay(owner, owner_path, relay.address)
-    state = await joined(tmp_path, owner)
-    assert statuses(state) == ["held"]
-    # The stored request is damaged on disk (a real SQLite write beside the running relay).
-    db = sqlite3.connect(relay.data / "relay.db", timeout=10)
-    (good,) = db.execute("SELECT request FROM join_requests").fetchone()
-    with db:
-        db.execute("UPDATE join_requests SET request = ?", (b"\xc1",))
-    await publish(owner, owner_path)
-    relay.wait_for_event("queue.dead_letter", timeout=10)
-    listed = relay.admin_get("/admin/held", params={"status": "dead"}).json()["requests"]
-    assert [(r["status"], r["attempts"]) for r in listed] == [("dead", 2)]
-    assert "malformed" in listed[0]["last_error"]
-    assert (await status(state, tmp_path / "s.json")).relays[0].status == "held"  # still waiting
-
-    with db:
-        db.execute("UPDATE join_requests SET request = ?", (good,))
-    db.close()
-    retried = relay.admin_post(f"/admin/held/{listed[0]['id']}/retry").json()
-    assert retried["status"] == "held"
-    await status(state, tmp_path / "s.json", wait=10)
-    assert statuses(state) == ["admitted"]
-    assert relay.admin_post(f"/admin/held/{listed[0]['id']}/retry").status_code == 404
 
 
 async def test_a_relay_that_alters_the_profile_is_not_used(

@@ -121,10 +121,11 @@ def _stored_channels(path: Path) -> set[int]:
 async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(tmp_path: Path) -> None:
     batches: list[int] = []
     db = Database(tmp_path / "relay.db", on_commit=lambda seconds, jobs: batches.append(jobs))
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
     results: dict[int, object] = {}
 
     def held_job(conn: sqlite3.Connection) -> int:
+        running.set()
         gate.wait(10)  # keeps the writer busy while the next jobs queue up behind it
         return _insert_group(0)(conn)
 
@@ -140,7 +141,7 @@ async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(tmp_path: Path)
                 await writer.start(db.serve)
                 async with trio.open_nursery() as callers:
                     callers.start_soon(call, 0, held_job)
-                    await trio.sleep(0.05)
+                    await trio.to_thread.run_sync(running.wait, 10)  # the writer holds it
                     for n in range(1, 6):  # queued in this order, the failing one in the middle
                         callers.start_soon(call, n, _insert_group(n, fail=n == 3))
                         await trio.testing.wait_all_tasks_blocked()
@@ -175,10 +176,11 @@ async def test_a_caller_cancelled_while_its_job_is_queued_still_learns_the_outco
 
 def test_stopping_the_writer_runs_every_job_already_queued(tmp_path: Path) -> None:
     db = Database(tmp_path / "relay.db")
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
     answered: list[int] = []
 
     def held_job(conn: sqlite3.Connection) -> int:
+        running.set()
         gate.wait(10)
         return _insert_group(0)(conn)
 
@@ -190,7 +192,7 @@ def test_stopping_the_writer_runs_every_job_already_queued(tmp_path: Path) -> No
         async with trio.open_nursery() as outer, trio.open_nursery() as writer:
             await writer.start(db.serve)
             outer.start_soon(call, held_job)
-            await trio.sleep(0.05)
+            await trio.to_thread.run_sync(running.wait, 10)  # the writer holds it
             for n in range(1, 4):
                 outer.start_soon(call, _insert_group(n))
             await trio.testing.wait_all_tasks_blocked()

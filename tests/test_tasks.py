@@ -10,6 +10,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 from wsproto.connection import Connection, ConnectionType
 
 from relay.server.http import ConnectionClosed, WebSocket
@@ -24,7 +25,7 @@ class Ends:
         self.count += 1
 
 
-async def test_a_failing_helper_ends_only_its_connection() -> None:
+async def test_a_failing_helper_ends_only_its_connection(autojump_clock: trio.testing.MockClock) -> None:
     ends, other_ends = Ends(), Ends()
     survived = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -57,7 +58,7 @@ async def test_aclose_cancels_running_helpers_and_waits_for_them() -> None:
                 finished.append("sender")
 
         tasks.start_soon(sends_for_ever)
-        await trio.sleep(0)  # it starts
+        await trio.testing.wait_all_tasks_blocked()  # it started and waits
         await tasks.aclose()
         assert finished == ["sender"]  # gone before aclose returned, not later
         started: list[int] = []
@@ -66,11 +67,11 @@ async def test_aclose_cancels_running_helpers_and_waits_for_them() -> None:
             started.append(1)
 
         tasks.start_soon(too_late)  # the connection is closing: no new helper
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # it would have run by now
         assert started == []
 
 
-async def test_end_connection_cancels_the_other_helpers() -> None:
+async def test_end_connection_cancels_the_other_helpers(autojump_clock: trio.testing.MockClock) -> None:
     ends = Ends()
     cancelled = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -114,7 +115,7 @@ async def test_interrupt_wakes_a_reader_waiting_for_the_socket() -> None:
     with trio.fail_after(5):  # not woken: the test fails instead of hanging
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
-            await trio.sleep(0.01)  # parked in wait_readable, with no cancel scope to cancel
+            await trio.testing.wait_all_tasks_blocked()  # parked in wait_readable, no cancel scope
             assert outcome == []
             ws.interrupt()
     assert outcome == ["closed"]

@@ -318,14 +318,17 @@ class AdminEndpoint:
                 local = None
 
             async def on_http(request: HttpRequest) -> HttpResponse:
-                return await self._http(request, local)
+                return await self.respond(request, local)
 
             await serve_http_connection(stream, on_http=on_http, head_timeout=self.head_timeout)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _http(self, request: HttpRequest, local: str | None = None) -> HttpResponse:
+    async def respond(self, request: HttpRequest, local: str | None = None) -> HttpResponse:
+        """The answer to one parsed request that reached the operator port at ``local`` (the
+        address it was sent to, for the Host check).  :meth:`handle` reads requests off a
+        connection and sends these back; in-process tests ask here directly."""
         path, _, query = request.target.partition("?")
         method = request.method
         refused = self._screen(request, path, local)
@@ -491,6 +494,7 @@ class AdminEndpoint:
         if not isinstance(raw, str) or not raw:
             raise BadBackupPath(f'give {{"path": "FILE"}}: a new file name, written into {folder}', folder)
         target, folder = self._backup_target(raw)
+        log.info("backup.started", path=str(target))
         started = time.monotonic()
         try:
             size = await self.service.db.backup(target)

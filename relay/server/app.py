@@ -30,6 +30,7 @@ from relay.server import accept, admintoken, memory
 from relay.server.admin import AdminEndpoint
 from relay.server.admission import Admissions
 from relay.server.bounds import Bounds
+from relay.server.clock import Clock
 from relay.server.config import Config, split_host_port
 from relay.server.datadir import StartupError as StartupError
 from relay.server.datadir import explained, token_problem
@@ -46,7 +47,7 @@ from relay.server.signals import GroupSignals
 from relay.server.sweeper import Sweeper
 from relay.server.tls import TlsError, server_context
 from relay.server.worker import JoinWorker
-from relay.store.db import Database, StoreUnavailable
+from relay.store.db import Database
 
 log = structlog.get_logger("relay.app")
 
@@ -135,9 +136,26 @@ def raise_fd_limit() -> None:
 
 
 @dataclass
+class Parts:
+    """The running relay's components, for in-process tests that drive them on trio's
+    ``MockClock`` (``Relay.parts`` once ready)."""
+
+    db: Database
+    service: GroupService
+    admissions: Admissions
+    worker: JoinWorker
+    channels: Channels
+    public: PublicEndpoint
+    sweeper: Sweeper
+    admin: AdminEndpoint
+
+
+@dataclass
 class Relay:
     config: Config
     data_dir: Path
+    # Wall time for dates, trio's clock for waits (relay.server.clock); tests give another wall.
+    clock: Clock = field(default_factory=Clock)
     identity: Identity = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     bounds: Bounds = field(init=False)
@@ -145,6 +163,7 @@ class Relay:
     notifier: Notifier = field(default_factory=Notifier)
     started: float = field(default_factory=time.time)
     ready: ReadyInfo | None = None
+    parts: Parts | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _policy: PolicyHolder = field(init=False)
     _admin: AdminEndpoint | None = None
@@ -155,7 +174,7 @@ class Relay:
         if created:
             log.info("identity.created", fingerprint=self.identity.fingerprint_text)
         self._policy = PolicyHolder(self.config.policy.to_policy())
-        self.bounds = Bounds(self.metrics)
+        self.bounds = Bounds(self.metrics, clock=self.clock.monotonic)
         policy = self.config.policy
         self.budgets = InvitationBudgets(
             per_minute=policy.invitations_per_ip_per_minute,
@@ -270,6 +289,7 @@ class Relay:
                 signals=signals,
                 log_keep=storage.service_log_max,
                 max_closed=storage.max_closed_groups,
+                clock=self.clock,
             )
             # The join path (relay.server.signals tells how a held request travels): intake and
             # worker share how a decision is recorded, and talk only through the signals.
@@ -316,6 +336,7 @@ class Relay:
                 open_connections=lambda: public.open_connections,
                 started=self.started,
             )
+            self.parts = Parts(db, service, admissions, worker, channels, public, sweeper, admin)
             async with trio.open_nursery() as db_nursery:
                 await db_nursery.start(db.serve)
                 # In the outermost nursery: the heartbeat goes on while connections drain.
@@ -350,7 +371,7 @@ class Relay:
                                     bounds=self.bounds,
                                 )
                             )
-                        acceptors.start_soon(self._sweep, service)
+                        acceptors.start_soon(service.run_activation_sweep)
                         acceptors.start_soon(sweeper.run)
                         self.ready = ReadyInfo(
                             address=contact_address(base, self.identity.fingerprint),
@@ -385,14 +406,6 @@ class Relay:
         self.metrics.observe("relay_db_commit_seconds", seconds)
         self.metrics.observe("relay_db_batch_size", jobs)
         self.bounds.flush()  # bounds hit inside the transactions just committed
-
-    async def _sweep(self, service: GroupService) -> None:
-        """Expire groups the owners never activated; checks a few times per time-out."""
-        while True:
-            interval = min(60.0, max(0.2, service.policy.policy.activation_timeout / 4))
-            await trio.sleep(interval)
-            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
-                await service.expire_overdue()
 
     def _write_run_file(self, ready: ReadyInfo) -> None:
         path = self.data_dir / RUN_FILE

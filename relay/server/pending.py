@@ -66,7 +66,9 @@ class InvitationBudgets:
         return len(self._pending.get(source, ())) < self.max_pending
 
     def refuse_new(self) -> RemoteProtocolError:
-        self.bounds.hit("pending_groups_per_ip", self.max_pending)
+        """The refusal of a new group for a source at its limit.  Called inside the transaction
+        that would have created it, on the database thread: the bound is told after the commit."""
+        self.bounds.hit_from_thread("pending_groups_per_ip", self.max_pending)
         return RemoteProtocolError(
             ErrorCode.RATE_LIMITED,
             f"this network address has {self.max_pending} channels waiting for activation here; "

@@ -10,14 +10,14 @@ refused request writes nothing.  The state rules come from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import sqlite3
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import structlog
+import trio
 
 from relay.protocol import crypto
 from relay.protocol.addresses import group_address, parse_address
@@ -50,13 +50,14 @@ from relay.protocol.profile import (
     check_succession,
 )
 from relay.protocol.state import OWNERS_CLOSED, GroupState, Transition, transition
+from relay.server.clock import Clock
 from relay.server.identity import Identity
 from relay.server.metrics import Metrics
 from relay.server.pending import InvitationBudgets
 from relay.server.profiles import VerifiedProfiles
 from relay.server.signals import GroupSignals
 from relay.store import groups
-from relay.store.db import Database
+from relay.store.db import Database, StoreUnavailable
 from relay.store.groups import GroupRecord
 
 log = structlog.get_logger("relay.service")
@@ -83,7 +84,7 @@ class GroupService:
         budgets: InvitationBudgets,
         signals: GroupSignals,
         max_closed: int = 100_000,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.db = db
         self.profiles = profiles
@@ -94,14 +95,16 @@ class GroupService:
         self.metrics = metrics
         self.log_keep = log_keep
         self.max_closed = max_closed
-        self._clock = clock
+        # Dates (stored, signed, compared with signed dates) and waits: see relay.server.clock.
+        self.clock = clock or Clock()
         # Every committed change of a group's state or profile is told here (relay.server.signals).
         self.signals = signals
         # An active or closed group no longer waits for activation against its source's budget.
         signals.state_changed.connect(self._settle_pending)
 
     def now(self) -> int:
-        return int(self._clock())
+        """The wall time in whole seconds: every date the relay stores or checks."""
+        return self.clock.now()
 
     def _settle_pending(self, group_id: int, state: GroupState) -> None:
         if state is GroupState.ACTIVE or state.terminal:
@@ -137,7 +140,7 @@ class GroupService:
         The source's invitation budget is charged before anything is opened; a new group
         needs room in the source's pending budget (:mod:`relay.server.pending`).
         """
-        self.budgets.charge(source, time.monotonic())
+        self.budgets.charge(source, self.clock.monotonic())
         now = self.now()
         policy = self.policy.policy
         plaintext = self.identity.seal_keys.open(
@@ -455,6 +458,15 @@ class GroupService:
         self.signals.state_changed.send(group_id, record.state)
         log.info("group.rejected", group=group_id)
         return record
+
+    async def run_activation_sweep(self) -> None:
+        """Expire groups the owners never activated; checks a few times per time-out, until
+        cancelled (the daemon owns the task)."""
+        while True:
+            interval = min(60.0, max(0.2, self.policy.policy.activation_timeout / 4))
+            await trio.sleep(interval)
+            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
+                await self.expire_overdue()
 
     async def expire_overdue(self) -> int:
         """Remove accepted groups whose owners never activated them in time."""

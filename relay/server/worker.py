@@ -8,8 +8,14 @@ committed with the request's new status in one transaction: after a crash the
 request is either still held (and decided again, with the same result) or
 decided, never both; effects are idempotent because a member key has one row
 per group.  A request whose processing fails is retried with exponential
-back-off and, after ``max_attempts``, dead-lettered for the operator.  Held
+back-off and, after ``max_attempts``, dead-lettered for the operator; every failed
+attempt is logged with its exception and traceback (``queue.attempt_failed``, the last one
+``queue.dead_letter``), since a request that fails is a damaged row or a bug.  Held
 and dead requests older than ``max_request_age`` are refused as expired.
+
+Time: the back-off deadlines are dates in the database (wall milliseconds, so they
+survive a restart) and the waits are on trio's clock; both come from the service's
+:class:`relay.server.clock.Clock`.
 
 Must not: decide anything itself (``relay.protocol.admission`` does), or hold
 a request in memory only: the database is the queue; memory only says where to
@@ -21,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import sqlite3
-import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -48,12 +53,24 @@ GROUPS_PER_TURN = 8
 EXPIRY_BATCH = 1000
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt at a held request, told on the trio thread after the commit."""
+
+    group: int
+    request: int
+    attempt: int
+    dead: bool
+    retry_in: float  # seconds until the next attempt (none when dead)
+    error: BaseException  # with its traceback, for the log
+
+
 @dataclass
 class Turn:
     """What one transaction of the worker did."""
 
     decided: list[tuple[int, bytes, JoinState, str | None]] = field(default_factory=list)
-    failed: list[tuple[int, int, bool]] = field(default_factory=list)  # group, request id, dead
+    failed: list[Failure] = field(default_factory=list)
     more: list[int] = field(default_factory=list)  # groups with requests due now
     later: dict[int, int] = field(default_factory=dict)  # group -> ms when a back-off ends
 
@@ -77,6 +94,7 @@ class JoinWorker:
         self.metrics = metrics
         self.signals = signals
         self.decisions = decisions
+        self.clock = service.clock
         signals.requests_waiting.connect(self.mark)
         signals.state_changed.connect(lambda group_id, state: self.mark(group_id))
         self._ready: deque[int] = deque()
@@ -108,14 +126,15 @@ class JoinWorker:
             picks = [self._ready.popleft() for _ in range(min(GROUPS_PER_TURN, len(self._ready)))]
             if not picks:
                 self._wake = trio.Event()
-                wait = (self._later[0][0] - _now_ms()) / 1000 if self._later else 3600.0
+                wait = (self._later[0][0] - self.clock.now_ms()) / 1000 if self._later else 3600.0
                 with trio.move_on_after(max(wait, 0.0)):
                     await self._wake.wait()
                 continue
             self._queued.difference_update(picks)
-            now = self.service.now()
+            now_ms = self.clock.now_ms()
+            now = now_ms // 1000
             try:
-                turn = await self.db.transact(partial(self._turn, picks=picks, now=now, now_ms=_now_ms()))
+                turn = await self.db.transact(partial(self._turn, picks=picks, now=now, now_ms=now_ms))
             except (sqlite3.Error, StoreUnavailable) as exc:
                 # The whole transaction rolled back: nothing was decided, so nothing is lost.
                 failures += 1
@@ -130,7 +149,7 @@ class JoinWorker:
             self._after(turn)
 
     def _release_due(self) -> None:
-        now = _now_ms()
+        now = self.clock.now_ms()
         while self._later and self._later[0][0] <= now:
             _, group_id = heapq.heappop(self._later)
             self.mark(group_id)
@@ -159,7 +178,8 @@ class JoinWorker:
                     dead = attempt >= self.config.max_attempts
                     backoff = min(self.config.retry_max, self.config.retry_base * 2 ** (attempt - 1))
                     joins.record_failure(conn, row.id, repr(exc), now_ms + int(backoff * 1000), dead=dead)
-                    turn.failed.append((group_id, row.id, dead))
+                    retry_in = 0.0 if dead else backoff
+                    turn.failed.append(Failure(group_id, row.id, attempt, dead, retry_in, exc))
                     continue
                 conn.execute("RELEASE request")
                 if decision.state is JoinState.ADMITTED:
@@ -179,13 +199,27 @@ class JoinWorker:
             self.metrics.inc("relay_queue_decided_total", outcome=state.value)
             if state is JoinState.REFUSED and code:
                 self.metrics.inc("relay_admission_refusals_total", code=code)
-        for group_id, request_id, dead in turn.failed:
+        for failure in turn.failed:
             self.metrics.inc("relay_queue_failures_total")
-            if dead:
+            # Logged here, on the trio thread, not where it was caught (the database thread).
+            if failure.dead:
                 self.metrics.inc("relay_queue_dead_letters_total")
-                log.error("queue.dead_letter", group=group_id, request=request_id)
+                log.error(
+                    "queue.dead_letter",
+                    group=failure.group,
+                    request=failure.request,
+                    attempt=failure.attempt,
+                    exc_info=failure.error,
+                )
             else:
-                log.warning("queue.attempt_failed", group=group_id, request=request_id)
+                log.warning(
+                    "queue.attempt_failed",
+                    group=failure.group,
+                    request=failure.request,
+                    attempt=failure.attempt,
+                    retry_in=failure.retry_in,
+                    exc_info=failure.error,
+                )
         if turn.decided:
             log.debug("queue.turn", decided=len(turn.decided))
         for group_id in turn.more:
@@ -231,7 +265,3 @@ class JoinWorker:
 
 def _one_more_member(rules: admission.GroupRules) -> admission.GroupRules:
     return replace(rules, members=rules.members + 1)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -149,6 +149,13 @@ class Database:
     def close(self) -> None:
         self._conn.close()
 
+    @property
+    def in_flight(self) -> int:
+        """Jobs submitted and not yet answered (queued, running, or committed and about to
+        wake their callers).  Tests on trio's ``MockClock`` move the clock only when this is 0:
+        a transaction takes real time on the writer thread, none on the virtual clock."""
+        return self._max_pending - self._room.value
+
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: owns the worker thread for the database's lifetime.
 
