@@ -127,7 +127,8 @@ async def test_reads_in_a_batch_with_failing_writes_still_commit(small_disk: Pat
 
     import trio
 
-    from relay.store.db import Database, StoreUnavailable
+    from relay.store.db import Database
+    from relay.store.errors import StoreUnavailable
 
     db = Database(small_disk / "relay.db")
     try:

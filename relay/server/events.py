@@ -55,7 +55,8 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.store import events as store
 from relay.store import groups, joins
-from relay.store.db import Job, StoreUnavailable
+from relay.store.db import Job
+from relay.store.errors import StoreUnavailable
 
 log = structlog.get_logger("relay.events")
 

@@ -57,7 +57,8 @@ from relay.server.pending import InvitationBudgets
 from relay.server.profiles import VerifiedProfiles
 from relay.server.signals import GroupSignals
 from relay.store import groups
-from relay.store.db import Database, StoreUnavailable
+from relay.store.db import Database
+from relay.store.errors import StoreUnavailable
 from relay.store.groups import GroupRecord
 
 log = structlog.get_logger("relay.service")

@@ -45,7 +45,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.server.signals import GroupSignals
 from relay.store import groups, joins
-from relay.store.db import StoreUnavailable
+from relay.store.errors import StoreError, StoreUnavailable
 
 log = structlog.get_logger("relay.worker")
 
@@ -135,7 +135,7 @@ class JoinWorker:
             now = now_ms // 1000
             try:
                 turn = await self.db.transact(partial(self._turn, picks=picks, now=now, now_ms=now_ms))
-            except (sqlite3.Error, StoreUnavailable) as exc:
+            except StoreError as exc:
                 # The whole transaction rolled back: nothing was decided, so nothing is lost.
                 failures += 1
                 delay = min(self.config.retry_max, self.config.retry_base * 2 ** (failures - 1))

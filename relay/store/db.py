@@ -41,7 +41,7 @@ import structlog
 import trio
 
 from relay.protocol.crypto import verify_forbidden
-from relay.protocol.errors import ServiceUnavailable
+from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.migrations import migrate
 
 T = TypeVar("T")
@@ -64,23 +64,19 @@ _UNAVAILABLE_CODES = frozenset(
 UNAVAILABLE_LOG_INTERVAL = 10.0
 
 
-class StoreUnavailable(ServiceUnavailable):
-    """The database cannot take writes now (its disk is full, say): nothing of the request
-    was stored, and asking again later may work."""
-
-    def __init__(self, error: str) -> None:
-        super().__init__(f"the relay cannot store anything now ({error}); nothing was kept, ask again later")
-        self.error = error
-
-
 def _translated(exc: BaseException) -> BaseException:
-    """``exc``, or a :class:`StoreUnavailable` for an SQLite error that means "not now"."""
+    """``exc``, or for an SQLite error the store's own: :class:`StoreUnavailable` for one that
+    means "not now", :class:`StoreError` for the rest."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
     code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _UNAVAILABLE_CODES:
-        unavailable = StoreUnavailable(str(exc))
-        unavailable.__cause__ = exc
-        return unavailable
-    return exc
+    error: StoreError
+    if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+        error = StoreUnavailable(str(exc))
+    else:
+        error = StoreError(str(exc) or type(exc).__name__)
+    error.__cause__ = exc
+    return error
 
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
