@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from relayproc import RelayFactory, RunningRelay
 
-from relay.server.config import Config, ConfigError, check_config, load_config
+from relay.server.config import Config, ConfigError, check_config, load_config, redacted_url
 
 ROOT = Path(__file__).parent.parent
 
@@ -214,3 +214,19 @@ def test_sighup_says_what_it_applied_and_what_needs_a_restart(relay_factory: Rel
     _next(relay, "config.unchanged", 0)
     assert len(relay.events("config.reloaded")) == 1 and len(relay.events("config.restart_needed")) == 2
     assert relay.stop() == 0
+
+
+def test_a_storage_url_must_name_postgresql_and_its_password_is_never_shown(tmp_path: Path) -> None:
+    config, errors, _ = check_config(None, {"RELAY_STORAGE_URL": "mysql://relay:hunter2@db/relay"})
+    assert config is None
+    assert errors == [
+        "RELAY_STORAGE_URL: storage.url: 'mysql://relay:***@db/relay' is not a PostgreSQL URL "
+        "(postgresql://USER@HOST:PORT/DB)"
+    ]
+    good = load_config(None, {"RELAY_STORAGE_URL": "postgresql://relay@db:5433/relay"})
+    assert good.storage.url == "postgresql://relay@db:5433/relay"
+    assert redacted_url("postgresql://relay:hunter2@db/relay") == "postgresql://relay:***@db/relay"
+    assert redacted_url("postgresql://relay@db/relay?password=hunter2&sslmode=require") == (
+        "postgresql://relay@db/relay?password=***&sslmode=require"
+    )
+    assert redacted_url("postgresql:///relay?host=/run/postgresql") == "postgresql:///relay?host=/run/postgresql"

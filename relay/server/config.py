@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -114,6 +115,9 @@ class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # PostgreSQL instead of the SQLite file DATA/relay.db (relay.store.postgres): a libpq URL,
+    # postgresql://USER[:PASSWORD]@HOST[:PORT]/DB.  Empty: SQLite.
+    url: str = ""
     synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
     service_log_max: Annotated[int, Meta(ge=10)] = 1000
     max_pending_writes: Annotated[int, Meta(ge=1)] = 10_000
@@ -216,6 +220,9 @@ def problems(config: Config) -> list[tuple[str, str]]:
             found.append(
                 ("server.public_url", f"{exc.reason} (the URL clients reach this relay's public port at)")
             )
+    if config.storage.url and not is_postgres_url(config.storage.url):
+        shown = redacted_url(config.storage.url)
+        found.append(("storage.url", f"{shown!r} is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)"))
     server = config.server
     if bool(server.tls_cert) != bool(server.tls_key):
         missing = "server.tls_key" if server.tls_cert else "server.tls_cert"
@@ -308,6 +315,25 @@ def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config 
         source = sources.get((section, name.split("[")[0]))
         errors.append(f"{source}: {key}: {reason}" if source else f"{key}: {reason}")
     return (None if errors else config), errors, sorted(sources.values())
+
+
+def is_postgres_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("postgresql", "postgres") and bool(parts.path.strip("/") or parts.hostname)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for logs, errors and ``relay config check``: the URL is
+    often in a config file or the environment, the password must not reach a log."""
+    parts = urllib.parse.urlsplit(url)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and all(key != "password" for key, _ in pairs):
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.netloc.rpartition('@')[0].partition(':')[0]}:***@{netloc.rpartition('@')[2]}"
+    query = "&".join(f"{key}=***" if key == "password" else f"{key}={value}" for key, value in pairs)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _check_key(struct: type[msgspec.Struct], section: str, key: str, value: object) -> str | None:
