@@ -29,7 +29,6 @@ import ipaddress
 import json
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -47,6 +46,7 @@ from relay.server.http import HttpRequest, HttpResponse, serve_http_connection
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.store import events, groups, joins
+from relay.store.conn import Conn
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
 
@@ -550,7 +550,7 @@ class AdminEndpoint:
         return target, folder
 
     async def _retry(self, request_id: int) -> HttpResponse:
-        def apply(conn: sqlite3.Connection) -> JoinRow | None:
+        def apply(conn: Conn) -> JoinRow | None:
             if not joins.retry(conn, request_id):
                 return None
             return joins.by_id(conn, request_id)

@@ -11,7 +11,6 @@ held for :class:`relay.server.worker.JoinWorker`.  The rules themselves live in
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -48,6 +47,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.server.signals import GroupSignals
 from relay.store import groups, joins
+from relay.store.conn import Conn
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
 
@@ -183,7 +183,7 @@ class Admissions:
         log.debug("member.join", group=group.id, status=row.status.value, code=row.code, stored=stored)
         return result_of(row)
 
-    def _arrive(self, conn: sqlite3.Connection, new: joins.NewJoin, now: int) -> tuple[bool, JoinRow, bool]:
+    def _arrive(self, conn: Conn, new: joins.NewJoin, now: int) -> tuple[bool, JoinRow, bool]:
         """Store and decide (or answer a duplicate); returns (stored, row, group is active)."""
         view = joins.intake_view(conn, new.group_id, new.member_key)
         if view is None:
@@ -258,7 +258,7 @@ class Admissions:
             await self.db.transact(lambda conn: groups.by_channel(conn, request.channel)), request, signer
         )
 
-        def apply(conn: sqlite3.Connection) -> tuple[OwnerCommandResult, GroupRecord, Decision | None]:
+        def apply(conn: Conn) -> tuple[OwnerCommandResult, GroupRecord, Decision | None]:
             record = groups.by_channel(conn, request.channel)
             if record is None or record.id != checked.id or record.profile_version != checked.profile_version:
                 raise RemoteProtocolError(
@@ -308,7 +308,7 @@ class Admissions:
 
     def _owners_decide(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         record: GroupRecord,
         member_key: bytes,
         action: str,

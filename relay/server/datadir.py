@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
+
+from relay.store import sqlitefile
 
 
 class StartupError(Exception):
@@ -82,15 +83,7 @@ def problem(exc: BaseException, path: Path, data_dir: Path) -> str | None:
             f"{path} is damaged ({exc}); restore it from a backup (a new key would change the relay's "
             "address for every channel), or move it away to start as a new relay"
         )
-    if isinstance(exc, sqlite3.Error):
-        why = str(exc) or type(exc).__name__
-        if isinstance(exc, sqlite3.DatabaseError) and "not a database" in why:
-            return (
-                f"{path} is not a chat-relay database ({why}): restore it from a backup, "
-                "or give another --data"
-            )
-        return f"cannot open the database {path}: {why}"
-    return None
+    return sqlitefile.problem(exc, path)
 
 
 def token_problem(exc: Exception, path: Path, data_dir: Path) -> str:

@@ -14,13 +14,12 @@ touch metrics from the database thread.
 
 from __future__ import annotations
 
-import sqlite3
-
 from relay.protocol.admission import Decision, GroupRules, JoinState
 from relay.protocol.encoding import b64e
 from relay.server.bounds import Bounds
 from relay.server.config import MembersConfig
 from relay.store import groups, joins
+from relay.store.conn import Conn
 from relay.store.groups import GroupRecord
 
 
@@ -52,7 +51,7 @@ class Decisions:
 
     def write(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         group_id: int,
         member_key: bytes,
         name: str,
@@ -72,7 +71,7 @@ class Decisions:
         elif decision.state is JoinState.REFUSED:
             self.forget_old_refusals(conn, group_id)
 
-    def forget_old_refusals(self, conn: sqlite3.Connection, group_id: int) -> None:
+    def forget_old_refusals(self, conn: Conn, group_id: int) -> None:
         """Remembered refusals are bounded per group."""
         dropped = joins.prune_refused(conn, group_id, self.config.max_refused_per_group)
         if dropped:

@@ -14,8 +14,6 @@ admitted.
 
 from __future__ import annotations
 
-import sqlite3
-
 import structlog
 
 from relay.protocol import crypto
@@ -37,6 +35,7 @@ from relay.server.events import Channels
 from relay.server.http import prepared_message
 from relay.store import events as store
 from relay.store import joins
+from relay.store.conn import Conn
 
 log = structlog.get_logger("relay.direct")
 
@@ -53,7 +52,7 @@ class DirectMessages:
         """The owners' rule for the group now, and the target's admitted join request."""
         view = await self.channels.view(group.id)
 
-        def read(conn: sqlite3.Connection) -> tuple[int, joins.JoinRow | None]:
+        def read(conn: Conn) -> tuple[int, joins.JoinRow | None]:
             return joins.counts(conn, group.id).members, joins.by_member(conn, group.id, target)
 
         members, row = await self.db.transact(read)

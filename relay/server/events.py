@@ -19,7 +19,6 @@ does not also hold (the caches here are rebuilt from it).
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -55,6 +54,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.store import events as store
 from relay.store import groups, joins
+from relay.store.conn import Conn
 from relay.store.db import Job
 from relay.store.errors import StoreUnavailable
 
@@ -223,11 +223,8 @@ class Channels:
         now = self.service.now()
         config = self.config
 
-        def apply(conn: sqlite3.Connection) -> _Outcome:
-            row = conn.execute(
-                "SELECT state, profile_version FROM groups WHERE id = ?", (view.id,)
-            ).fetchone()
-            if row is None or row[0] != view.state.value or row[1] != view.profile_version:
+        def apply(conn: Conn) -> _Outcome:
+            if groups.state_and_version(conn, view.id) != (view.state, view.profile_version):
                 raise _StaleView()
             return _append(conn, view.id, verified, stored, now, config)
 
@@ -304,7 +301,7 @@ class Channels:
         page = self.config.catch_up_page
         inbox_after = now - self.config.inbox_ttl
 
-        def read(conn: sqlite3.Connection) -> tuple[Subscribed, int, Page, list[bytes]]:
+        def read(conn: Conn) -> tuple[Subscribed, int, Page, list[bytes]]:
             record = groups.by_id(conn, group.id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
@@ -361,7 +358,7 @@ class Channels:
         )
 
     async def _read_page(self, group_id: int, after: int, limit: int, hook: Callable[[Page], None]) -> Page:
-        def read(conn: sqlite3.Connection) -> Page:
+        def read(conn: Conn) -> Page:
             head = store.head(conn, group_id)
             rows = store.read_after(conn, group_id, after, limit)
             return Page(rows, head.head_seq, len(rows) < limit)
@@ -371,7 +368,7 @@ class Channels:
     # --- heads and discovery ---------------------------------------------------------
 
     async def head(self, group: GroupBinding) -> HeadAnswer:
-        def read(conn: sqlite3.Connection) -> tuple[store.HeadRow, bytes | None]:
+        def read(conn: Conn) -> tuple[store.HeadRow, bytes | None]:
             head = store.head(conn, group.id)
             return head, store.event_at(conn, group.id, head.head_seq) if head.head_seq else None
 
@@ -394,7 +391,7 @@ class Channels:
         if not wanted:
             return Discovered(heads=[])
 
-        def read(conn: sqlite3.Connection) -> list[tuple[bytes, store.HeadRow]]:
+        def read(conn: Conn) -> list[tuple[bytes, store.HeadRow]]:
             found = []
             for group_id in wanted:
                 record = groups.by_id(conn, group_id)
@@ -409,26 +406,17 @@ class Channels:
     async def _tag_index(self) -> dict[bytes, int]:
         fingerprint = self.service.identity.fingerprint
         if self._tags is None:
-            rows = await self.db.transact(
-                lambda conn: conn.execute(
-                    "SELECT id, channel FROM groups WHERE state IN ('active', 'suspended')"
-                ).fetchall()
-            )
+            rows = await self.db.transact(lambda conn: groups.channels_in_states(conn, SERVING))
             # HKDF and HMAC per group: off the trio thread, for a relay with many groups.
             self._tags = await trio.to_thread.run_sync(
-                lambda: {tag(bytes(channel), fingerprint): int(group_id) for group_id, channel in rows}
+                lambda: {tag(channel, fingerprint): group_id for group_id, channel in rows}
             )
             self._tags_dirty.clear()
         if self._tags_dirty:
             dirty, self._tags_dirty = list(self._tags_dirty)[:1000], set()
-            marks = ", ".join("?" for _ in dirty)
-            rows = await self.db.transact(
-                lambda conn: conn.execute(
-                    f"SELECT id, channel FROM groups WHERE id IN ({marks})", dirty
-                ).fetchall()
-            )
+            rows = await self.db.transact(lambda conn: groups.channels_of(conn, dirty))
             for group_id, channel in rows:
-                self._tags[tag(bytes(channel), fingerprint)] = int(group_id)
+                self._tags[tag(channel, fingerprint)] = group_id
         return self._tags
 
     # --- retention ----------------------------------------------------------------------
@@ -460,7 +448,7 @@ class Channels:
 
 
 def _append(
-    conn: sqlite3.Connection,
+    conn: Conn,
     group_id: int,
     event: VerifiedEvent,
     stored: bytes,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
-import sqlite3
 from dataclasses import dataclass, replace
 
 import structlog
@@ -57,6 +56,7 @@ from relay.server.pending import InvitationBudgets
 from relay.server.profiles import VerifiedProfiles
 from relay.server.signals import GroupSignals
 from relay.store import groups
+from relay.store.conn import Conn
 from relay.store.db import Database
 from relay.store.errors import StoreUnavailable
 from relay.store.groups import GroupRecord
@@ -183,7 +183,7 @@ class GroupService:
 
     def _register(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         verified: VerifiedInvitation,
         refusal: PolicyRefusal | None,
         address_id: str,
@@ -247,7 +247,7 @@ class GroupService:
         )
         return record, True
 
-    def _prune_closed(self, conn: sqlite3.Connection) -> None:
+    def _prune_closed(self, conn: Conn) -> None:
         """Remembered refusals are bounded too: fresh root keys cost an attacker nothing."""
         dropped = groups.prune_closed(conn, self.max_closed)
         if dropped:
@@ -324,7 +324,7 @@ class GroupService:
         self.profiles.remember(new.profile, verified)
         now = self.now()
 
-        def apply(conn: sqlite3.Connection) -> tuple[GroupState, GroupState, int, int, bytes]:
+        def apply(conn: Conn) -> tuple[GroupState, GroupState, int, int, bytes]:
             record = groups.by_address(conn, address_id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
@@ -405,7 +405,7 @@ class GroupService:
             max_age=self.policy.policy.invitation_max_age,
         )
 
-        def read(conn: sqlite3.Connection) -> tuple[GroupRecord | None, list[groups.LogRow]]:
+        def read(conn: Conn) -> tuple[GroupRecord | None, list[groups.LogRow]]:
             record = groups.by_channel(conn, request.channel)
             if record is None:
                 return None, []
@@ -423,7 +423,7 @@ class GroupService:
         timeout = self.policy.policy.activation_timeout
         address_id = b64e(secrets.token_bytes(16))
 
-        def apply(conn: sqlite3.Connection) -> GroupRecord:
+        def apply(conn: Conn) -> GroupRecord:
             record = _require(conn, group_id)
             after = transition(record.state, Transition.APPROVE)
             groups.issue_address(conn, group_id, address_id, now, now + timeout)
@@ -442,7 +442,7 @@ class GroupService:
     async def reject(self, group_id: int, reason: str) -> GroupRecord:
         now = self.now()
 
-        def apply(conn: sqlite3.Connection) -> GroupRecord:
+        def apply(conn: Conn) -> GroupRecord:
             record = _require(conn, group_id)
             after = transition(record.state, Transition.REJECT)
             groups.set_state(
@@ -473,7 +473,7 @@ class GroupService:
         """Remove accepted groups whose owners never activated them in time."""
         now = self.now()
 
-        def apply(conn: sqlite3.Connection) -> list[int]:
+        def apply(conn: Conn) -> list[int]:
             expired = []
             for record in groups.overdue(conn, now):
                 after = transition(record.state, Transition.TIMEOUT)
@@ -544,7 +544,7 @@ class GroupService:
         """One operator transition in one transaction, told to the owners in the service log."""
         now = self.now()
 
-        def apply(conn: sqlite3.Connection) -> GroupRecord:
+        def apply(conn: Conn) -> GroupRecord:
             record = _require(conn, group_id)
             after = transition(record.state, event)
             groups.set_state(
@@ -588,7 +588,7 @@ class _StoredProfileChanged(Exception):
     """The stored profile changed between the checks and the transaction: check again."""
 
 
-def _require(conn: sqlite3.Connection, group_id: int) -> GroupRecord:
+def _require(conn: Conn, group_id: int) -> GroupRecord:
     record = groups.by_id(conn, group_id)
     if record is None:
         raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, f"no group {group_id}")

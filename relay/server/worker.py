@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import sqlite3
 from collections import deque
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -45,6 +44,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.server.signals import GroupSignals
 from relay.store import groups, joins
+from relay.store.conn import Conn, savepoint
 from relay.store.errors import StoreError, StoreUnavailable
 
 log = structlog.get_logger("relay.worker")
@@ -154,7 +154,7 @@ class JoinWorker:
             _, group_id = heapq.heappop(self._later)
             self.mark(group_id)
 
-    def _turn(self, conn: sqlite3.Connection, *, picks: list[int], now: int, now_ms: int) -> Turn:
+    def _turn(self, conn: Conn, *, picks: list[int], now: int, now_ms: int) -> Turn:
         turn = Turn()
         for group_id in picks:
             record = groups.by_id(conn, group_id)
@@ -165,15 +165,13 @@ class JoinWorker:
                 continue
             rules = rules_of(record, joins.counts(conn, group_id).members, self.config.max_per_group)
             for row in joins.due(conn, group_id, now_ms, self.config.worker_slice):
-                conn.execute("SAVEPOINT request")
                 try:
-                    stored_join(row.request)  # a damaged row fails here, and is retried
-                    decision = admission.decide(rules)
-                    joins.set_decision(conn, row.id, decision, now)
-                    self.decisions.write(conn, group_id, row.member_key, row.name, decision, now)
+                    with savepoint(conn, "request"):  # a failing request is undone alone
+                        stored_join(row.request)  # a damaged row fails here, and is retried
+                        decision = admission.decide(rules)
+                        joins.set_decision(conn, row.id, decision, now)
+                        self.decisions.write(conn, group_id, row.member_key, row.name, decision, now)
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO request")
-                    conn.execute("RELEASE request")
                     attempt = row.attempts + 1
                     dead = attempt >= self.config.max_attempts
                     backoff = min(self.config.retry_max, self.config.retry_base * 2 ** (attempt - 1))
@@ -181,7 +179,6 @@ class JoinWorker:
                     retry_in = 0.0 if dead else backoff
                     turn.failed.append(Failure(group_id, row.id, attempt, dead, retry_in, exc))
                     continue
-                conn.execute("RELEASE request")
                 if decision.state is JoinState.ADMITTED:
                     rules = _one_more_member(rules)
                 turn.decided.append((group_id, row.member_key, decision.state, decision.code))
@@ -246,7 +243,7 @@ class JoinWorker:
             f"not decided within {max_age} s (the group never became active, or processing kept failing)",
         )
 
-        def apply(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+        def apply(conn: Conn) -> list[tuple[int, bytes]]:
             rows = joins.expired(conn, now - max_age, EXPIRY_BATCH)
             for row in rows:
                 joins.set_decision(conn, row.id, decision, now)

@@ -5,16 +5,17 @@ Functions here run on the database worker thread inside a transaction opened by
 the owner sent (its body bytes exactly as signed) and never rewritten.  The
 per-group summary in ``event_heads`` (head, oldest kept, count, bytes) is kept
 in the same transaction as the rows, so a post reads one small row, not the log.
-Retention drops the oldest events first and never the head.  No policy here:
+Retention drops the oldest events first and never the head.  The SQL is the
+subset SQLite and PostgreSQL share (see ``relay.store.conn``).  No policy here:
 the chain rules come from ``relay.protocol.events``, the bounds from the caller.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
 from relay.protocol.events import GENESIS
+from relay.store.conn import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,25 +32,28 @@ class HeadRow:
 
 
 _HEAD = "head_seq, head_id, head_created_at, first_seq, count, bytes, pruned"
+_HEAD_FROM_EXCLUDED = ", ".join(f"{c} = excluded.{c}" for c in _HEAD.split(", "))
 
 
-def head(conn: sqlite3.Connection, group_id: int) -> HeadRow:
+def head(conn: Conn, group_id: int) -> HeadRow:
     row = conn.execute(f"SELECT {_HEAD} FROM event_heads WHERE group_id = ?", (group_id,)).fetchone()
-    return HeadRow(*row) if row else HeadRow()
+    if row is None:
+        return HeadRow()
+    return HeadRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], row[6])
 
 
-def id_at(conn: sqlite3.Connection, group_id: int, seq: int) -> bytes | None:
+def id_at(conn: Conn, group_id: int, seq: int) -> bytes | None:
     row = conn.execute("SELECT id FROM events WHERE group_id = ? AND seq = ?", (group_id, seq)).fetchone()
     return None if row is None else bytes(row[0])
 
 
-def event_at(conn: sqlite3.Connection, group_id: int, seq: int) -> bytes | None:
+def event_at(conn: Conn, group_id: int, seq: int) -> bytes | None:
     row = conn.execute("SELECT event FROM events WHERE group_id = ? AND seq = ?", (group_id, seq)).fetchone()
     return None if row is None else bytes(row[0])
 
 
 def append(
-    conn: sqlite3.Connection,
+    conn: Conn,
     group_id: int,
     before: HeadRow,
     *,
@@ -75,7 +79,8 @@ def append(
         pruned=before.pruned,
     )
     conn.execute(
-        f"INSERT OR REPLACE INTO event_heads (group_id, {_HEAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO event_heads (group_id, {_HEAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        f"ON CONFLICT (group_id) DO UPDATE SET {_HEAD_FROM_EXCLUDED}",
         (group_id, *_values(after)),
     )
     return after
@@ -85,29 +90,38 @@ def _values(row: HeadRow) -> tuple[object, ...]:
     return (row.head_seq, row.head_id, row.head_created_at, row.first_seq, row.count, row.bytes, row.pruned)
 
 
-def prune_to_size(
-    conn: sqlite3.Connection, group_id: int, current: HeadRow, max_events: int, max_bytes: int
-) -> int:
+def prune_to_size(conn: Conn, group_id: int, current: HeadRow, max_events: int, max_bytes: int) -> int:
     """Drop the oldest events until the group is within both bounds (never the head)."""
     excess_events = current.count - max_events
     excess_bytes = current.bytes - max_bytes
     if excess_events <= 0 and excess_bytes <= 0:
         return 0
-    upto = 0
-    dropped = dropped_bytes = 0
-    cursor = conn.execute(
-        "SELECT seq, size FROM events WHERE group_id = ? AND seq < ? ORDER BY seq",
-        (group_id, current.head_seq),
+    upto, dropped, dropped_bytes = _oldest_beyond(
+        conn, group_id, current.head_seq, excess_events, excess_bytes
     )
-    for seq, size in cursor:
-        if dropped >= excess_events and dropped_bytes >= excess_bytes:
-            break
-        upto, dropped, dropped_bytes = seq, dropped + 1, dropped_bytes + size
-    cursor.close()
     return _drop_through(conn, group_id, current, upto, dropped, dropped_bytes)
 
 
-def prune_through(conn: sqlite3.Connection, group_id: int, upto: int) -> int:
+def _oldest_beyond(
+    conn: Conn, group_id: int, head_seq: int, excess_events: int, excess_bytes: int
+) -> tuple[int, int, int]:
+    """How far to drop (the last seq, how many events, how many bytes) to shed the excess.
+
+    The rows are read only as far as needed; the cursor is dropped on return, before the
+    caller deletes from the table it reads (Python's ``sqlite3`` then resets the statement)."""
+    upto = 0
+    dropped = dropped_bytes = 0
+    for seq, size in conn.execute(
+        "SELECT seq, size FROM events WHERE group_id = ? AND seq < ? ORDER BY seq",
+        (group_id, head_seq),
+    ):
+        if dropped >= excess_events and dropped_bytes >= excess_bytes:
+            break
+        upto, dropped, dropped_bytes = int(seq), dropped + 1, dropped_bytes + int(size)
+    return upto, dropped, dropped_bytes
+
+
+def prune_through(conn: Conn, group_id: int, upto: int) -> int:
     """Drop the group's events up to ``upto`` inclusive (never the head); returns how many."""
     current = head(conn, group_id)
     upto = min(upto, current.head_seq - 1)
@@ -121,7 +135,7 @@ def prune_through(conn: sqlite3.Connection, group_id: int, upto: int) -> int:
 
 
 def _drop_through(
-    conn: sqlite3.Connection, group_id: int, current: HeadRow, upto: int, dropped: int, dropped_bytes: int
+    conn: Conn, group_id: int, current: HeadRow, upto: int, dropped: int, dropped_bytes: int
 ) -> int:
     if dropped == 0:
         return 0
@@ -134,25 +148,25 @@ def _drop_through(
     return dropped
 
 
-def prune_older_than(conn: sqlite3.Connection, stored_before: int, limit: int) -> dict[int, int]:
+def prune_older_than(conn: Conn, stored_before: int, limit: int) -> dict[int, int]:
     """Age retention: drop up to about ``limit`` events stored before the time, oldest first.
 
     Returns the events dropped per group.  A group's newest event is kept whatever its age.
     """
     rows = conn.execute(
         "SELECT group_id, max(seq) FROM (SELECT group_id, seq FROM events INDEXED BY events_age "
-        "WHERE stored_at < ? ORDER BY stored_at LIMIT ?) GROUP BY group_id",
+        "WHERE stored_at < ? ORDER BY stored_at LIMIT ?) AS oldest GROUP BY group_id",
         (stored_before, limit),
     ).fetchall()
     dropped: dict[int, int] = {}
     for group_id, upto in rows:
-        n = prune_through(conn, group_id, upto)
+        n = prune_through(conn, int(group_id), int(upto))
         if n:
             dropped[group_id] = n
     return dropped
 
 
-def read_after(conn: sqlite3.Connection, group_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
+def read_after(conn: Conn, group_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:
     """Up to ``limit`` stored events after ``after``, oldest first, as (seq, encoded Signed)."""
     return [
         (seq, bytes(event))
@@ -167,12 +181,12 @@ def read_after(conn: sqlite3.Connection, group_id: int, after: int, limit: int) 
 
 
 def add_equivocation(
-    conn: sqlite3.Connection, group_id: int, seq: int, kept: bytes, other: bytes, now: int, keep: int
+    conn: Conn, group_id: int, seq: int, kept: bytes, other: bytes, now: int, keep: int
 ) -> bool:
     """Keep both signed events as proof; False when the group already holds ``keep`` proofs
     (or this very pair)."""
     (held,) = conn.execute("SELECT count(*) FROM equivocations WHERE group_id = ?", (group_id,)).fetchone()
-    if held >= keep:
+    if int(held) >= keep:
         return False
     same = conn.execute(
         "SELECT 1 FROM equivocations WHERE group_id = ? AND seq = ? AND other = ?", (group_id, seq, other)
@@ -195,7 +209,7 @@ class Equivocation:
     at: int
 
 
-def equivocations(conn: sqlite3.Connection, group_id: int, limit: int = 100) -> list[Equivocation]:
+def equivocations(conn: Conn, group_id: int, limit: int = 100) -> list[Equivocation]:
     return [
         Equivocation(g, s, bytes(k), bytes(o), a)
         for g, s, k, o, a in conn.execute(
@@ -214,7 +228,7 @@ class Totals:
     inbox: int = 0
 
 
-def totals(conn: sqlite3.Connection) -> Totals:
+def totals(conn: Conn) -> Totals:
     """For metrics and stats: sums over the per-group summaries (one row per group)."""
     events, size, pruned = conn.execute(
         "SELECT coalesce(sum(count), 0), coalesce(sum(bytes), 0), coalesce(sum(pruned), 0) FROM event_heads"
@@ -227,14 +241,12 @@ def totals(conn: sqlite3.Connection) -> Totals:
 # --- the direct-invitation inbox ----------------------------------------------------
 
 
-def inbox_add(
-    conn: sqlite3.Connection, group_id: int, member_key: bytes, request: bytes, now: int, limit: int
-) -> bool:
+def inbox_add(conn: Conn, group_id: int, member_key: bytes, request: bytes, now: int, limit: int) -> bool:
     """Keep an invitation for a member who is not subscribed; False when its inbox is full."""
     (held,) = conn.execute(
         "SELECT count(*) FROM direct_inbox WHERE group_id = ? AND member_key = ?", (group_id, member_key)
     ).fetchone()
-    if held >= limit:
+    if int(held) >= limit:
         return False
     conn.execute(
         "INSERT INTO direct_inbox (group_id, member_key, request, stored_at) VALUES (?, ?, ?, ?)",
@@ -243,7 +255,7 @@ def inbox_add(
     return True
 
 
-def inbox_take(conn: sqlite3.Connection, group_id: int, member_key: bytes, stored_after: int) -> list[bytes]:
+def inbox_take(conn: Conn, group_id: int, member_key: bytes, stored_after: int) -> list[bytes]:
     """The member's waiting invitations, oldest first, removed from the inbox (expired ones too)."""
     rows = conn.execute(
         "SELECT id, request, stored_at FROM direct_inbox WHERE group_id = ? AND member_key = ? ORDER BY id",
@@ -254,10 +266,10 @@ def inbox_take(conn: sqlite3.Connection, group_id: int, member_key: bytes, store
     return [bytes(request) for _, request, stored_at in rows if stored_at >= stored_after]
 
 
-def inbox_expire(conn: sqlite3.Connection, stored_before: int, limit: int) -> int:
+def inbox_expire(conn: Conn, stored_before: int, limit: int) -> int:
     cursor = conn.execute(
         "DELETE FROM direct_inbox WHERE id IN (SELECT id FROM direct_inbox INDEXED BY direct_inbox_age "
         "WHERE stored_at < ? ORDER BY stored_at LIMIT ?)",
         (stored_before, limit),
     )
-    return cursor.rowcount
+    return int(cursor.rowcount)

@@ -1,17 +1,21 @@
 """Groups and their service-group log, as rows.
 
 Functions here run on the database worker thread inside a transaction opened
-by :class:`relay.store.db.Database`; they take the connection first and return
-plain dataclasses.  They store exactly what they are given (signed profile
-bytes included) and make no policy decision.
+by :class:`relay.store.db.Database`; they take the connection (a
+:class:`relay.store.conn.Conn`, either engine) first and return plain dataclasses.
+They store exactly what they are given (signed profile bytes included) and make no
+policy decision.  Their SQL is the subset SQLite and PostgreSQL share (see
+``relay.store.conn``).
 """
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from relay.protocol.state import GroupState
+from relay.store.conn import Conn
 
 _COLUMNS = (
     "id, channel, service_group, state, reason_code, reason, address_id, address_issued_at, "
@@ -42,30 +46,57 @@ class GroupRecord:
     admission_suspended: bool  # paused by an owner command
 
 
-def _record(row: tuple[object, ...] | None) -> GroupRecord | None:
+def _record(row: Any) -> GroupRecord | None:
     if row is None:
         return None
     values = list(row)
+    # Blobs as ``bytes`` whatever the driver hands back (a memoryview, say).
+    values[1], values[2], values[8] = bytes(values[1]), bytes(values[2]), bytes(values[8])
     values[3] = GroupState(str(values[3]))
     values[17] = bool(values[17])
-    return GroupRecord(*values)  # type: ignore[arg-type]
+    return GroupRecord(*values)
 
 
-def by_channel(conn: sqlite3.Connection, channel: bytes) -> GroupRecord | None:
+def by_channel(conn: Conn, channel: bytes) -> GroupRecord | None:
     return _record(conn.execute(f"SELECT {_COLUMNS} FROM groups WHERE channel = ?", (channel,)).fetchone())
 
 
-def by_address(conn: sqlite3.Connection, address_id: str) -> GroupRecord | None:
+def by_address(conn: Conn, address_id: str) -> GroupRecord | None:
     return _record(
         conn.execute(f"SELECT {_COLUMNS} FROM groups WHERE address_id = ?", (address_id,)).fetchone()
     )
 
 
-def by_id(conn: sqlite3.Connection, group_id: int) -> GroupRecord | None:
+def by_id(conn: Conn, group_id: int) -> GroupRecord | None:
     return _record(conn.execute(f"SELECT {_COLUMNS} FROM groups WHERE id = ?", (group_id,)).fetchone())
 
 
-def count_live(conn: sqlite3.Connection) -> int:
+def state_and_version(conn: Conn, group_id: int) -> tuple[GroupState, int] | None:
+    """The group's state and profile version alone (None: no such group): what a post checks
+    its cached view of the group against, inside its transaction."""
+    row = conn.execute("SELECT state, profile_version FROM groups WHERE id = ?", (group_id,)).fetchone()
+    return None if row is None else (GroupState(row[0]), int(row[1]))
+
+
+def channels_in_states(conn: Conn, states: tuple[GroupState, ...]) -> list[tuple[int, bytes]]:
+    """(id, channel) of every group in one of ``states``, for the discovery tag index."""
+    marks = ", ".join("?" for _ in states)
+    rows = conn.execute(
+        f"SELECT id, channel FROM groups WHERE state IN ({marks})", [s.value for s in states]
+    ).fetchall()
+    return [(int(group_id), bytes(channel)) for group_id, channel in rows]
+
+
+def channels_of(conn: Conn, group_ids: Sequence[int]) -> list[tuple[int, bytes]]:
+    """(id, channel) of those of ``group_ids`` that exist, for the discovery tag index."""
+    if not group_ids:
+        return []
+    marks = ", ".join("?" for _ in group_ids)
+    rows = conn.execute(f"SELECT id, channel FROM groups WHERE id IN ({marks})", list(group_ids)).fetchall()
+    return [(int(group_id), bytes(channel)) for group_id, channel in rows]
+
+
+def count_live(conn: Conn) -> int:
     """Groups not rejected or removed, from the per-state counts the triggers keep (O(1))."""
     (n,) = conn.execute(
         "SELECT coalesce(sum(n), 0) FROM group_counts WHERE state NOT IN ('rejected', 'removed')"
@@ -73,7 +104,7 @@ def count_live(conn: sqlite3.Connection) -> int:
     return int(n)
 
 
-def prune_closed(conn: sqlite3.Connection, keep: int) -> int:
+def prune_closed(conn: Conn, keep: int) -> int:
     """Forget the oldest rejected/removed groups beyond ``keep``; returns how many were dropped."""
     (closed,) = conn.execute(
         "SELECT coalesce(sum(n), 0) FROM group_counts WHERE state IN ('rejected', 'removed')"
@@ -92,15 +123,15 @@ def prune_closed(conn: sqlite3.Connection, keep: int) -> int:
     return excess
 
 
-def delete(conn: sqlite3.Connection, group_id: int) -> None:
+def delete(conn: Conn, group_id: int) -> None:
     """Forget a group, its service log and its join requests."""
     conn.execute("DELETE FROM service_log WHERE group_id = ?", (group_id,))
     conn.execute("DELETE FROM join_requests WHERE group_id = ?", (group_id,))
     conn.execute("DELETE FROM groups WHERE id = ?", (group_id,))
 
 
-def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
-    return {s: n for s, n in conn.execute("SELECT state, n FROM group_counts")}
+def count_by_state(conn: Conn) -> dict[str, int]:
+    return {s: int(n) for s, n in conn.execute("SELECT state, n FROM group_counts")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +152,7 @@ class NewGroup:
 
 
 def insert(
-    conn: sqlite3.Connection,
+    conn: Conn,
     group: NewGroup,
     *,
     state: GroupState,
@@ -131,11 +162,12 @@ def insert(
     reason_code: str | None = None,
     reason: str | None = None,
 ) -> GroupRecord:
-    cursor = conn.execute(
+    # The row as stored, columns defaulted by the schema included, in the one statement.
+    row = conn.execute(
         "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
         "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
         "activation_deadline, admission, max_members, profile_digest) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
         (
             group.channel,
             group.service_group,
@@ -155,14 +187,14 @@ def insert(
             group.max_members,
             group.profile_digest,
         ),
-    )
-    record = by_id(conn, int(cursor.lastrowid or 0))
+    ).fetchone()
+    record = _record(row)
     assert record is not None
     return record
 
 
 def set_state(
-    conn: sqlite3.Connection,
+    conn: Conn,
     group_id: int,
     state: GroupState,
     now: int,
@@ -176,7 +208,7 @@ def set_state(
     )
 
 
-def issue_address(conn: sqlite3.Connection, group_id: int, address_id: str, now: int, deadline: int) -> None:
+def issue_address(conn: Conn, group_id: int, address_id: str, now: int, deadline: int) -> None:
     conn.execute(
         "UPDATE groups SET address_id = ?, address_issued_at = ?, activation_deadline = ?, "
         "updated_at = ? WHERE id = ?",
@@ -184,7 +216,7 @@ def issue_address(conn: sqlite3.Connection, group_id: int, address_id: str, now:
     )
 
 
-def set_profile(conn: sqlite3.Connection, group_id: int, group: NewGroup, version: int, now: int) -> None:
+def set_profile(conn: Conn, group_id: int, group: NewGroup, version: int, now: int) -> None:
     """Store a newer signed profile and the admission rules copied out of it."""
     conn.execute(
         "UPDATE groups SET profile = ?, profile_version = ?, name = ?, admission = ?, max_members = ?, "
@@ -193,14 +225,14 @@ def set_profile(conn: sqlite3.Connection, group_id: int, group: NewGroup, versio
     )
 
 
-def set_admission_suspended(conn: sqlite3.Connection, group_id: int, suspended: bool, now: int) -> None:
+def set_admission_suspended(conn: Conn, group_id: int, suspended: bool, now: int) -> None:
     conn.execute(
         "UPDATE groups SET admission_suspended = ?, updated_at = ? WHERE id = ?",
         (int(suspended), now, group_id),
     )
 
 
-def overdue(conn: sqlite3.Connection, now: int, limit: int = 1000) -> list[GroupRecord]:
+def overdue(conn: Conn, now: int, limit: int = 1000) -> list[GroupRecord]:
     """Accepted groups whose activation deadline has passed."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM groups WHERE state = 'accepted' AND activation_deadline < ? LIMIT ?",
@@ -209,9 +241,7 @@ def overdue(conn: sqlite3.Connection, now: int, limit: int = 1000) -> list[Group
     return [r for r in map(_record, rows) if r is not None]
 
 
-def listing(
-    conn: sqlite3.Connection, *, state: str | None = None, limit: int = 100, after: int = 0
-) -> list[GroupRecord]:
+def listing(conn: Conn, *, state: str | None = None, limit: int = 100, after: int = 0) -> list[GroupRecord]:
     if state is None:
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM groups WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
@@ -232,13 +262,12 @@ class LogRow:
     detail: str
 
 
-def append_log(
-    conn: sqlite3.Connection, group_id: int, now: int, event: str, detail: str, *, keep: int
-) -> None:
+def append_log(conn: Conn, group_id: int, now: int, event: str, detail: str, *, keep: int) -> None:
     """Append to the group's service log, keeping only the newest ``keep`` entries."""
-    (last,) = conn.execute(
+    (found,) = conn.execute(
         "SELECT coalesce(max(seq), 0) FROM service_log WHERE group_id = ?", (group_id,)
     ).fetchone()
+    last = int(found)
     conn.execute(
         "INSERT INTO service_log (group_id, seq, at, event, detail) VALUES (?, ?, ?, ?, ?)",
         (group_id, last + 1, now, event, detail),
@@ -246,7 +275,7 @@ def append_log(
     conn.execute("DELETE FROM service_log WHERE group_id = ? AND seq <= ?", (group_id, last + 1 - keep))
 
 
-def read_log(conn: sqlite3.Connection, group_id: int, limit: int = 1000) -> list[LogRow]:
+def read_log(conn: Conn, group_id: int, limit: int = 1000) -> list[LogRow]:
     rows = conn.execute(
         "SELECT seq, at, event, detail FROM service_log WHERE group_id = ? ORDER BY seq DESC LIMIT ?",
         (group_id, limit),

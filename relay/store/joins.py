@@ -4,16 +4,19 @@ Functions here run on the database worker thread inside a transaction opened
 by :class:`relay.store.db.Database`.  The ``id`` of a row is its arrival order.
 The counts in ``group_queues`` are kept by triggers (migration 3), so they can
 never disagree with the rows.  The signed request is stored as received, byte
-for byte.  No policy here: the decisions come from ``relay.protocol.admission``.
+for byte.  The SQL is the subset SQLite and PostgreSQL share (see
+``relay.store.conn``).  No policy here: the decisions come from
+``relay.protocol.admission``.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from relay.protocol.admission import Decision, JoinState
 from relay.protocol.state import GroupState
+from relay.store.conn import Conn, Rows
 
 _COLUMNS = (
     "id, group_id, member_key, request, name, status, code, reason, received_at, decided_at, "
@@ -42,16 +45,17 @@ class JoinRow:
         return Decision(self.status, self.code, self.reason)
 
 
-def _row(values: tuple[object, ...] | None) -> JoinRow | None:
+def _row(values: Any) -> JoinRow | None:
     if values is None:
         return None
     fields = list(values)
+    fields[2], fields[3] = bytes(fields[2]), bytes(fields[3])  # blobs as bytes, whatever the driver
     fields[5] = JoinState(str(fields[5]))
-    return JoinRow(*fields)  # type: ignore[arg-type]
+    return JoinRow(*fields)
 
 
-def _rows(cursor: sqlite3.Cursor) -> list[JoinRow]:
-    return [r for r in map(_row, cursor.fetchall()) if r is not None]
+def _rows(rows: Rows) -> list[JoinRow]:
+    return [r for r in map(_row, rows.fetchall()) if r is not None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,7 @@ class QueueCounts:
         return self.held + self.pending + self.dead
 
 
-def counts(conn: sqlite3.Connection, group_id: int) -> QueueCounts:
+def counts(conn: Conn, group_id: int) -> QueueCounts:
     row = conn.execute(
         "SELECT held, pending, dead, members, refused FROM group_queues WHERE group_id = ?", (group_id,)
     ).fetchone()
@@ -94,29 +98,40 @@ class IntakeView:
     existing_id: int | None
 
 
-def intake_view(conn: sqlite3.Connection, group_id: int, member_key: bytes) -> IntakeView | None:
+def intake_view(conn: Conn, group_id: int, member_key: bytes) -> IntakeView | None:
     row = conn.execute(
         "SELECT g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
         "coalesce(q.members, 0), coalesce(q.held, 0), coalesce(q.held + q.pending + q.dead, 0), "
-        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = :member_key) "
-        "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = :group_id",
-        {"group_id": group_id, "member_key": member_key},
+        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = ?) "
+        "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = ?",
+        (member_key, group_id),
     ).fetchone()
     if row is None:
         return None
-    return IntakeView(GroupState(row[0]), row[1], row[2], row[3], row[4], bool(row[5]), *row[6:])
+    return IntakeView(
+        GroupState(row[0]),
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        bool(row[5]),
+        int(row[6]),
+        int(row[7]),
+        int(row[8]),
+        row[9],
+    )
 
 
-def totals(conn: sqlite3.Connection) -> QueueCounts:
+def totals(conn: Conn) -> QueueCounts:
     """Sums over every group (for metrics and stats: one pass over a small table)."""
     row = conn.execute(
         "SELECT coalesce(sum(held), 0), coalesce(sum(pending), 0), coalesce(sum(dead), 0), "
         "coalesce(sum(members), 0), coalesce(sum(refused), 0) FROM group_queues"
     ).fetchone()
-    return QueueCounts(*row)
+    return QueueCounts(*map(int, row))
 
 
-def by_member(conn: sqlite3.Connection, group_id: int, member_key: bytes) -> JoinRow | None:
+def by_member(conn: Conn, group_id: int, member_key: bytes) -> JoinRow | None:
     return _row(
         conn.execute(
             f"SELECT {_COLUMNS} FROM join_requests WHERE group_id = ? AND member_key = ?",
@@ -125,7 +140,7 @@ def by_member(conn: sqlite3.Connection, group_id: int, member_key: bytes) -> Joi
     )
 
 
-def by_id(conn: sqlite3.Connection, row_id: int) -> JoinRow | None:
+def by_id(conn: Conn, row_id: int) -> JoinRow | None:
     return _row(conn.execute(f"SELECT {_COLUMNS} FROM join_requests WHERE id = ?", (row_id,)).fetchone())
 
 
@@ -137,35 +152,46 @@ class NewJoin:
     name: str
 
 
-def insert(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int) -> int:
-    """Store an arriving request with its first decision; returns its id (arrival order)."""
+_INSERT = (
+    "INSERT INTO join_requests (group_id, member_key, request, name, status, code, reason, "
+    "received_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_values(join: NewJoin, decision: Decision, now: int) -> tuple[object, ...]:
     decided_at = None if decision.state.undecided else now
-    cursor = conn.execute(
-        "INSERT INTO join_requests (group_id, member_key, request, name, status, code, reason, "
-        "received_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            join.group_id,
-            join.member_key,
-            join.request,
-            join.name,
-            decision.state.value,
-            decision.code,
-            decision.reason,
-            now,
-            decided_at,
-        ),
+    return (
+        join.group_id,
+        join.member_key,
+        join.request,
+        join.name,
+        decision.state.value,
+        decision.code,
+        decision.reason,
+        now,
+        decided_at,
     )
-    return int(cursor.lastrowid or 0)
 
 
-def insert_row(conn: sqlite3.Connection, join: NewJoin, decision: Decision, now: int) -> JoinRow:
-    """:func:`insert`, returning the row as stored: every column is known (the schema's defaults
-    for the attempt columns, no trigger writes to the row), so it is not read back."""
-    return row_of(join, decision, now, insert(conn, join, decision, now))
+def insert(conn: Conn, join: NewJoin, decision: Decision, now: int) -> int:
+    """Store an arriving request with its first decision; returns its id (arrival order)."""
+    (row_id,) = conn.execute(f"{_INSERT} RETURNING id", _insert_values(join, decision, now)).fetchone()
+    return int(row_id)
+
+
+def insert_row(conn: Conn, join: NewJoin, decision: Decision, now: int) -> JoinRow:
+    """Store an arriving request like :func:`insert`, and return the row as stored but for its
+    id, which is 0: every other column is known (the schema's defaults for the attempt columns,
+    no trigger writes to the row), so nothing is read back.  This is the intake's hot path, and
+    nothing there needs the id; ``RETURNING id`` would cost Python's ``sqlite3`` a second step
+    of the statement, one more hand-over of the GIL on the writer thread per request."""
+    conn.execute(_INSERT, _insert_values(join, decision, now))
+    return row_of(join, decision, now)
 
 
 def row_of(join: NewJoin, decision: Decision, now: int, row_id: int = 0) -> JoinRow:
-    """The row :func:`insert` stores for ``join`` (id 0: a request answered but not stored)."""
+    """The row :func:`insert` stores for ``join`` (id 0: not read back, or a request answered
+    but not stored)."""
     return JoinRow(
         id=row_id,
         group_id=join.group_id,
@@ -183,11 +209,11 @@ def row_of(join: NewJoin, decision: Decision, now: int, row_id: int = 0) -> Join
     )
 
 
-def delete(conn: sqlite3.Connection, row_id: int) -> None:
+def delete(conn: Conn, row_id: int) -> None:
     conn.execute("DELETE FROM join_requests WHERE id = ?", (row_id,))
 
 
-def set_decision(conn: sqlite3.Connection, row_id: int, decision: Decision, now: int) -> None:
+def set_decision(conn: Conn, row_id: int, decision: Decision, now: int) -> None:
     decided_at = None if decision.state.undecided else now
     conn.execute(
         "UPDATE join_requests SET status = ?, code = ?, reason = ?, decided_at = ?, last_error = NULL "
@@ -196,9 +222,7 @@ def set_decision(conn: sqlite3.Connection, row_id: int, decision: Decision, now:
     )
 
 
-def record_failure(
-    conn: sqlite3.Connection, row_id: int, error: str, next_attempt_ms: int, *, dead: bool
-) -> None:
+def record_failure(conn: Conn, row_id: int, error: str, next_attempt_ms: int, *, dead: bool) -> None:
     """Count a failed attempt; after too many the request waits for the operator (``dead``)."""
     conn.execute(
         "UPDATE join_requests SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ?, "
@@ -207,7 +231,7 @@ def record_failure(
     )
 
 
-def retry(conn: sqlite3.Connection, row_id: int) -> bool:
+def retry(conn: Conn, row_id: int) -> bool:
     """Put a dead request back at its place in the queue, with a fresh count of attempts."""
     cursor = conn.execute(
         "UPDATE join_requests SET status = 'held', attempts = 0, next_attempt_ms = 0 "
@@ -217,7 +241,7 @@ def retry(conn: sqlite3.Connection, row_id: int) -> bool:
     return cursor.rowcount == 1
 
 
-def due(conn: sqlite3.Connection, group_id: int, now_ms: int, limit: int) -> list[JoinRow]:
+def due(conn: Conn, group_id: int, now_ms: int, limit: int) -> list[JoinRow]:
     """The group's held requests in arrival order, skipping those waiting out a back-off."""
     return _rows(
         conn.execute(
@@ -228,7 +252,7 @@ def due(conn: sqlite3.Connection, group_id: int, now_ms: int, limit: int) -> lis
     )
 
 
-def next_due_ms(conn: sqlite3.Connection, group_id: int) -> int | None:
+def next_due_ms(conn: Conn, group_id: int) -> int | None:
     """When the group's earliest held request may be tried (None: nothing held)."""
     (value,) = conn.execute(
         "SELECT min(next_attempt_ms) FROM join_requests WHERE group_id = ? AND status = 'held'",
@@ -237,11 +261,11 @@ def next_due_ms(conn: sqlite3.Connection, group_id: int) -> int | None:
     return None if value is None else int(value)
 
 
-def groups_with_held(conn: sqlite3.Connection) -> list[int]:
-    return [g for (g,) in conn.execute("SELECT group_id FROM group_queues WHERE held > 0")]
+def groups_with_held(conn: Conn) -> list[int]:
+    return [int(g) for (g,) in conn.execute("SELECT group_id FROM group_queues WHERE held > 0")]
 
 
-def expired(conn: sqlite3.Connection, received_before: int, limit: int) -> list[JoinRow]:
+def expired(conn: Conn, received_before: int, limit: int) -> list[JoinRow]:
     """Held or dead requests older than the age limit, oldest first."""
     return _rows(
         conn.execute(
@@ -252,7 +276,7 @@ def expired(conn: sqlite3.Connection, received_before: int, limit: int) -> list[
     )
 
 
-def pending(conn: sqlite3.Connection, group_id: int, limit: int) -> list[JoinRow]:
+def pending(conn: Conn, group_id: int, limit: int) -> list[JoinRow]:
     return _rows(
         conn.execute(
             f"SELECT {_COLUMNS} FROM join_requests WHERE group_id = ? AND status = 'pending_approval' "
@@ -262,9 +286,7 @@ def pending(conn: sqlite3.Connection, group_id: int, limit: int) -> list[JoinRow
     )
 
 
-def listing(
-    conn: sqlite3.Connection, *, statuses: tuple[str, ...], after: int = 0, limit: int = 100
-) -> list[JoinRow]:
+def listing(conn: Conn, *, statuses: tuple[str, ...], after: int = 0, limit: int = 100) -> list[JoinRow]:
     """For the operator: requests in the given states, in arrival order, one page at a time."""
     marks = ", ".join("?" for _ in statuses)
     return _rows(
@@ -275,7 +297,7 @@ def listing(
     )
 
 
-def prune_refused(conn: sqlite3.Connection, group_id: int, keep: int) -> int:
+def prune_refused(conn: Conn, group_id: int, keep: int) -> int:
     """Forget the group's oldest refusals beyond ``keep`` (fresh member keys cost nothing)."""
     excess = counts(conn, group_id).refused - keep
     if excess <= 0:
