@@ -117,6 +117,20 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def connect(url: str) -> psycopg.Connection[Any]:
+    """A connection in autocommit mode with the store's adaptation of Python values (ints as
+    ``bigint``, booleans as 0/1); raises psycopg's errors."""
+    options: dict[str, Any] = {"autocommit": True, "application_name": "chat-relay"}
+    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    raw = psycopg.connect(url, **options)
+    raw.prepared_max = PREPARED_MAX
+    for dumper in (Int8Dumper, Int8BinaryDumper):
+        raw.adapters.register_dumper(int, dumper)
+        raw.adapters.register_dumper(bool, dumper)
+    return raw
+
+
 class PostgresStoreError(StoreError):
     """What the PostgreSQL store cannot do that the SQLite one does."""
 
@@ -151,19 +165,11 @@ class PostgresDatabase(Writer[Conn]):
         super().__init__(max_pending=max_pending, max_batch=max_batch, on_commit=on_commit)
 
     def _open(self) -> psycopg.Connection[Any]:
-        options: dict[str, Any] = {"autocommit": True, "application_name": "chat-relay"}
-        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self.url):
-            options["connect_timeout"] = CONNECT_TIMEOUT
         try:
-            raw = psycopg.connect(self.url, **options)
+            self._raw = connect(self.url)
         except psycopg.Error as exc:
             raise self._translate(exc) from exc
-        raw.prepared_max = PREPARED_MAX
-        for dumper in (Int8Dumper, Int8BinaryDumper):
-            raw.adapters.register_dumper(int, dumper)
-            raw.adapters.register_dumper(bool, dumper)
-        self._raw = raw
-        return raw
+        return self._raw
 
     def close(self) -> None:
         if self._raw is not None:
