@@ -185,51 +185,8 @@ async def test_a_backup_is_refused_with_the_operators_tools_named(pg_url: str, t
         db.close()
 
 
-# --- the group-commit writer on PostgreSQL -------------------------------------------------
-
-
-async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(pg_url: str) -> None:
-    batches: list[int] = []
-    db = PostgresDatabase(pg_url, on_commit=lambda seconds, jobs: batches.append(jobs))
-    gate, running = threading.Event(), threading.Event()
-    results: dict[int, object] = {}
-
-    def held_job(conn: Conn) -> int:
-        running.set()
-        gate.wait(10)  # keeps the writer busy while the next jobs queue up behind it
-        return _insert(0)(conn)
-
-    def duplicate(conn: Conn) -> int:  # a database error: job 1's channel again
-        _insert(10)(conn)
-        return _insert(1)(conn)
-
-    async def call(n: int, fn: Callable[[Conn], int]) -> None:
-        try:
-            results[n] = await db.transact(fn)
-        except (ValueError, StoreError) as exc:
-            results[n] = exc
-
-    try:
-        with trio.fail_after(20):
-            async with trio.open_nursery() as writer:
-                await writer.start(db.serve)
-                async with trio.open_nursery() as callers:
-                    callers.start_soon(call, 0, held_job)
-                    await trio.to_thread.run_sync(running.wait, 10)  # the writer holds it
-                    for n in range(1, 7):  # queued in this order, the failing ones in the middle
-                        job = duplicate if n == 5 else _insert(n, fail=n == 3)
-                        callers.start_soon(call, n, job)
-                        await trio.testing.wait_all_tasks_blocked()
-                    gate.set()
-                writer.cancel_scope.cancel()
-    finally:
-        db.close()
-    assert batches == [1, 6]  # jobs 1-6 shared one commit
-    assert isinstance(results[3], ValueError)
-    assert type(results[5]) is StoreError  # a unique violation: the store's error, not psycopg's
-    assert isinstance(results[5].__cause__, psycopg.errors.UniqueViolation)
-    assert all(isinstance(results[n], int) for n in (0, 1, 2, 4, 6))
-    assert _stored(pg_url) == {0, 1, 2, 4, 6}  # jobs 3 and 5 rolled back, job 5's first row too
+# --- the group-commit writer on PostgreSQL (tests/test_store.py runs its other guarantees on
+# both engines) ------------------------------------------------------------------------------
 
 
 async def test_hooks_run_in_commit_order_after_the_commit_and_before_the_answer(pg_url: str) -> None:
