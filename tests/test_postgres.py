@@ -12,9 +12,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 from pgserver import PgServer
+from test_store import new_group
 
 from relay.protocol.admission import Decision, JoinState
 from relay.protocol.state import GroupState
@@ -288,7 +290,7 @@ def test_counts_follow_every_group_and_join_change(store_conn: Conn) -> None:
     for n in range(400):
         action = rng.random()
         if action < 0.15 or not group_ids:
-            record = groups.insert(conn, _new_group(n), state=rng.choice(states), now=n)
+            record = groups.insert(conn, new_group(n), state=rng.choice(states), now=n)
             assert isinstance(record.id, int) and isinstance(record.channel, bytes)
             group_ids.append(record.id)
         elif action < 0.3:
@@ -315,17 +317,6 @@ def test_counts_follow_every_group_and_join_change(store_conn: Conn) -> None:
     assert sum(joins.counts(conn, g).members for g in group_ids) > 0  # the sequence admitted some
     assert groups.count_live(conn) == sum(
         n for state, n in _true_group_counts(conn).items() if state not in ("rejected", "removed")
-    )
-
-
-def _new_group(n: int) -> groups.NewGroup:
-    return groups.NewGroup(
-        channel=n.to_bytes(32, "big"),
-        service_group=bytes(16),
-        profile=b"profile",
-        profile_version=1,
-        kind="channel",
-        name=f"group {n}",
     )
 
 
@@ -369,7 +360,7 @@ async def test_a_server_restart_under_writes_is_unavailable_then_served(
         restarted.set()
 
     try:
-        with trio.fail_after(60):
+        with trio.fail_after(60), structlog.testing.capture_logs() as logs:
             async with trio.open_nursery() as writer:
                 await writer.start(db.serve)
                 async with trio.open_nursery() as load:
@@ -386,3 +377,29 @@ async def test_a_server_restart_under_writes_is_unavailable_then_served(
     assert len(after_restart) >= 50  # full service after, on a connection opened by itself
     assert acknowledged <= _stored(pg_url)  # nothing acknowledged was lost
     assert db.stats.unavailable == len(unavailable)
+    events = [line["event"] for line in logs]
+    assert "store.unavailable" in events
+    assert events.count("store.reconnected") >= 1
+
+
+async def test_a_restart_while_the_writer_is_idle_costs_no_request_an_error(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    db = PostgresDatabase(pg_url)
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as writer:
+                await writer.start(db.serve)
+                assert await db.transact(_insert(1)) > 0
+                await trio.to_thread.run_sync(pg_server.stop)
+                await trio.to_thread.run_sync(pg_server.start)
+                # The old connection died unused: the batch's BEGIN finds it gone and the
+                # batch runs on a new one, nothing of it having been sent.
+                assert await db.transact(_insert(2)) > 0
+                writer.cancel_scope.cancel()
+    finally:
+        db.close()
+        if not pg_server.running():
+            pg_server.start()
+    assert db.stats.unavailable == 0
+    assert _stored(pg_url) == {1, 2}

@@ -43,6 +43,17 @@ def _queue_update(*changes: tuple[str, str]) -> str:
     return "UPDATE group_queues SET " + ", ".join(sets)
 
 
+def _triggers(table: str, column: str, function: str) -> str:
+    """Run ``function`` after every insert and delete on ``table``, and after an update that
+    changes ``column`` (an update of other columns touches no count)."""
+    return (
+        f"CREATE TRIGGER {table}_changed AFTER INSERT OR DELETE ON {table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}(); "
+        f"CREATE TRIGGER {table}_{column}_changed AFTER UPDATE OF {column} ON {table} "
+        f"FOR EACH ROW WHEN (OLD.{column} IS DISTINCT FROM NEW.{column}) EXECUTE FUNCTION {function}();"
+    )
+
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         5,
@@ -179,11 +190,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             UPDATE group_counts SET n = n + 1 WHERE state = NEW.state;
             RETURN NULL;
         END $$;
-        CREATE TRIGGER groups_changed AFTER INSERT OR DELETE ON groups
-            FOR EACH ROW EXECUTE FUNCTION relay_groups_changed();
-        CREATE TRIGGER groups_state_changed AFTER UPDATE OF state ON groups
-            FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
-            EXECUTE FUNCTION relay_groups_changed();
+        {_triggers("groups", "state", "relay_groups_changed")}
 
         -- Join requests per status and group.
         CREATE FUNCTION relay_join_changed() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -197,11 +204,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             END IF;
             RETURN NULL;
         END $$;
-        CREATE TRIGGER join_changed AFTER INSERT OR DELETE ON join_requests
-            FOR EACH ROW EXECUTE FUNCTION relay_join_changed();
-        CREATE TRIGGER join_status_changed AFTER UPDATE OF status ON join_requests
-            FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
-            EXECUTE FUNCTION relay_join_changed();
+        {_triggers("join_requests", "status", "relay_join_changed")}
         """,
     ),
 ]
