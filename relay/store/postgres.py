@@ -6,8 +6,8 @@ writer's one worker thread, exactly as it drives SQLite: autocommit mode with ex
 means "committed".  The jobs get a :class:`PgConn`, the :class:`relay.store.conn.Conn` the
 store's functions use, which rewrites each distinct statement once (cached) into psycopg's
 dialect: ``?`` placeholders become ``%s``, a literal ``%`` becomes ``%%``, and SQLite's index
-hints (``INDEXED BY name``) go.  Python ints are sent as ``bigint`` (booleans as 0/1), as
-SQLite stores them, so a parameter's type never depends on its value.
+hints (``INDEXED BY name``) go.  Python ints are sent as ``bigint``, as SQLite stores them,
+so a parameter's type never depends on its value.
 
 Errors: psycopg's ``OperationalError`` (the server shutting down or restarting, a lost
 connection, "cannot connect now", a full disk, a deadlock or serialization failure) becomes
@@ -119,7 +119,8 @@ def _reason(exc: BaseException) -> str:
 
 def connect(url: str) -> psycopg.Connection[Any]:
     """A connection in autocommit mode with the store's adaptation of Python values (ints as
-    ``bigint``, booleans as 0/1); raises psycopg's errors."""
+    ``bigint``; booleans stay ``boolean``, for ``CASE WHEN ?``: the store stores ``int(flag)``);
+    raises psycopg's errors."""
     options: dict[str, Any] = {"autocommit": True, "application_name": "chat-relay"}
     if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
         options["connect_timeout"] = CONNECT_TIMEOUT
@@ -127,7 +128,6 @@ def connect(url: str) -> psycopg.Connection[Any]:
     raw.prepared_max = PREPARED_MAX
     for dumper in (Int8Dumper, Int8BinaryDumper):
         raw.adapters.register_dumper(int, dumper)
-        raw.adapters.register_dumper(bool, dumper)
     return raw
 
 
