@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from pgserver import PgServer, find_bindir
 from relayproc import RelayFactory, RunningRelay
 
 
@@ -26,6 +27,29 @@ def owner_key_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         del os.environ["CHAT_RELAY_OWNER_KEYS"]
     else:
         os.environ["CHAT_RELAY_OWNER_KEYS"] = before
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the session (see ``pgserver.py``); a test that stops it
+    must start it again."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): install Debian's postgresql package")
+    server = PgServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    if not pg_server.running():  # a test before stopped it and failed
+        pg_server.start()
+    return pg_server.create_database()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The SQLite layer on a real file: migrations, the per-state counts the triggers keep, and the
-group-commit writer's guarantees."""
+"""The SQLite layer on a real file: migrations, the per-state counts the triggers keep; and the
+group-commit writer's guarantees on both engines (PostgreSQL: the tests' own server)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from relay.protocol.state import GroupState
 from relay.store import groups
-from relay.store.db import Database
+from relay.store.conn import Conn
+from relay.store.db import Database, Writer
+from relay.store.errors import StoreError
 from relay.store.migrations import LATEST, MIGRATIONS, migrate
 
 
@@ -95,13 +99,46 @@ def test_counts_are_filled_when_an_older_database_is_migrated(tmp_path: Path) ->
     assert migrate(conn) == LATEST  # nothing left to apply
 
 
-# --- the group-commit writer (relay.store.db.Database) ------------------------------------
+# --- the group-commit writer, on both engines (relay.store.db.Writer) ---------------------
 
 
-def _insert_group(n: int, *, fail: bool = False) -> Callable[[sqlite3.Connection], int]:
+class Engine:
+    """A new database of one engine: ``open`` gives its group-commit writer, ``stored`` the
+    channels committed (read through a connection of its own)."""
+
+    def __init__(self, name: str, tmp_path: Path, pg_url: str | None) -> None:
+        self.name, self.path, self.url = name, tmp_path / "relay.db", pg_url
+
+    def open(self, **options: Any) -> Writer[Any]:
+        if self.url is None:
+            return Database(self.path, **options)
+        from relay.store.postgres import PostgresDatabase
+
+        return PostgresDatabase(self.url, **options)
+
+    def stored(self) -> set[int]:
+        if self.url is None:
+            conn = connect(self.path)
+            try:
+                return {int.from_bytes(c, "big") for (c,) in conn.execute("SELECT channel FROM groups")}
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.url) as pg:
+            return {int.from_bytes(c, "big") for (c,) in pg.execute("SELECT channel FROM groups")}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Engine(request.param, tmp_path, url)
+
+
+def _insert_group(n: int, *, fail: bool = False) -> Callable[[Conn], int]:
     """A job that writes a group row, then (with ``fail``) raises after writing it."""
 
-    def job(conn: sqlite3.Connection) -> int:
+    def job(conn: Conn) -> int:
         record = groups.insert(conn, new_group(n), state=GroupState.ACTIVE, now=n)
         if fail:
             raise ValueError(f"job {n} failed after writing")
@@ -110,29 +147,31 @@ def _insert_group(n: int, *, fail: bool = False) -> Callable[[sqlite3.Connection
     return job
 
 
-def _stored_channels(path: Path) -> set[int]:
-    conn = connect(path)
-    try:
-        return {int.from_bytes(c, "big") for (c,) in conn.execute("SELECT channel FROM groups")}
-    finally:
-        conn.close()
+def _duplicate_of(n: int, first: int) -> Callable[[Conn], int]:
+    """A job that writes a group row, then one with job ``first``'s channel: a database error."""
+
+    def job(conn: Conn) -> int:
+        _insert_group(n)(conn)
+        return _insert_group(first)(conn)
+
+    return job
 
 
-async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(tmp_path: Path) -> None:
+async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(engine: Engine) -> None:
     batches: list[int] = []
-    db = Database(tmp_path / "relay.db", on_commit=lambda seconds, jobs: batches.append(jobs))
+    db = engine.open(on_commit=lambda seconds, jobs: batches.append(jobs))
     gate, running = threading.Event(), threading.Event()
     results: dict[int, object] = {}
 
-    def held_job(conn: sqlite3.Connection) -> int:
+    def held_job(conn: Conn) -> int:
         running.set()
         gate.wait(10)  # keeps the writer busy while the next jobs queue up behind it
         return _insert_group(0)(conn)
 
-    async def call(n: int, fn: Callable[[sqlite3.Connection], int]) -> None:
+    async def call(n: int, fn: Callable[[Conn], int]) -> None:
         try:
             results[n] = await db.transact(fn)
-        except ValueError as exc:
+        except (ValueError, StoreError) as exc:
             results[n] = exc
 
     try:
@@ -142,21 +181,25 @@ async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(tmp_path: Path)
                 async with trio.open_nursery() as callers:
                     callers.start_soon(call, 0, held_job)
                     await trio.to_thread.run_sync(running.wait, 10)  # the writer holds it
-                    for n in range(1, 6):  # queued in this order, the failing one in the middle
-                        callers.start_soon(call, n, _insert_group(n, fail=n == 3))
+                    for n in range(1, 7):  # queued in this order, the failing ones in the middle
+                        job = _duplicate_of(n + 10, first=1) if n == 5 else _insert_group(n, fail=n == 3)
+                        callers.start_soon(call, n, job)
                         await trio.testing.wait_all_tasks_blocked()
                     gate.set()
                 writer.cancel_scope.cancel()
     finally:
         db.close()
-    assert batches == [1, 5]  # jobs 1-5 shared one commit
+    assert batches == [1, 6]  # jobs 1-6 shared one commit
     assert isinstance(results[3], ValueError)
-    assert all(isinstance(results[n], int) for n in (0, 1, 2, 4, 5))
-    assert _stored_channels(tmp_path / "relay.db") == {0, 1, 2, 4, 5}  # job 3's row rolled back
+    # A unique violation: the store's own error (not the engine's), the engine's as its cause.
+    assert type(results[5]) is StoreError
+    assert "unique" in str(results[5].__cause__).lower()
+    assert all(isinstance(results[n], int) for n in (0, 1, 2, 4, 6))
+    assert engine.stored() == {0, 1, 2, 4, 6}  # jobs 3 and 5 rolled back (job 5's first row too)
 
 
-async def test_a_caller_cancelled_while_its_job_is_queued_still_learns_the_outcome(tmp_path: Path) -> None:
-    db = Database(tmp_path / "relay.db")
+async def test_a_caller_cancelled_while_its_job_is_queued_still_learns_the_outcome(engine: Engine) -> None:
+    db = engine.open()
     outcome: list[int] = []
     try:
         with trio.fail_after(10):
@@ -171,20 +214,20 @@ async def test_a_caller_cancelled_while_its_job_is_queued_still_learns_the_outco
         db.close()
     assert scope.cancelled_caught
     assert len(outcome) == 1
-    assert _stored_channels(tmp_path / "relay.db") == {7}
+    assert engine.stored() == {7}
 
 
-def test_stopping_the_writer_runs_every_job_already_queued(tmp_path: Path) -> None:
-    db = Database(tmp_path / "relay.db")
+def test_stopping_the_writer_runs_every_job_already_queued(engine: Engine) -> None:
+    db = engine.open()
     gate, running = threading.Event(), threading.Event()
     answered: list[int] = []
 
-    def held_job(conn: sqlite3.Connection) -> int:
+    def held_job(conn: Conn) -> int:
         running.set()
         gate.wait(10)
         return _insert_group(0)(conn)
 
-    async def call(fn: Callable[[sqlite3.Connection], int]) -> None:
+    async def call(fn: Callable[[Conn], int]) -> None:
         await db.transact(fn)
         answered.append(1)
 
@@ -207,4 +250,4 @@ def test_stopping_the_writer_runs_every_job_already_queued(tmp_path: Path) -> No
     db.close()
     assert not runner.is_alive(), "a caller still waits: a queued job was dropped"
     assert len(answered) == 4
-    assert _stored_channels(tmp_path / "relay.db") == {0, 1, 2, 3}
+    assert engine.stored() == {0, 1, 2, 3}

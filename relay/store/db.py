@@ -1,12 +1,12 @@
-"""The SQLite edge: one connection, one worker thread, group commit.
+"""The group-commit writer, and the SQLite engine under it.
 
-``aiosqlite`` runs only on asyncio, so the database is stdlib ``sqlite3`` driven
-by one worker thread, started with ``trio.to_thread.run_sync`` (a limiter of one)
-and owned by the writer task.  Callers hand :meth:`Database.transact` a plain
-function of the connection; the thread takes every job that is waiting, runs them
-in *one* transaction (each inside its own SAVEPOINT, so one failing job rolls back
-alone), commits, and only then wakes the callers.  An answer therefore always means
-"committed", and many concurrent requests cost one commit.  Pending jobs are bounded.
+``aiosqlite`` runs only on asyncio (as does psycopg's async API), so a database is driven
+by one worker thread, started with ``trio.to_thread.run_sync`` (a limiter of one) and owned
+by the writer task.  Callers hand :meth:`Writer.transact` a plain function of the
+connection; the thread takes every job that is waiting, runs them in *one* transaction
+(each inside its own SAVEPOINT, so one failing job rolls back alone), commits, and only
+then wakes the callers.  An answer therefore always means "committed", and many concurrent
+requests cost one commit.  Pending jobs are bounded.
 
 The thread runs batch after batch on its own: the callers are woken through the trio
 token, and the next batch starts at once, with no trip through the trio scheduler in
@@ -14,13 +14,20 @@ between.  (With one ``to_thread`` hop per batch, each commit waited for the writ
 to be scheduled two or three times, each time behind every runnable connection task:
 under load the writer thread sat idle most of the time while jobs queued.)
 
-Online backups read through a second, read-only connection (see :meth:`Database.backup`).
+:class:`Writer` is that machinery, whichever engine is below; an engine (:class:`Database`
+here for SQLite, :class:`relay.store.postgres.PostgresDatabase`) supplies the connection,
+how a transaction begins, how its errors translate, and what "the whole transaction is
+gone" looks like.  The jobs' statements go straight to the engine's connection: the writer
+adds nothing per statement.
+
+Online backups of SQLite read through a second, read-only connection (see
+:meth:`Database.backup`).
 
 When the database cannot take writes (its disk is full, an I/O error, a read-only file
-system), a job fails with :class:`StoreUnavailable`, a typed "not now" the server answers
-as ``unavailable``; reads go on meanwhile (a batch whose commit fails is run again one job
-per transaction, and a transaction that wrote nothing commits on a full disk), and writes
-work again as soon as the disk does.
+system, a database server restarting), a job fails with :class:`StoreUnavailable`, a typed
+"not now" the server answers as ``unavailable``; reads go on meanwhile (a batch whose commit
+fails is run again one job per transaction, and a transaction that wrote nothing commits on
+a full disk), and writes work again as soon as the disk does.
 
 Must not: hold any policy, or use the writer's connection from more than the one worker thread.
 """
@@ -35,16 +42,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 import trio
 
 from relay.protocol.crypto import verify_forbidden
+from relay.store.conn import Conn
 from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.migrations import migrate
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Conn)
 log = structlog.get_logger("relay.store")
 
 # SQLite's primary result codes that mean "the database cannot take this now", not "this
@@ -86,7 +95,7 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 class Job(Generic[T]):
     """One caller's function, queued for the writer thread, and what came of it."""
 
-    fn: Callable[[sqlite3.Connection], T]
+    fn: Callable[[Any], T]
     on_commit: Callable[[T], None] | None = None
     result: T | None = None
     error: BaseException | None = None
@@ -110,26 +119,24 @@ class CommitStats:
     unavailable: int = 0  # jobs failed with StoreUnavailable
 
 
-class Database:
+class Writer(Generic[C]):
+    """Group commit on one worker thread, over an engine's connection of type ``C``.
+
+    An engine subclass sets :attr:`_failures` (the exceptions that fail a whole
+    transaction) and implements :meth:`_begin`, :meth:`_lost`, :meth:`_translate`,
+    :meth:`_roll_back`, :meth:`close` and :meth:`backup`; it may refuse the one-job-at-a-time
+    retry with :meth:`_retry_alone`.
+    """
+
+    _failures: ClassVar[tuple[type[BaseException], ...]]
+
     def __init__(
         self,
-        path: Path,
         *,
-        synchronous: str = "FULL",
-        max_pending: int = 10_000,
-        max_batch: int = 512,
-        on_commit: Callable[[float, int], None] | None = None,
+        max_pending: int,
+        max_batch: int,
+        on_commit: Callable[[float, int], None] | None,
     ) -> None:
-        if synchronous not in SYNCHRONOUS_MODES:
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
-        self.path = path
-        # Created private before SQLite opens it: its -wal and -shm files copy this mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous}")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        migrate(self._conn)
         self._jobs: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()  # None: stop
         self._room = trio.Semaphore(max_pending)
         self._max_pending = max_pending
@@ -137,13 +144,40 @@ class Database:
         self.stats = CommitStats()
         self._unavailable_logged = -UNAVAILABLE_LOG_INTERVAL
         self._unavailable_jobs = 0
-        self._backup_lock = trio.Lock()  # one backup at a time
         # Called on the trio thread after each commit with (seconds, jobs): the metrics'
         # histograms are not thread-safe, so the worker thread never touches them.
         self.on_commit = on_commit
 
+    # --- what an engine supplies -----------------------------------------------------------
+
+    def _begin(self) -> C:
+        """Open a transaction (on the worker thread); the connection the batch's jobs get."""
+        raise NotImplementedError
+
+    def _lost(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised by a job, took the whole transaction with it (the engine
+        rolled it back itself, or the connection is gone): no savepoint is left to return to."""
+        raise NotImplementedError
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        """An engine error as the store's own (:class:`StoreError`); anything else as it is."""
+        raise NotImplementedError
+
+    def _roll_back(self) -> None:
+        """End a failed transaction, if one is still open; never raises an engine error."""
+        raise NotImplementedError
+
+    def _retry_alone(self) -> bool:
+        """Whether a batch whose COMMIT failed as unavailable may run again job by job."""
+        return True
+
     def close(self) -> None:
-        self._conn.close()
+        raise NotImplementedError
+
+    async def backup(self, target: Path) -> int:
+        raise NotImplementedError
+
+    # --- the writer ------------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
@@ -171,9 +205,7 @@ class Database:
         finally:
             self._jobs.put(None)
 
-    async def transact(
-        self, fn: Callable[[sqlite3.Connection], T], *, on_commit: Callable[[T], None] | None = None
-    ) -> T:
+    async def transact(self, fn: Callable[[C], T], *, on_commit: Callable[[T], None] | None = None) -> T:
         """Run ``fn`` inside a committed transaction and return its result.
 
         ``fn`` runs on the worker thread: it must only use the connection it is
@@ -186,9 +218,7 @@ class Database:
         """
         return await self.result(await self.submit(fn, on_commit=on_commit))
 
-    async def submit(
-        self, fn: Callable[[sqlite3.Connection], T], *, on_commit: Callable[[T], None] | None = None
-    ) -> Job[T]:
+    async def submit(self, fn: Callable[[C], T], *, on_commit: Callable[[T], None] | None = None) -> Job[T]:
         """Queue ``fn`` like :meth:`transact` without waiting for its commit: a connection can
         have several requests in flight (pipelined posts) and still answer them in order."""
         job: Job[T] = Job(fn, on_commit)
@@ -268,10 +298,9 @@ class Database:
 
     def _run_batch(self, batch: list[Job[Any]]) -> float | None:
         """One transaction for the whole batch; returns its duration, or None if it failed."""
-        conn = self._conn
         started = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._begin()
             for job in batch:
                 # Each job's savepoint nests in the previous job's, and COMMIT ends them all:
                 # a RELEASE per job would be one more statement, and every statement hands
@@ -281,17 +310,17 @@ class Database:
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
-                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
-                        # SQLite rolled the whole transaction back itself (it may, on a full
-                        # disk or an I/O error): every job of the batch is undone.
+                    if self._lost(exc):
+                        # Every job of the batch is undone (SQLite may roll back by itself on
+                        # a full disk or an I/O error; a lost server connection takes it all).
                         raise
                     conn.execute("ROLLBACK TO job")
-                    job.error = self._count(_translated(exc))
+                    job.error = self._count(self._translate(exc))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except self._failures as exc:
             self._roll_back()
-            error = _translated(exc)
-            if isinstance(error, StoreUnavailable) and len(batch) > 1:
+            error = self._translate(exc)
+            if isinstance(error, StoreUnavailable) and len(batch) > 1 and self._retry_alone():
                 # The writes cannot commit (a full disk, say), but the reads among these jobs
                 # can: a transaction that wrote nothing commits.  One transaction per job.
                 return self._run_alone(batch, started)
@@ -303,31 +332,25 @@ class Database:
 
     def _run_alone(self, batch: list[Job[Any]], started: float) -> float | None:
         """Each job in a transaction of its own (after the batch's commit failed)."""
-        conn = self._conn
         committed = 0
         for job in batch:
             job.result, job.error = None, None
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn = self._begin()
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
                     self._roll_back()
-                    job.result, job.error = None, self._count(_translated(exc))
+                    job.result, job.error = None, self._count(self._translate(exc))
                     continue
                 conn.execute("COMMIT")
                 committed += 1
-            except sqlite3.Error as exc:
+            except self._failures as exc:
                 self._roll_back()
-                error = _translated(exc)
+                error = self._translate(exc)
                 self._report_failure(error, 1)
                 job.result, job.error = None, self._count(error)
         return self._committed_in(started, committed) if committed else None
-
-    def _roll_back(self) -> None:
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):  # an I/O error may fail this too
-                self._conn.execute("ROLLBACK")
 
     def _count(self, error: BaseException) -> BaseException:
         if isinstance(error, StoreUnavailable):
@@ -352,6 +375,53 @@ class Database:
         self.stats.largest_batch = max(self.stats.largest_batch, jobs)
         self.stats.commit_seconds += seconds
         return seconds
+
+
+class Database(Writer[sqlite3.Connection]):
+    """The SQLite engine: one file, one connection in WAL mode, the default store."""
+
+    _failures = (sqlite3.Error,)
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        max_pending: int = 10_000,
+        max_batch: int = 512,
+        on_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
+        self.path = path
+        # Created private before SQLite opens it: its -wal and -shm files copy this mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        migrate(self._conn)
+        super().__init__(max_pending=max_pending, max_batch=max_batch, on_commit=on_commit)
+        self._backup_lock = trio.Lock()  # one backup at a time
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _begin(self) -> sqlite3.Connection:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def _lost(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.Error) and not self._conn.in_transaction
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        return _translated(exc)
+
+    def _roll_back(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # an I/O error may fail this too
+                self._conn.execute("ROLLBACK")
 
     async def backup(self, target: Path) -> int:
         """Copy the database to ``target`` (a new file, created 0600) while writers go on.

@@ -1,0 +1,251 @@
+"""The PostgreSQL engine under the group-commit writer (``relay.store.db.Writer``).
+
+psycopg 3's async API needs asyncio, so the relay drives a *sync* psycopg connection from the
+writer's one worker thread, exactly as it drives SQLite: autocommit mode with explicit
+``BEGIN``/``SAVEPOINT``/``COMMIT``, so every batch is one transaction and an answer still
+means "committed".  The jobs get a :class:`PgConn`, the :class:`relay.store.conn.Conn` the
+store's functions use, which rewrites each distinct statement once (cached) into psycopg's
+dialect: ``?`` placeholders become ``%s``, a literal ``%`` becomes ``%%``, and SQLite's index
+hints (``INDEXED BY name``) go.  Python ints are sent as ``bigint``, as SQLite stores them,
+so a parameter's type never depends on its value.
+
+Errors: psycopg's ``OperationalError`` (the server shutting down or restarting, a lost
+connection, "cannot connect now", a full disk, a deadlock or serialization failure) becomes
+:class:`StoreUnavailable`, any other ``psycopg.Error`` :class:`StoreError`, the engine's error
+kept as ``__cause__``.  A lost connection is opened again before the next batch, no more often
+than a short, growing back-off allows, so a server restart gives typed ``unavailable``
+answers meanwhile and full service after; nothing is answered before its COMMIT returned.
+(A connection lost *during* COMMIT leaves that batch in doubt: its callers hear
+``unavailable`` and the store's idempotent writes make asking again safe.)
+
+Must not: log a password (:func:`redacted` strips it from the URL), hold policy, or use the
+writer's connection from another thread than the writer's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import structlog
+from psycopg.pq import TransactionStatus
+from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
+
+from relay.store import pgschema
+from relay.store.conn import Conn
+from relay.store.db import Writer
+from relay.store.errors import StoreError, StoreUnavailable
+
+log = structlog.get_logger("relay.store")
+
+CONNECT_TIMEOUT = 5  # seconds; a black-holed server must not hold the writer thread for long
+RECONNECT_BACKOFF = (0.05, 2.0)  # the first wait after a failed connect, and the longest
+PREPARED_MAX = 512  # the store's distinct statements, with room: each is prepared once used often
+_REWRITE_CACHE_MAX = 4096  # distinct statements (IN lists of many lengths would grow it)
+
+_INDEX_HINT = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
+_rewritten: dict[str, str] = {}
+
+
+def rewrite(sql: str) -> str:
+    """SQLite's statement in psycopg's dialect (see the module's docstring).
+
+    ``?`` inside a quoted literal or identifier stays as it is; ``%`` is doubled everywhere
+    (psycopg reads ``%`` in literals too).
+    """
+    sql = _INDEX_HINT.sub("", sql)
+    out: list[str] = []
+    quote = ""
+    for char in sql:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "?":
+            out.append("%s")
+            continue
+        out.append("%%" if char == "%" else char)
+    return "".join(out)
+
+
+class PgConn:
+    """A psycopg connection as a :class:`relay.store.conn.Conn` (one per writer connection)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        query = _rewritten.get(sql)
+        if query is None:
+            if len(_rewritten) >= _REWRITE_CACHE_MAX:
+                _rewritten.clear()
+            query = _rewritten[sql] = rewrite(sql)
+        # Parameters always given (even none): psycopg then reads ``%%`` as ``%``.
+        return self.raw.execute(query, parameters)
+
+
+def redacted(url: str) -> str:
+    """``url`` (a ``postgresql://`` URL or a ``key=value`` conninfo) without its password."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an engine error: psycopg's may add hints and context lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """A connection in autocommit mode with the store's adaptation of Python values (ints as
+    ``bigint``; booleans stay ``boolean``, for ``CASE WHEN ?``: the store stores ``int(flag)``);
+    raises psycopg's errors."""
+    options: dict[str, Any] = {"autocommit": True, "application_name": "chat-relay"}
+    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    raw = psycopg.connect(url, **options)
+    raw.prepared_max = PREPARED_MAX
+    for dumper in (Int8Dumper, Int8BinaryDumper):
+        raw.adapters.register_dumper(int, dumper)
+    return raw
+
+
+class PostgresStoreError(StoreError):
+    """What the PostgreSQL store cannot do that the SQLite one does."""
+
+
+class PostgresDatabase(Writer[Conn]):
+    """The PostgreSQL engine: one connection on the writer thread, reopened when lost.
+
+    Opening it connects and creates or migrates the schema (``relay.store.pgschema``), and
+    raises :class:`StoreUnavailable` when the server cannot be reached.
+    """
+
+    _failures = (psycopg.Error, StoreUnavailable)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_pending: int = 10_000,
+        max_batch: int = 512,
+        on_commit: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self.url = url
+        self._raw: psycopg.Connection[Any] | None = None
+        self._conn = PgConn(self._open())
+        self._next_connect = 0.0
+        self._backoff = RECONNECT_BACKOFF[0]
+        try:
+            pgschema.migrate(self._conn.raw)
+        except psycopg.Error as exc:
+            self.close()
+            raise self._translate(exc) from exc
+        super().__init__(max_pending=max_pending, max_batch=max_batch, on_commit=on_commit)
+
+    def _open(self) -> psycopg.Connection[Any]:
+        try:
+            self._raw = connect(self.url)
+        except psycopg.Error as exc:
+            raise self._translate(exc) from exc
+        return self._raw
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+
+    def _begin(self) -> Conn:
+        raw = self._raw
+        if raw is None or raw.closed:
+            raw = self._reconnect()
+        try:
+            raw.execute("BEGIN")
+        except psycopg.OperationalError:
+            if not raw.closed:
+                raise
+            # The connection died while idle (the server restarted between batches): nothing
+            # of this batch was sent yet, so a new connection may take it at once.
+            raw = self._reconnect()
+            raw.execute("BEGIN")
+        return self._conn
+
+    def _reconnect(self) -> psycopg.Connection[Any]:
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise StoreUnavailable("the database server cannot be reached; reconnecting")
+        if self._raw is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._raw.close()
+            self._raw = None
+        try:
+            raw = self._open()
+        except StoreError:
+            self._next_connect = now + self._backoff
+            self._backoff = min(self._backoff * 2, RECONNECT_BACKOFF[1])
+            raise
+        self._conn.raw = raw
+        self._backoff = RECONNECT_BACKOFF[0]
+        self._next_connect = 0.0
+        log.info("store.reconnected", url=redacted(self.url))
+        return raw
+
+    def _lost(self, exc: BaseException) -> bool:
+        if not isinstance(exc, psycopg.Error):
+            return False
+        raw = self._raw
+        return (
+            raw is None
+            or raw.closed
+            or raw.info.transaction_status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+        )
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if not isinstance(exc, psycopg.Error):
+            return exc
+        error: StoreError
+        raw = self._raw
+        if isinstance(exc, psycopg.OperationalError) or (raw is not None and raw.closed):
+            error = StoreUnavailable(_reason(exc))
+        else:
+            error = StoreError(_reason(exc))
+        error.__cause__ = exc
+        return error
+
+    def _roll_back(self) -> None:
+        raw = self._raw
+        if raw is None or raw.closed or raw.info.transaction_status == TransactionStatus.IDLE:
+            return
+        with contextlib.suppress(psycopg.Error):
+            raw.execute("ROLLBACK")
+
+    def _retry_alone(self) -> bool:
+        # Not on a lost connection: its COMMIT may have landed, and running the jobs again
+        # would do them twice; their callers hear ``unavailable`` instead.
+        return self._raw is not None and not self._raw.closed
+
+    async def backup(self, target: Path) -> int:
+        raise PostgresStoreError(
+            "a PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, or base "
+            "backups with WAL archiving), not by the relay"
+        )
