@@ -52,11 +52,24 @@ def pg_url(pg_server: PgServer) -> str:
     return pg_server.create_database()
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
 @pytest.fixture
-def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
-    """Start real relays: ``relay_factory(policy={...}, server={...})`` writes a relay.toml."""
+def engine(request: pytest.FixtureRequest) -> str:
+    """The database the relays of a test store in: SQLite unless the test is parametrized
+    with ``@pytest.mark.parametrize("engine", ENGINES, indirect=True)``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> Iterator[RelayFactory]:
+    """Start real relays: ``relay_factory(policy={...}, server={...})`` writes a relay.toml.
+    With the ``postgresql`` engine each relay gets a database of its own on the session's
+    server (``RELAY_STORAGE_URL``), kept across its restarts."""
     started: list[RunningRelay] = []
     counter = iter(range(1000))
+    server: PgServer | None = request.getfixturevalue("pg_server") if engine == "postgresql" else None
 
     def start(**sections: dict[str, object]) -> RunningRelay:
         n = next(counter)
@@ -64,7 +77,8 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
         if sections:
             config = tmp_path / f"relay{n}.toml"
             config.write_text(to_toml(sections))
-        relay = RunningRelay(data=tmp_path / f"relay{n}", config=config)
+        env = {"RELAY_STORAGE_URL": server.create_database()} if server is not None else {}
+        relay = RunningRelay(data=tmp_path / f"relay{n}", config=config, env=env)
         started.append(relay)
         return relay.start()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 from relayproc import RelayFactory, RunningRelay
 
-from relay.server.config import Config, ConfigError, check_config, load_config, redacted_url
+from relay.server.config import Config, ConfigError, check_config, load_config
+from relay.store.pgurl import redacted as redacted_url
 
 ROOT = Path(__file__).parent.parent
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ENGINES
 from relayproc import RelayFactory, RunningRelay
 from test_flow import new_owner
 
@@ -24,6 +25,9 @@ from relay.client.rootkey import export_root
 from relay.protocol import crypto
 from relay.protocol.encoding import b64d, b64e, decode
 from relay.protocol.messages import OwnerCert, Signed
+
+# Every test here runs on both databases: SQLite, and a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 
 
 async def test_a_co_owner_is_added_adopts_the_channel_and_is_removed(

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from conftest import ENGINES
 from relayproc import RunningRelay
 from traffic import Poster, active_channel, group_session
 
 from relay.protocol.messages import Error, Post, PostResult, Signed
+
+# Every test here runs on both databases: SQLite, and a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 
 
 async def test_refusals_among_pipelined_posts_keep_their_place(relay: RunningRelay, tmp_path: Path) -> None:

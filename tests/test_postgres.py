@@ -23,7 +23,8 @@ from relay.protocol.state import GroupState
 from relay.store import groups, joins, migrations, pgschema
 from relay.store.conn import Conn
 from relay.store.errors import StoreError, StoreUnavailable
-from relay.store.postgres import PgConn, PostgresDatabase, PostgresStoreError, connect, redacted, rewrite
+from relay.store.pgurl import redacted
+from relay.store.postgres import PgConn, PostgresDatabase, connect, rewrite
 
 INSERT = (
     "INSERT INTO groups (channel, service_group, state, profile, profile_version, kind, name, "
@@ -180,7 +181,7 @@ def test_statements_are_rewritten_for_psycopg() -> None:
 async def test_a_backup_is_refused_with_the_operators_tools_named(pg_url: str, tmp_path: Path) -> None:
     db = PostgresDatabase(pg_url)
     try:
-        with pytest.raises(PostgresStoreError, match="pg_dump") as caught:
+        with pytest.raises(match="pg_dump") as caught:
             await db.backup(tmp_path / "copy.db")
         assert isinstance(caught.value, StoreError)
     finally:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from conftest import ENGINES
 from relayproc import RelayFactory
 from traffic import (
     Poster,
@@ -26,6 +28,9 @@ from traffic import (
 
 from relay.protocol.events import ChainHead, event_id, make_event
 from relay.protocol.messages import EventFrame, HeadAnswer, HeadRequest, Post, Signed
+
+# Every test here runs on both databases: SQLite, and a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 
 
 async def test_a_refused_event_reaches_no_member_by_any_path(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import ENGINES
 from relayproc import RelayFactory, RunningRelay
 from test_flow import new_owner
 
@@ -27,6 +28,9 @@ from relay.client.owner import OwnerState
 from relay.client.posting import post
 from relay.client.reader import InvitationReceived, ReadItem, RelayTrouble, read
 from relay.protocol.follow import Accepted, Finding
+
+# Every test here runs on both databases: SQLite, and a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("engine", ENGINES, indirect=True)
 
 
 async def channel(relays: list[RunningRelay], tmp_path: Path, **fields: object) -> tuple[OwnerState, Path]:

@@ -82,7 +82,9 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
     from relay.server.app import DB_FILE
     from relay.server.datadir import StartupError, explained, token_problem
     from relay.server.identity import KEY_FILE, load_or_create
-    from relay.store.db import Database
+    from relay.store.errors import StoreError
+    from relay.store.opening import open_store
+    from relay.store.pgurl import redacted
 
     config = _load_config(args)
     data = Path(args.data)
@@ -93,9 +95,13 @@ def cmd_init(args: argparse.Namespace) -> dict[str, Any]:
             # The operator port's token: `relay admin --data` sends it (relay serve makes it too).
             admintoken.load_or_create(data)
         with explained(data / DB_FILE, data):
-            Database(data / DB_FILE).close()
+            # SQLite's file, or PostgreSQL's schema (storage.url): made or migrated now.
+            open_store(url=config.storage.url, path=data / DB_FILE).close()
     except StartupError as exc:
         raise Failure(str(exc), code="bad_data_folder") from None
+    except StoreError as exc:
+        reason = f"cannot use the database {redacted(config.storage.url)}: {exc}"
+        raise Failure(reason, code="database_unavailable") from None
     except admintoken.TokenError as exc:
         reason = token_problem(exc, data / admintoken.TOKEN_FILE, data)
         raise Failure(reason, code="bad_data_folder") from None

@@ -47,6 +47,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.store import events, groups, joins
 from relay.store.conn import Conn
+from relay.store.errors import BackupUnsupported
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
 
@@ -500,6 +501,8 @@ class AdminEndpoint:
             size = await self.service.db.backup(target)
         except FileExistsError:
             raise BadBackupPath(_exists(target), folder) from None
+        except BackupUnsupported as exc:  # nothing was written
+            return _json(501, {"error": "backup_unsupported", "reason": str(exc)})
         except OSError as exc:
             # Permission denied, read-only file system (systemd's ProtectSystem), disk full.
             raise BadBackupPath(f"cannot write {target}: {exc.strerror or exc}", folder) from None

@@ -47,7 +47,9 @@ from relay.server.signals import GroupSignals
 from relay.server.sweeper import Sweeper
 from relay.server.tls import TlsError, server_context
 from relay.server.worker import JoinWorker
-from relay.store.db import Database
+from relay.store.errors import StoreError
+from relay.store.opening import Store, open_store
+from relay.store.pgurl import redacted
 
 log = structlog.get_logger("relay.app")
 
@@ -140,7 +142,7 @@ class Parts:
     """The running relay's components, for in-process tests that drive them on trio's
     ``MockClock`` (``Relay.parts`` once ready)."""
 
-    db: Database
+    db: Store
     service: GroupService
     admissions: Admissions
     worker: JoinWorker
@@ -246,13 +248,7 @@ class Relay:
         memory.tune()
         server = self.config.server
         storage = self.config.storage
-        with explained(self.data_dir / DB_FILE, self.data_dir):
-            db = Database(
-                self.data_dir / DB_FILE,
-                synchronous=storage.synchronous,
-                max_pending=storage.max_pending_writes,
-                on_commit=self._observe_commit,
-            )
+        db = self._open_store()
         self.metrics.set("relay_start_time_seconds", self.started)
         signals = GroupSignals()
         try:
@@ -401,6 +397,20 @@ class Relay:
             db.close()
             (self.data_dir / RUN_FILE).unlink(missing_ok=True)
         log.info("relay.stopped")
+
+    def _open_store(self) -> Store:
+        storage = self.config.storage
+        try:
+            with explained(self.data_dir / DB_FILE, self.data_dir):
+                return open_store(
+                    url=storage.url,
+                    path=self.data_dir / DB_FILE,
+                    synchronous=storage.synchronous,
+                    max_pending=storage.max_pending_writes,
+                    on_commit=self._observe_commit,
+                )
+        except StoreError as exc:  # PostgreSQL's (SQLite's are told by ``explained``)
+            raise StartupError(f"cannot use the database {redacted(storage.url)}: {exc}") from None
 
     def _observe_commit(self, seconds: float, jobs: int) -> None:
         self.metrics.observe("relay_db_commit_seconds", seconds)

@@ -15,7 +15,6 @@ import ipaddress
 import os
 import re
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +23,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from relay.protocol.profile import ProfilePolicy
+from relay.store.pgurl import is_postgres_url, redacted
 
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 # A DNS name as a Host header names it (no port): letters, digits, '-', '.'.
@@ -221,7 +221,7 @@ def problems(config: Config) -> list[tuple[str, str]]:
                 ("server.public_url", f"{exc.reason} (the URL clients reach this relay's public port at)")
             )
     if config.storage.url and not is_postgres_url(config.storage.url):
-        shown = redacted_url(config.storage.url)
+        shown = redacted(config.storage.url)
         found.append(("storage.url", f"{shown!r} is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)"))
     server = config.server
     if bool(server.tls_cert) != bool(server.tls_key):
@@ -315,25 +315,6 @@ def check_config(path: Path | None, environ: Mapping[str, str]) -> tuple[Config 
         source = sources.get((section, name.split("[")[0]))
         errors.append(f"{source}: {key}: {reason}" if source else f"{key}: {reason}")
     return (None if errors else config), errors, sorted(sources.values())
-
-
-def is_postgres_url(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme in ("postgresql", "postgres") and bool(parts.path.strip("/") or parts.hostname)
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password, for logs, errors and ``relay config check``: the URL is
-    often in a config file or the environment, the password must not reach a log."""
-    parts = urllib.parse.urlsplit(url)
-    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    if parts.password is None and all(key != "password" for key, _ in pairs):
-        return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.netloc.rpartition('@')[0].partition(':')[0]}:***@{netloc.rpartition('@')[2]}"
-    query = "&".join(f"{key}=***" if key == "password" else f"{key}={value}" for key, value in pairs)
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _check_key(struct: type[msgspec.Struct], section: str, key: str, value: object) -> str | None:

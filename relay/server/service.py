@@ -57,9 +57,9 @@ from relay.server.profiles import VerifiedProfiles
 from relay.server.signals import GroupSignals
 from relay.store import groups
 from relay.store.conn import Conn
-from relay.store.db import Database
 from relay.store.errors import StoreUnavailable
 from relay.store.groups import GroupRecord
+from relay.store.opening import Store
 
 log = structlog.get_logger("relay.service")
 
@@ -75,7 +75,7 @@ class GroupService:
     def __init__(
         self,
         *,
-        db: Database,
+        db: Store,
         identity: Identity,
         policy: PolicyHolder,
         public_base: str,

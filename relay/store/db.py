@@ -53,7 +53,7 @@ from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.migrations import migrate
 
 T = TypeVar("T")
-C = TypeVar("C", bound=Conn)
+C = TypeVar("C", bound=Conn, covariant=True)
 log = structlog.get_logger("relay.store")
 
 # SQLite's primary result codes that mean "the database cannot take this now", not "this

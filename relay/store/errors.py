@@ -24,3 +24,7 @@ class StoreUnavailable(StoreError, ServiceUnavailable):
     def __init__(self, error: str) -> None:
         super().__init__(f"the relay cannot store anything now ({error}); nothing was kept, ask again later")
         self.error = error
+
+
+class BackupUnsupported(StoreError):
+    """This store is not backed up by the relay (PostgreSQL: its own tools do it)."""

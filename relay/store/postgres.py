@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import structlog
@@ -40,7 +39,8 @@ from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 from relay.store import pgschema
 from relay.store.conn import Conn
 from relay.store.db import Writer
-from relay.store.errors import StoreError, StoreUnavailable
+from relay.store.errors import BackupUnsupported, StoreError, StoreUnavailable
+from relay.store.pgurl import redacted
 
 log = structlog.get_logger("relay.store")
 
@@ -93,24 +93,6 @@ class PgConn:
         return self.raw.execute(query, parameters)
 
 
-def redacted(url: str) -> str:
-    """``url`` (a ``postgresql://`` URL or a ``key=value`` conninfo) without its password."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{host}"
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def _reason(exc: BaseException) -> str:
     """The first line of an engine error: psycopg's may add hints and context lines."""
     text = str(exc).strip()
@@ -129,10 +111,6 @@ def connect(url: str) -> psycopg.Connection[Any]:
     for dumper in (Int8Dumper, Int8BinaryDumper):
         raw.adapters.register_dumper(int, dumper)
     return raw
-
-
-class PostgresStoreError(StoreError):
-    """What the PostgreSQL store cannot do that the SQLite one does."""
 
 
 class PostgresDatabase(Writer[Conn]):
@@ -245,7 +223,7 @@ class PostgresDatabase(Writer[Conn]):
         return self._raw is not None and not self._raw.closed
 
     async def backup(self, target: Path) -> int:
-        raise PostgresStoreError(
+        raise BackupUnsupported(
             "a PostgreSQL store is backed up with PostgreSQL's own tools (pg_dump, or base "
             "backups with WAL archiving), not by the relay"
         )
