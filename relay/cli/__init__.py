@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from relay import __version__
-from relay.cli import admin, member, owner, serve
+from relay.cli import admin, member, migrate, owner, serve
 from relay.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     owner.add_commands(sub)
     member.add_commands(sub)
     admin.add_commands(sub)
+    migrate.add_commands(sub)
     return parser
 
 
