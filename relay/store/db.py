@@ -181,6 +181,14 @@ class Writer(Generic[C]):
         """End a failed transaction, if one is still open; never raises an engine error."""
         raise NotImplementedError
 
+    def _savepoint(self, conn: Conn) -> None:
+        """Open the next job's savepoint (an engine may send it with the job's first statement)."""
+        conn.execute("SAVEPOINT job")
+
+    def _roll_back_job(self, conn: Conn) -> None:
+        """Undo the failed job alone: back to its savepoint."""
+        conn.execute("ROLLBACK TO job")
+
     def _retry_alone(self) -> bool:
         """Whether a batch whose COMMIT failed as unavailable may run again job by job."""
         return True
@@ -330,7 +338,7 @@ class Writer(Generic[C]):
                 # a RELEASE per job would be one more statement, and every statement hands
                 # the GIL back and forth several times (the trio thread then takes it).
                 # ROLLBACK TO reverts to the newest savepoint of that name: this job's alone.
-                conn.execute("SAVEPOINT job")
+                self._savepoint(conn)
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
@@ -338,7 +346,7 @@ class Writer(Generic[C]):
                         # Every job of the batch is undone (SQLite may roll back by itself on
                         # a full disk or an I/O error; a lost server connection takes it all).
                         raise
-                    conn.execute("ROLLBACK TO job")
+                    self._roll_back_job(conn)
                     job.error = self._count(self._translate(exc))
             conn.execute("COMMIT")
         except self._failures as exc:

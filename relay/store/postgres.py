@@ -9,6 +9,12 @@ dialect: ``?`` placeholders become ``%s``, a literal ``%`` becomes ``%%``, and S
 hints (``INDEXED BY name``) go.  Python ints are sent as ``bigint``, as SQLite stores them,
 so a parameter's type never depends on its value.
 
+Round trips: each job's ``SAVEPOINT`` is sent with the job's first statement in one pipeline
+(:meth:`PgConn.defer_savepoint`), so a job costs one round trip per statement, no more.
+
+Reads beside the writer (:meth:`PostgresDatabase.read`) run on :class:`PgReaders`, a small
+``psycopg_pool`` pool of connections of the same kind, one read-only snapshot per read.
+
 Errors: psycopg's ``OperationalError`` (the server shutting down or restarting, a lost
 connection, "cannot connect now", a full disk, a deadlock or serialization failure) becomes
 :class:`StoreUnavailable`, any other ``psycopg.Error`` :class:`StoreError`, the engine's error
@@ -18,8 +24,8 @@ answers meanwhile and full service after; nothing is answered before its COMMIT 
 (A connection lost *during* COMMIT leaves that batch in doubt: its callers hear
 ``unavailable`` and the store's idempotent writes make asking again safe.)
 
-Must not: log a password (:func:`redacted` strips it from the URL), hold policy, or use the
-writer's connection from another thread than the writer's.
+Must not: log a password (:func:`redacted` strips it from the URL), hold policy, use the
+writer's connection from another thread than the writer's, or write through the read pool.
 """
 
 from __future__ import annotations
@@ -82,10 +88,25 @@ def rewrite(sql: str) -> str:
 class PgConn:
     """A psycopg connection as a :class:`relay.store.conn.Conn` (one per writer connection)."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("_savepoint", "raw")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
+        self._savepoint = False  # a job's SAVEPOINT not sent yet: it goes with its first statement
+
+    def defer_savepoint(self) -> None:
+        """Open the writer's next job savepoint (``SAVEPOINT job``) with the next statement,
+        in one round trip to the server (psycopg's pipeline mode) instead of two: every job
+        runs at least one statement, and a round trip is most of a small job's cost."""
+        self._savepoint = True
+
+    def roll_back_job(self) -> None:
+        """Back to the job's savepoint; nothing to undo if the job sent no statement (its
+        savepoint was never sent, and ``ROLLBACK TO`` would return to the previous job's)."""
+        if self._savepoint:
+            self._savepoint = False
+            return
+        self.raw.execute("ROLLBACK TO job")
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
         query = _rewritten.get(sql)
@@ -93,8 +114,17 @@ class PgConn:
             if len(_rewritten) >= _REWRITE_CACHE_MAX:
                 _rewritten.clear()
             query = _rewritten[sql] = rewrite(sql)
+        raw = self.raw
+        if self._savepoint:
+            self._savepoint = False
+            # Both sent, then one sync: an error of either is raised here, after the pipeline
+            # ended, with the savepoint made if the statement was what failed.
+            with raw.pipeline():
+                raw.execute("SAVEPOINT job")
+                cursor = raw.execute(query, parameters)
+            return cursor
         # Parameters always given (even none): psycopg then reads ``%%`` as ``%``.
-        return self.raw.execute(query, parameters)
+        return raw.execute(query, parameters)
 
 
 def _reason(exc: BaseException) -> str:
@@ -301,6 +331,12 @@ class PostgresDatabase(Writer[Conn]):
         self._next_connect = 0.0
         log.info("store.reconnected", url=redacted(self.url))
         return raw
+
+    def _savepoint(self, conn: Conn) -> None:
+        self._conn.defer_savepoint()
+
+    def _roll_back_job(self, conn: Conn) -> None:
+        self._conn.roll_back_job()
 
     def _lost(self, exc: BaseException) -> bool:
         if not isinstance(exc, psycopg.Error):
