@@ -198,6 +198,63 @@ async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(engine: Engine)
     assert engine.stored() == {0, 1, 2, 4, 6}  # jobs 3 and 5 rolled back (job 5's first row too)
 
 
+async def test_jobs_failing_before_or_at_their_first_statement_roll_back_alone(engine: Engine) -> None:
+    """PostgreSQL sends a job's savepoint with its first statement: a job that fails before
+    sending any must not roll back to the previous job's savepoint, and one whose first
+    statement fails must still roll back to its own."""
+    batches: list[int] = []
+    db = engine.open(on_commit=lambda seconds, jobs: batches.append(jobs))
+    gate, running = threading.Event(), threading.Event()
+    results: dict[int, object] = {}
+
+    def held_job(conn: Conn) -> int:
+        running.set()
+        gate.wait(10)
+        return _insert_group(0)(conn)
+
+    def fails_at_once(conn: Conn) -> int:
+        raise ValueError("refused before any statement")
+
+    def sends_nothing(conn: Conn) -> int:
+        return -1
+
+    jobs: list[Callable[[Conn], int]] = [
+        _insert_group(1),
+        fails_at_once,
+        _insert_group(2),
+        _insert_group(1),  # a duplicate: its first statement fails
+        sends_nothing,
+        _insert_group(3),
+        fails_at_once,
+    ]
+
+    async def call(n: int, fn: Callable[[Conn], int]) -> None:
+        try:
+            results[n] = await db.transact(fn)
+        except (ValueError, StoreError) as exc:
+            results[n] = exc
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as writer:
+                await writer.start(db.serve)
+                async with trio.open_nursery() as callers:
+                    callers.start_soon(call, 0, held_job)
+                    await trio.to_thread.run_sync(running.wait, 10)
+                    for n, job in enumerate(jobs, start=1):
+                        callers.start_soon(call, n, job)
+                        await trio.testing.wait_all_tasks_blocked()
+                    gate.set()
+                writer.cancel_scope.cancel()
+    finally:
+        db.close()
+    assert batches == [1, len(jobs)]
+    assert isinstance(results[2], ValueError) and isinstance(results[7], ValueError)
+    assert type(results[4]) is StoreError
+    assert results[5] == -1
+    assert engine.stored() == {0, 1, 2, 3}
+
+
 async def test_a_caller_cancelled_while_its_job_is_queued_still_learns_the_outcome(engine: Engine) -> None:
     db = engine.open()
     outcome: list[int] = []

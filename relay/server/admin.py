@@ -130,6 +130,12 @@ def group_view(record: GroupRecord, address: str | None) -> dict[str, object]:
 _HEADERS = [("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
 
 
+def _totals(conn: Conn) -> tuple[dict[str, int], joins.QueueCounts, events.Totals]:
+    """Groups by state, the join queue's and the traffic's totals: one snapshot, for the stats
+    and the gauges (a read beside the writer)."""
+    return groups.count_by_state(conn), joins.totals(conn), events.totals(conn)
+
+
 def _json(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
     return HttpResponse(status, json.dumps(body).encode(), headers=[*_HEADERS, *headers])
 
@@ -417,7 +423,7 @@ class AdminEndpoint:
             if state is not None and state not in _STATES:
                 raise BadRequest(f"state must be one of {', '.join(_STATES)}, not {state[:40]!r}")
             after, limit = _page(params)
-            records = await self.service.db.transact(
+            records = await self.service.db.read(
                 lambda conn: groups.listing(conn, state=state, limit=limit, after=after)
             )
             return _json(200, {"groups": [group_view(r, self.service.address_of(r)) for r in records]})
@@ -427,7 +433,7 @@ class AdminEndpoint:
                 raise BadRequest(f"status may only be dead (dead-lettered requests), not {status[:40]!r}")
             statuses = ("dead",) if status == "dead" else ("held", "dead")
             after, limit = _page(params)
-            queued = await self.service.db.transact(
+            queued = await self.service.db.read(
                 lambda conn: joins.listing(conn, statuses=statuses, after=after, limit=limit)
             )
             return _json(200, {"requests": [held_view(r) for r in queued]})
@@ -435,7 +441,7 @@ class AdminEndpoint:
             return await self._retry(_id(ident, "join request"))
         group_id = _id(ident, "group")
         if name == "group":
-            record, rows = await self.service.db.transact(
+            record, rows = await self.service.db.read(
                 lambda conn: (groups.by_id(conn, group_id), groups.read_log(conn, group_id, 100))
             )
             if record is None:
@@ -457,9 +463,7 @@ class AdminEndpoint:
         return _json(200, group_view(record, self.service.address_of(record)))
 
     async def _stats(self) -> dict[str, object]:
-        counts = await self.service.db.transact(groups.count_by_state)
-        queue = await self.service.db.transact(joins.totals)
-        traffic = await self.service.db.transact(events.totals)
+        counts, queue, traffic = await self.service.db.read(_totals)
         db = self.service.db.stats
         now = time.time()
         return {
@@ -566,17 +570,15 @@ class AdminEndpoint:
         return _json(200, held_view(row))
 
     async def _refresh_gauges(self) -> None:
-        totals = await self.service.db.transact(joins.totals)
+        counts, totals, traffic = await self.service.db.read(_totals)
         self.metrics.set("relay_queue_held", totals.held)
         self.metrics.set("relay_queue_pending_approval", totals.pending)
         self.metrics.set("relay_queue_dead", totals.dead)
         self.metrics.set("relay_members", totals.members)
-        traffic = await self.service.db.transact(events.totals)
         self.metrics.set("relay_events_stored", traffic.events)
         self.metrics.set("relay_events_stored_bytes", traffic.bytes)
         self.metrics.set("relay_equivocations", traffic.equivocations)
         self.metrics.set("relay_direct_inbox", traffic.inbox)
-        counts = await self.service.db.transact(groups.count_by_state)
         for state in _STATES:
             self.metrics.set("relay_groups", counts.get(state, 0), state=state)
         self.metrics.set("relay_verified_profiles", len(self.service.profiles))
@@ -587,3 +589,7 @@ class AdminEndpoint:
         self.metrics.set("relay_db_commit_seconds_total", stats.commit_seconds)
         self.metrics.set("relay_store_unavailable_total", stats.unavailable)
         self.metrics.set("relay_bounds_hit_total", stats.queue_full, bound="db_pending_jobs")
+        reads = self.service.db.read_stats()
+        self.metrics.set("relay_db_reads_total", reads.total)
+        self.metrics.set("relay_db_reads_in_flight", reads.in_flight)
+        self.metrics.set("relay_db_reads_waiting", reads.waiting)

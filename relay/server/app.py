@@ -408,6 +408,7 @@ class Relay:
                     synchronous=storage.synchronous,
                     max_pending=storage.max_pending_writes,
                     on_commit=self._observe_commit,
+                    read_connections=storage.read_connections,
                 )
         except StoreError as exc:  # PostgreSQL's (SQLite's are told by ``explained``)
             raise StartupError(f"cannot use the database {redacted(storage.url)}: {exc}") from None

@@ -121,6 +121,8 @@ class StorageConfig(Struct, forbid_unknown_fields=True, frozen=True):
     synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
     service_log_max: Annotated[int, Meta(ge=10)] = 1000
     max_pending_writes: Annotated[int, Meta(ge=1)] = 10_000
+    # Read-only connections beside the writer (listings, stats, heads, discovery).
+    read_connections: Annotated[int, Meta(ge=1, le=64)] = 4
     max_closed_groups: Annotated[int, Meta(ge=0)] = 100_000
     # Stored profiles kept verified in memory (relay.server.profiles), in bytes.
     verified_profiles_bytes: Annotated[int, Meta(ge=64 * 1024)] = 32 * 1024 * 1024

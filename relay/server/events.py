@@ -372,7 +372,7 @@ class Channels:
             head = store.head(conn, group.id)
             return head, store.event_at(conn, group.id, head.head_seq) if head.head_seq else None
 
-        head, event = await self.db.transact(read)
+        head, event = await self.db.read(read)
         return HeadAnswer(head=self._sign_head(group.channel, head), event=_signed(event) if event else None)
 
     def _sign_head(self, channel: bytes, head: store.HeadRow) -> Signed:
@@ -399,14 +399,14 @@ class Channels:
                     found.append((record.channel, store.head(conn, group_id)))
             return found
 
-        found = await self.db.transact(read)
+        found = await self.db.read(read)
         self.metrics.inc("relay_discovered_total", len(found))
         return Discovered(heads=[self._sign_head(channel, head) for channel, head in found])
 
     async def _tag_index(self) -> dict[bytes, int]:
         fingerprint = self.service.identity.fingerprint
         if self._tags is None:
-            rows = await self.db.transact(lambda conn: groups.channels_in_states(conn, SERVING))
+            rows = await self.db.read(lambda conn: groups.channels_in_states(conn, SERVING))
             # HKDF and HMAC per group: off the trio thread, for a relay with many groups.
             self._tags = await trio.to_thread.run_sync(
                 lambda: {tag(channel, fingerprint): group_id for group_id, channel in rows}
@@ -414,7 +414,7 @@ class Channels:
             self._tags_dirty.clear()
         if self._tags_dirty:
             dirty, self._tags_dirty = list(self._tags_dirty)[:1000], set()
-            rows = await self.db.transact(lambda conn: groups.channels_of(conn, dirty))
+            rows = await self.db.read(lambda conn: groups.channels_of(conn, dirty))
             for group_id, channel in rows:
                 self._tags[tag(channel, fingerprint)] = group_id
         return self._tags

@@ -45,6 +45,9 @@ SPECS: dict[str, Spec] = {
     "relay_store_unavailable_total": Spec(
         "counter", "Requests answered unavailable: the database took no writes (a full disk, say)"
     ),
+    "relay_db_reads_total": Spec("counter", "Reads run beside the writer (listings, stats, heads)"),
+    "relay_db_reads_in_flight": Spec("gauge", "Reads beside the writer running now, one per read connection"),
+    "relay_db_reads_waiting": Spec("gauge", "Reads beside the writer waiting for a free read connection"),
     "relay_db_commit_seconds": Spec("histogram", "Duration of each database transaction", _SECONDS),
     "relay_db_batch_size": Spec("histogram", "Jobs per database commit (group commit)", _BATCH),
     "relay_join_requests_total": Spec(

@@ -411,7 +411,7 @@ class GroupService:
                 return None, []
             return record, groups.read_log(conn, record.id)
 
-        record, rows = await self.db.transact(read)
+        record, rows = await self.db.read(read)
         record = self.check_owner(record, request, frame.request.signer)
         entries = [LogEntry(seq=r.seq, at=r.at, event=r.event, detail=r.detail) for r in rows]
         return LogResult(state=record.state.value, entries=entries)

@@ -20,7 +20,10 @@ how a transaction begins, how its errors translate, and what "the whole transact
 gone" looks like.  The jobs' statements go straight to the engine's connection: the writer
 adds nothing per statement.
 
-Online backups of SQLite read through a second, read-only connection (see
+Reads that need not be in step with the commit order (listings, stats, heads, discovery) go
+through :meth:`Writer.read` instead: a small pool of read-only connections beside the writer
+(SQLite: :class:`relay.store.reads.Readers`; PostgreSQL: a psycopg pool), so they never wait
+for a batch.  Online backups of SQLite read through a second, read-only connection (see
 :meth:`Database.backup`).
 
 When the database cannot take writes (its disk is full, an I/O error, a read-only file
@@ -119,6 +122,17 @@ class CommitStats:
     unavailable: int = 0  # jobs failed with StoreUnavailable
 
 
+@dataclass(frozen=True)
+class ReadStats:
+    """The read pool beside the writer, for the metrics: its size, the reads running on its
+    connections, those waiting for one, and the reads started since the store opened."""
+
+    size: int
+    in_flight: int
+    waiting: int
+    total: int
+
+
 class Writer(Generic[C]):
     """Group commit on one worker thread, over an engine's connection of type ``C``.
 
@@ -167,6 +181,14 @@ class Writer(Generic[C]):
         """End a failed transaction, if one is still open; never raises an engine error."""
         raise NotImplementedError
 
+    def _savepoint(self, conn: Conn) -> None:
+        """Open the next job's savepoint (an engine may send it with the job's first statement)."""
+        conn.execute("SAVEPOINT job")
+
+    def _roll_back_job(self, conn: Conn) -> None:
+        """Undo the failed job alone: back to its savepoint."""
+        conn.execute("ROLLBACK TO job")
+
     def _retry_alone(self) -> bool:
         """Whether a batch whose COMMIT failed as unavailable may run again job by job."""
         return True
@@ -175,6 +197,16 @@ class Writer(Generic[C]):
         raise NotImplementedError
 
     async def backup(self, target: Path) -> int:
+        raise NotImplementedError
+
+    async def read(self, fn: Callable[[C], T]) -> T:
+        """Run ``fn`` in a read-only snapshot of the last commit, on a pooled connection
+        beside the writer, never behind its queue, and return its result; engine errors come
+        out as the store's own.  No ``on_commit``: the answer is not in step with the commit
+        order, so a subscription's pages must use :meth:`transact`.  ``fn`` cannot write."""
+        raise NotImplementedError
+
+    def read_stats(self) -> ReadStats:
         raise NotImplementedError
 
     # --- the writer ------------------------------------------------------------------------
@@ -306,7 +338,7 @@ class Writer(Generic[C]):
                 # a RELEASE per job would be one more statement, and every statement hands
                 # the GIL back and forth several times (the trio thread then takes it).
                 # ROLLBACK TO reverts to the newest savepoint of that name: this job's alone.
-                conn.execute("SAVEPOINT job")
+                self._savepoint(conn)
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
@@ -314,7 +346,7 @@ class Writer(Generic[C]):
                         # Every job of the batch is undone (SQLite may roll back by itself on
                         # a full disk or an I/O error; a lost server connection takes it all).
                         raise
-                    conn.execute("ROLLBACK TO job")
+                    self._roll_back_job(conn)
                     job.error = self._count(self._translate(exc))
             conn.execute("COMMIT")
         except self._failures as exc:
@@ -390,7 +422,10 @@ class Database(Writer[sqlite3.Connection]):
         max_pending: int = 10_000,
         max_batch: int = 512,
         on_commit: Callable[[float, int], None] | None = None,
+        read_connections: int = 4,
     ) -> None:
+        from relay.store.reads import Readers  # it builds on this module's error translation
+
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         self.path = path
@@ -401,11 +436,20 @@ class Database(Writer[sqlite3.Connection]):
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         self._conn.execute("PRAGMA foreign_keys=ON")
         migrate(self._conn)
+        # Opened after the migration: a read-only connection cannot create the schema.
+        self._readers = Readers(path, size=read_connections)
         super().__init__(max_pending=max_pending, max_batch=max_batch, on_commit=on_commit)
         self._backup_lock = trio.Lock()  # one backup at a time
 
     def close(self) -> None:
+        self._readers.close()
         self._conn.close()
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._readers.read(fn)
+
+    def read_stats(self) -> ReadStats:
+        return self._readers.stats()
 
     def _begin(self) -> sqlite3.Connection:
         conn = self._conn

@@ -27,11 +27,20 @@ def open_store(
     synchronous: str = "FULL",
     max_pending: int = 10_000,
     on_commit: Callable[[float, int], None] | None = None,
+    read_connections: int = 4,
 ) -> Store:
     """The store ``url`` names (PostgreSQL) or the SQLite file at ``path``, its schema made
     or migrated; raises the engine's start-up errors (see each engine)."""
     if url:
         from relay.store.postgres import PostgresDatabase
 
-        return PostgresDatabase(url, max_pending=max_pending, on_commit=on_commit)
-    return Database(path, synchronous=synchronous, max_pending=max_pending, on_commit=on_commit)
+        return PostgresDatabase(
+            url, max_pending=max_pending, on_commit=on_commit, read_connections=read_connections
+        )
+    return Database(
+        path,
+        synchronous=synchronous,
+        max_pending=max_pending,
+        on_commit=on_commit,
+        read_connections=read_connections,
+    )

@@ -9,6 +9,12 @@ dialect: ``?`` placeholders become ``%s``, a literal ``%`` becomes ``%%``, and S
 hints (``INDEXED BY name``) go.  Python ints are sent as ``bigint``, as SQLite stores them,
 so a parameter's type never depends on its value.
 
+Round trips: each job's ``SAVEPOINT`` is sent with the job's first statement in one pipeline
+(:meth:`PgConn.defer_savepoint`), so a job costs one round trip per statement, no more.
+
+Reads beside the writer (:meth:`PostgresDatabase.read`) run on :class:`PgReaders`, a small
+``psycopg_pool`` pool of connections of the same kind, one read-only snapshot per read.
+
 Errors: psycopg's ``OperationalError`` (the server shutting down or restarting, a lost
 connection, "cannot connect now", a full disk, a deadlock or serialization failure) becomes
 :class:`StoreUnavailable`, any other ``psycopg.Error`` :class:`StoreError`, the engine's error
@@ -18,8 +24,8 @@ answers meanwhile and full service after; nothing is answered before its COMMIT 
 (A connection lost *during* COMMIT leaves that batch in doubt: its callers hear
 ``unavailable`` and the store's idempotent writes make asking again safe.)
 
-Must not: log a password (:func:`redacted` strips it from the URL), hold policy, or use the
-writer's connection from another thread than the writer's.
+Must not: log a password (:func:`redacted` strips it from the URL), hold policy, use the
+writer's connection from another thread than the writer's, or write through the read pool.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
+import trio
 from psycopg.pq import TransactionStatus
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
+from psycopg_pool import ConnectionPool
 
 from relay.store import pgschema
 from relay.store.conn import Conn
-from relay.store.db import Writer
+from relay.store.db import ReadStats, Writer
 from relay.store.errors import BackupUnsupported, StoreError, StoreUnavailable
 from relay.store.pgurl import redacted
 
@@ -46,11 +54,13 @@ log = structlog.get_logger("relay.store")
 
 CONNECT_TIMEOUT = 5  # seconds; a black-holed server must not hold the writer thread for long
 RECONNECT_BACKOFF = (0.05, 2.0)  # the first wait after a failed connect, and the longest
+READ_WAIT = 2.0  # seconds a read waits for a pooled connection before it is ``unavailable``
 PREPARED_MAX = 512  # the store's distinct statements, with room: each is prepared once used often
 _REWRITE_CACHE_MAX = 4096  # distinct statements (IN lists of many lengths would grow it)
 
 _INDEX_HINT = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
 _rewritten: dict[str, str] = {}
+T = TypeVar("T")
 
 
 def rewrite(sql: str) -> str:
@@ -78,10 +88,25 @@ def rewrite(sql: str) -> str:
 class PgConn:
     """A psycopg connection as a :class:`relay.store.conn.Conn` (one per writer connection)."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("_savepoint", "raw")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
+        self._savepoint = False  # a job's SAVEPOINT not sent yet: it goes with its first statement
+
+    def defer_savepoint(self) -> None:
+        """Open the writer's next job savepoint (``SAVEPOINT job``) with the next statement,
+        in one round trip to the server (psycopg's pipeline mode) instead of two: every job
+        runs at least one statement, and a round trip is most of a small job's cost."""
+        self._savepoint = True
+
+    def roll_back_job(self) -> None:
+        """Back to the job's savepoint; nothing to undo if the job sent no statement (its
+        savepoint was never sent, and ``ROLLBACK TO`` would return to the previous job's)."""
+        if self._savepoint:
+            self._savepoint = False
+            return
+        self.raw.execute("ROLLBACK TO job")
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
         query = _rewritten.get(sql)
@@ -89,8 +114,17 @@ class PgConn:
             if len(_rewritten) >= _REWRITE_CACHE_MAX:
                 _rewritten.clear()
             query = _rewritten[sql] = rewrite(sql)
+        raw = self.raw
+        if self._savepoint:
+            self._savepoint = False
+            # Both sent, then one sync: an error of either is raised here, after the pipeline
+            # ended, with the savepoint made if the statement was what failed.
+            with raw.pipeline():
+                raw.execute("SAVEPOINT job")
+                cursor = raw.execute(query, parameters)
+            return cursor
         # Parameters always given (even none): psycopg then reads ``%%`` as ``%``.
-        return self.raw.execute(query, parameters)
+        return raw.execute(query, parameters)
 
 
 def _reason(exc: BaseException) -> str:
@@ -99,18 +133,115 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _options(url: str) -> dict[str, Any]:
+    """psycopg's connection options the store's connections share (the pool's too)."""
+    options: dict[str, Any] = {"autocommit": True, "application_name": "chat-relay"}
+    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    return options
+
+
+def _adapt(raw: psycopg.Connection[Any]) -> None:
+    """The store's adaptation of Python values on a new connection (see :func:`connect`)."""
+    raw.prepared_max = PREPARED_MAX
+    for dumper in (Int8Dumper, Int8BinaryDumper):
+        raw.adapters.register_dumper(int, dumper)
+
+
 def connect(url: str) -> psycopg.Connection[Any]:
     """A connection in autocommit mode with the store's adaptation of Python values (ints as
     ``bigint``; booleans stay ``boolean``, for ``CASE WHEN ?``: the store stores ``int(flag)``);
     raises psycopg's errors."""
-    options: dict[str, Any] = {"autocommit": True, "application_name": "chat-relay"}
-    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(url):
-        options["connect_timeout"] = CONNECT_TIMEOUT
-    raw = psycopg.connect(url, **options)
-    raw.prepared_max = PREPARED_MAX
-    for dumper in (Int8Dumper, Int8BinaryDumper):
-        raw.adapters.register_dumper(int, dumper)
+    raw = psycopg.connect(url, **_options(url))
+    _adapt(raw)
     return raw
+
+
+def _translated(exc: BaseException, raw: psycopg.Connection[Any] | None) -> BaseException:
+    """``exc``, or for a psycopg error the store's own: :class:`StoreUnavailable` when the
+    server cannot serve now (psycopg's ``OperationalError``, or ``raw`` lost), else
+    :class:`StoreError`; the engine's error kept as ``__cause__``."""
+    if not isinstance(exc, psycopg.Error):
+        return exc
+    error: StoreError
+    if isinstance(exc, psycopg.OperationalError) or (raw is not None and raw.closed):
+        error = StoreUnavailable(_reason(exc))
+    else:
+        error = StoreError(_reason(exc))
+    error.__cause__ = exc
+    return error
+
+
+class PgReaders:
+    """Reads beside the writer: a small ``psycopg_pool.ConnectionPool``, each read one
+    ``REPEATABLE READ READ ONLY`` transaction (one snapshot) on a worker thread of its own.
+
+    The connections are the writer's kind (:func:`connect`'s options and adaptation) and read
+    only besides (``default_transaction_read_only``).  A connection found lost (the server
+    restarted) fails its read as :class:`StoreUnavailable` and the pool is checked at once, so
+    the other idle connections that died with it are replaced in the background rather than
+    each costing a read; a read waits at most ``wait`` seconds for a connection.
+    """
+
+    def __init__(self, url: str, *, size: int = 4, wait: float = READ_WAIT) -> None:
+        if size < 1:
+            raise ValueError("a pool of readers needs at least one connection")
+        self._size = size
+        self._wait = wait
+        self._limiter = trio.CapacityLimiter(size)  # reads at once: no thread waits in the pool
+        self._threads = trio.CapacityLimiter(size)  # see relay.store.reads.Readers
+        self._total = 0
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            kwargs=_options(url),
+            min_size=1,  # grows to ``size`` when reads overlap: a quiet relay holds one
+            max_size=size,
+            configure=self._configure,
+            name="relay-reads",
+            timeout=wait,
+            open=False,
+        )
+        self._pool.open(wait=False)  # connects in the background; a read waits for one
+
+    @staticmethod
+    def _configure(raw: psycopg.Connection[Any]) -> None:
+        _adapt(raw)
+        raw.execute("SET default_transaction_read_only = on")
+
+    def stats(self) -> ReadStats:
+        limiter = self._limiter
+        return ReadStats(self._size, limiter.borrowed_tokens, limiter.statistics().tasks_waiting, self._total)
+
+    async def read(self, fn: Callable[[Conn], T]) -> T:
+        self._total += 1
+        async with self._limiter:
+            # Not abandoned on cancel: the connection goes back to the pool only when idle.
+            return await trio.to_thread.run_sync(self._run, fn, limiter=self._threads)
+
+    def _run(self, fn: Callable[[Conn], T]) -> T:
+        """On the worker thread: one read-only snapshot around ``fn``."""
+        try:
+            raw = self._pool.getconn()
+        except psycopg.Error as exc:  # PoolTimeout (an OperationalError): no connection now
+            raise _translated(exc, None) from exc
+        try:
+            raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                return fn(PgConn(raw))
+            finally:
+                if not raw.closed:
+                    raw.execute("ROLLBACK")
+        except psycopg.Error as exc:
+            raise _translated(exc, raw) from exc
+        finally:
+            lost = raw.closed
+            self._pool.putconn(raw)  # a lost or broken connection is replaced by the pool
+            if lost:
+                with contextlib.suppress(psycopg.Error):
+                    self._pool.check()
+
+    def close(self) -> None:
+        self._pool.close(timeout=CONNECT_TIMEOUT)
 
 
 class PostgresDatabase(Writer[Conn]):
@@ -129,9 +260,11 @@ class PostgresDatabase(Writer[Conn]):
         max_pending: int = 10_000,
         max_batch: int = 512,
         on_commit: Callable[[float, int], None] | None = None,
+        read_connections: int = 4,
     ) -> None:
         self.url = url
         self._raw: psycopg.Connection[Any] | None = None
+        self._readers: PgReaders | None = None
         self._conn = PgConn(self._open())
         self._next_connect = 0.0
         self._backoff = RECONNECT_BACKOFF[0]
@@ -140,6 +273,7 @@ class PostgresDatabase(Writer[Conn]):
         except psycopg.Error as exc:
             self.close()
             raise self._translate(exc) from exc
+        self._readers = PgReaders(url, size=read_connections)  # the schema is there now
         super().__init__(max_pending=max_pending, max_batch=max_batch, on_commit=on_commit)
 
     def _open(self) -> psycopg.Connection[Any]:
@@ -150,8 +284,18 @@ class PostgresDatabase(Writer[Conn]):
         return self._raw
 
     def close(self) -> None:
+        if self._readers is not None:
+            self._readers.close()
         if self._raw is not None:
             self._raw.close()
+
+    async def read(self, fn: Callable[[Conn], T]) -> T:
+        assert self._readers is not None  # set before the store is handed out
+        return await self._readers.read(fn)
+
+    def read_stats(self) -> ReadStats:
+        assert self._readers is not None
+        return self._readers.stats()
 
     def _begin(self) -> Conn:
         raw = self._raw
@@ -188,6 +332,12 @@ class PostgresDatabase(Writer[Conn]):
         log.info("store.reconnected", url=redacted(self.url))
         return raw
 
+    def _savepoint(self, conn: Conn) -> None:
+        self._conn.defer_savepoint()
+
+    def _roll_back_job(self, conn: Conn) -> None:
+        self._conn.roll_back_job()
+
     def _lost(self, exc: BaseException) -> bool:
         if not isinstance(exc, psycopg.Error):
             return False
@@ -199,16 +349,7 @@ class PostgresDatabase(Writer[Conn]):
         )
 
     def _translate(self, exc: BaseException) -> BaseException:
-        if not isinstance(exc, psycopg.Error):
-            return exc
-        error: StoreError
-        raw = self._raw
-        if isinstance(exc, psycopg.OperationalError) or (raw is not None and raw.closed):
-            error = StoreUnavailable(_reason(exc))
-        else:
-            error = StoreError(_reason(exc))
-        error.__cause__ = exc
-        return error
+        return _translated(exc, self._raw)
 
     def _roll_back(self) -> None:
         raw = self._raw

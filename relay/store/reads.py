@@ -23,8 +23,7 @@ from typing import TypeVar
 
 import trio
 
-from relay.store.conn import Conn
-from relay.store.db import _translated
+from relay.store.db import ReadStats, _translated
 
 T = TypeVar("T")
 
@@ -42,6 +41,13 @@ class Readers:
         self._threads = trio.CapacityLimiter(size)
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
+        self._size = size
+        self._total = 0
+
+    def stats(self) -> ReadStats:
+        """Reads running, waiting for a connection, and started (for the metrics)."""
+        limiter = self._limiter
+        return ReadStats(self._size, limiter.borrowed_tokens, limiter.statistics().tasks_waiting, self._total)
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -54,9 +60,10 @@ class Readers:
         conn.execute("PRAGMA query_only=ON")
         return conn
 
-    async def read(self, fn: Callable[[Conn], T]) -> T:
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction on a pooled connection, on a worker thread, and
         return its result; a database error comes out as the store's own (``StoreError``)."""
+        self._total += 1
         async with self._limiter:
             if self._closed:
                 raise RuntimeError("the readers are closed")
@@ -80,7 +87,7 @@ class Readers:
         else:
             self._idle.append(conn)
 
-    def _run(self, held: list[sqlite3.Connection], fn: Callable[[Conn], T]) -> T:
+    def _run(self, held: list[sqlite3.Connection], fn: Callable[[sqlite3.Connection], T]) -> T:
         """On the worker thread: one snapshot (BEGIN ... ROLLBACK) around ``fn``."""
         if not held:
             held.append(self._open())
