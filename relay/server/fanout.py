@@ -380,7 +380,18 @@ class FanOut:
             if self.spawn is not None:
                 self._fill(hub, seq)
                 return
-        self._publish(hub, seq, stored)
+        hub.last_seq = seq
+        message = event_message(stored)
+        if self.limits.recent:
+            hub.recent.append((seq, message))
+            if len(hub.recent) > self.limits.recent:
+                hub.recent.popleft()
+                hub.known_from = hub.recent[0][0]
+        else:
+            hub.known_from = seq + 1
+        for feed in tuple(hub.live):
+            feed.push_event(seq, message)
+        self.metrics.inc("relay_events_delivered_total", len(hub.live))
 
     def note(self, group_id: int, seq: int) -> None:
         """Another process committed event ``seq`` of the group: publish up to it, if this
@@ -412,13 +423,13 @@ class FanOut:
 
         def hook(page: Page) -> None:
             for seq, stored in page.events:
-                if seq > hub.last_seq:
-                    if seq != hub.last_seq + 1:
-                        # Retention dropped the ones between: the cache must not pretend to
-                        # hold them (a member catching up reads the store, and finds them gone).
-                        hub.recent.clear()
-                        hub.known_from = seq
-                    self._publish(hub, seq, stored)
+                if seq > hub.last_seq + 1:
+                    # Retention dropped the ones between: the cache must not pretend to hold
+                    # them (a member catching up reads the store, and finds them gone).
+                    hub.recent.clear()
+                    hub.known_from = seq
+                    hub.last_seq = seq - 1
+                self.publish(hub.group_id, seq, stored)
             target = hub.filling
             if target is not None and (hub.last_seq >= target or (page.complete and target == asked)):
                 # Reached, or the store holds nothing more than what was asked before this
@@ -434,20 +445,6 @@ class FanOut:
                 await trio.sleep(wait)
                 wait = min(wait * 2, FILL_RETRY[1])
         hub.filling = None
-
-    def _publish(self, hub: Hub, seq: int, stored: bytes) -> None:
-        hub.last_seq = seq
-        message = event_message(stored)
-        if self.limits.recent:
-            hub.recent.append((seq, message))
-            if len(hub.recent) > self.limits.recent:
-                hub.recent.popleft()
-                hub.known_from = hub.recent[0][0]
-        else:
-            hub.known_from = seq + 1
-        for feed in tuple(hub.live):
-            feed.push_event(seq, message)
-        self.metrics.inc("relay_events_delivered_total", len(hub.live))
 
     def push_profile(self, group_id: int, message: bytes) -> None:
         hub = self.hubs.get(group_id)

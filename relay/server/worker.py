@@ -257,6 +257,11 @@ class JoinWorker:
 
         def apply(conn: Conn) -> list[tuple[int, bytes]]:
             rows = joins.expired(conn, now - max_age, EXPIRY_BATCH)
+            if fleet.shared(conn):
+                # Another process may be deciding (or expiring) these: only the groups this
+                # transaction takes, and only rows still undecided once taken.
+                taken = {g for g in {row.group_id for row in rows} if fleet.try_lock_joins(conn, g)}
+                rows = [row for row in rows if row.group_id in taken and _still_waiting(conn, row.id)]
             for row in rows:
                 joins.set_decision(conn, row.id, decision, now)
             for group_id in {row.group_id for row in rows}:
@@ -270,6 +275,11 @@ class JoinWorker:
             self.metrics.inc("relay_queue_expired_total", len(expired))
             log.info("queue.expired", requests=len(expired))
         return len(expired)
+
+
+def _still_waiting(conn: Conn, request_id: int) -> bool:
+    row = joins.by_id(conn, request_id)
+    return row is not None and row.status in (JoinState.HELD, JoinState.DEAD)
 
 
 def _one_more_member(rules: admission.GroupRules) -> admission.GroupRules:

@@ -162,18 +162,13 @@ def insert(
     reason_code: str | None = None,
     reason: str | None = None,
 ) -> GroupRecord:
-    """A new group row (the channel must have none)."""
-    record = insert_unless_taken(
-        conn,
-        group,
-        state=state,
-        now=now,
-        address_id=address_id,
-        activation_deadline=activation_deadline,
-        reason_code=reason_code,
-        reason=reason,
-    )
-    assert record is not None, "the channel already has a group"
+    """A new group row; the channel must have none (the engine's unique violation if it has)."""
+    row = conn.execute(
+        f"{_INSERT} RETURNING {_COLUMNS}",
+        _insert_values(group, state, now, address_id, activation_deadline, reason_code, reason),
+    ).fetchone()
+    record = _record(row)
+    assert record is not None
     return record
 
 
@@ -191,34 +186,50 @@ def insert_unless_taken(
     """A new group row, or None when the channel has one already: another relay process's
     transaction inserted it first (PostgreSQL waits for that one to commit, then skips), and
     the caller reads that group instead."""
-    # The row as stored, columns defaulted by the schema included, in the one statement.
     row = conn.execute(
-        "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
-        "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
-        "activation_deadline, admission, max_members, profile_digest) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        f"ON CONFLICT (channel) DO NOTHING RETURNING {_COLUMNS}",
-        (
-            group.channel,
-            group.service_group,
-            state.value,
-            reason_code,
-            reason,
-            address_id,
-            now if address_id else None,
-            group.profile,
-            group.profile_version,
-            group.kind,
-            group.name,
-            now,
-            now,
-            activation_deadline,
-            group.admission,
-            group.max_members,
-            group.profile_digest,
-        ),
+        f"{_INSERT} ON CONFLICT (channel) DO NOTHING RETURNING {_COLUMNS}",
+        _insert_values(group, state, now, address_id, activation_deadline, reason_code, reason),
     ).fetchone()
     return _record(row)
+
+
+# The row as stored, columns defaulted by the schema included, in the one statement.
+_INSERT = (
+    "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
+    "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
+    "activation_deadline, admission, max_members, profile_digest) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_values(
+    group: NewGroup,
+    state: GroupState,
+    now: int,
+    address_id: str | None,
+    activation_deadline: int | None,
+    reason_code: str | None,
+    reason: str | None,
+) -> tuple[object, ...]:
+    return (
+        group.channel,
+        group.service_group,
+        state.value,
+        reason_code,
+        reason,
+        address_id,
+        now if address_id else None,
+        group.profile,
+        group.profile_version,
+        group.kind,
+        group.name,
+        now,
+        now,
+        activation_deadline,
+        group.admission,
+        group.max_members,
+        group.profile_digest,
+    )
 
 
 def set_state(
