@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import resource
+import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -164,6 +165,8 @@ class Relay:
     budgets: InvitationBudgets = field(init=False)
     notifier: Notifier = field(default_factory=Notifier)
     started: float = field(default_factory=time.time)
+    # This process among the relay processes sharing a PostgreSQL database (relay.server.fleet).
+    process: str = field(default_factory=lambda: secrets.token_hex(4))
     ready: ReadyInfo | None = None
     parts: Parts | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
@@ -302,6 +305,13 @@ class Relay:
                 service, self.config.members, self.metrics, signals=signals, decisions=decisions
             )
             channels = Channels(service, self.config.events, self.metrics, self.bounds)
+            bus = None
+            if storage.url:  # other processes may share the database: the fleet bus links them
+                from relay.server.fleet import FleetBus
+
+                bus = FleetBus(
+                    storage.url, process=self.process, signals=signals, channels=channels, worker=worker
+                )
             public = PublicEndpoint(
                 service,
                 admissions,
@@ -340,6 +350,8 @@ class Relay:
                 # The worker stops after the connections and before the writer: its last
                 # transaction still commits.
                 workers = await db_nursery.start(_own_nursery)
+                if bus is not None:
+                    await workers.start(bus.run)
                 await workers.start(worker.run)
                 workers.start_soon(channels.run_pruner)
                 async with trio.open_nursery() as connections:
@@ -382,6 +394,7 @@ class Relay:
                             listen=self.ready.listen,
                             admin_listen=self.ready.admin_listen,
                             pid=os.getpid(),
+                            process=self.process,
                         )
                         self.notifier.ready(f"serving on {self.ready.listen}")
                         task_status.started(self.ready)

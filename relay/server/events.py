@@ -53,7 +53,7 @@ from relay.server.http import WebSocket, prepared_message
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.store import events as store
-from relay.store import groups, joins
+from relay.store import fleet, groups, joins
 from relay.store.conn import Conn
 from relay.store.db import Job
 from relay.store.errors import StoreUnavailable
@@ -131,6 +131,9 @@ class Channels:
         self._equivocations_log = LogThrottle()
         self._tags: dict[bytes, int] | None = None  # tag -> group id, built on first discover
         self._tags_dirty: set[int] = set()
+        # This process's id when other processes share the database (relay.server.fleet sets
+        # it): posts then take the group's chain lock and announce what they stored.
+        self.fleet_process: str | None = None
         service.signals.profile_changed.connect(self.profile_changed)
         service.signals.state_changed.connect(self.state_changed)
 
@@ -140,6 +143,12 @@ class Channels:
         self._views.pop(group_id, None)
         if self._tags is not None:
             self._tags_dirty.add(group_id)
+
+    def forget_all(self) -> None:
+        """Every cached view and tag may be stale (changes from other processes were missed)."""
+        self._views.clear()
+        self._tags = None
+        self._tags_dirty.clear()
 
     def profile_changed(self, group_id: int, profile: Signed, state: GroupState) -> None:
         self.group_changed(group_id)
@@ -222,11 +231,18 @@ class Channels:
         stored = encode(frame.event)
         now = self.service.now()
         config = self.config
+        process = self.fleet_process
 
         def apply(conn: Conn) -> _Outcome:
+            if process is not None:  # other processes append to this chain too: one at a time
+                fleet.lock_chain(conn, view.id)
             if groups.state_and_version(conn, view.id) != (view.state, view.profile_version):
                 raise _StaleView()
-            return _append(conn, view.id, verified, stored, now, config)
+            outcome = _append(conn, view.id, verified, stored, now, config)
+            if process is not None and isinstance(outcome, _Stored) and outcome.status is Append.NEW:
+                # Delivered to the other processes when (and only if) this commits.
+                fleet.announce(conn, f"{process}:e:{view.id}:{outcome.seq}")
+            return outcome
 
         def publish(result: _Outcome) -> None:
             if isinstance(result, _Stored) and result.status is Append.NEW:

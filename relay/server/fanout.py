@@ -31,6 +31,15 @@ ends the connection (``ConnectionTasks.end_connection``).  A feed that ends
 Close, then ends its connection the same way; the connection's own task, the
 only one reading, waits for the member's Close.  Nothing here blocks another member.
 
+Arrival order: with several relay processes on one database (``relay.server.fleet``), a
+group's events reach a process in any order: its own commits through the writer's hooks,
+the others' as "group G has event N" announcements.  Each hub therefore knows the last
+event it published (``last_seq``) and publishes only the next one: an older one is a
+duplicate and is dropped, a newer one means some are missing and the hub reads them from
+the store first (one read at a time per hub; its hook publishes in order, skipping what
+arrived meanwhile).  With one process the next event is always the next one: publishing
+costs one comparison more.
+
 Must not: decode or re-encode signed bytes, touch the database except through
 the reader it is given, or await while publishing.
 """
@@ -80,6 +89,9 @@ class Page:
 # Reads a page of stored events after ``after`` for a group; ``on_commit`` is called with the
 # page on the trio thread in commit order (see Database.transact).
 PageReader = Callable[[int, int, int, Callable[[Page], None]], Awaitable[Page]]
+# Starts a task (a nursery's ``start_soon``): how a hub reads missing events.
+Spawner = Callable[[Callable[[], Awaitable[None]]], None]
+FILL_RETRY = (0.05, 2.0)  # the first wait after a failed read of missing events, and the longest
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +113,10 @@ class Hub:
 
     __slots__ = (
         "attached",
+        "filling",
         "group_id",
         "known_from",
+        "last_seq",
         "live",
         "members",
         "others",
@@ -122,6 +136,9 @@ class Hub:
         # a read that saw the head, and every later commit is published to it.
         self.recent: deque[tuple[int, bytes]] = deque()
         self.known_from = head_seq + 1
+        self.last_seq = head_seq  # the newest event published to the hub
+        # A read of missing events runs (at most one per hub): the newest seq it must reach.
+        self.filling: int | None = None
         self.profile_message: bytes | None = None
 
     def covers(self, cursor: int) -> bool:
@@ -342,15 +359,28 @@ class FanOut:
         self.metrics = metrics
         self.reader = reader
         self.hubs: dict[int, Hub] = {}
+        # Set when other processes share the database (relay.server.fleet): missing events
+        # are read in tasks it starts.  None: a gap cannot happen, and is published as is.
+        self.spawn: Spawner | None = None
         self.subscribers = 0
         # (group, member key) -> subscriptions checked and not attached yet (their read runs).
         self.pending: dict[tuple[int, bytes], int] = {}
 
     def publish(self, group_id: int, seq: int, stored: bytes) -> None:
-        """A committed event: frame it once and queue it for every live member (trio thread)."""
+        """A committed event: frame it once and queue it for every live member (trio thread).
+
+        Any order (see the module's docstring): a duplicate is dropped, and events missing
+        before ``seq`` are read from the store and published first."""
         hub = self.hubs.get(group_id)
         if hub is None:
             return
+        if seq != hub.last_seq + 1:
+            if seq <= hub.last_seq:
+                return  # published already (it came by two ways)
+            if self.spawn is not None:
+                self._fill(hub, seq)
+                return
+        hub.last_seq = seq
         message = event_message(stored)
         if self.limits.recent:
             hub.recent.append((seq, message))
@@ -362,6 +392,59 @@ class FanOut:
         for feed in tuple(hub.live):
             feed.push_event(seq, message)
         self.metrics.inc("relay_events_delivered_total", len(hub.live))
+
+    def note(self, group_id: int, seq: int) -> None:
+        """Another process committed event ``seq`` of the group: publish up to it, if this
+        process has members of the group and has not published it yet."""
+        hub = self.hubs.get(group_id)
+        if hub is not None and seq > hub.last_seq and self.spawn is not None:
+            self._fill(hub, seq)
+
+    def resync(self) -> None:
+        """Announcements may have been missed (the listening connection was lost): every hub
+        reads what the store holds after its last event."""
+        for hub in self.hubs.values():
+            self._fill(hub, hub.last_seq + 1, until_complete=True)
+
+    def _fill(self, hub: Hub, seq: int, *, until_complete: bool = False) -> None:
+        target = max(seq, hub.filling or 0)
+        if until_complete:
+            target = max(target, 1 << 62)  # whatever the store holds, however far
+        running = hub.filling is not None
+        hub.filling = target
+        if not running and self.spawn is not None:
+            self.spawn(lambda: self._read_missing(hub))
+
+    async def _read_missing(self, hub: Hub) -> None:
+        """Read and publish the hub's events after ``last_seq`` until ``filling`` is reached
+        (or the store holds no more), then stop; a failed read is tried again after a wait."""
+        wait = FILL_RETRY[0]
+        asked = hub.filling
+
+        def hook(page: Page) -> None:
+            for seq, stored in page.events:
+                if seq > hub.last_seq + 1:
+                    # Retention dropped the ones between: the cache must not pretend to hold
+                    # them (a member catching up reads the store, and finds them gone).
+                    hub.recent.clear()
+                    hub.known_from = seq
+                    hub.last_seq = seq - 1
+                self.publish(hub.group_id, seq, stored)
+            target = hub.filling
+            if target is not None and (hub.last_seq >= target or (page.complete and target == asked)):
+                # Reached, or the store holds nothing more than what was asked before this
+                # read began (anything announced since may not have been in it: read again).
+                hub.filling = None
+
+        while hub.filling is not None and self.hubs.get(hub.group_id) is hub:
+            asked = hub.filling
+            try:
+                await self.reader(hub.group_id, hub.last_seq, self.limits.page, hook)
+            except Exception as exc:  # the store is unavailable, say: members wait, not lose
+                log.warning("fanout.read_failed", group=hub.group_id, error=str(exc), retry_in=wait)
+                await trio.sleep(wait)
+                wait = min(wait * 2, FILL_RETRY[1])
+        hub.filling = None
 
     def push_profile(self, group_id: int, message: bytes) -> None:
         hub = self.hubs.get(group_id)

@@ -191,7 +191,28 @@ class GroupService:
         now: int,
         may_create: bool,
     ) -> tuple[GroupRecord, bool]:
-        """The group an invitation names, and whether this transaction created it."""
+        """The group an invitation names, and whether this transaction created it.
+
+        Two relay processes may take the first invitation for one channel at once: the
+        insert of the one that commits second finds the channel taken and skips, and that
+        process answers with the group the other made (one group, one address)."""
+        for _ in range(2):
+            found = self._register_once(conn, verified, refusal, address_id, policy, now, may_create)
+            if found is not None:
+                return found
+        raise RemoteProtocolError(ErrorCode.INTERNAL, "the channel's group keeps changing; ask again")
+
+    def _register_once(
+        self,
+        conn: Conn,
+        verified: VerifiedInvitation,
+        refusal: PolicyRefusal | None,
+        address_id: str,
+        policy: ProfilePolicy,
+        now: int,
+        may_create: bool,
+    ) -> tuple[GroupRecord, bool] | None:
+        """As :meth:`_register`; None when another process created the channel's group meanwhile."""
         invitation = verified.invitation
         existing = groups.by_channel(conn, invitation.channel)
         if existing is not None:
@@ -209,7 +230,7 @@ class GroupService:
         if refusal is not None:
             # Remembered as the profile's digest and the reason, not the profile: refusals are
             # what an attacker makes most cheaply, and each kept whole (up to 64 KiB) added up.
-            record = groups.insert(
+            record = groups.insert_unless_taken(
                 conn,
                 replace(new, profile=b"", profile_digest=hashlib.sha256(new.profile).digest()),
                 state=GroupState.REJECTED,
@@ -217,6 +238,8 @@ class GroupService:
                 reason_code=refusal.code.value,
                 reason=refusal.reason,
             )
+            if record is None:
+                return None
             groups.append_log(
                 conn, record.id, now, "refused", f"{refusal.code.value}: {refusal.reason}", keep=self.log_keep
             )
@@ -229,12 +252,14 @@ class GroupService:
                 ErrorCode.RELAY_FULL, f"this relay serves its maximum of {policy.max_groups} groups"
             )
         if policy.approval == "manual":
-            record = groups.insert(conn, new, state=GroupState.INVITED, now=now)
+            record = groups.insert_unless_taken(conn, new, state=GroupState.INVITED, now=now)
+            if record is None:
+                return None
             groups.append_log(
                 conn, record.id, now, "pending_approval", "waiting for the operator", keep=self.log_keep
             )
             return record, True
-        record = groups.insert(
+        record = groups.insert_unless_taken(
             conn,
             new,
             state=GroupState.ACCEPTED,
@@ -242,6 +267,8 @@ class GroupService:
             address_id=address_id,
             activation_deadline=now + policy.activation_timeout,
         )
+        if record is None:
+            return None
         groups.append_log(
             conn, record.id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
         )
@@ -426,12 +453,14 @@ class GroupService:
         def apply(conn: Conn) -> GroupRecord:
             record = _require(conn, group_id)
             after = transition(record.state, Transition.APPROVE)
-            groups.issue_address(conn, group_id, address_id, now, now + timeout)
+            # Not if another relay process approved it first (one address, ever).
+            issued = groups.issue_address(conn, group_id, address_id, now, now + timeout)
             groups.set_state(conn, group_id, after, now)
             record = _require(conn, group_id)
-            groups.append_log(
-                conn, group_id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
-            )
+            if issued:
+                groups.append_log(
+                    conn, group_id, now, "address_issued", self.address_of(record) or "", keep=self.log_keep
+                )
             return record
 
         record = await self.db.transact(apply)

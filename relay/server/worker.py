@@ -17,6 +17,10 @@ Time: the back-off deadlines are dates in the database (wall milliseconds, so th
 survive a restart) and the waits are on trio's clock; both come from the service's
 :class:`relay.server.clock.Clock`.
 
+With several relay processes on one database, a group's queue is taken by one process at a
+time (``relay.store.fleet.try_lock_joins``, for the length of the transaction); a process
+that finds it taken looks at the group again a moment later.
+
 Must not: decide anything itself (``relay.protocol.admission`` does), or hold
 a request in memory only: the database is the queue; memory only says where to
 look next.
@@ -43,13 +47,16 @@ from relay.server.decisions import Decisions, rules_of
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.server.signals import GroupSignals
-from relay.store import groups, joins
+from relay.store import fleet, groups, joins
 from relay.store.conn import Conn, savepoint
 from relay.store.errors import StoreError, StoreUnavailable
 
 log = structlog.get_logger("relay.worker")
 
 GROUPS_PER_TURN = 8
+# A group another relay process is deciding right now is looked at again this much later
+# (that process may have read its queue before this process's newest request arrived).
+TAKEN_RETRY_MS = 250
 EXPIRY_BATCH = 1000
 
 
@@ -157,6 +164,11 @@ class JoinWorker:
     def _turn(self, conn: Conn, *, picks: list[int], now: int, now_ms: int) -> Turn:
         turn = Turn()
         for group_id in picks:
+            # With several relay processes on one database, one decides a group at a time
+            # (each request exactly once, in arrival order); the others look again later.
+            if not fleet.try_lock_joins(conn, group_id):
+                turn.later[group_id] = now_ms + TAKEN_RETRY_MS
+                continue
             record = groups.by_id(conn, group_id)
             if record is None:
                 continue
@@ -245,6 +257,11 @@ class JoinWorker:
 
         def apply(conn: Conn) -> list[tuple[int, bytes]]:
             rows = joins.expired(conn, now - max_age, EXPIRY_BATCH)
+            if fleet.shared(conn):
+                # Another process may be deciding (or expiring) these: only the groups this
+                # transaction takes, and only rows still undecided once taken.
+                taken = {g for g in {row.group_id for row in rows} if fleet.try_lock_joins(conn, g)}
+                rows = [row for row in rows if row.group_id in taken and _still_waiting(conn, row.id)]
             for row in rows:
                 joins.set_decision(conn, row.id, decision, now)
             for group_id in {row.group_id for row in rows}:
@@ -258,6 +275,11 @@ class JoinWorker:
             self.metrics.inc("relay_queue_expired_total", len(expired))
             log.info("queue.expired", requests=len(expired))
         return len(expired)
+
+
+def _still_waiting(conn: Conn, request_id: int) -> bool:
+    row = joins.by_id(conn, request_id)
+    return row is not None and row.status in (JoinState.HELD, JoinState.DEAD)
 
 
 def _one_more_member(rules: admission.GroupRules) -> admission.GroupRules:

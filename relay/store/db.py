@@ -74,6 +74,7 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 UNAVAILABLE_LOG_INTERVAL = 10.0
+CONFLICT_ATTEMPTS = 3  # a job that meets another process's transaction, run alone at most this often
 
 
 def _translated(exc: BaseException) -> BaseException:
@@ -192,6 +193,12 @@ class Writer(Generic[C]):
     def _retry_alone(self) -> bool:
         """Whether a batch whose COMMIT failed as unavailable may run again job by job."""
         return True
+
+    def _conflict(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a conflict with another process's transaction (a deadlock, a
+        serialization failure): the batch is run again, one job per transaction, instead of
+        failing its jobs.  Never with SQLite (one process, one writer)."""
+        return False
 
     def close(self) -> None:
         raise NotImplementedError
@@ -342,9 +349,10 @@ class Writer(Generic[C]):
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
-                    if self._lost(exc):
+                    if self._lost(exc) or self._conflict(exc):
                         # Every job of the batch is undone (SQLite may roll back by itself on
-                        # a full disk or an I/O error; a lost server connection takes it all).
+                        # a full disk or an I/O error; a lost server connection takes it all;
+                        # a deadlock with another process is retried job by job).
                         raise
                     self._roll_back_job(conn)
                     job.error = self._count(self._translate(exc))
@@ -352,6 +360,10 @@ class Writer(Generic[C]):
         except self._failures as exc:
             self._roll_back()
             error = self._translate(exc)
+            if self._conflict(exc) and self._retry_alone():
+                # Another process's transaction held what this one wanted, and this one was
+                # given up: alone, each job holds what it alone needs.
+                return self._run_alone(batch, started)
             if isinstance(error, StoreUnavailable) and len(batch) > 1 and self._retry_alone():
                 # The writes cannot commit (a full disk, say), but the reads among these jobs
                 # can: a transaction that wrote nothing commits.  One transaction per job.
@@ -363,26 +375,38 @@ class Writer(Generic[C]):
         return self._committed_in(started, len(batch))
 
     def _run_alone(self, batch: list[Job[Any]], started: float) -> float | None:
-        """Each job in a transaction of its own (after the batch's commit failed)."""
+        """Each job in a transaction of its own (after the batch's commit failed, or it met
+        another process's transaction); a job that conflicts again is tried a few times."""
         committed = 0
         for job in batch:
-            job.result, job.error = None, None
-            try:
-                conn = self._begin()
-                try:
-                    job.result = job.fn(conn)
-                except BaseException as exc:
-                    self._roll_back()
-                    job.result, job.error = None, self._count(self._translate(exc))
-                    continue
-                conn.execute("COMMIT")
-                committed += 1
-            except self._failures as exc:
-                self._roll_back()
-                error = self._translate(exc)
-                self._report_failure(error, 1)
-                job.result, job.error = None, self._count(error)
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                if self._run_one(job, last=attempt == CONFLICT_ATTEMPTS):
+                    committed += 1 if job.error is None else 0
+                    break
         return self._committed_in(started, committed) if committed else None
+
+    def _run_one(self, job: Job[Any], *, last: bool) -> bool:
+        """One job in its own transaction; False if it conflicted and may be tried again."""
+        job.result, job.error = None, None
+        try:
+            conn = self._begin()
+            try:
+                job.result = job.fn(conn)
+            except BaseException as exc:
+                self._roll_back()
+                if self._conflict(exc) and not last:
+                    return False
+                job.result, job.error = None, self._count(self._translate(exc))
+                return True
+            conn.execute("COMMIT")
+        except self._failures as exc:
+            self._roll_back()
+            if self._conflict(exc) and not last:
+                return False
+            error = self._translate(exc)
+            self._report_failure(error, 1)
+            job.result, job.error = None, self._count(error)
+        return True
 
     def _count(self, error: BaseException) -> BaseException:
         if isinstance(error, StoreUnavailable):

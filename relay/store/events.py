@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from relay.protocol.events import GENESIS
 from relay.store.conn import Conn
+from relay.store.fleet import lock_chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,7 @@ def _oldest_beyond(
 
 def prune_through(conn: Conn, group_id: int, upto: int) -> int:
     """Drop the group's events up to ``upto`` inclusive (never the head); returns how many."""
+    lock_chain(conn, group_id)  # another relay process may be appending to it
     current = head(conn, group_id)
     upto = min(upto, current.head_seq - 1)
     if upto < current.first_seq:

@@ -162,35 +162,74 @@ def insert(
     reason_code: str | None = None,
     reason: str | None = None,
 ) -> GroupRecord:
-    # The row as stored, columns defaulted by the schema included, in the one statement.
+    """A new group row; the channel must have none (the engine's unique violation if it has)."""
     row = conn.execute(
-        "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
-        "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
-        "activation_deadline, admission, max_members, profile_digest) "
-        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
-        (
-            group.channel,
-            group.service_group,
-            state.value,
-            reason_code,
-            reason,
-            address_id,
-            now if address_id else None,
-            group.profile,
-            group.profile_version,
-            group.kind,
-            group.name,
-            now,
-            now,
-            activation_deadline,
-            group.admission,
-            group.max_members,
-            group.profile_digest,
-        ),
+        f"{_INSERT} RETURNING {_COLUMNS}",
+        _insert_values(group, state, now, address_id, activation_deadline, reason_code, reason),
     ).fetchone()
     record = _record(row)
     assert record is not None
     return record
+
+
+def insert_unless_taken(
+    conn: Conn,
+    group: NewGroup,
+    *,
+    state: GroupState,
+    now: int,
+    address_id: str | None = None,
+    activation_deadline: int | None = None,
+    reason_code: str | None = None,
+    reason: str | None = None,
+) -> GroupRecord | None:
+    """A new group row, or None when the channel has one already: another relay process's
+    transaction inserted it first (PostgreSQL waits for that one to commit, then skips), and
+    the caller reads that group instead."""
+    row = conn.execute(
+        f"{_INSERT} ON CONFLICT (channel) DO NOTHING RETURNING {_COLUMNS}",
+        _insert_values(group, state, now, address_id, activation_deadline, reason_code, reason),
+    ).fetchone()
+    return _record(row)
+
+
+# The row as stored, columns defaulted by the schema included, in the one statement.
+_INSERT = (
+    "INSERT INTO groups (channel, service_group, state, reason_code, reason, address_id, "
+    "address_issued_at, profile, profile_version, kind, name, invited_at, updated_at, "
+    "activation_deadline, admission, max_members, profile_digest) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_values(
+    group: NewGroup,
+    state: GroupState,
+    now: int,
+    address_id: str | None,
+    activation_deadline: int | None,
+    reason_code: str | None,
+    reason: str | None,
+) -> tuple[object, ...]:
+    return (
+        group.channel,
+        group.service_group,
+        state.value,
+        reason_code,
+        reason,
+        address_id,
+        now if address_id else None,
+        group.profile,
+        group.profile_version,
+        group.kind,
+        group.name,
+        now,
+        now,
+        activation_deadline,
+        group.admission,
+        group.max_members,
+        group.profile_digest,
+    )
 
 
 def set_state(
@@ -208,12 +247,15 @@ def set_state(
     )
 
 
-def issue_address(conn: Conn, group_id: int, address_id: str, now: int, deadline: int) -> None:
-    conn.execute(
+def issue_address(conn: Conn, group_id: int, address_id: str, now: int, deadline: int) -> bool:
+    """Give the group its address, unless it has one (another process issued it first): a
+    group has one address, ever.  True if this call issued it."""
+    cursor = conn.execute(
         "UPDATE groups SET address_id = ?, address_issued_at = ?, activation_deadline = ?, "
-        "updated_at = ? WHERE id = ?",
+        "updated_at = ? WHERE id = ? AND address_id IS NULL",
         (address_id, now, deadline, now, group_id),
     )
+    return cursor.rowcount > 0
 
 
 def set_profile(conn: Conn, group_id: int, group: NewGroup, version: int, now: int) -> None:

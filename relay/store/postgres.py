@@ -18,7 +18,11 @@ Reads beside the writer (:meth:`PostgresDatabase.read`) run on :class:`PgReaders
 Errors: psycopg's ``OperationalError`` (the server shutting down or restarting, a lost
 connection, "cannot connect now", a full disk, a deadlock or serialization failure) becomes
 :class:`StoreUnavailable`, any other ``psycopg.Error`` :class:`StoreError`, the engine's error
-kept as ``__cause__``.  A lost connection is opened again before the next batch, no more often
+kept as ``__cause__``.  A deadlock or serialization failure (another relay process's
+transaction took its locks in another order) does not fail the batch's callers: the writer
+runs the batch's jobs again, one per transaction (``Writer._conflict``).
+
+A lost connection is opened again before the next batch, no more often
 than a short, growing back-off allows, so a server restart gives typed ``unavailable``
 answers meanwhile and full service after; nothing is answered before its COMMIT returned.
 (A connection lost *during* COMMIT leaves that batch in doubt: its callers hear
@@ -58,6 +62,7 @@ READ_WAIT = 2.0  # seconds a read waits for a pooled connection before it is ``u
 PREPARED_MAX = 512  # the store's distinct statements, with room: each is prepared once used often
 _REWRITE_CACHE_MAX = 4096  # distinct statements (IN lists of many lengths would grow it)
 
+_CONFLICTS = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 _INDEX_HINT = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
 _rewritten: dict[str, str] = {}
 T = TypeVar("T")
@@ -89,6 +94,9 @@ class PgConn:
     """A psycopg connection as a :class:`relay.store.conn.Conn` (one per writer connection)."""
 
     __slots__ = ("_savepoint", "raw")
+    # Other relay processes may use the same database at once (relay.store.fleet's locks and
+    # announcements act only on such a connection).
+    shared = True
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
@@ -357,6 +365,11 @@ class PostgresDatabase(Writer[Conn]):
             return
         with contextlib.suppress(psycopg.Error):
             raw.execute("ROLLBACK")
+
+    def _conflict(self, exc: BaseException) -> bool:
+        # A deadlock or a serialization failure: another process's transaction met this one
+        # (its locks taken in another order); PostgreSQL gave up on one of them.
+        return isinstance(exc, psycopg.Error) and exc.sqlstate in _CONFLICTS
 
     def _retry_alone(self) -> bool:
         # Not on a lost connection: its COMMIT may have landed, and running the jobs again
