@@ -148,11 +148,14 @@ def _insert_group(n: int, *, fail: bool = False) -> Callable[[Conn], int]:
 
 
 def _duplicate_of(n: int, first: int) -> Callable[[Conn], int]:
-    """A job that writes a group row, then one with job ``first``'s channel: a database error."""
+    """A job that writes a group row, then gives it job ``first``'s address: a database error
+    (a unique violation)."""
 
     def job(conn: Conn) -> int:
-        _insert_group(n)(conn)
-        return _insert_group(first)(conn)
+        group_id = _insert_group(n)(conn)
+        groups.issue_address(conn, first, f"address-{first}", now=n, deadline=n + 60)
+        groups.issue_address(conn, group_id, f"address-{first}", now=n, deadline=n + 60)
+        return group_id
 
     return job
 
@@ -218,11 +221,20 @@ async def test_jobs_failing_before_or_at_their_first_statement_roll_back_alone(e
     def sends_nothing(conn: Conn) -> int:
         return -1
 
+    def duplicate_channel(conn: Conn) -> int:
+        # Written out: the store's own insert skips a taken channel (see groups.insert).
+        conn.execute(
+            "INSERT INTO groups (channel, service_group, state, profile, profile_version, kind, name, "
+            "invited_at, updated_at) VALUES (?, ?, 'active', ?, 1, 'channel', 'again', 0, 0)",
+            (new_group(1).channel, bytes(16), b"profile"),
+        )
+        return -2
+
     jobs: list[Callable[[Conn], int]] = [
         _insert_group(1),
         fails_at_once,
         _insert_group(2),
-        _insert_group(1),  # a duplicate: its first statement fails
+        duplicate_channel,  # its first statement fails
         sends_nothing,
         _insert_group(3),
         fails_at_once,

@@ -230,7 +230,7 @@ class GroupService:
         if refusal is not None:
             # Remembered as the profile's digest and the reason, not the profile: refusals are
             # what an attacker makes most cheaply, and each kept whole (up to 64 KiB) added up.
-            record = groups.insert_unless_taken(
+            record = groups.insert(
                 conn,
                 replace(new, profile=b"", profile_digest=hashlib.sha256(new.profile).digest()),
                 state=GroupState.REJECTED,
@@ -252,14 +252,14 @@ class GroupService:
                 ErrorCode.RELAY_FULL, f"this relay serves its maximum of {policy.max_groups} groups"
             )
         if policy.approval == "manual":
-            record = groups.insert_unless_taken(conn, new, state=GroupState.INVITED, now=now)
+            record = groups.insert(conn, new, state=GroupState.INVITED, now=now)
             if record is None:
                 return None
             groups.append_log(
                 conn, record.id, now, "pending_approval", "waiting for the operator", keep=self.log_keep
             )
             return record, True
-        record = groups.insert_unless_taken(
+        record = groups.insert(
             conn,
             new,
             state=GroupState.ACCEPTED,

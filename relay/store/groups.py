@@ -161,31 +161,10 @@ def insert(
     activation_deadline: int | None = None,
     reason_code: str | None = None,
     reason: str | None = None,
-) -> GroupRecord:
-    """A new group row; the channel must have none (the engine's unique violation if it has)."""
-    row = conn.execute(
-        f"{_INSERT} RETURNING {_COLUMNS}",
-        _insert_values(group, state, now, address_id, activation_deadline, reason_code, reason),
-    ).fetchone()
-    record = _record(row)
-    assert record is not None
-    return record
-
-
-def insert_unless_taken(
-    conn: Conn,
-    group: NewGroup,
-    *,
-    state: GroupState,
-    now: int,
-    address_id: str | None = None,
-    activation_deadline: int | None = None,
-    reason_code: str | None = None,
-    reason: str | None = None,
 ) -> GroupRecord | None:
     """A new group row, or None when the channel has one already: another relay process's
-    transaction inserted it first (PostgreSQL waits for that one to commit, then skips), and
-    the caller reads that group instead."""
+    transaction may have inserted it first (PostgreSQL waits for that one to commit, then
+    skips), and the caller reads that group instead."""
     row = conn.execute(
         f"{_INSERT} ON CONFLICT (channel) DO NOTHING RETURNING {_COLUMNS}",
         _insert_values(group, state, now, address_id, activation_deadline, reason_code, reason),
