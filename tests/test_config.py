@@ -230,4 +230,6 @@ def test_a_storage_url_must_name_postgresql_and_its_password_is_never_shown(tmp_
     assert redacted_url("postgresql://relay@db/relay?password=hunter2&sslmode=require") == (
         "postgresql://relay@db/relay?password=***&sslmode=require"
     )
-    assert redacted_url("postgresql:///relay?host=/run/postgresql") == "postgresql:///relay?host=/run/postgresql"
+    assert (
+        redacted_url("postgresql:///relay?host=/run/postgresql") == "postgresql:///relay?host=/run/postgresql"
+    )

@@ -67,7 +67,8 @@ def load_or_create(data_dir: Path) -> tuple[Identity, bool]:
     seal_keys = crypto.SealKeys.generate()
     x_secret, seed = seal_keys.secrets()
     blob = msgspec.msgpack.encode(_KeyFile(signing.private_bytes_raw(), x_secret, seed))
-    tmp = path.with_suffix(".tmp")
+    # A temporary name of this process's own: the processes of a fleet may start at once.
+    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(blob)
