@@ -190,3 +190,56 @@ def test_reuse_port_with_sqlite_is_a_config_error(tmp_path: Path) -> None:
     # serve refuses it too, before anything starts.
     done = run_cli("serve", "--data", str(tmp_path / "data"), "--config", str(config))
     assert done.returncode == 1 and "server.reuse_port" in done.stderr
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compose_works() -> bool:
+    try:
+        return (
+            subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _compose_works(), reason="docker compose is not installed")
+def test_docker_compose_file_is_valid() -> None:
+    done = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**ENV, "RELAY_DB_PASSWORD": "secret", "RELAY_PUBLIC_URL": "https://relay.example.org:443"},
+    )
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert services["postgres"]["image"] == "postgres:15"
+    for name in ("relay-1", "relay-2"):
+        relay = services[name]
+        assert relay["environment"]["RELAY_STORAGE_URL"].endswith("@postgres:5432/relay")
+        assert [v["source"] for v in relay["volumes"]] == ["relay-identity"]
+        assert relay["healthcheck"] and relay["stop_grace_period"]
+
+
+def test_docker_compose_file_has_the_fleet() -> None:
+    """Without a YAML parser among the dependencies, the file's parts are read as text: one
+    PostgreSQL 15, two relay services built from one anchor (one identity volume, one database
+    URL, a health check, a stop grace period), each on its own host port."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = text.split("\nservices:\n", 1)[1].split("\nvolumes:\n", 1)[0]
+    names = [
+        line.strip().rstrip(":")
+        for line in services.splitlines()
+        if line.startswith("  ") and not line.startswith("   ")
+    ]
+    assert names == ["postgres", "relay-1", "relay-2"]
+    assert "    image: postgres:15\n" in services and "pg_isready" in services
+    anchor = text.split("x-relay: &relay\n", 1)[1].split("\nservices:\n", 1)[0]
+    assert 'RELAY_STORAGE_URL: "postgresql://relay:${RELAY_DB_PASSWORD' in anchor
+    assert "@postgres:5432/relay" in anchor and "relay-identity:/data" in anchor
+    assert "healthcheck:" in anchor and "/healthz" in anchor and "stop_grace_period: 30s" in anchor
+    assert "condition: service_healthy" in anchor
+    assert services.count("<<: *relay") == 2 and services.count("stop_grace_period") == 1
+    assert '"7300:7300"' in services and '"7310:7300"' in services

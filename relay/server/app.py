@@ -468,7 +468,7 @@ class Relay:
         path = self.data_dir / RUN_FILE
         # A temporary name of this process's own: the processes of a fleet write at once, and
         # the rename makes the last one's file whole (they name the same address).
-        tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         tmp.write_text(json.dumps({**ready.__dict__, "pid": os.getpid(), "started": int(time.time())}))
         tmp.replace(path)
 
