@@ -123,6 +123,16 @@ def relay_daemon(workdir: Path, *, url: str, processes: int, port: int) -> Fleet
 # --- the measurements ---------------------------------------------------------------------------
 
 
+def split(figures: dict[str, Any], before: list[float], after: list[float], timed_cores: float) -> None:
+    """Each relay process's cores in the timed section (``cores_by_process``): the section's
+    server cores (every process) split by each process's share of the CPU over the whole call
+    (the harness also waits for a quiet machine and warms up around its timed section)."""
+    used = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(used)
+    figures["cpu_seconds_by_process"] = used
+    figures["cores_by_process"] = [timed_cores * u / total if total else 0.0 for u in used]
+
+
 async def fanout_max(target: fanout.Target, args: argparse.Namespace) -> dict[str, Any]:
     """The maximum-rate fan-out run of benchmarks.fanout at ``args.members`` members, with the
     CPU of each relay process over the timed part."""
@@ -141,12 +151,8 @@ async def fanout_max(target: fanout.Target, args: argparse.Namespace) -> dict[st
             await pub.open()
             nursery.start_soon(pub.read_answers)
             cpu0 = daemon.cpu_by_process()
-            t0 = time.monotonic()
             out = await fanout.max_rate(pub, crowd, args, daemon.relay_pids)
-            wall = time.monotonic() - t0
-            out["cores_by_process"] = [
-                (b - a) / wall for a, b in zip(cpu0, daemon.cpu_by_process(), strict=True)
-            ]
+            split(out, cpu0, daemon.cpu_by_process(), out["server_cores"])
             if args.cross:
                 out["fixed"] = await fanout.fixed_rate(
                     pub, crowd, args, daemon.relay_pids, args.fixed_seconds
@@ -161,10 +167,9 @@ async def fanout_max(target: fanout.Target, args: argparse.Namespace) -> dict[st
 
 def joins_run(daemon: FleetDaemon, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     group = trio.run(partial(new_group, daemon.ready["address"], work / "owners", "joins", activate=True))
-    cpu0, t0 = daemon.cpu_by_process(), time.monotonic()
+    cpu0 = daemon.cpu_by_process()
     figures, _ = joins.lean_run(args, daemon, group, args.join_warmup, args.requests, work)
-    wall = time.monotonic() - t0
-    figures["cores_by_process"] = [(b - a) / wall for a, b in zip(cpu0, daemon.cpu_by_process(), strict=True)]
+    split(figures, cpu0, daemon.cpu_by_process(), figures["relay_cpu_cores"])
     return figures
 
 
@@ -175,11 +180,10 @@ def ingest(daemon: FleetDaemon, args: argparse.Namespace, work: Path) -> dict[st
         ]
 
     chosen = trio.run(targets)
-    cpu0, t0 = daemon.cpu_by_process(), time.monotonic()
+    cpu0 = daemon.cpu_by_process()
     result = trio.run(fanout.ingest_run, chosen, args.events, args)
-    wall = time.monotonic() - t0
     result.pop("signed", None)
-    result["cores_by_process"] = [(b - a) / wall for a, b in zip(cpu0, daemon.cpu_by_process(), strict=True)]
+    split(result, cpu0, daemon.cpu_by_process(), result["server_cores"])
     return result
 
 
