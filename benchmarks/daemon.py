@@ -32,6 +32,7 @@ class Daemon:
     command: list[str]
     workdir: Path
     name: str = "relay"
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (RELAY_STORAGE_URL, say)
     proc: subprocess.Popen[bytes] | None = None
     ready: dict[str, Any] = field(default_factory=dict)
 
@@ -47,7 +48,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,10 +6,13 @@ command from rotting as the relay changes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parent.parent
 
@@ -83,3 +86,39 @@ def test_abuse_benchmark_runs_every_attack(tmp_path: Path) -> None:
             assert row["well_behaved"][phase]["requests"] > 0
         assert row["attacker"]["seconds"] > 0 and row["relay"]["rss_before"] > 0
     assert (done.returncode == 1) == (figures["failures"] > 0)
+
+
+def test_fleet_benchmark_runs(tmp_path: Path) -> None:
+    """SQLite, PostgreSQL, PostgreSQL with two processes: every join admitted, every event
+    accepted, every member got every post; rows that need the fleet's cross-process delivery
+    say so when it is missing."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): install Debian's postgresql package")
+    needs_fleet = "needs the fleet lane"  # benchmarks.fleet.NEEDS_FLEET
+    fleet_delivery = importlib.util.find_spec("relay.server.fleet") is not None
+
+    out = tmp_path / "fleet.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fleet", "--quick", "--quiet-wait", "0", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "deliveries per server CPU-second" in done.stdout and "aim >= 0.7" in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["errors"] == 0
+    configs = figures["configurations"]
+    assert set(configs) == {"sqlite-1", "pg-1", "pg-2"}
+    for name, config in configs.items():
+        assert config["joins"]["admitted"] == config["joins"]["requests"] > 0, name
+        assert config["events"]["accepted"] == config["events"]["events"] > 0, name
+        assert len(config["events"]["cores_by_process"]) == config["processes"]
+        fanout = config["fanout"]
+        if name == "pg-2" and not fleet_delivery:
+            assert fanout == needs_fleet
+            assert f"p99 across processes: {needs_fleet}" in done.stdout
+        else:
+            assert fanout["deliveries"] == fanout["expected_deliveries"] > 0, name
+            assert fanout["gaps"] == 0

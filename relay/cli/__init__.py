@@ -117,6 +117,8 @@ def _main(argv: list[str]) -> int:
         except Failure as exc:  # its stdout is the log: the reason goes to stderr, as JSON with --json
             emit(json.dumps(exc.fields) if args.json else f"error: {exc.reason}", err=True)
             return EXIT_FAILED
+        except UsageError as exc:  # --processes with SQLite
+            return _usage(exc, args.json)
     try:
         # Waits longer than a second show on a terminal's stderr (never with --json).
         with status_line(not args.json):

@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from relay.cli.common import Failure, add_command
+from relay.cli.common import Failure, UsageError, add_command
 
 
 def _load_config(args: argparse.Namespace) -> Any:
@@ -216,6 +216,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log.error("relay.start_failed", reason=exc.reason)
         raise
     configure(config.logging.level)
+    if args.processes is not None:
+        _serve_processes(args, config)
+        return
     try:
         relay = Relay(config=config, data_dir=Path(args.data))
     except StartupError as exc:
@@ -253,6 +256,37 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise Failure(failed[0], code="cannot_start")
 
 
+def _serve_processes(args: argparse.Namespace, config: Any) -> None:
+    """``--processes N``: N relay processes sharing the public port (relay.cli.processes)."""
+    from relay.cli.processes import supervise
+
+    if not config.storage.url:
+        raise UsageError(
+            "relay serve",
+            "--processes needs PostgreSQL (storage.url or RELAY_STORAGE_URL): "
+            "several processes on one SQLite file would each believe their own answers",
+        )
+    status = supervise(
+        config,
+        processes=args.processes,
+        data=Path(args.data),
+        config_path=Path(args.config) if args.config else None,
+        listen=args.listen,
+    )
+    if status:
+        reason = "a relay process ended on its own (its relay.start_failed or log says why)"
+        raise Failure(reason, code="cannot_start")
+
+
+def _processes(text: str) -> int:
+    from relay.cli.common import count
+
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 or more")
+    return value
+
+
 def _first(exc: BaseException) -> BaseException:
     """The first exception of a group (of groups), or the exception itself."""
     while isinstance(exc, BaseExceptionGroup):
@@ -270,6 +304,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--config")
     p.add_argument("--listen", help="public HOST:PORT (port 0 picks a free port)")
     p.add_argument("--admin-listen", help="operator HOST:PORT (loopback by default)")
+    p.add_argument(
+        "--processes",
+        type=_processes,
+        metavar="N",
+        help="run N relay processes sharing the public port (PostgreSQL only; operator ports "
+        "admin_listen's port + 0..N-1)",
+    )
     config = sub.add_parser("config", help="configuration commands").add_subparsers(
         dest="config_cmd", required=True
     )

@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -91,12 +92,43 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-async def _listen(text: str) -> list[trio.SocketListener]:
+async def _listen(text: str, *, reuse_port: bool = False) -> list[trio.SocketListener]:
     host, port = split_host_port(text)
     try:
+        if reuse_port:
+            return await _reuse_port_listeners(host, port)
         return await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise StartupError(f"cannot listen on {text}: {exc.strerror or exc}") from None
+
+
+async def _reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """What ``trio.open_tcp_listeners`` binds, with SO_REUSEPORT (which it cannot be asked for):
+    several relay processes of one fleet take the same port, and the kernel spreads new
+    connections over them."""
+    addresses = await trio.socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as trio does
+                await sock.bind(address)
+                sock.listen(socket.SOMAXCONN)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 async def _own_nursery(*, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
@@ -165,8 +197,9 @@ class Relay:
     budgets: InvitationBudgets = field(init=False)
     notifier: Notifier = field(default_factory=Notifier)
     started: float = field(default_factory=time.time)
-    # This process among the relay processes sharing a PostgreSQL database (relay.server.fleet).
-    process: str = field(default_factory=lambda: secrets.token_hex(4))
+    # Which process of a fleet this is (8 random hex characters made at start): in relay.ready,
+    # as a label on /metrics and in the fleet's notifications.
+    process_id: str = field(default_factory=lambda: secrets.token_hex(4))
     ready: ReadyInfo | None = None
     parts: Parts | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
@@ -242,7 +275,16 @@ class Relay:
             log.warning("admin_token.exposed", path=path, reason="readable by other users: chmod 600 it")
         return token
 
+    @property
+    def shared_data_dir(self) -> bool:
+        """With PostgreSQL the data folder holds only the identity and the token, and several
+        processes of one fleet share it: no lock, and each writes ``run.json``."""
+        return bool(self.config.storage.url)
+
     async def run(self, *, task_status: trio.TaskStatus[ReadyInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.shared_data_dir:
+            await self._run(task_status)
+            return
         with data_dir_lock(self.data_dir):
             await self._run(task_status)
 
@@ -253,6 +295,7 @@ class Relay:
         storage = self.config.storage
         db = self._open_store()
         self.metrics.set("relay_start_time_seconds", self.started)
+        self.metrics.set("relay_process_info", 1, process=self.process_id, pid=str(os.getpid()))
         signals = GroupSignals()
         try:
             try:
@@ -266,7 +309,7 @@ class Relay:
                 raise StartupError(token_problem(exc, token_path, self.data_dir)) from None
             except TlsError as exc:
                 raise StartupError(str(exc)) from None
-            public_listeners = await _listen(server.listen)
+            public_listeners = await _listen(server.listen, reuse_port=server.reuse_port)
             admin_listeners = await _listen(server.admin_listen)
             listen = _host_port(public_listeners[0])
             base = server.base_url(listen)
@@ -310,7 +353,7 @@ class Relay:
                 from relay.server.fleet import FleetBus
 
                 bus = FleetBus(
-                    storage.url, process=self.process, signals=signals, channels=channels, worker=worker
+                    storage.url, process=self.process_id, signals=signals, channels=channels, worker=worker
                 )
             public = PublicEndpoint(
                 service,
@@ -394,7 +437,7 @@ class Relay:
                             listen=self.ready.listen,
                             admin_listen=self.ready.admin_listen,
                             pid=os.getpid(),
-                            process=self.process,
+                            process=self.process_id,
                         )
                         self.notifier.ready(f"serving on {self.ready.listen}")
                         task_status.started(self.ready)
@@ -408,7 +451,7 @@ class Relay:
                 db_nursery.cancel_scope.cancel()
         finally:
             db.close()
-            (self.data_dir / RUN_FILE).unlink(missing_ok=True)
+            self._remove_run_file()
         log.info("relay.stopped")
 
     def _open_store(self) -> Store:
@@ -433,6 +476,20 @@ class Relay:
 
     def _write_run_file(self, ready: ReadyInfo) -> None:
         path = self.data_dir / RUN_FILE
-        tmp = path.with_suffix(".tmp")
+        # A temporary name of this process's own: the processes of a fleet write at once, and
+        # the rename makes the last one's file whole (they name the same address).
+        tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         tmp.write_text(json.dumps({**ready.__dict__, "pid": os.getpid(), "started": int(time.time())}))
         tmp.replace(path)
+
+    def _remove_run_file(self) -> None:
+        """SQLite: the one relay of the folder stops.  A fleet: only the file this process
+        wrote goes (another process's stays, and names a process that still runs)."""
+        path = self.data_dir / RUN_FILE
+        if self.shared_data_dir:
+            try:
+                if json.loads(path.read_text()).get("pid") != os.getpid():
+                    return
+            except (OSError, ValueError, AttributeError):
+                return
+        path.unlink(missing_ok=True)

@@ -84,6 +84,9 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # of partly received messages, over all connections, are bounded by ``max_buffered_bytes``.
     message_timeout: PositiveSeconds = 10.0
     max_buffered_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 64 * 1024 * 1024
+    # SO_REUSEPORT on the public port: several processes of one fleet (PostgreSQL only) share it,
+    # the kernel spreads new connections over them (``relay serve --processes N`` sets it).
+    reuse_port: bool = False
 
 
 class PolicyConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -226,6 +229,14 @@ def problems(config: Config) -> list[tuple[str, str]]:
         shown = redacted(config.storage.url)
         found.append(("storage.url", f"{shown!r} is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)"))
     server = config.server
+    if server.reuse_port and not config.storage.url:
+        found.append(
+            (
+                "server.reuse_port",
+                "true needs storage.url (PostgreSQL): processes sharing the port on one SQLite file "
+                "would each believe their own answers",
+            )
+        )
     if bool(server.tls_cert) != bool(server.tls_key):
         missing = "server.tls_key" if server.tls_cert else "server.tls_cert"
         found.append((missing, "set server.tls_cert and server.tls_key together (both or neither)"))

@@ -8,6 +8,7 @@ identity public key is what every client pins.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -67,7 +68,9 @@ def load_or_create(data_dir: Path) -> tuple[Identity, bool]:
     seal_keys = crypto.SealKeys.generate()
     x_secret, seed = seal_keys.secrets()
     blob = msgspec.msgpack.encode(_KeyFile(signing.private_bytes_raw(), x_secret, seed))
-    tmp = path.with_suffix(".tmp")
+    # A temporary name of its own (pid and random: containers sharing the volume are all pid 1):
+    # the processes of a fleet may start at once.
+    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(blob)

@@ -30,6 +30,7 @@ class Spec:
 
 SPECS: dict[str, Spec] = {
     "relay_start_time_seconds": Spec("gauge", "Start time of the relay process, seconds since the epoch"),
+    "relay_process_info": Spec("gauge", "Always 1: which process of the fleet this is (process id, pid)"),
     "relay_connections_open": Spec("gauge", "Public connections open now"),
     "relay_connections_total": Spec("counter", "Public connections accepted"),
     "relay_invitations_total": Spec("counter", "Invitations answered, by outcome"),
