@@ -498,6 +498,11 @@ class FanOut:
         hub = self.hubs.get(group_id)
         if hub is None:
             hub = self.hubs[group_id] = Hub(group_id, head_seq)
+            if self.spawn is not None:
+                # In a fleet, another process's event committed after this read and announced
+                # before this hook found no hub, and was not published: read after the head
+                # once (usually nothing), so it is not held back until the next announcement.
+                self._fill(hub, head_seq + 1, until_complete=True)
         self.subscribers += 1
         self.metrics.set("relay_subscribers", self.subscribers)
         feed = Feed(self, hub, ws, member)
