@@ -38,6 +38,7 @@ AIM_PG_RATIO = 0.7  # PostgreSQL, one process, of SQLite's figures
 AIM_TWO_RATIO = 0.8  # two processes' deliveries per CPU-second, of one process's
 AIM_CROSS_P99_MS = 20.0  # a post on one process to a member on another, 50 posts/s, 1,000 members
 NEEDS_FLEET = "needs the fleet lane"
+NOT_RUN = "not run"  # a load or configuration left out (--only, --engines)
 LOADS = ("fanout", "joins", "events")  # each configuration's loads, in the order they run
 CONFIGS = (("sqlite-1", "SQLite, 1 process", 1), ("pg-1", "PostgreSQL, 1 process", 1),
            ("pg-2", "PostgreSQL, 2 processes", 2))  # fmt: skip
@@ -223,7 +224,7 @@ def configuration(
 
 def _cores(r: Any) -> str:
     if not isinstance(r, dict):
-        return str(r)
+        return NOT_RUN if r is None else str(r)
     return " + ".join(f"{c:.2f}" for c in r["cores_by_process"])
 
 
@@ -234,7 +235,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> list
 
     def cell(name: str, load: str, key: str, fmt: str = "{:,.0f}") -> str:
         r = results[name].get(load)
-        return fmt.format(r[key]) if isinstance(r, dict) else str(r)
+        return fmt.format(r[key]) if isinstance(r, dict) else NOT_RUN if r is None else str(r)
 
     def per_cpu(name: str) -> float | None:
         r = results[name].get("fanout")
