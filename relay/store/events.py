@@ -6,7 +6,10 @@ the owner sent (its body bytes exactly as signed) and never rewritten.  The
 per-group summary in ``event_heads`` (head, oldest kept, count, bytes) is kept
 in the same transaction as the rows, so a post reads one small row, not the log.
 Retention drops the oldest events first and never the head.  The SQL is the
-subset SQLite and PostgreSQL share (see ``relay.store.conn``).  No policy here:
+subset SQLite and PostgreSQL share (see ``relay.store.conn``), but for a post's two
+statements on PostgreSQL (:func:`state_and_head`, :func:`append`), which fold what SQLite
+runs as several statements into one each: on PostgreSQL every statement is a round trip of
+the single writer connection, on SQLite a function call.  No policy here:
 the chain rules come from ``relay.protocol.events``, the bounds from the caller.
 """
 
