@@ -38,6 +38,8 @@ AIM_PG_RATIO = 0.7  # PostgreSQL, one process, of SQLite's figures
 AIM_TWO_RATIO = 0.8  # two processes' deliveries per CPU-second, of one process's
 AIM_CROSS_P99_MS = 20.0  # a post on one process to a member on another, 50 posts/s, 1,000 members
 NEEDS_FLEET = "needs the fleet lane"
+NOT_RUN = "not run"  # a load or configuration left out (--only, --engines)
+LOADS = ("fanout", "joins", "events")  # each configuration's loads, in the order they run
 CONFIGS = (("sqlite-1", "SQLite, 1 process", 1), ("pg-1", "PostgreSQL, 1 process", 1),
            ("pg-2", "PostgreSQL, 2 processes", 2))  # fmt: skip
 
@@ -193,8 +195,7 @@ def configuration(
     """One relay (or fleet) through the three loads; each load gets a fresh relay and database."""
     out: dict[str, Any] = {"name": name, "processes": processes}
     cross = processes > 1
-    loads = ("fanout", "joins", "events")
-    for load in loads:
+    for load in args.only:
         if load == "fanout" and cross and not fleet_delivery():
             out[load] = NEEDS_FLEET
             continue
@@ -223,17 +224,18 @@ def configuration(
 
 def _cores(r: Any) -> str:
     if not isinstance(r, dict):
-        return str(r)
+        return NOT_RUN if r is None else str(r)
     return " + ".join(f"{c:.2f}" for c in r["cores_by_process"])
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[str]:
     """Print the table and the aims; the verdict lines."""
     names = [c[0] for c in CONFIGS]
+    results = {n: results.get(n, {}) for n in names}  # a configuration not run: n/a
 
     def cell(name: str, load: str, key: str, fmt: str = "{:,.0f}") -> str:
         r = results[name].get(load)
-        return fmt.format(r[key]) if isinstance(r, dict) else str(r)
+        return fmt.format(r[key]) if isinstance(r, dict) else NOT_RUN if r is None else str(r)
 
     def per_cpu(name: str) -> float | None:
         r = results[name].get("fanout")
@@ -323,6 +325,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ingest-window", type=int, default=64, help="posts unanswered per publisher (default 64)"
     )
+    p.add_argument(
+        "--only", default=",".join(LOADS), help=f"loads to run, comma-separated (default {','.join(LOADS)})"
+    )
+    p.add_argument(
+        "--engines",
+        default=",".join(c[0] for c in CONFIGS),
+        help=f"configurations to run, comma-separated (default {','.join(c[0] for c in CONFIGS)})",
+    )
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
@@ -339,7 +349,18 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if quick else 30.0
     args.cross = False
+    args.only = _choice(args.only, LOADS, "--only")
+    args.engines = _choice(args.engines, tuple(c[0] for c in CONFIGS), "--engines")
     return args
+
+
+def _choice(value: str, known: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """A comma-separated subset of ``known``, in ``known``'s order (a mistake ends the run)."""
+    chosen = {v.strip() for v in value.split(",") if v.strip()}
+    unknown = chosen - set(known)
+    if unknown or not chosen:
+        raise SystemExit(f"{option}: choose among {', '.join(known)} (got {value!r})")
+    return tuple(k for k in known if k in chosen)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -360,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results = {
                 name: configuration(name, processes, name.startswith("pg"), args, work)
                 for name, _, processes in CONFIGS
+                if name in args.engines
             }
             out["configurations"] = results
             out["verdicts"] = report(results, args)

@@ -122,3 +122,29 @@ def test_fleet_benchmark_runs(tmp_path: Path) -> None:
         else:
             assert fanout["deliveries"] == fanout["expected_deliveries"] > 0, name
             assert fanout["gaps"] == 0
+
+
+def test_fleet_benchmark_runs_the_loads_and_configurations_asked_for(tmp_path: Path) -> None:
+    """``--only`` and ``--engines`` narrow the run (the writer's paths, measured alone); what
+    was left out reads "not run", and a name it does not know ends the run."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): install Debian's postgresql package")
+    out = tmp_path / "fleet.json"
+    command = [sys.executable, "-m", "benchmarks.fleet", "--quick", "--quiet-wait", "0"]
+    done = subprocess.run(
+        [*command, "--only", "events", "--engines", "pg-1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    configs = json.loads(out.read_text())["configurations"]
+    assert list(configs) == ["pg-1"]
+    assert set(configs["pg-1"]) == {"name", "processes", "events"}
+    assert configs["pg-1"]["events"]["accepted"] == configs["pg-1"]["events"]["events"] > 0
+    assert "not run" in done.stdout
+    wrong = subprocess.run(
+        [*command, "--only", "posts"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode != 0 and "--only: choose among fanout, joins, events" in wrong.stderr

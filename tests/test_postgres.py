@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from test_store import new_group
 
 from relay.protocol.admission import Decision, JoinState
 from relay.protocol.state import GroupState
-from relay.store import groups, joins, migrations, pgschema
+from relay.store import events, fleet, groups, joins, migrations, pgschema
 from relay.store.conn import Conn
 from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.pgurl import redacted
@@ -404,3 +405,86 @@ async def test_a_restart_while_the_writer_is_idle_costs_no_request_an_error(
             pg_server.start()
     assert db.stats.unavailable == 0
     assert _stored(pg_url) == {1, 2}
+
+
+def _post(conn: PgConn, group_id: int, seq: int, announcement: str | None = None) -> events.HeadRow:
+    """What a post's transaction does to the store (relay.server.events): the chain lock, the
+    stale check's row and the head, then the event; returns the head it read."""
+    fleet.lock_chain(conn, group_id)
+    current, head = events.state_and_head(conn, group_id)
+    assert current == (GroupState.ACTIVE, 1)
+    events.append(
+        conn,
+        group_id,
+        head,
+        seq=seq,
+        event_id=bytes([seq]) * 32,
+        event=b"event %d" % seq,
+        created_at=seq,
+        now=seq,
+        announcement=announcement,
+    )
+    return head
+
+
+def test_a_post_reads_the_head_only_once_it_holds_the_chain_lock(pg_url: str) -> None:
+    """The chain lock goes to the server with the head read (one round trip), yet the head is
+    read after the lock was granted: the second of two posts from two processes sees the
+    first one's event, not the head from before it (one statement taking the lock and reading
+    the head would: its snapshot is older than the wait)."""
+    PostgresDatabase(pg_url).close()  # the schema
+    first, second = PgConn(connect(pg_url)), PgConn(connect(pg_url))
+    try:
+        group = groups.insert(first, new_group(1), state=GroupState.ACTIVE, now=0)
+        assert group is not None
+        first.execute("BEGIN")
+        assert _post(first, group.id, 1).head_seq == 0
+        seen: list[events.HeadRow] = []
+
+        def post_second() -> None:
+            second.execute("BEGIN")
+            seen.append(_post(second, group.id, 2))
+            second.execute("COMMIT")
+
+        thread = threading.Thread(target=post_second)
+        thread.start()
+        with psycopg.connect(pg_url) as watcher:  # the second post waits for the lock
+            deadline = time.monotonic() + 10
+            while not watcher.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchall():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        first.execute("COMMIT")
+        thread.join(10)
+        assert [h.head_seq for h in seen] == [1]
+        assert events.read_after(first, group.id, 0, 10) == [(1, b"event 1"), (2, b"event 2")]
+    finally:
+        first.raw.close()
+        second.raw.close()
+
+
+def test_an_event_is_announced_once_with_its_row_and_never_when_undone(pg_url: str) -> None:
+    """The row, the head and the announcement are one statement: a post undone (its job's
+    savepoint rolled back) leaves no row and no announcement; a committed one exactly one."""
+    PostgresDatabase(pg_url).close()
+    conn = PgConn(connect(pg_url))
+    listener = psycopg.connect(pg_url, autocommit=True)
+    try:
+        listener.execute(f"LISTEN {fleet.CHANNEL}")
+        group = groups.insert(conn, new_group(1), state=GroupState.ACTIVE, now=0)
+        assert group is not None
+        conn.execute("BEGIN")
+        conn.defer_savepoint()
+        _post(conn, group.id, 1, announcement="p:e:1:1")
+        conn.roll_back_job()
+        conn.defer_savepoint()
+        assert _post(conn, group.id, 1, announcement="p:e:1:1") == events.HeadRow()
+        conn.execute("COMMIT")
+        heard = [n.payload for n in listener.notifies(timeout=0.5)]
+        assert heard == ["p:e:1:1"]
+        assert events.head(conn, group.id).count == 1
+        assert events.read_after(conn, group.id, 0, 10) == [(1, b"event 1")]
+    finally:
+        listener.close()
+        conn.raw.close()

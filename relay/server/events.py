@@ -236,13 +236,13 @@ class Channels:
         def apply(conn: Conn) -> _Outcome:
             if process is not None:  # other processes append to this chain too: one at a time
                 fleet.lock_chain(conn, view.id)
-            if groups.state_and_version(conn, view.id) != (view.state, view.profile_version):
+            current, head = store.state_and_head(conn, view.id)
+            if current != (view.state, view.profile_version):
                 raise _StaleView()
-            outcome = _append(conn, view.id, verified, stored, now, config)
-            if process is not None and isinstance(outcome, _Stored) and outcome.status is Append.NEW:
-                # Delivered to the other processes when (and only if) this commits.
-                fleet.announce(conn, f"{process}:e:{view.id}:{outcome.seq}")
-            return outcome
+            # A new event is announced to the other processes in the statement that stores
+            # it: delivered when (and only if) this commits.
+            announcement = None if process is None else f"{process}:e:{view.id}:{verified.seq}"
+            return _append(conn, view.id, head, verified, stored, now, config, announcement)
 
         def publish(result: _Outcome) -> None:
             if isinstance(result, _Stored) and result.status is Append.NEW:
@@ -466,13 +466,15 @@ class Channels:
 def _append(
     conn: Conn,
     group_id: int,
+    head: store.HeadRow,
     event: VerifiedEvent,
     stored: bytes,
     now: int,
     config: EventsConfig,
+    announcement: str | None,
 ) -> _Outcome:
-    """The chain rules against the stored head, then the row; runs on the database thread."""
-    head = store.head(conn, group_id)
+    """The chain rules against the stored head, then the row (announced as
+    ``announcement``, if given); runs on the database thread."""
     seq = event.seq
     existing = store.id_at(conn, group_id, seq) if seq <= head.head_seq else None
     try:
@@ -502,6 +504,7 @@ def _append(
         event=stored,
         created_at=event.event.created_at,
         now=now,
+        announcement=announcement,
     )
     pruned = store.prune_to_size(conn, group_id, after, config.max_events, config.max_bytes)
     return _Stored(status, seq, event.id, stored, pruned=pruned)

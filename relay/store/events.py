@@ -6,7 +6,10 @@ the owner sent (its body bytes exactly as signed) and never rewritten.  The
 per-group summary in ``event_heads`` (head, oldest kept, count, bytes) is kept
 in the same transaction as the rows, so a post reads one small row, not the log.
 Retention drops the oldest events first and never the head.  The SQL is the
-subset SQLite and PostgreSQL share (see ``relay.store.conn``).  No policy here:
+subset SQLite and PostgreSQL share (see ``relay.store.conn``), but for a post's two
+statements on PostgreSQL (:func:`state_and_head`, :func:`append`), which fold what SQLite
+runs as several statements into one each: on PostgreSQL every statement is a round trip of
+the single writer connection, on SQLite a function call.  No policy here:
 the chain rules come from ``relay.protocol.events``, the bounds from the caller.
 """
 
@@ -15,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.protocol.events import GENESIS
+from relay.protocol.state import GroupState
+from relay.store import groups
 from relay.store.conn import Conn
-from relay.store.fleet import lock_chain
+from relay.store.fleet import CHANNEL, lock_chain, shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,27 @@ def head(conn: Conn, group_id: int) -> HeadRow:
     return HeadRow(row[0], bytes(row[1]), row[2], row[3], row[4], row[5], row[6])
 
 
+def state_and_head(conn: Conn, group_id: int) -> tuple[tuple[GroupState, int] | None, HeadRow]:
+    """What a post checks before the chain rules: the group's state and profile version
+    (:func:`relay.store.groups.state_and_version`; None: no such group) and its head."""
+    if not shared(conn):
+        # SQLite: the two statements as they were (a statement there costs no round trip).
+        return groups.state_and_version(conn, group_id), head(conn, group_id)
+    # PostgreSQL: one statement, one round trip (the post's slowest part is its round trips
+    # on the single writer connection).
+    row = conn.execute(
+        f"SELECT g.state, g.profile_version, {', '.join('h.' + c for c in _HEAD.split(', '))} "
+        "FROM groups AS g LEFT JOIN event_heads AS h ON h.group_id = g.id WHERE g.id = ?",
+        (group_id,),
+    ).fetchone()
+    if row is None:
+        return None, HeadRow()  # no such group: the post is refused, whatever its head
+    current = (GroupState(row[0]), int(row[1]))
+    if row[2] is None:
+        return current, HeadRow()
+    return current, HeadRow(row[2], bytes(row[3]), row[4], row[5], row[6], row[7], row[8])
+
+
 def id_at(conn: Conn, group_id: int, seq: int) -> bytes | None:
     row = conn.execute("SELECT id FROM events WHERE group_id = ? AND seq = ?", (group_id, seq)).fetchone()
     return None if row is None else bytes(row[0])
@@ -63,13 +89,13 @@ def append(
     event: bytes,
     created_at: int,
     now: int,
+    announcement: str | None = None,
 ) -> HeadRow:
-    """Store the event after ``before`` (the caller checked the chain); returns the new head."""
-    conn.execute(
-        "INSERT INTO events (group_id, seq, id, event, created_at, stored_at, size) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (group_id, seq, event_id, event, created_at, now, len(event)),
-    )
+    """Store the event after ``before`` (the caller checked the chain); returns the new head.
+
+    ``announcement``: what to tell the other processes of the stored event, as
+    :func:`relay.store.fleet.announce` would, in this transaction (nothing on an unshared
+    database, where no other process listens)."""
     after = HeadRow(
         head_seq=seq,
         head_id=event_id,
@@ -79,16 +105,37 @@ def append(
         bytes=before.bytes + len(event),
         pruned=before.pruned,
     )
-    conn.execute(
-        f"INSERT INTO event_heads (group_id, {_HEAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-        f"ON CONFLICT (group_id) DO UPDATE SET {_HEAD_FROM_EXCLUDED}",
-        (group_id, *_values(after)),
-    )
+    row = (group_id, seq, event_id, event, created_at, now, len(event))
+    if shared(conn):
+        # PostgreSQL: the row, the head and the announcement in one statement, one round trip
+        # (data-modifying CTEs run whether or not they are read; pg_notify is in the part
+        # that is, and runs once per stored row: exactly once).
+        if announcement is None:
+            conn.execute(f"WITH head AS ({_UPSERT_HEAD}) {_INSERT_EVENT}", (*_values(after, group_id), *row))
+        else:
+            conn.execute(
+                f"WITH stored AS ({_INSERT_EVENT} RETURNING seq), "
+                f"head AS ({_UPSERT_HEAD} RETURNING group_id) SELECT pg_notify(?, ?) FROM stored, head",
+                (*row, *_values(after, group_id), CHANNEL, announcement),
+            )
+        return after
+    conn.execute(_INSERT_EVENT, row)
+    conn.execute(_UPSERT_HEAD, _values(after, group_id))
     return after
 
 
-def _values(row: HeadRow) -> tuple[object, ...]:
-    return (row.head_seq, row.head_id, row.head_created_at, row.first_seq, row.count, row.bytes, row.pruned)
+_INSERT_EVENT = (
+    "INSERT INTO events (group_id, seq, id, event, created_at, stored_at, size) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_HEAD = (
+    f"INSERT INTO event_heads (group_id, {_HEAD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT (group_id) DO UPDATE SET {_HEAD_FROM_EXCLUDED}"
+)
+
+
+def _values(row: HeadRow, group_id: int) -> tuple[object, ...]:
+    head = (row.head_seq, row.head_id, row.head_created_at, row.first_seq, row.count, row.bytes, row.pruned)
+    return (group_id, *head)
 
 
 def prune_to_size(conn: Conn, group_id: int, current: HeadRow, max_events: int, max_bytes: int) -> int:

@@ -10,7 +10,8 @@ hints (``INDEXED BY name``) go.  Python ints are sent as ``bigint``, as SQLite s
 so a parameter's type never depends on its value.
 
 Round trips: each job's ``SAVEPOINT`` is sent with the job's first statement in one pipeline
-(:meth:`PgConn.defer_savepoint`), so a job costs one round trip per statement, no more.
+(:meth:`PgConn.defer_savepoint`), so a job costs one round trip per statement, no more; a
+statement whose result nobody reads (a lock taken, :meth:`PgConn.defer`) goes the same way.
 
 Reads beside the writer (:meth:`PostgresDatabase.read`) run on :class:`PgReaders`, a small
 ``psycopg_pool`` pool of connections of the same kind, one read-only snapshot per read.
@@ -93,7 +94,7 @@ def rewrite(sql: str) -> str:
 class PgConn:
     """A psycopg connection as a :class:`relay.store.conn.Conn` (one per writer connection)."""
 
-    __slots__ = ("_savepoint", "raw")
+    __slots__ = ("_deferred", "_savepoint", "raw")
     # Other relay processes may use the same database at once (relay.store.fleet's locks and
     # announcements act only on such a connection).
     shared = True
@@ -101,38 +102,73 @@ class PgConn:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self._savepoint = False  # a job's SAVEPOINT not sent yet: it goes with its first statement
+        self._deferred: list[tuple[str, Sequence[Any]]] = []  # sent with the next statement
 
     def defer_savepoint(self) -> None:
         """Open the writer's next job savepoint (``SAVEPOINT job``) with the next statement,
         in one round trip to the server (psycopg's pipeline mode) instead of two: every job
         runs at least one statement, and a round trip is most of a small job's cost."""
+        if self._deferred:
+            # The previous job's last statements (a lock taken, nothing after): sent now, in
+            # its savepoint, so they still hold what they take for the rest of the batch.
+            self._send(None, ())
         self._savepoint = True
+
+    def defer(self, sql: str, parameters: Sequence[Any] = (), /) -> None:
+        """Send ``sql`` (whose result nobody reads, such as a lock taken) with the next
+        statement, in the same pipeline and before it.  The server runs them in order, and in
+        ``READ COMMITTED`` each statement takes its snapshot when it starts: the next statement
+        reads under a lock the deferred one waited for, as if sent alone, one round trip less.
+        An error of the deferred statement is raised by the next :meth:`execute` (or, sent
+        last in a job, by the next job's savepoint or the ``COMMIT``: the batch's error)."""
+        self._deferred.append((self._rewritten(sql), parameters))
+
+    def discard(self) -> None:
+        """Forget what was not sent: the transaction it belonged to is over."""
+        self._deferred.clear()
+        self._savepoint = False
 
     def roll_back_job(self) -> None:
         """Back to the job's savepoint; nothing to undo if the job sent no statement (its
         savepoint was never sent, and ``ROLLBACK TO`` would return to the previous job's)."""
+        self._deferred.clear()
         if self._savepoint:
             self._savepoint = False
             return
         self.raw.execute("ROLLBACK TO job")
 
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+    @staticmethod
+    def _rewritten(sql: str) -> str:
         query = _rewritten.get(sql)
         if query is None:
             if len(_rewritten) >= _REWRITE_CACHE_MAX:
                 _rewritten.clear()
             query = _rewritten[sql] = rewrite(sql)
-        raw = self.raw
-        if self._savepoint:
-            self._savepoint = False
-            # Both sent, then one sync: an error of either is raised here, after the pipeline
-            # ended, with the savepoint made if the statement was what failed.
-            with raw.pipeline():
-                raw.execute("SAVEPOINT job")
-                cursor = raw.execute(query, parameters)
-            return cursor
+        return query
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        query = self._rewritten(sql)
+        if self._savepoint or self._deferred:
+            return self._send(query, parameters)
         # Parameters always given (even none): psycopg then reads ``%%`` as ``%``.
-        return raw.execute(query, parameters)
+        return self.raw.execute(query, parameters)
+
+    def _send(self, query: str | None, parameters: Sequence[Any]) -> psycopg.Cursor[Any]:
+        """The job's savepoint if not sent yet, the deferred statements, then ``query`` (if
+        any), in one pipeline: all sent, then one sync.  An error of any is raised here, after
+        the pipeline ended, with the savepoint made if a later statement was what failed."""
+        raw = self.raw
+        deferred = self._deferred
+        self._deferred = []
+        with raw.pipeline():
+            if self._savepoint:
+                self._savepoint = False
+                cursor = raw.execute("SAVEPOINT job")
+            for before, values in deferred:
+                cursor = raw.execute(before, values)
+            if query is not None:
+                cursor = raw.execute(query, parameters)
+        return cursor
 
 
 def _reason(exc: BaseException) -> str:
@@ -318,6 +354,7 @@ class PostgresDatabase(Writer[Conn]):
             # of this batch was sent yet, so a new connection may take it at once.
             raw = self._reconnect()
             raw.execute("BEGIN")
+        self._conn.discard()  # nothing unsent of a transaction that ended before its COMMIT
         return self._conn
 
     def _reconnect(self) -> psycopg.Connection[Any]:
