@@ -160,7 +160,11 @@ def _duplicate_of(n: int, first: int) -> Callable[[Conn], int]:
     return job
 
 
-async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(engine: Engine) -> None:
+async def behind_a_held_job(
+    engine: Engine, jobs: list[Callable[[Conn], int]]
+) -> tuple[list[int], dict[int, object]]:
+    """Run ``jobs`` queued, in order, behind a job that holds the writer (job 0): the batch
+    sizes committed, and each job's result or error by its number (1 on)."""
     batches: list[int] = []
     db = engine.open(on_commit=lambda seconds, jobs: batches.append(jobs))
     gate, running = threading.Event(), threading.Event()
@@ -184,14 +188,20 @@ async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(engine: Engine)
                 async with trio.open_nursery() as callers:
                     callers.start_soon(call, 0, held_job)
                     await trio.to_thread.run_sync(running.wait, 10)  # the writer holds it
-                    for n in range(1, 7):  # queued in this order, the failing ones in the middle
-                        job = _duplicate_of(n + 10, first=1) if n == 5 else _insert_group(n, fail=n == 3)
+                    for n, job in enumerate(jobs, start=1):
                         callers.start_soon(call, n, job)
                         await trio.testing.wait_all_tasks_blocked()
                     gate.set()
                 writer.cancel_scope.cancel()
     finally:
         db.close()
+    return batches, results
+
+
+async def test_a_failing_job_rolls_back_alone_in_a_shared_commit(engine: Engine) -> None:
+    # queued in this order, the failing ones in the middle
+    jobs = [_duplicate_of(n + 10, first=1) if n == 5 else _insert_group(n, fail=n == 3) for n in range(1, 7)]
+    batches, results = await behind_a_held_job(engine, jobs)
     assert batches == [1, 6]  # jobs 1-6 shared one commit
     assert isinstance(results[3], ValueError)
     # A unique violation: the store's own error (not the engine's), the engine's as its cause.
@@ -205,15 +215,6 @@ async def test_jobs_failing_before_or_at_their_first_statement_roll_back_alone(e
     """PostgreSQL sends a job's savepoint with its first statement: a job that fails before
     sending any must not roll back to the previous job's savepoint, and one whose first
     statement fails must still roll back to its own."""
-    batches: list[int] = []
-    db = engine.open(on_commit=lambda seconds, jobs: batches.append(jobs))
-    gate, running = threading.Event(), threading.Event()
-    results: dict[int, object] = {}
-
-    def held_job(conn: Conn) -> int:
-        running.set()
-        gate.wait(10)
-        return _insert_group(0)(conn)
 
     def fails_at_once(conn: Conn) -> int:
         raise ValueError("refused before any statement")
@@ -239,27 +240,7 @@ async def test_jobs_failing_before_or_at_their_first_statement_roll_back_alone(e
         _insert_group(3),
         fails_at_once,
     ]
-
-    async def call(n: int, fn: Callable[[Conn], int]) -> None:
-        try:
-            results[n] = await db.transact(fn)
-        except (ValueError, StoreError) as exc:
-            results[n] = exc
-
-    try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as writer:
-                await writer.start(db.serve)
-                async with trio.open_nursery() as callers:
-                    callers.start_soon(call, 0, held_job)
-                    await trio.to_thread.run_sync(running.wait, 10)
-                    for n, job in enumerate(jobs, start=1):
-                        callers.start_soon(call, n, job)
-                        await trio.testing.wait_all_tasks_blocked()
-                    gate.set()
-                writer.cancel_scope.cancel()
-    finally:
-        db.close()
+    batches, results = await behind_a_held_job(engine, jobs)
     assert batches == [1, len(jobs)]
     assert isinstance(results[2], ValueError) and isinstance(results[7], ValueError)
     assert type(results[4]) is StoreError
