@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from pgserver import PgServer
+from test_store import new_group
 
 from relay.protocol.state import GroupState
 from relay.store import groups
@@ -22,56 +23,12 @@ from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.reads import Readers
 
 
-def _group(n: int) -> groups.NewGroup:
-    return groups.NewGroup(
-        channel=n.to_bytes(32, "big"),
-        service_group=bytes(16),
-        profile=b"profile",
-        profile_version=1,
-        kind="channel",
-        name=f"group {n}",
-    )
-
-
-async def test_a_read_does_not_wait_for_the_writer(tmp_path: Path) -> None:
-    db = Database(tmp_path / "relay.db")
-    readers = Readers(tmp_path / "relay.db", size=2)
-    gate, running = threading.Event(), threading.Event()
-
-    def slow_write(conn: Conn) -> int:
-        groups.insert(conn, _group(2), state=GroupState.ACTIVE, now=2)
-        running.set()
-        gate.wait(10)  # the writer's transaction stays open, its batch unfinished
-        return 2
-
-    try:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as writer:
-                await writer.start(db.serve)
-                await db.transact(lambda conn: groups.insert(conn, _group(1), state=GroupState.ACTIVE, now=1))
-                async with trio.open_nursery() as callers:
-                    callers.start_soon(db.transact, slow_write)
-                    await trio.to_thread.run_sync(running.wait, 10)
-                    # Answered from the last commit while the writer holds its batch open.
-                    with trio.fail_after(2):
-                        assert await readers.read(groups.count_live) == 1
-                        found = await readers.read(lambda conn: groups.by_channel(conn, _group(1).channel))
-                    assert found is not None and found.name == "group 1"
-                    gate.set()
-                assert await readers.read(groups.count_live) == 2  # the next read sees the commit
-                writer.cancel_scope.cancel()
-    finally:
-        gate.set()
-        readers.close()
-        db.close()
-
-
 async def test_readers_cannot_write_and_survive_errors(tmp_path: Path) -> None:
     db = Database(tmp_path / "relay.db")  # creates and migrates the file
     readers = Readers(tmp_path / "relay.db", size=1)
     try:
         with pytest.raises(StoreError):
-            await readers.read(lambda conn: groups.insert(conn, _group(1), state=GroupState.ACTIVE, now=1))
+            await readers.read(lambda conn: groups.insert(conn, new_group(1), state=GroupState.ACTIVE, now=1))
 
         def fails(conn: Conn) -> int:
             raise ValueError("a read's own error")
@@ -107,7 +64,7 @@ async def test_a_stores_read_is_answered_while_the_writer_is_held_busy(
     gate, running = threading.Event(), threading.Event()
 
     def slow_write(conn: Conn) -> int:
-        groups.insert(conn, _group(2), state=GroupState.ACTIVE, now=2)
+        groups.insert(conn, new_group(2), state=GroupState.ACTIVE, now=2)
         running.set()
         gate.wait(10)
         return 2
@@ -116,7 +73,9 @@ async def test_a_stores_read_is_answered_while_the_writer_is_held_busy(
         with trio.fail_after(20):
             async with trio.open_nursery() as writer:
                 await writer.start(db.serve)
-                await db.transact(lambda conn: groups.insert(conn, _group(1), state=GroupState.ACTIVE, now=1))
+                await db.transact(
+                    lambda conn: groups.insert(conn, new_group(1), state=GroupState.ACTIVE, now=1)
+                )
                 async with trio.open_nursery() as callers:
                     callers.start_soon(db.transact, slow_write)
                     await trio.to_thread.run_sync(running.wait, 10)
@@ -151,7 +110,7 @@ async def test_a_stores_reads_cannot_write_and_are_counted_while_they_wait(
     try:
         with trio.fail_after(20):
             with pytest.raises(StoreError):
-                await db.read(lambda conn: groups.insert(conn, _group(1), state=GroupState.ACTIVE, now=1))
+                await db.read(lambda conn: groups.insert(conn, new_group(1), state=GroupState.ACTIVE, now=1))
 
             def fails(conn: Conn) -> int:
                 raise ValueError("a read's own error")
