@@ -3,10 +3,11 @@ and PostgreSQL share.
 
 Two kinds of check.  A scan of the source: the server and the command line import no database
 driver and run no statement, and the store's modules of SQL name no engine.  And the store's
-functions run on a real SQLite file through :class:`StrictConn`, which hands them exactly what
-``relay.store.conn.Conn`` promises and nothing more (no ``lastrowid``, no ``close``, no
-``in_transaction``), and refuses a statement outside the common subset (``INSERT OR ...``,
-named parameters, parameters in a mapping) -- what the PostgreSQL adapter could not run.
+functions run on a real SQLite file and on a real PostgreSQL server (through the store's
+adapter) behind :class:`StrictConn`, which hands them exactly what ``relay.store.conn.Conn``
+promises and nothing more (no ``lastrowid``, no ``close``, no ``in_transaction``), and refuses a
+statement outside the common subset (``INSERT OR ...``, named parameters, parameters in a
+mapping): the same answers from both engines.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from relay.protocol.admission import Decision, JoinState
 from relay.protocol.state import GroupState
 from relay.store import events, groups, joins, sqlitefile
-from relay.store.conn import savepoint
+from relay.store.conn import Conn, savepoint
 from relay.store.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,7 @@ class StrictRows:
 class StrictConn:
     """A ``Conn`` over a real SQLite connection that refuses SQL outside the common subset."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self._conn = conn
         self.statements: list[str] = []
 
@@ -147,14 +148,27 @@ class StrictConn:
         return StrictRows(self._conn.execute(sql, parameters))
 
 
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[StrictConn]:
-    raw = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
-    migrate(raw)
-    raw.execute("BEGIN")
-    yield StrictConn(raw)
-    raw.execute("ROLLBACK")
-    raw.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StrictConn]:
+    """One transaction on either engine (rolled back after the test): the store's functions
+    must give the same answers on both."""
+    if request.param == "sqlite":
+        raw = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+        migrate(raw)
+        raw.execute("BEGIN")
+        yield StrictConn(raw)
+        raw.execute("ROLLBACK")
+        raw.close()
+        return
+    from relay.store.postgres import PgConn, PostgresDatabase, connect
+
+    url = request.getfixturevalue("pg_url")
+    PostgresDatabase(url).close()  # the schema
+    pg = connect(url)
+    pg.execute("BEGIN")
+    yield StrictConn(PgConn(pg))
+    pg.execute("ROLLBACK")
+    pg.close()
 
 
 def _group(n: int) -> groups.NewGroup:
