@@ -326,9 +326,9 @@ def test_welcome_card_body_and_verification() -> None:
     assert encode(card).hex() == g["body"]
 
 
-def test_owner_request_body_and_verification() -> None:
-    g = V["owner_request"]
-    expected = OwnerRequest(
+def owner_request_of(g: dict[str, Any]) -> OwnerRequest:
+    """The owner request a vector group describes."""
+    return OwnerRequest(
         relay=FINGERPRINT,
         channel=CHANNEL,
         service_group=h(V["invitation"]["service_group"]),
@@ -337,6 +337,11 @@ def test_owner_request_body_and_verification() -> None:
         created_at=g["created_at"],
         nonce=h(g["nonce"]),
     )
+
+
+def test_owner_request_body_and_verification() -> None:
+    g = V["owner_request"]
+    expected = owner_request_of(g)
     assert encode(expected).hex() == g["body"]
     request = verify_owner_request(
         signed_of("owner_request"),
@@ -353,15 +358,7 @@ def test_owner_command_request_is_a_command_the_relay_takes() -> None:
     """The owner_command frame's request is an action the relay takes in that frame; the
     log's ``read_log`` would be refused there (``unexpected_message``)."""
     g = V["owner_command_request"]
-    expected = OwnerRequest(
-        relay=FINGERPRINT,
-        channel=CHANNEL,
-        service_group=h(V["invitation"]["service_group"]),
-        session=h(g["session"]),
-        action=g["action"],
-        created_at=g["created_at"],
-        nonce=h(g["nonce"]),
-    )
+    expected = owner_request_of(g)
     assert encode(expected).hex() == g["body"]
     binding = {"relay_fingerprint": FINGERPRINT, "session": SESSION, "now": g["created_at"], "max_age": 600}
     command = verify_owner_request(signed_of("owner_command_request"), actions=OWNER_COMMANDS, **binding)

@@ -255,13 +255,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--state", required=True, help="your member file (created on first join; one per channel)")
     p.add_argument("--name", default="member", help="the name the owners see")
     p.add_argument("--about", default="", help="a line about you for the owners")
-    p.add_argument(
-        "--wait",
-        type=wait_seconds,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait up to this many seconds (at most 3600) for a decision",
-    )
+    _add_wait(p)
     p.add_argument("link", metavar="LINK")
     p = add_command(
         member,
@@ -271,13 +265,7 @@ def add_commands(sub: Any) -> None:
         timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
-    p.add_argument(
-        "--wait",
-        type=wait_seconds,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait up to this many seconds (at most 3600) for a decision",
-    )
+    _add_wait(p)
 
     p = add_command(
         member,
@@ -304,3 +292,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--note", default="", help="a line for the other member")
     p = add_command(member, "invitations", cmd_member_invitations, "list the direct invitations received")
     p.add_argument("--state", required=True)
+
+
+def _add_wait(p: Any) -> None:
+    """``--wait``, shared by ``join`` and ``status``."""
+    p.add_argument(
+        "--wait",
+        type=wait_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this many seconds (at most 3600) for a decision",
+    )

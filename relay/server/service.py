@@ -169,10 +169,19 @@ class GroupService:
             refusal = exc
         address_id = b64e(secrets.token_bytes(16))
         may_create = self.budgets.may_create(source)
+
+        def register(conn: Conn) -> tuple[GroupRecord, bool]:
+            # Two relay processes may take the first invitation for one channel at once: the
+            # insert of the one that commits second finds the channel taken and skips, and
+            # that process answers with the group the other made (one group, one address).
+            for _ in range(2):
+                found = self._register(conn, verified, refusal, address_id, policy, now, may_create)
+                if found is not None:
+                    return found
+            raise RemoteProtocolError(ErrorCode.INTERNAL, "the channel's group keeps changing; ask again")
+
         try:
-            record, created = await self.db.transact(
-                lambda conn: self._register(conn, verified, refusal, address_id, policy, now, may_create)
-            )
+            record, created = await self.db.transact(register)
         except PolicyRefusal as exc:  # capacity: refused now, not remembered
             self.metrics.inc("relay_invitations_total", outcome="refused")
             log.info("invitation.refused", code=exc.code.value, remembered=False)
@@ -190,29 +199,9 @@ class GroupService:
         policy: ProfilePolicy,
         now: int,
         may_create: bool,
-    ) -> tuple[GroupRecord, bool]:
-        """The group an invitation names, and whether this transaction created it.
-
-        Two relay processes may take the first invitation for one channel at once: the
-        insert of the one that commits second finds the channel taken and skips, and that
-        process answers with the group the other made (one group, one address)."""
-        for _ in range(2):
-            found = self._register_once(conn, verified, refusal, address_id, policy, now, may_create)
-            if found is not None:
-                return found
-        raise RemoteProtocolError(ErrorCode.INTERNAL, "the channel's group keeps changing; ask again")
-
-    def _register_once(
-        self,
-        conn: Conn,
-        verified: VerifiedInvitation,
-        refusal: PolicyRefusal | None,
-        address_id: str,
-        policy: ProfilePolicy,
-        now: int,
-        may_create: bool,
     ) -> tuple[GroupRecord, bool] | None:
-        """As :meth:`_register`; None when another process created the channel's group meanwhile."""
+        """The group an invitation names, and whether this transaction created it; None when
+        another relay process created the channel's group meanwhile (see ``invite``)."""
         invitation = verified.invitation
         existing = groups.by_channel(conn, invitation.channel)
         if existing is not None:
