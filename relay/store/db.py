@@ -42,10 +42,10 @@ import os
 import queue
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 import trio
@@ -95,12 +95,30 @@ def _translated(exc: BaseException) -> BaseException:
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
+class Batch(Protocol):
+    """How a run of consecutive jobs of one kind is done together, on an engine where each
+    statement is a round trip (PostgreSQL, :attr:`Writer._batches`): their statements shared,
+    a few per run instead of a few per job.  The jobs' own ``fn`` stays the reference (SQLite
+    runs it, and so does the writer for any job the batch leaves, or after a batch failed).
+
+    :meth:`run` takes the jobs in order, from the first, for as long as it can, and returns
+    how many it took (0: the first must run alone, through its ``fn``).  It sets each taken
+    job's ``result`` or ``error`` only once nothing can fail any more: if it raises, every
+    job it was given runs again alone, each in its own savepoint, as if never batched.  A
+    job's error must be its own (a refused request): its writes are never sent.
+    """
+
+    def run(self, conn: Any, jobs: Sequence[Job[Any]]) -> int: ...
+
+
 @dataclass(eq=False, slots=True)
 class Job(Generic[T]):
     """One caller's function, queued for the writer thread, and what came of it."""
 
     fn: Callable[[Any], T]
     on_commit: Callable[[T], None] | None = None
+    batch: Batch | None = None  # how to run it with its neighbours of the same batch, if any
+    item: Any = None  # what ``batch`` needs of this job
     result: T | None = None
     error: BaseException | None = None
     done: bool = False
@@ -144,6 +162,9 @@ class Writer(Generic[C]):
     """
 
     _failures: ClassVar[tuple[type[BaseException], ...]]
+    # Whether consecutive jobs with a ``batch`` run through it (:class:`Batch`): worth it
+    # where a statement is a round trip to a server, not where it is a function call.
+    _batches: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -257,10 +278,18 @@ class Writer(Generic[C]):
         """
         return await self.result(await self.submit(fn, on_commit=on_commit))
 
-    async def submit(self, fn: Callable[[C], T], *, on_commit: Callable[[T], None] | None = None) -> Job[T]:
+    async def submit(
+        self,
+        fn: Callable[[C], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+        batch: Batch | None = None,
+        item: object = None,
+    ) -> Job[T]:
         """Queue ``fn`` like :meth:`transact` without waiting for its commit: a connection can
-        have several requests in flight (pipelined posts) and still answer them in order."""
-        job: Job[T] = Job(fn, on_commit)
+        have several requests in flight (pipelined posts) and still answer them in order.
+        ``batch`` and ``item``: how the engine may run it with its neighbours (:class:`Batch`)."""
+        job: Job[T] = Job(fn, on_commit, batch, item)
         try:
             self._room.acquire_nowait()
         except trio.WouldBlock:
@@ -340,22 +369,20 @@ class Writer(Generic[C]):
         started = time.perf_counter()
         try:
             conn = self._begin()
-            for job in batch:
-                # Each job's savepoint nests in the previous job's, and COMMIT ends them all:
-                # a RELEASE per job would be one more statement, and every statement hands
-                # the GIL back and forth several times (the trio thread then takes it).
-                # ROLLBACK TO reverts to the newest savepoint of that name: this job's alone.
-                self._savepoint(conn)
-                try:
-                    job.result = job.fn(conn)
-                except BaseException as exc:
-                    if self._lost(exc) or self._conflict(exc):
-                        # Every job of the batch is undone (SQLite may roll back by itself on
-                        # a full disk or an I/O error; a lost server connection takes it all;
-                        # a deadlock with another process is retried job by job).
-                        raise
-                    self._roll_back_job(conn)
-                    job.error = self._count(self._translate(exc))
+            index = 0
+            while index < len(batch):
+                job = batch[index]
+                if self._batches and job.batch is not None:
+                    end = index + 1
+                    while end < len(batch) and batch[end].batch is job.batch:
+                        end += 1
+                    if end - index > 1:
+                        taken = self._run_together(conn, batch[index:end])
+                        index += taken
+                        if taken:
+                            continue
+                self._run_job(conn, batch[index])
+                index += 1
             conn.execute("COMMIT")
         except self._failures as exc:
             self._roll_back()
@@ -373,6 +400,43 @@ class Writer(Generic[C]):
                 job.result, job.error = None, self._count(error)
             return None
         return self._committed_in(started, len(batch))
+
+    def _run_job(self, conn: Conn, job: Job[Any]) -> None:
+        """One job of the batch's transaction, in its own savepoint."""
+        # Each job's savepoint nests in the previous job's, and COMMIT ends them all:
+        # a RELEASE per job would be one more statement, and every statement hands
+        # the GIL back and forth several times (the trio thread then takes it).
+        # ROLLBACK TO reverts to the newest savepoint of that name: this job's alone.
+        self._savepoint(conn)
+        try:
+            job.result = job.fn(conn)
+        except BaseException as exc:
+            if self._lost(exc) or self._conflict(exc):
+                # Every job of the batch is undone (SQLite may roll back by itself on
+                # a full disk or an I/O error; a lost server connection takes it all;
+                # a deadlock with another process is retried job by job).
+                raise
+            self._roll_back_job(conn)
+            job.error = self._count(self._translate(exc))
+
+    def _run_together(self, conn: Conn, jobs: list[Job[Any]]) -> int:
+        """Consecutive jobs of one :class:`Batch` in one savepoint; how many it took.  If the
+        batch fails (but for the whole transaction), its savepoint is rolled back and each of
+        its jobs runs alone: a statement failing for one job fails no other."""
+        batch = jobs[0].batch
+        assert batch is not None
+        self._savepoint(conn)
+        try:
+            return batch.run(conn, jobs)
+        except BaseException as exc:
+            if self._lost(exc) or self._conflict(exc):
+                raise
+            self._roll_back_job(conn)
+            log.warning("store.batch_failed", error=str(self._translate(exc)), jobs=len(jobs))
+        for job in jobs:
+            job.result, job.error = None, None
+            self._run_job(conn, job)
+        return len(jobs)
 
     def _run_alone(self, batch: list[Job[Any]], started: float) -> float | None:
         """Each job in a transaction of its own (after the batch's commit failed, or it met

@@ -15,7 +15,9 @@ the chain rules come from ``relay.protocol.events``, the bounds from the caller.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from relay.protocol.events import GENESIS
 from relay.protocol.state import GroupState
@@ -67,6 +69,94 @@ def state_and_head(conn: Conn, group_id: int) -> tuple[tuple[GroupState, int] | 
     if row[2] is None:
         return current, HeadRow()
     return current, HeadRow(row[2], bytes(row[3]), row[4], row[5], row[6], row[7], row[8])
+
+
+def states_and_heads(
+    conn: Conn, group_ids: Sequence[int]
+) -> dict[int, tuple[tuple[GroupState, int], HeadRow]]:
+    """:func:`state_and_head` of several groups in one statement (PostgreSQL's batches of
+    posts); a group that does not exist is left out."""
+    found: dict[int, tuple[tuple[GroupState, int], HeadRow]] = {}
+    for row in conn.execute(
+        f"SELECT g.id, g.state, g.profile_version, {', '.join('h.' + c for c in _HEAD.split(', '))} "
+        "FROM groups AS g LEFT JOIN event_heads AS h ON h.group_id = g.id "
+        "WHERE g.id = ANY(CAST(? AS bigint[]))",
+        (list(group_ids),),
+    ):
+        current = (GroupState(row[1]), int(row[2]))
+        head = HeadRow() if row[3] is None else HeadRow(row[3], bytes(row[4]), *row[5:10])
+        found[int(row[0])] = (current, head)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One event of :func:`append_many`: its row, and what to announce of it (or None)."""
+
+    group_id: int
+    seq: int
+    event_id: bytes
+    event: bytes
+    created_at: int
+    stored_at: int
+    announcement: str | None = None
+
+
+def next_head(before: HeadRow, new: NewEvent) -> HeadRow:
+    """The head after ``new`` is stored on ``before`` (what :func:`append` writes)."""
+    return HeadRow(
+        head_seq=new.seq,
+        head_id=new.event_id,
+        head_created_at=new.created_at,
+        first_seq=before.first_seq or new.seq,
+        count=before.count + 1,
+        bytes=before.bytes + len(new.event),
+        pruned=before.pruned,
+    )
+
+
+def append_many(conn: Conn, new: Sequence[NewEvent], heads: dict[int, HeadRow]) -> None:
+    """PostgreSQL only: store ``new`` (the caller checked each against the chain, in order),
+    set each group's head to ``heads[group]`` (its head after its last new event) and
+    announce what each event names, all in one statement: all of it or none."""
+    columns: list[list[Any]] = [[], [], [], [], [], [], []]
+    for event in new:
+        for column, value in zip(
+            columns,
+            (
+                event.group_id,
+                event.seq,
+                event.event_id,
+                event.event,
+                event.created_at,
+                event.stored_at,
+                len(event.event),
+            ),
+            strict=True,
+        ):
+            column.append(value)
+    head_columns: list[list[Any]] = [[], [], [], [], [], [], [], []]
+    for group_id, head in heads.items():
+        for column, value in zip(head_columns, _values(head, group_id), strict=True):
+            column.append(value)
+    announcements = [event.announcement for event in new if event.announcement is not None]
+    conn.execute(
+        "WITH stored AS (INSERT INTO events (group_id, seq, id, event, created_at, stored_at, size) "
+        f"SELECT * FROM unnest({_ARRAYS_EVENT})), "
+        f"head AS (INSERT INTO event_heads (group_id, {_HEAD}) SELECT * FROM unnest({_ARRAYS_HEAD}) "
+        f"ON CONFLICT (group_id) DO UPDATE SET {_HEAD_FROM_EXCLUDED}) "
+        "SELECT count(pg_notify(?, a)) FROM unnest(CAST(? AS text[])) AS a",
+        (*columns, *head_columns, CHANNEL, announcements),
+    )
+
+
+_ARRAYS_EVENT = ", ".join(
+    f"CAST(? AS {t}[])" for t in ("bigint", "bigint", "bytea", "bytea", "bigint", "bigint", "bigint")
+)
+_ARRAYS_HEAD = ", ".join(
+    f"CAST(? AS {t}[])"
+    for t in ("bigint", "bigint", "bytea", "bigint", "bigint", "bigint", "bigint", "bigint")
+)
 
 
 def id_at(conn: Conn, group_id: int, seq: int) -> bytes | None:

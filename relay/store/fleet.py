@@ -19,6 +19,8 @@ Must not: wait for anything but the lock it names, or announce what was not stor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from relay.store.conn import Conn
 
 CHANNEL = "relay_fleet"  # the one NOTIFY channel of a fleet
@@ -46,6 +48,19 @@ def lock_chain(conn: Conn, group_id: int) -> None:
             defer(sql, (group_id & _KEY_MASK,))
         else:
             conn.execute(sql, (group_id & _KEY_MASK,))
+
+
+def lock_chains(conn: Conn, group_ids: Iterable[int]) -> None:
+    """:func:`lock_chain` for several groups in one statement, taken in ascending order of
+    their keys (as every batch takes them: two batches wait, they do not deadlock)."""
+    if shared(conn):
+        keys = sorted({group_id & _KEY_MASK for group_id in group_ids})
+        sql = f"SELECT count(pg_advisory_xact_lock({CHAIN_LOCKS}, k)) FROM unnest(CAST(? AS integer[])) AS k"
+        defer = getattr(conn, "defer", None)
+        if defer is not None:  # as in lock_chain: sent with the next statement, before it
+            defer(sql, (keys,))
+        else:
+            conn.execute(sql, (keys,))
 
 
 def try_lock_joins(conn: Conn, group_id: int) -> bool:

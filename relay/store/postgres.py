@@ -296,6 +296,7 @@ class PostgresDatabase(Writer[Conn]):
     """
 
     _failures = (psycopg.Error, StoreUnavailable)
+    _batches = True  # a statement is a round trip: consecutive posts share theirs
 
     def __init__(
         self,
