@@ -8,8 +8,9 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from relay.protocol.admission import Decision, JoinState
 from relay.protocol.state import GroupState
 from relay.store import events, fleet, groups, joins, migrations, pgschema
 from relay.store.conn import Conn
+from relay.store.db import Job
 from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.pgurl import redacted
 from relay.store.postgres import PgConn, PostgresDatabase, connect, rewrite
@@ -488,3 +490,154 @@ def test_an_event_is_announced_once_with_its_row_and_never_when_undone(pg_url: s
     finally:
         listener.close()
         conn.raw.close()
+
+
+# --- batches: consecutive jobs of one kind sharing their statements (relay.store.db.Batch) ---
+
+
+class _Groups:
+    """A :class:`relay.store.db.Batch` of group rows: every job's row in one statement.  An
+    item is (channel number, refused): a refused job gets its error and writes nothing (as
+    its ``fn`` does alone); ``alone_at``: the channel whose job the batch leaves to run alone;
+    ``sabotage``: a statement run first, to fail the batch (once)."""
+
+    def __init__(self, alone_at: int | None = None, sabotage: str | None = None) -> None:
+        self.alone_at = alone_at
+        self.sabotage = sabotage
+        self.runs: list[list[int]] = []
+
+    def run(self, conn: Conn, jobs: Sequence[Job[Any]]) -> int:
+        items: list[tuple[int, bool]] = [job.item for job in jobs]
+        self.runs.append([n for n, _ in items])
+        if self.sabotage is not None:
+            sql, self.sabotage = self.sabotage, None
+            conn.execute(sql)
+        taken = items[: items.index((self.alone_at, False))] if (self.alone_at, False) in items else items
+        rows = [n for n, refused in taken if not refused]
+        ids: dict[int, int] = {}
+        if rows:
+            for channel, group_id in conn.execute(
+                "INSERT INTO groups (channel, service_group, state, profile, profile_version, kind, name, "
+                "invited_at, updated_at) SELECT c, ?, 'active', ?, 1, 'channel', 'g', 0, 0 "
+                "FROM unnest(CAST(? AS bytea[])) AS c RETURNING channel, id",
+                (bytes(16), b"p", [n.to_bytes(32, "big") for n in rows]),
+            ):
+                ids[int.from_bytes(channel, "big")] = int(group_id)
+        for job, (n, refused) in zip(jobs, taken, strict=False):
+            if refused:
+                job.error = ValueError(f"job {n} refused")
+            else:
+                job.result = ids[n]
+        return len(taken)
+
+
+def _batched(n: int, *, refused: bool = False) -> Callable[[Conn], int]:
+    """The job's ``fn`` (what it does alone): its group row, or refused before writing."""
+    if not refused:
+        return _insert(n)
+
+    def job(conn: Conn) -> int:
+        raise ValueError(f"job {n} refused")
+
+    return job
+
+
+async def _run_batch(db: PostgresDatabase, batch: _Groups, items: list[tuple[int, bool]]) -> list[object]:
+    """Queue every job before the writer starts, so they run in one writer batch; their
+    results (or errors) in order."""
+    jobs = [await db.submit(_batched(n, refused=r), batch=batch, item=(n, r)) for n, r in items]
+    outcomes: list[object] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as writer:
+            await writer.start(db.serve)
+            for job in jobs:
+                try:
+                    outcomes.append(await db.result(job))
+                except Exception as exc:
+                    outcomes.append(exc)
+            writer.cancel_scope.cancel()
+    return outcomes
+
+
+async def test_a_batch_runs_its_jobs_together_and_a_refused_one_writes_nothing(pg_url: str) -> None:
+    db = PostgresDatabase(pg_url)
+    batch = _Groups()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            outcomes = await _run_batch(db, batch, [(n, n == 3) for n in range(1, 7)])
+    finally:
+        db.close()
+    assert batch.runs == [[1, 2, 3, 4, 5, 6]]  # one run for all six
+    assert [type(o) for o in outcomes] == [int, int, ValueError, int, int, int]
+    assert _stored(pg_url) == {1, 2, 4, 5, 6}
+    assert _ids_in_commit_order(pg_url) == [1, 2, 4, 5, 6]
+    assert not [line for line in logs if line["event"] == "store.batch_failed"]
+    assert db.stats.commits == 1
+
+
+async def test_a_job_the_batch_leaves_runs_alone_in_its_place(pg_url: str) -> None:
+    db = PostgresDatabase(pg_url)
+    batch = _Groups(alone_at=3)
+    try:
+        outcomes = await _run_batch(db, batch, [(n, False) for n in range(1, 6)])
+    finally:
+        db.close()
+    assert batch.runs == [[1, 2, 3, 4, 5], [4, 5]]  # 1 and 2 together, 3 alone, then 4 and 5
+    assert all(isinstance(o, int) for o in outcomes)
+    assert _ids_in_commit_order(pg_url) == [1, 2, 3, 4, 5]
+
+
+async def test_a_failed_batch_statement_fails_only_the_job_at_fault(pg_url: str) -> None:
+    db = PostgresDatabase(pg_url)
+    try:
+        assert await _run_batch(db, _Groups(), [(2, False)]) == [await _first_id(pg_url)]
+        # Channel 2 is taken: the batch's one statement fails, and every job runs again alone.
+        with structlog.testing.capture_logs() as logs:
+            outcomes = await _run_batch(db, _Groups(), [(1, False), (2, False), (3, True), (4, False)])
+    finally:
+        db.close()
+    assert [type(o) for o in outcomes] == [int, StoreError, ValueError, int]
+    assert "duplicate key" in str(outcomes[1])
+    assert _ids_in_commit_order(pg_url) == [2, 1, 4]
+    failed = [line for line in logs if line["event"] == "store.batch_failed"]
+    assert len(failed) == 1 and failed[0]["jobs"] == 4
+
+
+async def _first_id(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        (group_id,) = conn.execute("SELECT min(id) FROM groups").fetchone()
+    return int(group_id)
+
+
+async def test_a_conflict_in_a_batch_runs_its_jobs_one_per_transaction(pg_url: str) -> None:
+    # A deadlock with another process (forced here with its error code): nothing of the batch
+    # stays, and each job runs again in a transaction of its own.
+    db = PostgresDatabase(pg_url)
+    batch = _Groups(sabotage="DO $$BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40P01'; END$$")
+    try:
+        outcomes = await _run_batch(db, batch, [(n, n == 2) for n in range(1, 5)])
+    finally:
+        db.close()
+    assert [type(o) for o in outcomes] == [int, ValueError, int, int]
+    assert batch.runs == [[1, 2, 3, 4]]  # then each alone, through its fn
+    assert _ids_in_commit_order(pg_url) == [1, 3, 4]
+    assert db.stats.commits == 1 and db.stats.unavailable == 0
+
+
+async def test_a_connection_lost_in_a_batch_answers_every_job_unavailable(pg_url: str) -> None:
+    db = PostgresDatabase(pg_url)
+    batch = _Groups(sabotage="SELECT pg_terminate_backend(pg_backend_pid())")
+    try:
+        outcomes = await _run_batch(db, batch, [(n, False) for n in range(1, 5)])
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+        assert _stored(pg_url) == set()  # nothing of the batch was written
+        with trio.fail_after(10):  # the next batch runs on a new connection (after the back-off)
+            while True:
+                retried = await _run_batch(db, batch, [(n, False) for n in range(5, 7)])
+                if not isinstance(retried[0], StoreUnavailable):
+                    break
+                await trio.sleep(0.1)
+    finally:
+        db.close()
+    assert all(isinstance(o, int) for o in retried)
+    assert _stored(pg_url) == {5, 6}

@@ -377,10 +377,10 @@ class Writer(Generic[C]):
                     while end < len(batch) and batch[end].batch is job.batch:
                         end += 1
                     if end - index > 1:
-                        taken = self._run_together(conn, batch[index:end])
-                        index += taken
-                        if taken:
+                        index += self._run_together(conn, batch[index:end])
+                        if index == end:
                             continue
+                        # The batch stopped at this job (it needs something of its own): alone.
                 self._run_job(conn, batch[index])
                 index += 1
             conn.execute("COMMIT")
