@@ -11,9 +11,10 @@ held for :class:`relay.server.worker.JoinWorker`.  The rules themselves live in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 import trio
@@ -48,6 +49,7 @@ from relay.server.service import GroupService, decode_signed
 from relay.server.signals import GroupSignals
 from relay.store import groups, joins
 from relay.store.conn import Conn
+from relay.store.db import Job
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
 
@@ -114,6 +116,78 @@ class DecisionWaiters:
         self._events.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _Arrival:
+    """A join request to store and decide, for :class:`_Intake`."""
+
+    new: joins.NewJoin
+    now: int
+
+
+class _Intake:
+    """Consecutive join requests of one writer batch, stored together on PostgreSQL
+    (:class:`relay.store.db.Batch`): every request's group and existing request read in one
+    statement, the admission rules applied in order with the queue counts as each stored
+    request leaves them (as the triggers will), and every stored request inserted in one
+    more.  A request that the member key's stored one decides, or whose decision writes more
+    than its row (an owners' log entry for ``pending_approval``, the refusal bound), runs
+    alone (``Admissions._arrive``), after the requests before it are stored."""
+
+    def __init__(self, config: Callable[[], MembersConfig]) -> None:
+        self.config = config  # the members' configuration as it is now
+
+    def run(self, conn: Conn, jobs: Sequence[Job[Any]]) -> int:
+        items: list[_Arrival] = [job.item for job in jobs]
+        config = self.config()
+        views = joins.intake_views(conn, [(item.new.group_id, item.new.member_key) for item in items])
+        counts: dict[int, tuple[int, int, int]] = {}  # group id -> (members, held, undecided)
+        stored: set[tuple[int, bytes]] = set()
+        outcomes: list[tuple[bool, JoinRow, bool] | BaseException] = []
+        rows: list[tuple[joins.NewJoin, Decision, int]] = []
+        for item, view in zip(items, views, strict=True):
+            new = item.new
+            if view is None:
+                outcomes.append(RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address"))
+                continue
+            if view.existing_id is not None or (new.group_id, new.member_key) in stored:
+                break  # the key's stored request decides this one: alone
+            members, held, undecided = counts.get(new.group_id, (view.members, view.held, view.undecided))
+            active = view.state is GroupState.ACTIVE
+            try:
+                arrival = admission.arrive(
+                    rules_of(view, members, config.max_per_group),
+                    existing=None,
+                    same_request=False,
+                    queued_ahead=held,
+                    undecided=undecided,
+                    queue_bound=config.max_queued_per_group,
+                )
+            except RemoteProtocolError as exc:
+                outcomes.append(exc)
+                continue
+            decision = arrival.decision
+            if arrival.store and decision.state not in (JoinState.ADMITTED, JoinState.HELD):
+                break  # its decision writes more than the row (Decisions.write): alone
+            if arrival.store:
+                state = decision.state
+                counts[new.group_id] = (
+                    members + int(state is JoinState.ADMITTED),
+                    held + int(state is JoinState.HELD),
+                    undecided + int(state.undecided),
+                )
+                stored.add((new.group_id, new.member_key))
+                rows.append((new, decision, item.now))
+            outcomes.append((arrival.store, joins.row_of(new, decision, item.now), active))
+        if rows:
+            joins.insert_rows(conn, rows)
+        for job, outcome in zip(jobs, outcomes, strict=False):  # nothing fails past here
+            if isinstance(outcome, BaseException):
+                job.error = outcome
+            else:
+                job.result = outcome
+        return len(outcomes)
+
+
 class Admissions:
     def __init__(
         self,
@@ -131,6 +205,7 @@ class Admissions:
         self.metrics = metrics
         self.signals = signals
         self.decisions = decisions
+        self._intake = _Intake(lambda: self.config)
         self.waiters = DecisionWaiters(max_waiters)
         signals.decided.connect(lambda group_id, member: self.waiters.decided((group_id, member)))
 
@@ -168,7 +243,9 @@ class Admissions:
             request=encode(frame.request),
             name=verified.profile.name[:64],
         )
-        stored, row, active = await self.db.transact(lambda conn: self._arrive(conn, new, now))
+        stored, row, active = await self.db.transact(
+            lambda conn: self._arrive(conn, new, now), batch=self._intake, item=_Arrival(new, now)
+        )
         outcome = "duplicate" if not stored else row.status.wire
         if row.code == ErrorCode.QUEUE_FULL.value:
             outcome = "refused"

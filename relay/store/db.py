@@ -265,7 +265,14 @@ class Writer(Generic[C]):
         finally:
             self._jobs.put(None)
 
-    async def transact(self, fn: Callable[[C], T], *, on_commit: Callable[[T], None] | None = None) -> T:
+    async def transact(
+        self,
+        fn: Callable[[C], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+        batch: Batch | None = None,
+        item: object = None,
+    ) -> T:
         """Run ``fn`` inside a committed transaction and return its result.
 
         ``fn`` runs on the worker thread: it must only use the connection it is
@@ -274,9 +281,10 @@ class Writer(Generic[C]):
         ``on_commit`` (if given) is called with the result on the trio thread right after
         the COMMIT, before any caller wakes, in the order the jobs ran: what a job saw in the
         database and what the hooks of earlier jobs did are in step (the fan-out relies on it).
-        It must not block.
+        It must not block.  ``batch`` and ``item``: how the engine may run ``fn`` together
+        with its neighbours of the same kind (:class:`Batch`).
         """
-        return await self.result(await self.submit(fn, on_commit=on_commit))
+        return await self.result(await self.submit(fn, on_commit=on_commit, batch=batch, item=item))
 
     async def submit(
         self,

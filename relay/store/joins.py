@@ -11,6 +11,7 @@ for byte.  The SQL is the subset SQLite and PostgreSQL share (see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +107,10 @@ def intake_view(conn: Conn, group_id: int, member_key: bytes) -> IntakeView | No
         "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = ?",
         (member_key, group_id),
     ).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _intake(row)
+
+
+def _intake(row: Sequence[Any]) -> IntakeView:
     return IntakeView(
         GroupState(row[0]),
         row[1],
@@ -120,6 +123,22 @@ def intake_view(conn: Conn, group_id: int, member_key: bytes) -> IntakeView | No
         int(row[8]),
         row[9],
     )
+
+
+def intake_views(conn: Conn, requests: Sequence[tuple[int, bytes]]) -> list[IntakeView | None]:
+    """PostgreSQL only: :func:`intake_view` of each (group id, member key), in one statement
+    (a batch of join intake); None where the group does not exist."""
+    views: list[IntakeView | None] = [None] * len(requests)
+    for row in conn.execute(
+        "SELECT r.n, g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
+        "coalesce(q.members, 0), coalesce(q.held, 0), coalesce(q.held + q.pending + q.dead, 0), "
+        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = r.k) "
+        "FROM unnest(CAST(? AS bigint[]), CAST(? AS bytea[])) WITH ORDINALITY AS r (g, k, n) "
+        "JOIN groups AS g ON g.id = r.g LEFT JOIN group_queues AS q ON q.group_id = g.id",
+        ([group_id for group_id, _ in requests], [key for _, key in requests]),
+    ):
+        views[int(row[0]) - 1] = _intake(row[1:])
+    return views
 
 
 def totals(conn: Conn) -> QueueCounts:
@@ -187,6 +206,27 @@ def insert_row(conn: Conn, join: NewJoin, decision: Decision, now: int) -> JoinR
     of the statement, one more hand-over of the GIL on the writer thread per request."""
     conn.execute(_INSERT, _insert_values(join, decision, now))
     return row_of(join, decision, now)
+
+
+def insert_rows(conn: Conn, rows: Sequence[tuple[NewJoin, Decision, int]]) -> None:
+    """PostgreSQL only: :func:`insert_row` of each (request, decision, now), in one statement
+    (a batch of join intake): all of them or none."""
+    columns: list[list[Any]] = [[] for _ in range(9)]
+    for join, decision, now in rows:
+        for column, value in zip(columns, _insert_values(join, decision, now), strict=True):
+            column.append(value)
+    conn.execute(_INSERT_MANY, columns)
+
+
+_INSERT_MANY = (
+    "INSERT INTO join_requests (group_id, member_key, request, name, status, code, reason, received_at, "
+    "decided_at) SELECT * FROM unnest("
+    + ", ".join(
+        f"CAST(? AS {t}[])"
+        for t in ("bigint", "bytea", "bytea", "text", "text", "text", "text", "bigint", "bigint")
+    )
+    + ")"
+)
 
 
 def row_of(join: NewJoin, decision: Decision, now: int, row_id: int = 0) -> JoinRow:
