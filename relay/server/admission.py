@@ -6,7 +6,8 @@ the answer (``held``, ``admitted``, ``pending_approval`` or ``refused``) is
 sent only after COMMIT, so nothing acknowledged can be lost.  A request to an
 active group with nothing queued ahead is decided at once; anything else is
 held for :class:`relay.server.worker.JoinWorker`.  The rules themselves live in
-``relay.protocol.admission``; this module reads the counts and applies them.
+``relay.protocol.admission``; this module reads the counts and applies them (on PostgreSQL,
+to a batch of arriving requests at once: :class:`_Intake`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Intake: a ``post`` is checked on the trio thread as far as it proves itself
 (signer among the owners of the profile the relay holds, size, signature,
 channel), then the chain rules run *inside* the transaction against the head
 row, so two posts for one group are serialised by the single database thread
-and the answer is sent only after COMMIT.  The committed event is published to
+and the answer is sent only after COMMIT (on PostgreSQL, consecutive posts of a
+writer batch are checked and stored together: :class:`_Posts`).  The committed event is published to
 the fan-out in commit order (``Database.transact(on_commit=...)``).
 
 Subscriptions: the membership check, the head and the first page of history

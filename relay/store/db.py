@@ -20,6 +20,13 @@ how a transaction begins, how its errors translate, and what "the whole transact
 gone" looks like.  The jobs' statements go straight to the engine's connection: the writer
 adds nothing per statement.
 
+Batches: on an engine where every statement is a round trip to a server (PostgreSQL), a run
+of consecutive jobs of one kind (posts, join requests) that say how to run together
+(:class:`Batch`) shares its statements: a few per run instead of a few per job.  The run is
+one savepoint; a job refused by its checks writes nothing; if a shared statement fails, the
+run's savepoint is rolled back and each of its jobs runs again alone, so no job's fault
+fails another.  SQLite runs each job's own function (a statement there is a function call).
+
 Reads that need not be in step with the commit order (listings, stats, heads, discovery) go
 through :meth:`Writer.read` instead: a small pool of read-only connections beside the writer
 (SQLite: :class:`relay.store.reads.Readers`; PostgreSQL: a psycopg pool), so they never wait

@@ -8,8 +8,9 @@ in the same transaction as the rows, so a post reads one small row, not the log.
 Retention drops the oldest events first and never the head.  The SQL is the
 subset SQLite and PostgreSQL share (see ``relay.store.conn``), but for a post's two
 statements on PostgreSQL (:func:`state_and_head`, :func:`append`), which fold what SQLite
-runs as several statements into one each: on PostgreSQL every statement is a round trip of
-the single writer connection, on SQLite a function call.  No policy here:
+runs as several statements into one each, and the same for a batch of posts
+(:func:`states_and_heads`, :func:`append_many`, PostgreSQL only): on PostgreSQL every
+statement is a round trip of the single writer connection, on SQLite a function call.  No policy here:
 the chain rules come from ``relay.protocol.events``, the bounds from the caller.
 """
 

@@ -5,7 +5,9 @@ by :class:`relay.store.db.Database`.  The ``id`` of a row is its arrival order.
 The counts in ``group_queues`` are kept by triggers (migration 3), so they can
 never disagree with the rows.  The signed request is stored as received, byte
 for byte.  The SQL is the subset SQLite and PostgreSQL share (see
-``relay.store.conn``).  No policy here: the decisions come from
+``relay.store.conn``), but for a batch of arriving requests on PostgreSQL
+(:func:`intake_views`, :func:`insert_rows`: one statement each for the lot, where every
+statement is a round trip).  No policy here: the decisions come from
 ``relay.protocol.admission``.
 """
 

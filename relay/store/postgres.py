@@ -12,6 +12,10 @@ so a parameter's type never depends on its value.
 Round trips: each job's ``SAVEPOINT`` is sent with the job's first statement in one pipeline
 (:meth:`PgConn.defer_savepoint`), so a job costs one round trip per statement, no more; a
 statement whose result nobody reads (a lock taken, :meth:`PgConn.defer`) goes the same way.
+Consecutive posts, and consecutive join requests, of a batch share their statements
+(``relay.store.db.Batch``, :attr:`PostgresDatabase._batches`): a batch of posts is the
+savepoint, the chain locks and one read of every state and head in one round trip, then
+every event, head and announcement in one statement.
 
 Reads beside the writer (:meth:`PostgresDatabase.read`) run on :class:`PgReaders`, a small
 ``psycopg_pool`` pool of connections of the same kind, one read-only snapshot per read.
