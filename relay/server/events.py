@@ -5,8 +5,8 @@ Intake: a ``post`` is checked on the trio thread as far as it proves itself
 channel), then the chain rules run *inside* the transaction against the head
 row, so two posts for one group are serialised by the single database thread
 and the answer is sent only after COMMIT (on PostgreSQL, consecutive posts of a
-writer batch are checked and stored together: :class:`_Posts`).  The committed event is published to
-the fan-out in commit order (``Database.transact(on_commit=...)``).
+writer batch are checked and stored together: :class:`_Posts`).  The committed
+event is published to the fan-out in commit order (``Database.transact(on_commit=...)``).
 
 Subscriptions: the membership check, the head and the first page of history
 are one read job; the feed is attached in that job's commit hook, so it goes
@@ -126,10 +126,10 @@ class _Posts:
     (:class:`relay.store.db.Batch`): their groups' chain locks in one statement, their states
     and heads in one more, the chain rules per post in order against the heads as each
     accepted post leaves them, then every accepted event, the new heads and the announcements
-    in one statement: three statements and two round trips for the lot, where each post alone
-    sends four in two.  A refused post writes nothing, so it is never stored or announced; a
-    post at a sequence number already taken (a duplicate, an equivocation) needs the stored
-    event, and runs alone, after the posts before it are stored."""
+    in one statement: four statements (with the savepoint) in two round trips for the lot,
+    where each post alone sends four in two.  A refused post writes nothing, so it is never
+    stored or announced; a post at a sequence number already taken (a duplicate, an
+    equivocation) needs the stored event, and runs alone, after the posts before it are stored."""
 
     def __init__(self, config: EventsConfig) -> None:
         self.config = config
