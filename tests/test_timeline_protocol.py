@@ -402,3 +402,24 @@ def test_pacer_is_bounded() -> None:
     assert len(pacer) == 2 and pacer.evicted == 1
     pacer.check(keys[0], 0.0)  # forgotten, so it starts with a full bucket again
     raises(ErrorCode.RATE_LIMITED, pacer.check, keys[2], 0.0)
+
+
+# --- the session: where the new frames are taken ---------------------------------------------
+
+
+def test_member_posts_and_publishes_go_to_a_group_address_and_share_the_post_bucket() -> None:
+    from relay.protocol.messages import PROTOCOL_VERSION, Hello, MemberPost, Publish
+    from relay.protocol.session import Endpoint, Session
+
+    hello = encode(Hello(version=PROTOCOL_VERSION, nonce=bytes(32)))
+    post = encode(MemberPost(message=message(), cert=cert()))
+    publish = encode(Publish(entry=cert(), kind="cert"))
+    contact = Session(Endpoint.CONTACT, max_frame=1 << 16)
+    contact.receive(hello)
+    for frame in (post, publish):
+        raises(ErrorCode.UNEXPECTED_MESSAGE, contact.receive, frame)
+    group = Session(Endpoint.GROUP, max_frame=1 << 16, rate=100, burst=100, post_rate=1, post_burst=2)
+    group.receive(hello)
+    assert isinstance(group.receive(post, 0.0), MemberPost)  # no subscribe needed: it is signed
+    assert isinstance(group.receive(publish, 0.0), Publish)
+    raises(ErrorCode.RATE_LIMITED, group.receive, post, 0.0)
