@@ -6,8 +6,9 @@ profile updates and members' requests.  :class:`Session` decodes a frame (with
 the size limit), raises ``unexpected_message`` for a frame out of order and
 ``rate_limited`` for a connection sending faster than its token bucket allows.
 Posts (owners' events, members' messages, certs and moderations) have a bucket
-of their own (they come far more often than anything else), and discovery one more on top of the common bucket.  Only a
-subscribed connection may ask for member cards or send direct invitations.
+of their own (they come far more often than anything else), and discovery one
+more on top of the common bucket.  Only a subscribed connection may ask for
+member cards or send direct invitations.
 Pure, like h11's connection object: bytes and the time in, typed frames out.
 """
 
