@@ -59,6 +59,8 @@ def test_places_are_appended_read_and_looked_up(conn: StrictConn) -> None:
     assert not store.message_exists(conn, group, bytes([1]) * 32)  # a cert, not a message
     assert store.message_at(conn, group, b"a" * 32, 2) == bytes([2]) * 32
     assert store.message_at(conn, group, b"a" * 32, 3) is None
+    assert store.author_of(conn, group, bytes([2]) * 32) == b"a" * 32
+    assert store.author_of(conn, group, bytes([1]) * 32) is None  # a cert has no author
     # a reply's target among the owners' events
     events.append(
         conn, group, events.head(conn, group), seq=1, event_id=b"e" * 32, event=b"ev", created_at=1, now=1
@@ -82,50 +84,55 @@ def test_a_removed_message_keeps_its_place_and_id(conn: StrictConn) -> None:
     assert store.message_exists(conn, group, bytes([1]) * 32)  # a reply may still name it
 
 
+def _put(conn: StrictConn, group: int, member: bytes, n: int, **kw: object) -> None:
+    fields: dict[str, object] = {
+        "cert_id": bytes([n]) * 32,
+        "cert": b"cert %d" % n,
+        "role": "member",
+        "issued_at": n,
+        "removed_at": None,
+        "banned_at": 0,
+    }
+    fields.update(kw)
+    store.put_member(conn, group, member, **fields)  # type: ignore[arg-type]
+
+
 def test_the_roster_keeps_certs_heads_and_moderation(conn: StrictConn) -> None:
     group = groups.insert(conn, _group(1), state=GroupState.ACTIVE, now=1).id
     ann, bob, cat = b"a" * 32, b"b" * 32, b"c" * 32
     assert store.roster_row(conn, group, ann) is None
-    store.set_cert(conn, group, ann, cert_id=b"1" * 32, cert=b"cert", role="member", issued_at=10)
+    _put(conn, group, ann, 10)
     store.set_author_head(conn, group, ann, 1, b"i" * 32, 11)
     row = store.roster_row(conn, group, ann)
-    assert row == store.RosterRow(ann, b"1" * 32, b"cert", "member", 10, 1, b"i" * 32, 11, None, False)
-    assert row.certified
+    assert row == store.RosterRow(ann, bytes([10]) * 32, b"cert 10", "member", 10, 1, b"i" * 32, 11, None, 0)
+    assert row.certified and not row.banned
     # a newer cert keeps the chain's head
-    store.set_cert(conn, group, ann, cert_id=b"2" * 32, cert=b"cert2", role="moderator", issued_at=12)
+    _put(conn, group, ann, 12, role="moderator")
     row = store.roster_row(conn, group, ann)
-    assert row is not None and (row.role, row.head_seq, row.cert_id) == ("moderator", 1, b"2" * 32)
+    assert row is not None and (row.role, row.head_seq, row.cert_id) == ("moderator", 1, bytes([12]) * 32)
     assert store.moderators(conn, group) == {ann}
-    store.mark_removed(conn, group, ann, 12, banned=False)
+    _put(conn, group, ann, 12, role="moderator", removed_at=12)
     row = store.roster_row(conn, group, ann)
-    assert row is not None and row.removed_at == 12 and not row.certified
+    assert row is not None and row.removed_at == 12 and not row.certified and row.head_seq == 1
     assert store.moderators(conn, group) == frozenset()
-    store.mark_removed(conn, group, ann, 5, banned=False)  # an older removal moves nothing back
-    assert store.roster_row(conn, group, ann).removed_at == 12  # type: ignore[union-attr]
-    store.set_cert(conn, group, ann, cert_id=b"3" * 32, cert=b"cert3", role="member", issued_at=13)
-    assert store.roster_row(conn, group, ann).certified  # type: ignore[union-attr]
     # a ban of a key never certified here makes its row
-    store.mark_removed(conn, group, bob, 20, banned=True)
+    _put(conn, group, bob, 0, cert_id=None, cert=None, banned_at=20)
     row = store.roster_row(conn, group, bob)
-    assert row is not None and row.banned and row.cert_id is None and not row.certified
+    assert row is not None and row.banned and row.banned_at == 20 and row.cert_id is None
+    assert not row.certified
     assert store.banned(conn, group, bob) and not store.banned(conn, group, ann)
-    store.set_cert(conn, group, bob, cert_id=b"4" * 32, cert=b"c", role="member", issued_at=30)
-    assert store.roster_row(conn, group, bob).banned  # type: ignore[union-attr]
+    _put(conn, group, cat, 5)
     # the owners' list: admitted members without a cert that counts
     for key, name in ((ann, "ann"), (bob, "bob"), (cat, "cat")):
-        joins.insert(
-            conn,
-            joins.NewJoin(group, key, b"request " + name.encode(), name),
-            Decision(JoinState.ADMITTED),
-            1,
-        )
+        new = joins.NewJoin(group, key, b"request " + name.encode(), name)
+        joins.insert(conn, new, Decision(JoinState.ADMITTED), 1)
     listed = store.uncertified(conn, group, 10)
     assert [(u.member, u.name, u.request) for u in listed] == [
+        (ann, "ann", b"request ann"),
         (bob, "bob", b"request bob"),
-        (cat, "cat", b"request cat"),
     ]
     assert all(type(u.member) is bytes and type(u.received_at) is int for u in listed)
-    assert [r.member for r in store.roster(conn, group)] == [ann, bob]
+    assert [r.member for r in store.roster(conn, group)] == [ann, bob, cat]
 
 
 def test_retention_drops_the_oldest_places_never_the_last(conn: StrictConn) -> None:
@@ -143,7 +150,7 @@ def test_retention_drops_the_oldest_places_never_the_last(conn: StrictConn) -> N
 def test_a_group_deleted_forgets_its_timeline(conn: StrictConn) -> None:
     group = groups.insert(conn, _group(1), state=GroupState.REMOVED, now=1).id
     _fill(conn, group, 2)
-    store.set_cert(conn, group, b"a" * 32, cert_id=b"1" * 32, cert=b"c", role="member", issued_at=1)
+    _put(conn, group, b"a" * 32, 1)
     groups.delete(conn, group)
     assert store.read_after(conn, group, 0, 10) == [] and store.head(conn, group) == store.TimelineHead()
     assert store.roster_row(conn, group, b"a" * 32) is None

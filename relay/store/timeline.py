@@ -70,7 +70,7 @@ class PlaceRow:
 class RosterRow:
     """One member at one group: its cert (None: never certified here, e.g. banned first),
     its own chain's head, and moderation's marks (``removed_at``: certs issued at or before it
-    no longer count; ``banned``: none ever will)."""
+    no longer count; ``banned_at``, when a ban was issued: none ever will)."""
 
     member: bytes
     cert_id: bytes | None
@@ -81,7 +81,11 @@ class RosterRow:
     head_id: bytes
     head_created_at: int
     removed_at: int | None
-    banned: bool
+    banned_at: int  # 0: not banned
+
+    @property
+    def banned(self) -> bool:
+        return self.banned_at != 0
 
     @property
     def certified(self) -> bool:
@@ -198,6 +202,15 @@ def message_at(conn: Conn, group_id: int, author: bytes, seq: int) -> bytes | No
     return None if row is None else bytes(row[0])
 
 
+def author_of(conn: Conn, group_id: int, message_id: bytes) -> bytes | None:
+    """The author of a message kept here (None: no such message)."""
+    row = conn.execute(
+        "SELECT author FROM timeline WHERE group_id = ? AND id = ? AND kind = ?",
+        (group_id, message_id, MESSAGE),
+    ).fetchone()
+    return None if row is None or row[0] is None else bytes(row[0])
+
+
 def removal_stored(conn: Conn, group_id: int, message_id: bytes) -> bool:
     """A ``remove_message`` naming this message is kept here (it may come before the message)."""
     row = conn.execute(
@@ -254,7 +267,7 @@ def _roster(row: Any) -> RosterRow:
         head_id=ZERO if row[6] is None else bytes(row[6]),
         head_created_at=int(row[7]),
         removed_at=None if row[8] is None else int(row[8]),
-        banned=bool(row[9]),
+        banned_at=int(row[9]),
     )
 
 
@@ -286,16 +299,27 @@ def moderators(conn: Conn, group_id: int) -> frozenset[bytes]:
     return frozenset(bytes(row[0]) for row in rows)
 
 
-def set_cert(
-    conn: Conn, group_id: int, member: bytes, *, cert_id: bytes, cert: bytes, role: str, issued_at: int
+def put_member(
+    conn: Conn,
+    group_id: int,
+    member: bytes,
+    *,
+    cert_id: bytes | None,
+    cert: bytes | None,
+    role: str,
+    issued_at: int,
+    removed_at: int | None,
+    banned_at: int,
 ) -> None:
-    """The member's current cert (its chain head and moderation marks stay)."""
+    """The member's cert and moderation marks as the roster rules left them (the head of its
+    own chain stays as it is)."""
     conn.execute(
-        "INSERT INTO member_roster (group_id, member, cert_id, cert, role, issued_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) "
+        "INSERT INTO member_roster (group_id, member, cert_id, cert, role, issued_at, removed_at, banned) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (group_id, member) DO UPDATE SET cert_id = excluded.cert_id, cert = excluded.cert, "
-        "role = excluded.role, issued_at = excluded.issued_at",
-        (group_id, member, cert_id, cert, role, issued_at),
+        "role = excluded.role, issued_at = excluded.issued_at, removed_at = excluded.removed_at, "
+        "banned = excluded.banned",
+        (group_id, member, cert_id, cert, role, issued_at, removed_at, banned_at),
     )
 
 
@@ -310,25 +334,11 @@ def set_author_head(
     )
 
 
-def mark_removed(conn: Conn, group_id: int, member: bytes, at: int, *, banned: bool) -> None:
-    """A ``remove_member`` (or ``ban``) issued at ``at``: certs issued at or before it no
-    longer count; a ban is for ever.  A later removal moves the mark forward, never back."""
-    conn.execute(
-        "INSERT INTO member_roster (group_id, member, removed_at, banned) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (group_id, member) DO UPDATE SET "
-        "removed_at = CASE WHEN member_roster.removed_at IS NULL "
-        "OR member_roster.removed_at < excluded.removed_at "
-        "THEN excluded.removed_at ELSE member_roster.removed_at END, "
-        "banned = CASE WHEN excluded.banned = 1 THEN 1 ELSE member_roster.banned END",
-        (group_id, member, at, 1 if banned else 0),
-    )
-
-
 def banned(conn: Conn, group_id: int, member: bytes) -> bool:
     row = conn.execute(
         "SELECT banned FROM member_roster WHERE group_id = ? AND member = ?", (group_id, member)
     ).fetchone()
-    return row is not None and bool(row[0])
+    return row is not None and int(row[0]) != 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +358,7 @@ def uncertified(conn: Conn, group_id: int, limit: int) -> list[Uncertified]:
         "SELECT j.member_key, j.name, j.request, j.received_at FROM join_requests AS j "
         "LEFT JOIN member_roster AS r ON r.group_id = j.group_id AND r.member = j.member_key "
         "WHERE j.group_id = ? AND j.status = 'admitted' AND (r.member IS NULL OR r.cert_id IS NULL "
-        "OR r.banned = 1 OR (r.removed_at IS NOT NULL AND r.issued_at <= r.removed_at)) "
+        "OR r.banned <> 0 OR (r.removed_at IS NOT NULL AND r.issued_at <= r.removed_at)) "
         "ORDER BY j.id LIMIT ?",
         (group_id, limit),
     )
