@@ -506,3 +506,52 @@ def test_honest_relays_in_any_order_never_give_a_finding(order: list[int], split
     out += r.head(A, a.head()) + r.head(B, b.head()) + r.finish()
     assert findings(out) == []
     assert sorted(accepted(out)) == sorted(mid(m) for m in all_msgs)
+
+
+# --- whatever a relay sends, the reader answers with outputs, never an exception ----------
+
+POOL: list[Signed | None] = [
+    None,
+    cert(ADA),
+    cert(BOB, role="moderator"),
+    make_cert(EVE, channel=CHANNEL, member=EVE_PUB, name="eve", now=NOW),
+    *ADA_MSGS,
+    *BOB_MSGS,
+    *messages(EVE, 1),
+    removal(mid(ADA_MSGS[0])),
+    removal(ADA_PUB, action="ban"),
+    removal(mid(BOB_MSGS[0]), signer=BOB),
+    Signed(body=b"\xc1", signer=ADA_PUB, sig=bytes(64)),
+    Signed(body=ADA_MSGS[0].body, signer=ADA_PUB, sig=bytes(64)),
+]
+items = st.builds(
+    lambda pos, after, kind, entry, honest_id: TimelineItem(
+        pos=pos,
+        after=after,
+        kind=kind,
+        id=entry_id(kind if kind in ("cert", "message", "moderation") else "cert", entry.body, entry.signer)
+        if entry is not None and honest_id
+        else bytes(32),
+        entry=entry,
+    ),
+    st.integers(1, 12),
+    st.integers(0, 4),
+    st.sampled_from(["cert", "message", "moderation", "event"]),
+    st.sampled_from(POOL),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([A, B]), items), max_size=14), st.integers(0, 12))
+def test_any_stream_gives_outputs_only(stream: list[tuple[str, TimelineItem]], announced: int) -> None:
+    r = reader()
+    out: list[TimelineOutput] = []
+    for relay in (A, B):
+        out += r.subscribed(relay, timeline_pos=announced, timeline_first=1 if announced else 0)
+    for relay, item in stream:
+        out += r.item(relay, item)
+    out += r.history_done(A) + r.head(B, honest(RELAY_B).head()) + r.finish()
+    assert all(isinstance(o, MessageAccepted | CertAccepted | ModerationAccepted | Finding) for o in out)
+    ids = accepted(out)
+    assert len(ids) == len(set(ids))  # each message once
