@@ -18,6 +18,7 @@ import pytest
 import trio
 from conftest import ENGINES
 from relayproc import RelayFactory, RunningRelay
+from test_cli import run_json
 from test_fleet import join_at, start_fleet
 from traffic import (
     Member,
@@ -504,3 +505,45 @@ async def test_retention_keeps_the_newest_places_and_the_hash(
         answer = await subscribe(reader, aged, ada, address_id, timeline_since=0)
         assert (answer.timeline_pos, answer.timeline_first) == (3, 3)  # the last is always kept
     aged.wait_for_event("timeline.pruned")
+
+
+async def test_a_relay_moved_to_postgresql_keeps_its_timelines_and_rosters(
+    relay_factory: RelayFactory, pg_url: str, tmp_path: Path
+) -> None:
+    relay = relay_factory()  # SQLite
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    bob = await joined(relay, owner, address_id, "Bob")
+    async with group_session(relay, address_id) as session:
+        await ada.post(session, b"one", cert=ada.cert())
+        await bob.post(session, b"two", cert=bob.cert())
+        ban = rules.make_moderation(
+            owner.owner_key, channel=owner.channel, action="ban", subject=bob.member.public, now=now()
+        )
+        await publish_entry(session, ban, "moderation")
+        hash_before = await signed_timeline(session, relay, owner)
+    relay.stop()
+    code, moved = run_json("migrate", "--data", str(relay.data), "--to", pg_url)
+    assert code == 0, moved
+    assert isinstance(moved["rows"], dict)
+    assert (moved["rows"]["timeline"], moved["rows"]["timeline_heads"], moved["rows"]["member_roster"]) == (
+        5,
+        1,
+        2,
+    )
+    relay.env["RELAY_STORAGE_URL"] = pg_url
+    relay.listen_on = relay.listen
+    relay.start()
+    async with group_session(relay, address_id) as session:
+        assert await signed_timeline(session, relay, owner) == hash_before  # the same timeline
+        check_error(await session.request(MemberPost(message=bob.message(b"three"))), "banned")
+        assert (await ada.post(session, b"three")).pos == 6  # ada's chain goes on where it was
+        reader = await subscribe(session, relay, ada, address_id, timeline_since=0)
+        assert reader.timeline_pos == 6 and [i.pos for i in await items(session, 6)] == [1, 2, 3, 4, 5, 6]
+
+
+async def signed_timeline(session: RawSession, relay: RunningRelay, owner: OwnerState) -> tuple[int, bytes]:
+    answer = await session.request(HeadRequest())
+    assert isinstance(answer, HeadAnswer)
+    head = verify_head(answer.head, relay_key=relay_key(relay), channel=owner.channel).head
+    return head.timeline_pos, head.timeline_hash
