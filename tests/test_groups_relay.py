@@ -211,6 +211,8 @@ async def test_a_certified_members_message_reaches_the_others_live_and_in_histor
             running = rules.timeline_hash(running, item.pos, item.after, item.kind, item.id)
         assert (verified.timeline_pos, verified.timeline_hash) == (4, running)
     assert metric(relay, "relay_member_messages_total") == 3
+    stats = relay.admin_get("/admin/stats").json()
+    assert stats["timeline"]["places"] == 4 and stats["timeline"]["bytes"] > 0
 
 
 async def test_every_bad_message_gets_its_typed_error_and_stores_nothing(
