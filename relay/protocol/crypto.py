@@ -50,6 +50,9 @@ class Label:
     EVENT = b"event"
     HEAD = b"head"
     DIRECT_INVITATION = b"direct-invitation"
+    MEMBER_CERT = b"member-cert"
+    MEMBER_MESSAGE = b"member-message"
+    MODERATION = b"moderation"
 
 
 def signing_input(label: bytes, body: bytes) -> bytes:

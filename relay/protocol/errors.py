@@ -69,6 +69,15 @@ class ErrorCode(enum.StrEnum):
     DIRECT_MESSAGES_OFF = "direct_messages_off"
     DIRECT_MESSAGES_OVER_THRESHOLD = "direct_messages_over_threshold"
     INBOX_FULL = "inbox_full"
+    # member messages, certificates and moderation (groups, and channels with comments)
+    NOT_CERTIFIED = "not_certified"
+    BANNED = "banned"
+    MEMBER_POSTS_OFF = "member_posts_off"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    SLOW_MODE = "slow_mode"
+    BAD_REPLY = "bad_reply"
+    NOT_A_MODERATOR = "not_a_moderator"
+    SUPERSEDED = "superseded"
     # sessions and replays
     WRONG_SESSION = "wrong_session"
     DUPLICATE_OWNER = "duplicate_owner"

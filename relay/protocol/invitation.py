@@ -168,9 +168,12 @@ ACTION_APPROVE_MEMBER = "approve_member"
 ACTION_REFUSE_MEMBER = "refuse_member"
 ACTION_SUSPEND_ADMISSION = "suspend_admission"
 ACTION_RESUME_ADMISSION = "resume_admission"
+# Groups: admitted members whose key has no current owner cert (``pending`` lists them).
+ACTION_LIST_UNCERTIFIED = "list_uncertified"
 OWNER_COMMANDS = frozenset(
     {
         ACTION_LIST_PENDING,
+        ACTION_LIST_UNCERTIFIED,
         ACTION_APPROVE_MEMBER,
         ACTION_REFUSE_MEMBER,
         ACTION_SUSPEND_ADMISSION,

@@ -98,6 +98,13 @@ class Profile(Struct, frozen=True):
     # Direct-message invitations pass only while the channel has fewer members than this
     # (0: no threshold); ignored unless ``direct_messages`` is set.
     direct_messages_max_members: Annotated[int, Meta(ge=0, le=2**40)] = 0
+    # Member messages (docs/protocol.md, "Groups: member messages"): in a ``group`` every
+    # certified member posts; in a ``channel`` only with ``comments``, and only as a reply to
+    # an owner event.  The limits are the owners' own; each relay also applies its floor.
+    comments: bool = False
+    max_message_bytes: Annotated[int, Meta(ge=0, le=2**20)] = 0  # 0: the relay's limit
+    messages_per_minute: Annotated[int, Meta(ge=0, le=2**20)] = 0  # per member; 0: the relay's
+    slow_mode: Annotated[int, Meta(ge=0, le=86400)] = 0  # seconds between one member's messages
 
 
 class Invitation(Struct, frozen=True):
@@ -232,6 +239,10 @@ class Head(Struct, frozen=True):
     seq: Annotated[int, Meta(ge=0, le=2**53)]
     id: Digest
     time: Timestamp
+    # The group's timeline of member messages at this relay (0 and zeros: empty, or a channel
+    # without comments): its last place and the running hash up to it.
+    timeline_pos: Annotated[int, Meta(ge=0, le=2**53)] = 0
+    timeline_hash: Digest = bytes(32)
 
 
 class DirectInvitation(Struct, frozen=True):
@@ -251,6 +262,75 @@ class DirectInvitation(Struct, frozen=True):
     sealed: Annotated[bytes, Meta(max_length=16384)]
     created_at: Timestamp
     nonce: Id16
+
+
+class MemberCert(Struct, frozen=True):
+    """An owner certifies that ``member`` is a member of ``channel`` (label ``member-cert``).
+
+    Readers accept a member message only from a key certified this way, by an owner of the
+    channel's verified profile, so a relay can neither invent a member nor swap one's key.
+    ``name`` is the name the owners certified (from the member's own join request).  ``role``
+    "moderator" lets the member remove messages and ban members; a newer cert for the same
+    member (a later ``issued_at``) replaces an older one, which is how the role is withdrawn.
+    """
+
+    channel: Digest
+    member: Key
+    name: ShortText
+    role: Annotated[str, Meta(max_length=16)]  # "member" | "moderator"
+    issued_at: Timestamp
+
+
+class MemberMessage(Struct, frozen=True):
+    """One message of a certified member (the signer), in the member's own hash chain.
+
+    ``seq`` counts the author's messages in this group from 1, and ``prev`` is the id
+    (:func:`relay.protocol.timeline.message_id`, over the body and its signer) of the author's
+    message ``seq - 1`` (32 zero bytes for 1): a relay that alters, reorders or leaves out one
+    of a member's messages breaks the chain.  ``reply_to`` is the id of an owner event or
+    member message (empty: none); in a channel with comments it must name an owner event.
+    """
+
+    channel: Digest
+    seq: Annotated[int, Meta(ge=1, le=2**53)]
+    prev: Digest
+    created_at: Timestamp
+    content_type: Annotated[str, Meta(min_length=1, max_length=64)]
+    body: bytes
+    reply_to: Annotated[bytes, Meta(max_length=32)] = b""
+
+
+class Moderation(Struct, frozen=True):
+    """An owner or moderator (the signer) acts on a message or a member (label ``moderation``).
+
+    ``action``: "remove_message" (``subject``: the message id; every relay stops serving its
+    content), "remove_member" (``subject``: the member key; its cert no longer counts, a newer
+    cert admits it again) or "ban" (the same, and the relays refuse its join requests too).
+    """
+
+    channel: Digest
+    action: Annotated[str, Meta(max_length=32)]
+    subject: Digest
+    reason: ShortText
+    issued_at: Timestamp
+    nonce: Id16
+
+
+class TimelineItem(Struct, frozen=True):
+    """One place in a group's timeline at one relay: what the relay assigned, and the entry.
+
+    ``pos`` counts from 1 per group and relay; ``after`` is the owner event sequence number
+    the entry was placed after (0: before any); ``kind`` is "cert", "message" or
+    "moderation"; ``id`` the entry's id.  ``entry`` is the signed entry exactly as its
+    signer sent it, or None for a removed message (its id stays, so the timeline's hash
+    still checks).  The relay signs the running hash of its timeline in its head.
+    """
+
+    pos: Annotated[int, Meta(ge=1, le=2**53)]
+    after: Annotated[int, Meta(ge=0, le=2**53)]
+    kind: Annotated[str, Meta(max_length=16)]
+    id: Digest
+    entry: Signed | None = None
 
 
 class DirectInvitationContent(Struct, frozen=True):
@@ -380,6 +460,44 @@ class Subscribe(Struct, frozen=True, tag="subscribe", tag_field="type"):
 
     request: Signed  # a MemberRequest with action "subscribe", signed by the member key
     since: Annotated[int, Meta(ge=0, le=2**53)] | None = None
+    # The timeline places after this one (None: the relay's latest history of it).
+    timeline_since: Annotated[int, Meta(ge=0, le=2**53)] | None = None
+
+
+class MemberPost(Struct, frozen=True, tag="member_post", tag_field="type"):
+    """A certified member publishes one message on the group address.
+
+    ``cert``: the member's own cert, for a relay that has not seen it yet (certs travel with
+    their members, so owners need not reach every relay).
+    """
+
+    message: Signed  # a MemberMessage signed by the member key
+    cert: Signed | None = None  # a MemberCert signed by an owner
+
+
+class MemberPostResult(Struct, frozen=True, tag="member_post_result", tag_field="type"):
+    status: str  # "stored" | "duplicate" (the same bytes again: a retry)
+    pos: int  # its place in this relay's timeline
+    id: bytes
+
+
+class Publish(Struct, frozen=True, tag="publish", tag_field="type"):
+    """Hand the relay an owner-signed cert or an owner's or moderator's signed moderation."""
+
+    entry: Signed  # a MemberCert or a Moderation
+    kind: Annotated[str, Meta(max_length=16)]  # "cert" | "moderation"
+
+
+class PublishResult(Struct, frozen=True, tag="publish_result", tag_field="type"):
+    status: str  # "stored" | "duplicate"
+    pos: int
+    id: bytes
+
+
+class TimelineFrame(Struct, frozen=True, tag="timeline", tag_field="type"):
+    """One timeline place pushed to a subscribed member (history first, then live)."""
+
+    item: TimelineItem
 
 
 class Subscribed(Struct, frozen=True, tag="subscribed", tag_field="type"):
@@ -391,6 +509,9 @@ class Subscribed(Struct, frozen=True, tag="subscribed", tag_field="type"):
     head_seq: int
     first_seq: int
     profile_version: int
+    # The timeline (groups, and channels with comments): its last place, and the oldest kept.
+    timeline_pos: int = 0
+    timeline_first: int = 0
 
 
 class EventFrame(Struct, frozen=True, tag="event", tag_field="type"):
@@ -462,6 +583,8 @@ ClientFrame = (
     | Discover
     | MemberCardRequest
     | DirectInvite
+    | MemberPost
+    | Publish
 )
 RelayFrame = (
     Welcome
@@ -479,5 +602,8 @@ RelayFrame = (
     | MemberCard
     | DirectInviteResult
     | DirectInviteDelivery
+    | MemberPostResult
+    | PublishResult
+    | TimelineFrame
     | Error
 )

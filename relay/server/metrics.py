@@ -85,6 +85,10 @@ SPECS: dict[str, Spec] = {
     "relay_subscribers": Spec("gauge", "Subscribed member connections now"),
     "relay_events_stored": Spec("gauge", "Owner events kept, over all groups"),
     "relay_events_stored_bytes": Spec("gauge", "Bytes of owner events kept, over all groups"),
+    "relay_timeline_places": Spec(
+        "gauge", "Timeline places kept (member certs, messages, moderations), all groups"
+    ),
+    "relay_timeline_bytes": Spec("gauge", "Bytes of signed timeline entries kept, over all groups"),
     "relay_equivocations": Spec("gauge", "Equivocation proofs kept (two events at one sequence number)"),
     "relay_direct_inbox": Spec("gauge", "Direct invitations waiting for members who are not subscribed"),
     "relay_subscriptions_total": Spec("counter", "Subscriptions accepted"),
@@ -94,6 +98,20 @@ SPECS: dict[str, Spec] = {
     ),
     "relay_feeds_ended_total": Spec(
         "counter", "Member feeds ended because their group stopped being active (suspended, removed)"
+    ),
+    "relay_member_messages_total": Spec(
+        "counter", "Member messages answered, by result (stored, duplicate, refused)"
+    ),
+    "relay_timeline_published_total": Spec(
+        "counter", "Certs and moderations published to timelines, by kind and result"
+    ),
+    "relay_timeline_delivered_total": Spec("counter", "Timeline frames queued to live member feeds"),
+    "relay_timeline_pruned_total": Spec(
+        "counter", "Timeline places dropped by retention, by reason (size, age)"
+    ),
+    "relay_moderations_total": Spec("counter", "Moderations placed, by action"),
+    "relay_member_feeds_ended_total": Spec(
+        "counter", "Member feeds ended because the member was removed or banned, by code"
     ),
     "relay_discovered_total": Spec("counter", "Signed heads answered to discover requests"),
     "relay_direct_invitations_total": Spec(

@@ -99,15 +99,17 @@ class IntakeView:
     held: int
     undecided: int  # held, pending approval or dead-lettered
     existing_id: int | None
+    banned: bool = False  # a signed ban of this key is kept (relay.store.timeline's roster)
 
 
 def intake_view(conn: Conn, group_id: int, member_key: bytes) -> IntakeView | None:
     row = conn.execute(
         "SELECT g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
         "coalesce(q.members, 0), coalesce(q.held, 0), coalesce(q.held + q.pending + q.dead, 0), "
-        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = ?) "
+        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = ?), "
+        "(SELECT r.banned FROM member_roster AS r WHERE r.group_id = g.id AND r.member = ?) "
         "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = ?",
-        (member_key, group_id),
+        (member_key, member_key, group_id),
     ).fetchone()
     return None if row is None else _intake(row)
 
@@ -124,6 +126,7 @@ def _intake(row: Sequence[Any]) -> IntakeView:
         int(row[7]),
         int(row[8]),
         row[9],
+        row[10] is not None and int(row[10]) != 0,
     )
 
 
@@ -159,6 +162,14 @@ def by_member(conn: Conn, group_id: int, member_key: bytes) -> JoinRow | None:
             (group_id, member_key),
         ).fetchone()
     )
+
+
+def status_of(conn: Conn, group_id: int, member_key: bytes) -> JoinState | None:
+    """The state of the member key's request here (None: none), without the request itself."""
+    row = conn.execute(
+        "SELECT status FROM join_requests WHERE group_id = ? AND member_key = ?", (group_id, member_key)
+    ).fetchone()
+    return None if row is None else JoinState(str(row[0]))
 
 
 def by_id(conn: Conn, row_id: int) -> JoinRow | None:
