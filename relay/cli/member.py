@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from relay.cli import groups
 from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
@@ -292,6 +293,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--note", default="", help="a line for the other member")
     p = add_command(member, "invitations", cmd_member_invitations, "list the direct invitations received")
     p.add_argument("--state", required=True)
+    groups.add_member_commands(member)
 
 
 def _add_wait(p: Any) -> None:
