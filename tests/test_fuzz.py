@@ -74,8 +74,13 @@ from relay.protocol.messages import (
     LogResult,
     MemberCard,
     MemberCardRequest,
+    MemberCert,
+    MemberMessage,
+    MemberPost,
+    MemberPostResult,
     MemberProfile,
     MemberRequest,
+    Moderation,
     OwnerCert,
     OwnerCommand,
     OwnerCommandResult,
@@ -88,15 +93,29 @@ from relay.protocol.messages import (
     ProfileRequest,
     ProfileResult,
     ProfileUpdate,
+    Publish,
+    PublishResult,
     RelayCard,
     RelayFrame,
     Signed,
     Subscribe,
     Subscribed,
+    TimelineFrame,
+    TimelineItem,
     Welcome,
 )
 from relay.protocol.profile import MAX_OWNER_CERTS, VerifiedProfile, verify_owner_chain, verify_profile
 from relay.protocol.session import Endpoint, Session
+from relay.protocol.timeline import (
+    MODERATION_ACTIONS,
+    Roster,
+    stored_cert,
+    stored_message,
+    stored_moderation,
+    verify_cert,
+    verify_message,
+    verify_moderation,
+)
 
 FUZZ = settings(
     max_examples=250,
@@ -139,6 +158,11 @@ FRAME_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     DirectInvite,
     DirectInviteResult,
     DirectInviteDelivery,
+    MemberPost,
+    MemberPostResult,
+    Publish,
+    PublishResult,
+    TimelineFrame,
     Error,
 )
 CLIENT_FRAMES = tuple(t for t in FRAME_STRUCTS if t in ClientFrame.__args__)  # type: ignore[attr-defined]
@@ -158,6 +182,10 @@ BODY_STRUCTS: tuple[type[msgspec.Struct], ...] = (
     Head,
     DirectInvitation,
     DirectInvitationContent,
+    MemberCert,
+    MemberMessage,
+    Moderation,
+    TimelineItem,
 )
 TARGETS: list[tuple[Any, tuple[type, ...]]] = [
     *((t, (t,)) for t in FRAME_STRUCTS + BODY_STRUCTS),
@@ -455,6 +483,32 @@ def member_verifiers(signed: Signed, session: bytes = CHALLENGE) -> None:
     only_protocol_errors(
         open_direct_invitation, signed, seal_key=SEAL, member_key=signed.signer, channel=F.channel
     )
+    timeline_verifiers(signed)
+
+
+TIMELINE_OWNERS = frozenset({F.owner_public, F.owner2_public})
+
+
+def timeline_verifiers(signed: Signed) -> None:
+    """A timeline's entries, checked by the relay at intake and by every reader; what the relay
+    stored is decoded again (``stored_*``).  A verified cert or moderation then goes through a
+    roster, whose rules raise only protocol errors too."""
+    roster = Roster()
+    cert = only_protocol_errors(verify_cert, signed, channel=F.channel, owners=TIMELINE_OWNERS)
+    if cert is not None:
+        only_protocol_errors(roster.apply_cert, cert)
+        only_protocol_errors(roster.may_post, cert.member)
+    only_protocol_errors(verify_message, signed, channel=F.channel, max_body=100)
+    only_protocol_errors(verify_message, signed, channel=F.channel)
+    for moderators in (frozenset(), frozenset({signed.signer})):
+        moderation = only_protocol_errors(
+            verify_moderation, signed, channel=F.channel, owners=TIMELINE_OWNERS, moderators=moderators
+        )
+        if moderation is not None:
+            assert moderation.action in MODERATION_ACTIONS
+            only_protocol_errors(roster.apply_moderation, moderation)
+    for stored in (stored_cert, stored_message, stored_moderation):
+        only_protocol_errors(stored, signed)
 
 
 SEAL = x25519.X25519PrivateKey.generate()
@@ -508,6 +562,9 @@ LABELS = [
     crypto.Label.JOIN_REQUEST,
     crypto.Label.MEMBER_REQUEST,
     crypto.Label.DIRECT_INVITATION,
+    crypto.Label.MEMBER_CERT,
+    crypto.Label.MEMBER_MESSAGE,
+    crypto.Label.MODERATION,
 ]
 
 

@@ -145,41 +145,65 @@ def check_append(
     clock), an event dated more than ``CLOCK_SKEW`` ahead, or more than ``max_backdate``
     seconds behind, is ``bad_timestamp`` too.
     """
+    return check_link(
+        head,
+        seq=event.seq,
+        id=event.id,
+        prev=event.event.prev,
+        created_at=event.event.created_at,
+        existing_id=existing_id,
+        now=now,
+        max_backdate=max_backdate,
+    )
+
+
+def check_link(
+    head: ChainHead,
+    *,
+    seq: int,
+    id: bytes,
+    prev: bytes,
+    created_at: int,
+    existing_id: bytes | None,
+    now: int | None = None,
+    max_backdate: int = 0,
+    what: str = "event",
+) -> Append:
+    """:func:`check_append`'s rules on the fields of any hash-chained entry: owner events,
+    and each member's own chain of messages (:func:`relay.protocol.timeline.check_author_append`);
+    ``what`` names the entry in the reasons."""
     if existing_id is not None:
-        if crypto.same_secret(existing_id, event.id):
+        if crypto.same_secret(existing_id, id):
             return Append.DUPLICATE
         raise RemoteProtocolError(
             ErrorCode.EQUIVOCATION,
-            f"event {event.seq} already exists with different content; both are kept as proof",
+            f"{what} {seq} already exists with different content; both are kept as proof",
         )
-    if event.seq <= head.seq:
-        # Only reachable when the event at that sequence was pruned by retention.
+    if seq <= head.seq:
+        # Only reachable when the entry at that sequence was pruned by retention.
         raise RemoteProtocolError(
-            ErrorCode.EVENT_GAP, f"event {event.seq} is older than what this relay keeps (head {head.seq})"
+            ErrorCode.EVENT_GAP, f"{what} {seq} is older than what this relay keeps (head {head.seq})"
         )
-    if event.seq > head.seq + 1:
+    if seq > head.seq + 1:
         raise RemoteProtocolError(
             ErrorCode.EVENT_GAP,
-            f"event {event.seq} does not follow the head {head.seq}; send {head.seq + 1} first",
+            f"{what} {seq} does not follow the head {head.seq}; send {head.seq + 1} first",
         )
-    if event.event.prev != head.id:
+    if prev != head.id:
         raise RemoteProtocolError(
             ErrorCode.CHAIN_BROKEN,
-            f"event {event.seq} does not chain onto event {head.seq} (prev hash differs)",
+            f"{what} {seq} does not chain onto {what} {head.seq} (prev hash differs)",
         )
-    created = event.event.created_at
-    if created < head.created_at:
-        raise RemoteProtocolError(
-            ErrorCode.BAD_TIMESTAMP, f"event {event.seq} is dated before event {head.seq}"
-        )
+    if created_at < head.created_at:
+        raise RemoteProtocolError(ErrorCode.BAD_TIMESTAMP, f"{what} {seq} is dated before {what} {head.seq}")
     if now is not None:
-        if created > now + CLOCK_SKEW:
+        if created_at > now + CLOCK_SKEW:
             raise RemoteProtocolError(
-                ErrorCode.BAD_TIMESTAMP, f"the event is dated {created - now} s in the future"
+                ErrorCode.BAD_TIMESTAMP, f"the {what} is dated {created_at - now} s in the future"
             )
-        if now - created > max_backdate:
+        if now - created_at > max_backdate:
             raise RemoteProtocolError(
                 ErrorCode.BAD_TIMESTAMP,
-                f"the event is dated {now - created} s in the past; the limit is {max_backdate} s",
+                f"the {what} is dated {now - created_at} s in the past; the limit is {max_backdate} s",
             )
     return Append.NEW

@@ -5,8 +5,8 @@ holders of the channel link know.  A relay's *tag* for a channel is the HMAC of
 the relay's fingerprint under that secret: each relay sees its own tag, so tags
 sent to one relay cannot be matched at another, and a relay recognises a tag
 only if it serves the channel.  A relay signs its head (tag, sequence, id,
-time) with its identity key; two signed heads with different ids at one
-sequence are proof of a fork.  Pure: the clock is a parameter.
+time, and its timeline's position and hash) with its identity key; two signed
+heads with different ids at one sequence are proof of a fork.  Pure: the clock is a parameter.
 """
 
 from __future__ import annotations
@@ -46,9 +46,19 @@ def make_head(
     channel: bytes,
     head: ChainHead,
     now: int,
+    timeline_pos: int = 0,
+    timeline_hash: bytes = bytes(32),
 ) -> Signed:
+    """The relay's signed head: the owner chain's newest event and, for a group with member
+    posts, its timeline's last place and running hash (0 and zeros: none)."""
     body = Head(
-        relay=relay_fingerprint, tag=tag(channel, relay_fingerprint), seq=head.seq, id=head.id, time=now
+        relay=relay_fingerprint,
+        tag=tag(channel, relay_fingerprint),
+        seq=head.seq,
+        id=head.id,
+        time=now,
+        timeline_pos=timeline_pos,
+        timeline_hash=timeline_hash,
     )
     return crypto.signed(identity, crypto.Label.HEAD, encode(body))
 

@@ -5,9 +5,10 @@ takes invitations and owner requests, and a group address (``/g/ID``) takes
 profile updates and members' requests.  :class:`Session` decodes a frame (with
 the size limit), raises ``unexpected_message`` for a frame out of order and
 ``rate_limited`` for a connection sending faster than its token bucket allows.
-Posts have a bucket of their own (an owner publishes far more often than anyone
-asks anything else), and discovery one more on top of the common bucket.  Only a
-subscribed connection may ask for member cards or send direct invitations.
+Posts (owners' events, members' messages, certs and moderations) have a bucket
+of their own (they come far more often than anything else), and discovery one
+more on top of the common bucket.  Only a subscribed connection may ask for
+member cards or send direct invitations.
 Pure, like h11's connection object: bytes and the time in, typed frames out.
 """
 
@@ -29,10 +30,12 @@ from relay.protocol.messages import (
     JoinStatus,
     LogRequest,
     MemberCardRequest,
+    MemberPost,
     OwnerCommand,
     Post,
     ProfileRequest,
     ProfileUpdate,
+    Publish,
     Subscribe,
 )
 
@@ -65,8 +68,13 @@ _ALLOWED: dict[Endpoint, tuple[type, ...]] = {
         HeadRequest,
         MemberCardRequest,
         DirectInvite,
+        MemberPost,
+        Publish,
     ),
 }
+# Posting frames share the post bucket: owners' events, members' messages, owners' certs and
+# moderations (each carries its own signature, so none needs a subscribe first).
+_POSTING = (Post, MemberPost, Publish)
 _SUBSCRIBED_ONLY = (MemberCardRequest, DirectInvite)
 
 
@@ -161,7 +169,7 @@ class Session:
         return frame
 
     def _charge(self, frame: ClientFrame, now: float) -> None:
-        if isinstance(frame, Post):
+        if isinstance(frame, _POSTING):
             rate, burst = self._post_limits
             if rate <= 0:
                 return
