@@ -99,12 +99,16 @@ def _published(p: Any, what: str) -> dict[str, Any]:
             out[key] = getattr(p, key)
     lines = [f"{what} ({_short(p.id)})"]
     lines += [
-        f"  {r['relay']}: {r['status']}" + (f" ({r.get('code')}: {r.get('reason')})" if r["status"] == "error" else "")
+        f"  {r['relay']}: {r['status']}"
+        + (f" ({r.get('code')}: {r.get('reason')})" if r["status"] == "error" else "")
         for r in relays
     ]
     out["summary"] = "\n".join(lines)
     if not p.stored:
-        raise Failure(f"no relay took the {what}: {per_relay(relays)}", **{**out, "status": "error", "code": relays[0].get("code")})
+        raise Failure(
+            f"no relay took the {what}: {per_relay(relays)}",
+            **{**out, "status": "error", "code": relays[0].get("code")},
+        )
     return out
 
 
@@ -158,7 +162,10 @@ def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
     out["summary"] = "\n".join(lines)
     targets = len([r for r in state.relays if r.listed and r.group_address])
     if round_.relays and len(round_.relays) >= targets:
-        raise Failure(f"no relay could be asked: {per_relay(round_.relays)}", **{**out, "status": "error", "code": round_.relays[0]["code"]})
+        raise Failure(
+            f"no relay could be asked: {per_relay(round_.relays)}",
+            **{**out, "status": "error", "code": round_.relays[0]["code"]},
+        )
     unstored = [c for c in round_.certified if not c.stored]
     if unstored:
         relays = _relays(unstored[0].relays)
@@ -248,7 +255,9 @@ def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
     relays = _relays(outcome.relays)
     if not outcome.sent:
         reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
-        raise Failure(reason, status="error", code=relays[0].get("code") if relays else "no_relay", relays=relays)
+        raise Failure(
+            reason, status="error", code=relays[0].get("code") if relays else "no_relay", relays=relays
+        )
     stored = [r for r in relays if r["status"] in ("stored", "duplicate")]
     status = "stored" if any(r["status"] == "stored" for r in stored) else "duplicate"
     out: dict[str, Any] = {"status": status, "seq": outcome.seq, "id": outcome.id, "relays": relays}
@@ -293,9 +302,13 @@ def cmd_member_ban(args: argparse.Namespace) -> dict[str, Any]:
 def _moderation_args(p: argparse.ArgumentParser, subject: str) -> None:
     p.add_argument("--state", required=True)
     if subject == "message":
-        p.add_argument("message", metavar="MESSAGE_ID", help="the message's id, as 'relay member read --json' shows it")
+        p.add_argument(
+            "message", metavar="MESSAGE_ID", help="the message's id, as 'relay member read --json' shows it"
+        )
     else:
-        p.add_argument("member", metavar="MEMBER", help="the member's key (base64url), as 'relay member read' shows it")
+        p.add_argument(
+            "member", metavar="MEMBER", help="the member's key (base64url), as 'relay member read' shows it"
+        )
     p.add_argument("--reason", default="", help="a line saying why, signed with the removal")
 
 
@@ -313,7 +326,12 @@ def add_owner_commands(owner: Any) -> None:
     which.add_argument("--member", action="append", metavar="MEMBER", help="this member key (repeatable)")
     p.add_argument("--keep", action="store_true", help="with --all: keep certifying new members until Ctrl-C")
     for name, func, subject, help_ in (
-        ("remove-message", cmd_owner_remove_message, "message", "remove a member message on every relay (signed)"),
+        (
+            "remove-message",
+            cmd_owner_remove_message,
+            "message",
+            "remove a member message on every relay (signed)",
+        ),
         ("remove-member", cmd_owner_remove_member, "member", "void a member's cert on every relay (signed)"),
         ("ban", cmd_owner_ban, "member", "ban a member on every relay (signed): no new cert or join counts"),
     ):
@@ -321,7 +339,10 @@ def add_owner_commands(owner: Any) -> None:
     moderator = owner.add_parser(
         "moderator", help="grant or withdraw the moderator role (a new member cert)"
     ).add_subparsers(dest="change", required=True)
-    for change, help_ in (("grant", "make a certified member a moderator"), ("withdraw", "make a moderator a member again")):
+    for change, help_ in (
+        ("grant", "make a certified member a moderator"),
+        ("withdraw", "make a moderator a member again"),
+    ):
         p = add_command(moderator, change, cmd_owner_moderator, help_, timeout=DEFAULT_TIMEOUT)
         p.add_argument("--state", required=True)
         p.add_argument("member", metavar="MEMBER", help="the member's key (base64url)")
@@ -346,8 +367,85 @@ def add_member_commands(member: Any) -> None:
         help="reply to an owner post (#SEQ, as 'relay member read' shows it) or a message (its id)",
     )
     for name, func, subject, help_ in (
-        ("remove-message", cmd_member_remove_message, "message", "a moderator removes a member message (signed)"),
+        (
+            "remove-message",
+            cmd_member_remove_message,
+            "message",
+            "a moderator removes a member message (signed)",
+        ),
         ("remove-member", cmd_member_remove_member, "member", "a moderator voids a member's cert (signed)"),
         ("ban", cmd_member_ban, "member", "a moderator bans a member (signed)"),
     ):
         _moderation_args(add_command(member, name, func, help_, timeout=DEFAULT_TIMEOUT), subject)
+
+
+# --- what ``relay member read`` shows of a timeline -----------------------------------------
+
+
+def show_timeline_item(args: argparse.Namespace, item: Any, messages: list[dict[str, Any]]) -> bool:
+    """Show a member message (stdout), a cert or a moderation (stderr, as notes); False: the
+    item is not a timeline's."""
+    from relay.protocol.encoding import b64e
+    from relay.protocol.timeline_reader import CertAccepted, MessageAccepted, ModerationAccepted
+
+    if isinstance(item, MessageAccepted):
+        message = item.message.message
+        author = b64e(item.message.author)
+        shown: dict[str, Any] = {
+            "id": b64e(item.message.id),
+            "author": author,
+            "name": item.author_name,
+            "role": item.author_role,
+            "seq": message.seq,
+            "created_at": message.created_at,
+            "content_type": message.content_type,
+            "pos": item.pos,
+            "after": item.after,
+            "relay": item.relay,
+        }
+        if message.reply_to:
+            shown["reply_to"] = b64e(message.reply_to)
+        if message.content_type.startswith("text/"):
+            shown["text"] = message.body.decode("utf-8", "replace")
+        else:
+            shown["body_b64"] = b64e(message.body)
+        messages.append(shown)
+        if args.follow and args.json:
+            emit(json.dumps({"type": "message", **shown}))
+        elif not args.json:
+            text = str(
+                shown.get("text", f"<{message.content_type}, {len(message.body)} bytes>")
+            ).removesuffix("\n")
+            reply = f" re {_short(shown['reply_to'])}" if message.reply_to else ""
+            role = " [moderator]" if item.author_role == "moderator" else ""
+            emit(f"{item.author_name} ({_short(author)}){role}{reply}: {text}")
+        return True
+    if isinstance(item, CertAccepted):
+        cert = item.cert.cert
+        note = {
+            "type": "cert",
+            "member": b64e(cert.member),
+            "name": cert.name,
+            "role": cert.role,
+            "pos": item.pos,
+        }
+        warn(args, note, f"member {cert.name!r} ({_short(note['member'])}) certified as {cert.role}")
+        return True
+    if isinstance(item, ModerationAccepted):
+        moderation = item.moderation.moderation
+        note = {
+            "type": "moderation",
+            "action": moderation.action,
+            "subject": b64e(moderation.subject),
+            "by": b64e(item.moderation.signed.signer),
+            "reason": moderation.reason,
+            "pos": item.pos,
+        }
+        what = "message" if moderation.action == "remove_message" else "member"
+        done = {"remove_message": "removed", "remove_member": "removed", "ban": "banned"}.get(
+            moderation.action, moderation.action
+        )
+        why = f": {moderation.reason}" if moderation.reason else ""
+        warn(args, note, f"{what} {_short(note['subject'])} {done} by {_short(note['by'])}{why}")
+        return True
+    return False

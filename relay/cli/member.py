@@ -105,6 +105,7 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
     state = MemberState.load(path)
     check_writable(path)
     shown: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
     told: list[dict[str, Any]] = []
     troubles: list[dict[str, Any]] = []
 
@@ -113,7 +114,8 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
         async with read(state, path, since=args.since, follow=args.follow, timeout=args.timeout) as items:
             async for item in items:
                 try:
-                    _show_item(args, item, shown, told, troubles)
+                    if not groups.show_timeline_item(args, item, messages):
+                        _show_item(args, item, shown, told, troubles)
                 except BrokenPipeError:
                     # the post taken last never reached the reader: the next read shows it again
                     state.last_seq, state.last_id = printed
@@ -131,11 +133,13 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
         )
         raise
     lies = [t for t in told if t["lie"]]
-    failed = bool(troubles) and len(troubles) >= len(state.parsed_link.relays) and not shown
+    failed = bool(troubles) and len(troubles) >= len(state.parsed_link.relays) and not shown and not messages
     if not args.follow and not failed:
         for trouble in troubles:
             _warn_trouble(args, trouble)
     out = {"status": "ok", "events": shown, "findings": told, "relays": troubles, "last_seq": state.last_seq}
+    if messages:
+        out["messages"] = messages
     if failed:
         reason = f"no relay could be read: {per_relay(troubles)}"
         raise Failure(reason, **{**out, "status": "error", "code": troubles[0]["code"]})

@@ -32,10 +32,10 @@ from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ErrorCode
 from relay.protocol.events import CONTENT_TEXT
 from relay.protocol.messages import MemberMessage, MemberPost, MemberPostResult, Signed
-from relay.protocol.timeline import AuthorHead, make_message, message_id
+from relay.protocol.timeline import MAX_MESSAGE_BODY as MAX_MESSAGE
+from relay.protocol.timeline import MESSAGE_OVERHEAD, AuthorHead, make_message, stored_message
 
 HISTORY_KEEP = 64  # own messages kept for repairs
-MAX_MESSAGE = 1024 * 1024  # the protocol's bound on a profile's max_message_bytes
 
 
 @dataclass
@@ -61,8 +61,8 @@ class MessageOutcome:
 
 
 def _own(raw: str) -> tuple[Signed, MemberMessage]:
-    signed = decode(b64d(raw), Signed, limit=2 * MAX_MESSAGE + 4096, what="message")
-    return signed, decode(signed.body, MemberMessage, limit=MAX_MESSAGE + 4096, what="message")
+    signed = decode(b64d(raw), Signed, limit=2 * (MAX_MESSAGE + MESSAGE_OVERHEAD), what="message")
+    return signed, decode(signed.body, MemberMessage, limit=MAX_MESSAGE + MESSAGE_OVERHEAD, what="message")
 
 
 def head_of(state: MemberState) -> AuthorHead:
@@ -136,9 +136,10 @@ async def post_message(
         content_type=content_type,
         reply_to=reply_to,
     )
-    mid = message_id(signed.body)
-    state.author_seq, state.author_id = head.seq + 1, b64e(mid)
-    state.author_created_at = decode(signed.body, MemberMessage, limit=MAX_MESSAGE + 4096).created_at
+    mine = stored_message(signed)
+    mid = mine.id
+    state.author_seq, state.author_id = mine.seq, b64e(mid)
+    state.author_created_at = mine.message.created_at
     state.messages.append(b64e(encode(signed)))
     del state.messages[:-HISTORY_KEEP]
     state.save(path)  # kept before any relay sees it: a relay that misses it is repaired later
@@ -198,7 +199,7 @@ async def _repair(session: RelaySession, state: MemberState, signed: Signed, cer
     so every kept message before the new one is sent (at most HISTORY_KEEP); a relay further
     behind than the file keeps answers ``event_gap`` again, and is reported.
     """
-    new_seq = decode(signed.body, MemberMessage, limit=MAX_MESSAGE + 4096).seq
+    new_seq = decode(signed.body, MemberMessage, limit=MAX_MESSAGE + MESSAGE_OVERHEAD).seq
     earlier = [s for s, m in (_own(raw) for raw in state.messages) if m.seq < new_seq]
     if not earlier:
         raise RelayError("the relay lacks messages this member file no longer keeps", code="event_gap")

@@ -28,7 +28,7 @@ from pathlib import Path
 import trio
 
 from relay.client.connection import open_session
-from relay.client.errors import RelayError, RelayProtocolError, translated
+from relay.client.errors import RelayError, RelayProtocolError, RelayRefused, translated
 from relay.client.member import MemberState
 from relay.client.owner import OwnerState, RelayEntry, _owner_request, signed_to_json
 from relay.protocol.addresses import parse_address
@@ -41,12 +41,15 @@ from relay.protocol.messages import (
     PublishResult,
     Signed,
 )
-from relay.protocol.timeline import entry_id, make_cert, make_moderation
+from relay.protocol.timeline import (
+    ACTION_REMOVE_MESSAGE,
+    MODERATION_ACTIONS,
+    make_cert,
+    make_moderation,
+    stored_cert,
+    stored_moderation,
+)
 
-ROLES = ("member", "moderator")
-# What owners may do to a member or a message; moderators the first three, and not to an owner
-# or another moderator (the relays and every reader check it: relay.protocol.timeline).
-ACTIONS = ("remove_message", "remove_member", "ban")
 KEEP_INTERVAL = 5.0  # seconds between two rounds of ``certify --keep``
 
 
@@ -105,9 +108,7 @@ async def publish_entries(
                         if not isinstance(answer, PublishResult):
                             raise RelayProtocolError(f"expected publish_result, got {type(answer).__name__}")
                         result.status, result.pos = answer.status, answer.pos
-                    except RelayError as exc:
-                        if exc.code in ("unreachable", "timeout"):
-                            raise
+                    except RelayRefused as exc:  # this entry only: the connection goes on
                         result.code, result.reason = exc.code, exc.reason
         except RelayError as exc:
             for row in answers:
@@ -165,7 +166,9 @@ class Uncertified:
     relays: list[str]  # the relays that list it
 
 
-async def list_uncertified(state: OwnerState, *, timeout: float = 15.0) -> tuple[list[Uncertified], list[dict[str, object]]]:
+async def list_uncertified(
+    state: OwnerState, *, timeout: float = 15.0
+) -> tuple[list[Uncertified], list[dict[str, object]]]:
     """Every relay's admitted members without a current cert (merged by key), and the relays
     that could not be asked."""
     targets = _targets(state)
@@ -225,7 +228,7 @@ async def certify(
     )
     for (u, s), relays in zip(signed, answers, strict=True):
         out.certified.append(
-            Published("cert", b64e(entry_id("cert", s.body)), relays, member=u.member, name=u.name, role=role)
+            Published("cert", b64e(stored_cert(s).id), relays, member=u.member, name=u.name, role=role)
         )
     return out
 
@@ -263,13 +266,13 @@ async def set_role(
     [relays] = await publish_entries(
         [str(r.group_address) for r in _targets(state)], [(signed, "cert")], timeout=timeout
     )
-    return Published("cert", b64e(entry_id("cert", signed.body)), relays, member=key, name=name, role=role)
+    return Published("cert", b64e(stored_cert(signed).id), relays, member=key, name=name, role=role)
 
 
 def _subject(action: str, subject: str) -> bytes:
-    if action not in ACTIONS:
+    if action not in MODERATION_ACTIONS:
         raise RelayError(f"unknown moderation {action!r}", code="usage")
-    return _message_ref(subject) if action == "remove_message" else _key(subject)
+    return _message_ref(subject) if action == ACTION_REMOVE_MESSAGE else _key(subject)
 
 
 async def moderate(
@@ -279,7 +282,7 @@ async def moderate(
     published to every relay."""
     _check_posts_on(state)
     raw = _subject(action, subject)
-    member = b64e(raw) if action != "remove_message" else ""
+    member = b64e(raw) if action != ACTION_REMOVE_MESSAGE else ""
     now = _next_issued(state, member) if member else int(time.time())
     signed = make_moderation(
         state.owner_key, channel=state.channel, action=action, subject=raw, reason=reason, now=now
@@ -291,7 +294,7 @@ async def moderate(
     [relays] = await publish_entries(
         [str(r.group_address) for r in _targets(state)], [(signed, "moderation")], timeout=timeout
     )
-    return Published("moderation", b64e(entry_id("moderation", signed.body)), relays, member=member, action=action)
+    return Published("moderation", b64e(stored_moderation(signed).id), relays, member=member, action=action)
 
 
 async def member_moderate(
@@ -310,8 +313,8 @@ async def member_moderate(
         now=int(time.time()),
     )
     [relays] = await publish_entries(member_relays(state), [(signed, "moderation")], timeout=timeout)
-    member = b64e(raw) if action != "remove_message" else ""
-    return Published("moderation", b64e(entry_id("moderation", signed.body)), relays, member=member, action=action)
+    member = b64e(raw) if action != ACTION_REMOVE_MESSAGE else ""
+    return Published("moderation", b64e(stored_moderation(signed).id), relays, member=member, action=action)
 
 
 def member_relays(state: MemberState) -> list[str]:
