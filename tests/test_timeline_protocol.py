@@ -72,16 +72,23 @@ def message(
 # --- ids and the hash --------------------------------------------------------------------
 
 
-def test_ids_are_the_hash_of_the_kind_and_the_signed_bytes() -> None:
+def test_ids_are_the_hash_of_the_kind_the_signer_and_the_signed_bytes() -> None:
     body = b"\x01\x02"
     for kind in ("cert", "message", "moderation"):
-        expected = hashlib.sha256(b"chat-relay/v1/" + kind.encode() + b"-id\x00" + body).digest()
-        assert entry_id(kind, body) == expected
-    assert message_id(body) == entry_id("message", body)
-    assert len({entry_id(k, body) for k in ("cert", "message", "moderation")}) == 3
+        expected = hashlib.sha256(b"chat-relay/v1/" + kind.encode() + b"-id\x00" + M1 + body).digest()
+        assert entry_id(kind, body, M1) == expected
+    assert message_id(body, M1) == entry_id("message", body, M1)
+    assert len({entry_id(k, body, M1) for k in ("cert", "message", "moderation")}) == 3
     with pytest.raises(RemoteProtocolError) as exc:
-        entry_id("event", body)
+        entry_id("event", body, M1)
     assert code_of(exc) is ErrorCode.BAD_TYPE
+
+
+def test_two_members_signing_the_same_bytes_post_two_messages() -> None:
+    mine = verify_message(message(MEMBER), channel=F.channel)
+    theirs = verify_message(message(MEMBER2), channel=F.channel)
+    assert mine.signed.body == theirs.signed.body  # same text, same second, both their first
+    assert mine.id != theirs.id
 
 
 def test_timeline_hash_binds_every_field() -> None:
@@ -114,7 +121,7 @@ def test_timeline_hash_binds_every_field() -> None:
 def test_a_cert_verifies_and_names_its_member() -> None:
     verified = verify_cert(cert(role="moderator"), channel=F.channel, owners=OWNERS)
     assert verified.member == M1 and verified.cert.role == "moderator" and verified.cert.name == "Ada"
-    assert verified.id == entry_id("cert", verified.signed.body)
+    assert verified.id == entry_id("cert", verified.signed.body, F.owner_public)
 
 
 @pytest.mark.parametrize(
@@ -214,7 +221,7 @@ def moderation(
 def test_owners_and_moderators_moderate() -> None:
     by_owner = verify_moderation(moderation(), channel=F.channel, owners=OWNERS, moderators=NOBODY)
     assert by_owner.action == "remove_message" and by_owner.subject == bytes(32)
-    assert by_owner.id == entry_id("moderation", by_owner.signed.body)
+    assert by_owner.id == entry_id("moderation", by_owner.signed.body, F.owner_public)
     mods = frozenset({M1})
     for action, subject in (("remove_message", bytes(32)), ("remove_member", M2), ("ban", M2)):
         ok = verify_moderation(

@@ -48,11 +48,23 @@ class FindingCode(enum.StrEnum):
     FORK = "fork"  # two different events, heads or profiles at one sequence number (or version)
     BAD_HEAD = "bad_head"  # a signed head whose event does not match it
     HISTORY_PRUNED = "history_pruned"  # the events after --since are past every relay's retention
+    # the timeline of member messages (relay/protocol/timeline_reader.py)
+    TIMELINE_GAP = "timeline_gap"  # a relay's timeline skips a place, or ends before the place it signed
+    UNCERTIFIED_MEMBER = "uncertified_member"  # a message placed with no valid cert before it
+    SERVED_REMOVED = "served_removed"  # a message served with content after its signed removal
+    WITHHELD_MESSAGE = "withheld_message"  # a place emptied with no signed removal for it
+    NOT_A_MODERATOR = "not_a_moderator"  # a moderation by a key that may not make it
+    BAD_REPLY = "bad_reply"  # a comment in a channel that replies to a comment, not an owner's post
+    CERT_UNSEEN = "cert_unseen"  # a message whose author's cert is older than the relay's history
 
 
 # Lies about the channel's content: a read that sees one exits non-zero.  Being behind is
-# a fault worth a warning, not proof of a lie.
-LIES = frozenset(FindingCode) - {FindingCode.RELAY_BEHIND, FindingCode.HISTORY_PRUNED}
+# a fault worth a warning, not proof of a lie; so is retention (history or a cert pruned).
+LIES = frozenset(FindingCode) - {
+    FindingCode.RELAY_BEHIND,
+    FindingCode.HISTORY_PRUNED,
+    FindingCode.CERT_UNSEEN,
+}
 
 _FROM_ERROR = {
     ErrorCode.BAD_SIGNATURE: FindingCode.BAD_SIGNATURE,

@@ -285,10 +285,10 @@ class MemberMessage(Struct, frozen=True):
     """One message of a certified member (the signer), in the member's own hash chain.
 
     ``seq`` counts the author's messages in this group from 1, and ``prev`` is the id
-    (:func:`relay.protocol.timeline.message_id`) of the author's message ``seq - 1`` (32 zero
-    bytes for 1): a relay that alters, reorders or leaves out one of a member's messages
-    breaks the chain.  ``reply_to`` is the id of an owner event or member message (empty: none);
-    in a channel with comments it must name an owner event.
+    (:func:`relay.protocol.timeline.message_id`, over the body and its signer) of the author's
+    message ``seq - 1`` (32 zero bytes for 1): a relay that alters, reorders or leaves out one
+    of a member's messages breaks the chain.  ``reply_to`` is the id of an owner event or
+    member message (empty: none); in a channel with comments it must name an owner event.
     """
 
     channel: Digest

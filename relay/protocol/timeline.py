@@ -53,18 +53,29 @@ MAX_MODERATION_BYTES = 8 * 1024
 CONTENT_TEXT = "text/plain"
 
 
-def entry_id(kind: str, body: bytes) -> bytes:
-    """The id of a timeline entry: SHA-256 over its kind and exactly the bytes its signer signed."""
+def entry_id(kind: str, body: bytes, signer: bytes) -> bytes:
+    """The id of a timeline entry: SHA-256 over its kind, its signer and exactly the bytes
+    signed.
+
+    The signer is in it because a member message's body does not name its author: two
+    members who sign the same first message in the same second sign the same bytes, and
+    their messages must still be two.
+    """
     if kind not in ENTRY_KINDS:
         raise RemoteProtocolError(
             ErrorCode.BAD_TYPE, f"a timeline entry is one of {', '.join(ENTRY_KINDS)}, not {kind!r}"
         )
-    return hashlib.sha256(ID_PREFIX + kind.encode() + b"-id\x00" + body).digest()
+    return hashlib.sha256(ID_PREFIX + kind.encode() + b"-id\x00" + signer + body).digest()
 
 
-def message_id(body: bytes) -> bytes:
+def message_id(body: bytes, signer: bytes) -> bytes:
     """The id of a member message (what ``prev``, ``reply_to`` and a removal name)."""
-    return entry_id(KIND_MESSAGE, body)
+    return entry_id(KIND_MESSAGE, body, signer)
+
+
+def signed_id(kind: str, signed: Signed) -> bytes:
+    """:func:`entry_id` of a signed entry."""
+    return entry_id(kind, signed.body, signed.signer)
 
 
 def timeline_hash(prev: bytes, pos: int, after: int, kind: str, id: bytes) -> bytes:
@@ -131,13 +142,13 @@ def verify_cert(signed: Signed, *, channel: bytes, owners: frozenset[bytes]) -> 
     (``bad_type``), then the signature (``bad_signature``)."""
     cert = check_cert(signed, channel=channel, owners=owners)
     crypto.verify(signed.signer, crypto.Label.MEMBER_CERT, signed.body, signed.sig)
-    return VerifiedCert(cert=cert, signed=signed, id=entry_id(KIND_CERT, signed.body))
+    return VerifiedCert(cert=cert, signed=signed, id=signed_id(KIND_CERT, signed))
 
 
 def stored_cert(signed: Signed) -> VerifiedCert:
     """A cert as the relay stored it after verifying it: decoded again, not verified again."""
     cert = decode(signed.body, MemberCert, limit=MAX_CERT_BYTES, what="stored member cert")
-    return VerifiedCert(cert=cert, signed=signed, id=entry_id(KIND_CERT, signed.body))
+    return VerifiedCert(cert=cert, signed=signed, id=signed_id(KIND_CERT, signed))
 
 
 # --- messages ----------------------------------------------------------------------------
@@ -228,7 +239,7 @@ def verify_message(signed: Signed, *, channel: bytes, max_body: int = MAX_MESSAG
     """
     message = check_message(signed, channel=channel, max_body=max_body)
     crypto.verify(signed.signer, crypto.Label.MEMBER_MESSAGE, signed.body, signed.sig)
-    return VerifiedMessage(message=message, signed=signed, id=message_id(signed.body))
+    return VerifiedMessage(message=message, signed=signed, id=signed_id(KIND_MESSAGE, signed))
 
 
 def stored_message(signed: Signed) -> VerifiedMessage:
@@ -236,7 +247,7 @@ def stored_message(signed: Signed) -> VerifiedMessage:
     message = decode(
         signed.body, MemberMessage, limit=MAX_MESSAGE_BODY + MESSAGE_OVERHEAD, what="stored member message"
     )
-    return VerifiedMessage(message=message, signed=signed, id=message_id(signed.body))
+    return VerifiedMessage(message=message, signed=signed, id=signed_id(KIND_MESSAGE, signed))
 
 
 def check_author_append(
@@ -351,13 +362,13 @@ def verify_moderation(
         signed, channel=channel, owners=owners, moderators=moderators, author=author
     )
     crypto.verify(signed.signer, crypto.Label.MODERATION, signed.body, signed.sig)
-    return VerifiedModeration(moderation=moderation, signed=signed, id=entry_id(KIND_MODERATION, signed.body))
+    return VerifiedModeration(moderation=moderation, signed=signed, id=signed_id(KIND_MODERATION, signed))
 
 
 def stored_moderation(signed: Signed) -> VerifiedModeration:
     """A moderation as the relay stored it after verifying it: decoded again, not verified again."""
     moderation = decode(signed.body, Moderation, limit=MAX_MODERATION_BYTES, what="stored moderation")
-    return VerifiedModeration(moderation=moderation, signed=signed, id=entry_id(KIND_MODERATION, signed.body))
+    return VerifiedModeration(moderation=moderation, signed=signed, id=signed_id(KIND_MODERATION, signed))
 
 
 # --- the roster: who may post, who moderates ---------------------------------------------
