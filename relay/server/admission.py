@@ -24,6 +24,7 @@ from relay.protocol.encoding import encode
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
 from relay.protocol.invitation import (
     ACTION_APPROVE_MEMBER,
+    ACTION_LIST_UNCERTIFIED,
     ACTION_REFUSE_MEMBER,
     ACTION_RESUME_ADMISSION,
     ACTION_SUSPEND_ADMISSION,
@@ -47,6 +48,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.server.signals import GroupSignals
 from relay.store import groups, joins
+from relay.store import timeline as timeline_store
 from relay.store.conn import Conn
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
@@ -188,6 +190,9 @@ class Admissions:
         view = joins.intake_view(conn, new.group_id, new.member_key)
         if view is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
+        if timeline_store.banned(conn, new.group_id, new.member_key):
+            # A signed ban (relay.server.timeline): this key never joins again, here.
+            raise RemoteProtocolError(ErrorCode.BANNED, "this member key is banned from the group")
         active = view.state is GroupState.ACTIVE
         existing = joins.by_id(conn, view.existing_id) if view.existing_id is not None else None
         existing_decision = existing.decision if existing else None
@@ -280,15 +285,28 @@ class Admissions:
                 record = replace(record, admission_suspended=suspend)
                 detail = "admission suspended" if suspend else "admission open"
             counts = joins.counts(conn, record.id)
-            pending = [
-                PendingMember(
-                    member=row.member_key,
-                    name=row.name,
-                    about=_about(row),
-                    received_at=row.received_at,
-                )
-                for row in joins.pending(conn, record.id, MAX_PENDING_LISTED)
-            ]
+            if request.action == ACTION_LIST_UNCERTIFIED:
+                # Admitted members with no current cert: whom the owners may certify.
+                pending = [
+                    PendingMember(
+                        member=member.member,
+                        name=member.name,
+                        about=_about_request(member.request),
+                        received_at=member.received_at,
+                    )
+                    for member in timeline_store.uncertified(conn, record.id, MAX_PENDING_LISTED)
+                ]
+                detail = f"{len(pending)} admitted members without a cert"
+            else:
+                pending = [
+                    PendingMember(
+                        member=row.member_key,
+                        name=row.name,
+                        about=_about(row),
+                        received_at=row.received_at,
+                    )
+                    for row in joins.pending(conn, record.id, MAX_PENDING_LISTED)
+                ]
             result = OwnerCommandResult(
                 state=record.state.value,
                 admission="suspended" if record.admission_suspended else "open",
@@ -339,7 +357,11 @@ class Admissions:
 
 def _about(row: JoinRow) -> str:
     """The member's "about" line, from the stored request (decoded only for the owners' list)."""
+    return _about_request(row.request)
+
+
+def _about_request(request: bytes) -> str:
     try:
-        return stored_join(row.request).profile.about[:500]
+        return stored_join(request).profile.about[:500]
     except RemoteProtocolError:
         return ""

@@ -47,6 +47,7 @@ from relay.server.public import PublicEndpoint
 from relay.server.service import GroupService, PolicyHolder
 from relay.server.signals import GroupSignals
 from relay.server.sweeper import Sweeper
+from relay.server.timeline import Timelines
 from relay.server.tls import TlsError, server_context
 from relay.server.worker import JoinWorker
 from relay.store.errors import StoreError
@@ -348,6 +349,7 @@ class Relay:
                 service, self.config.members, self.metrics, signals=signals, decisions=decisions
             )
             channels = Channels(service, self.config.events, self.metrics, self.bounds)
+            timelines = Timelines(channels, self.config.groups, self.metrics, self.bounds)
             bus = None
             if storage.url:  # other processes may share the database: the fleet bus links them
                 from relay.server.fleet import FleetBus
@@ -361,6 +363,7 @@ class Relay:
                 server,
                 self.metrics,
                 channels=channels,
+                timelines=timelines,
                 bounds=self.bounds,
                 log_client_ip=self.config.logging.log_client_ip,
             )
@@ -397,6 +400,7 @@ class Relay:
                     await workers.start(bus.run)
                 await workers.start(worker.run)
                 workers.start_soon(channels.run_pruner)
+                workers.start_soon(timelines.run_pruner)
                 async with trio.open_nursery() as connections:
                     public.helpers = connections
                     async with trio.open_nursery() as acceptors:

@@ -176,6 +176,18 @@ class EventsConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_subscriptions_per_member: Annotated[int, Meta(ge=1)] = 4
 
 
+class GroupsConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Member messages in groups (and channels with comments): the relay's floor under the
+    owners' signed limits.  Retention and fan-out follow ``[events]``."""
+
+    # The largest member message body; the profile's max_message_bytes may only lower it.
+    max_message_bytes: Annotated[int, Meta(ge=16, le=65536)] = 16384
+    # Per member, per process; the profile's messages_per_minute may only lower it.
+    messages_per_minute: Annotated[int, Meta(ge=1, le=100_000)] = 30
+    # Members whose pace is remembered at once (the least recently seen is forgotten).
+    pacer_members: Annotated[int, Meta(ge=1)] = 100_000
+
+
 class LoggingConfig(Struct, forbid_unknown_fields=True, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     log_client_ip: bool = False
@@ -187,6 +199,7 @@ class Config(Struct, forbid_unknown_fields=True, frozen=True):
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     members: MembersConfig = msgspec.field(default_factory=MembersConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    groups: GroupsConfig = msgspec.field(default_factory=GroupsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -54,9 +55,13 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.store import events as store
 from relay.store import fleet, groups, joins
+from relay.store import timeline as timeline_store
 from relay.store.conn import Conn
 from relay.store.db import Job
 from relay.store.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from relay.server.timeline import Timelines
 
 log = structlog.get_logger("relay.events")
 
@@ -77,7 +82,7 @@ class GroupView:
     profile_signed: Signed
 
 
-class _StaleView(Exception):
+class StaleView(Exception):
     """The group changed since its view was made: reload and check again."""
 
 
@@ -134,6 +139,9 @@ class Channels:
         # This process's id when other processes share the database (relay.server.fleet sets
         # it): posts then take the group's chain lock and announce what they stored.
         self.fleet_process: str | None = None
+        # The groups' timelines (relay.server.timeline), set when it is made: a subscription to
+        # a group with member posts carries its timeline too.
+        self.timelines: Timelines | None = None
         service.signals.profile_changed.connect(self.profile_changed)
         service.signals.state_changed.connect(self.state_changed)
 
@@ -207,14 +215,14 @@ class Channels:
         async def answer() -> PostResult:
             try:
                 return self._answer(view, await self.db.result(job))
-            except _StaleView:
+            except StaleView:
                 pass
             for _ in range(3):  # the profile or state changed meanwhile: check again, alone
                 self._views.pop(group.id, None)
                 fresh = await self.view(group.id)
                 try:
                     return self._answer(fresh, await self.db.result(await self._submit(fresh, frame)))
-                except _StaleView:
+                except StaleView:
                     continue
             raise RemoteProtocolError(ErrorCode.INTERNAL, "the group keeps changing; post again")
 
@@ -238,7 +246,7 @@ class Channels:
                 fleet.lock_chain(conn, view.id)
             current, head = store.state_and_head(conn, view.id)
             if current != (view.state, view.profile_version):
-                raise _StaleView()
+                raise StaleView()
             # A new event is announced to the other processes in the statement that stores
             # it: delivered when (and only if) this commits.
             announcement = None if process is None else f"{process}:e:{view.id}:{verified.seq}"
@@ -298,6 +306,9 @@ class Channels:
             max_age=self.service.policy.policy.invitation_max_age,
             action=ACTION_SUBSCRIBE,
         )
+        timelines = self.timelines
+        if timelines is not None and not timelines.rules_of(await self.view(group.id)).posts_allowed:
+            timelines = None  # a channel without comments: no timeline to follow
         if self.fanout.subscribers >= self.config.max_subscribers:
             self._subscribers_bound("max_subscribers", self.config.max_subscribers)
         if self.fanout.feeds_of(group.id) >= self.config.max_subscribers_per_group:
@@ -316,8 +327,11 @@ class Channels:
         history = self.config.history
         page = self.config.catch_up_page
         inbox_after = now - self.config.inbox_ttl
+        timeline_since = frame.timeline_since
+        timeline: tuple[int, Page] | None = None  # the timeline's cursor and first page
 
         def read(conn: Conn) -> tuple[Subscribed, int, Page, list[bytes]]:
+            nonlocal timeline
             record = groups.by_id(conn, group.id)
             if record is None:
                 raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
@@ -327,6 +341,8 @@ class Channels:
                 )
             join = joins.by_member(conn, group.id, member)
             if join is None or join.status is not JoinState.ADMITTED:
+                if timeline_store.banned(conn, group.id, member):
+                    raise RemoteProtocolError(ErrorCode.BANNED, "this member is banned from the group")
                 raise RemoteProtocolError(
                     ErrorCode.NOT_A_MEMBER, "this key is not an admitted member of the group"
                 )
@@ -339,6 +355,18 @@ class Channels:
             answer = Subscribed(
                 head_seq=head.head_seq, first_seq=head.first_seq, profile_version=record.profile_version
             )
+            if timelines is not None:
+                if timeline_store.banned(conn, group.id, member):
+                    raise RemoteProtocolError(ErrorCode.BANNED, "this member is banned from the group")
+                thead, tcursor, tpage = timelines.first_page(conn, group.id, timeline_since)
+                timeline = (tcursor, tpage)
+                answer = Subscribed(
+                    head_seq=answer.head_seq,
+                    first_seq=answer.first_seq,
+                    profile_version=answer.profile_version,
+                    timeline_pos=thead.pos,
+                    timeline_first=thead.first_pos,
+                )
             return answer, cursor, Page(rows, head.head_seq, complete), inbox
 
         def attach(result: tuple[Subscribed, int, Page, list[bytes]]) -> None:
@@ -356,6 +384,18 @@ class Channels:
                 feed.start_live(cursor, events)
             else:
                 feed.queue_page(events)
+            if timelines is not None and timeline is not None:
+                # The same connection's timeline feed: started by this feed's sender once the
+                # ``subscribed`` answer is out (Feed.companion).
+                tcursor, tpage = timeline
+                companion = timelines.fanout.attach(group.id, tpage.head_seq, ws, member)
+                companion.sent_seq = companion.queued_seq = tcursor
+                items = [(pos, timelines.fanout.stream.frame(item)) for pos, item in tpage.events]
+                if tpage.complete:
+                    companion.start_live(tcursor, items)
+                else:
+                    companion.queue_page(items)
+                feed.companion = companion
             start(feed)
 
         try:
@@ -365,6 +405,12 @@ class Channels:
                 self.fanout.unreserve(group.id, member)
         self.metrics.inc("relay_subscriptions_total")
         log.debug("feed.subscribed", group=group.id, since=since)
+
+    def detach(self, feed: Feed) -> None:
+        """A subscribed connection ends: its feed and its timeline feed, if any, go."""
+        self.fanout.detach(feed)
+        if feed.companion is not None:
+            feed.companion.fanout.detach(feed.companion)
 
     def _subscribers_bound(self, bound: str, limit: int) -> None:
         self.metrics.inc("relay_bounds_hit_total", bound=bound)
@@ -384,14 +430,21 @@ class Channels:
     # --- heads and discovery ---------------------------------------------------------
 
     async def head(self, group: GroupBinding) -> HeadAnswer:
-        def read(conn: Conn) -> tuple[store.HeadRow, bytes | None]:
+        def read(conn: Conn) -> tuple[store.HeadRow, timeline_store.TimelineHead, bytes | None]:
             head = store.head(conn, group.id)
-            return head, store.event_at(conn, group.id, head.head_seq) if head.head_seq else None
+            event = store.event_at(conn, group.id, head.head_seq) if head.head_seq else None
+            return head, timeline_store.head(conn, group.id), event
 
-        head, event = await self.db.read(read)
-        return HeadAnswer(head=self._sign_head(group.channel, head), event=_signed(event) if event else None)
+        head, timeline, event = await self.db.read(read)
+        return HeadAnswer(
+            head=self._sign_head(group.channel, head, timeline), event=_signed(event) if event else None
+        )
 
-    def _sign_head(self, channel: bytes, head: store.HeadRow) -> Signed:
+    def _sign_head(
+        self, channel: bytes, head: store.HeadRow, timeline: timeline_store.TimelineHead
+    ) -> Signed:
+        """The relay's signed head: the owner chain's newest event, and the timeline's last
+        place and running hash (zeros for a group without one)."""
         identity = self.service.identity
         return make_head(
             identity.signing_key,
@@ -399,6 +452,8 @@ class Channels:
             channel=channel,
             head=ChainHead(head.head_seq, head.head_id, head.head_created_at),
             now=self.service.now(),
+            timeline_pos=timeline.pos,
+            timeline_hash=timeline.hash,
         )
 
     async def discover(self, frame: Discover) -> Discovered:
@@ -407,17 +462,18 @@ class Channels:
         if not wanted:
             return Discovered(heads=[])
 
-        def read(conn: Conn) -> list[tuple[bytes, store.HeadRow]]:
+        def read(conn: Conn) -> list[tuple[bytes, store.HeadRow, timeline_store.TimelineHead]]:
             found = []
             for group_id in wanted:
                 record = groups.by_id(conn, group_id)
                 if record is not None and record.state in SERVING:
-                    found.append((record.channel, store.head(conn, group_id)))
+                    head = store.head(conn, group_id)
+                    found.append((record.channel, head, timeline_store.head(conn, group_id)))
             return found
 
         found = await self.db.read(read)
         self.metrics.inc("relay_discovered_total", len(found))
-        return Discovered(heads=[self._sign_head(channel, head) for channel, head in found])
+        return Discovered(heads=[self._sign_head(channel, head, tl) for channel, head, tl in found])
 
     async def _tag_index(self) -> dict[bytes, int]:
         fingerprint = self.service.identity.fingerprint

@@ -78,6 +78,23 @@ def event_message(stored: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Stream:
+    """What one fan-out carries: how a stored row becomes its frame, and its metrics' names.
+
+    The relay runs two: owner events (``event`` frames, :data:`EVENTS`) and groups' timelines
+    (``timeline`` frames, relay.server.timeline).  A subscribed connection has a feed in each
+    (the timeline's is the event feed's ``companion``)."""
+
+    name: str
+    frame: Callable[[bytes], bytes]  # stored bytes -> the prepared WebSocket message
+    delivered_metric: str
+    subscribers_metric: str | None = None  # a gauge of the feeds attached (None: not kept)
+
+
+EVENTS = Stream("events", event_message, "relay_events_delivered_total", "relay_subscribers")
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """What one catch-up read found: events after the cursor, and the head at that moment."""
 
@@ -153,6 +170,7 @@ class Feed:
         "_sending",
         "_tasks",
         "closed",
+        "companion",
         "control",
         "ending",
         "fanout",
@@ -190,6 +208,10 @@ class Feed:
         # then a Close with this code and reason.
         self.ending: tuple[int, str] | None = None
         self.lagged = 0
+        # The same connection's feed of the other stream (a group's timeline beside its
+        # events), started by this feed's sender once the control frames (``subscribed``) are
+        # out: nothing of it may reach the member before the answer.
+        self.companion: Feed | None = None
 
     def start(self, tasks: ConnectionTasks, context: contextvars.Context) -> None:
         """Let the feed start its sender as the connection's helper; sends what is queued."""
@@ -206,7 +228,13 @@ class Feed:
         if len(self.queue) >= limits.buffer_frames or self.queued_bytes + len(message) > limits.buffer_bytes:
             self._lag()
             return
-        if not self._sending and not self.queue and not self.control and self.ws.send_now(message):
+        if (
+            not self._sending
+            and not self.queue
+            and not self.control
+            and self._tasks is not None  # not started: nothing goes out before its turn
+            and self.ws.send_now(message)
+        ):
             # No backlog and the socket took the frame at once: no task, no await.  A part
             # left unsent is a backlog: a sender flushes it.
             self.queued_seq = self.sent_seq = seq
@@ -316,6 +344,10 @@ class Feed:
                 data = b"".join(self.control)
                 self.control = []
                 await self._send(data)
+                companion = self.companion
+                if companion is not None and companion._tasks is None and self._tasks is not None:
+                    assert self._context is not None
+                    companion.start(self._tasks, self._context)
                 continue
             if self.ending is not None:
                 raise FeedEnded()
@@ -354,8 +386,11 @@ class FeedEnded(Exception):
 class FanOut:
     """Every group's hub; publishing, subscribing and catching up."""
 
-    def __init__(self, limits: FanoutLimits, metrics: Metrics, reader: PageReader) -> None:
+    def __init__(
+        self, limits: FanoutLimits, metrics: Metrics, reader: PageReader, stream: Stream = EVENTS
+    ) -> None:
         self.limits = limits
+        self.stream = stream
         self.metrics = metrics
         self.reader = reader
         self.hubs: dict[int, Hub] = {}
@@ -381,7 +416,7 @@ class FanOut:
                 self._fill(hub, seq)
                 return
         hub.last_seq = seq
-        message = event_message(stored)
+        message = self.stream.frame(stored)
         if self.limits.recent:
             hub.recent.append((seq, message))
             if len(hub.recent) > self.limits.recent:
@@ -391,7 +426,7 @@ class FanOut:
             hub.known_from = seq + 1
         for feed in tuple(hub.live):
             feed.push_event(seq, message)
-        self.metrics.inc("relay_events_delivered_total", len(hub.live))
+        self.metrics.inc(self.stream.delivered_metric, len(hub.live))
 
     def note(self, group_id: int, seq: int) -> None:
         """Another process committed event ``seq`` of the group: publish up to it, if this
@@ -468,6 +503,26 @@ class FanOut:
             feed.end(message, CLOSE_POLICY, ErrorCode.GROUP_NOT_ACTIVE.value)
         return len(feeds)
 
+    def end_member(self, group_id: int, member: bytes, message: bytes, reason: str) -> int:
+        """End every feed ``member`` holds on the group with ``message`` (an error frame);
+        returns how many (trio thread).  Its connections close with the feeds."""
+        hub = self.hubs.get(group_id)
+        if hub is None:
+            return 0
+        newest = hub.members.get(member)
+        feeds = [f for f in (newest, *hub.others.get(member, ())) if f is not None and f.ending is None]
+        for feed in feeds:
+            feed.end(message, CLOSE_POLICY, reason)
+        return len(feeds)
+
+    def forget_recent(self, group_id: int) -> None:
+        """The frames cached for the group may be stale (a message was removed): catch-up
+        reads the store from now on, until newer frames fill the cache again."""
+        hub = self.hubs.get(group_id)
+        if hub is not None:
+            hub.recent.clear()
+            hub.known_from = hub.last_seq + 1
+
     def subscriptions_of(self, group_id: int, member: bytes) -> int:
         """The feeds ``member`` has on the group, attached or about to be."""
         hub = self.hubs.get(group_id)
@@ -504,7 +559,8 @@ class FanOut:
                 # once (usually nothing), so it is not held back until the next announcement.
                 self._fill(hub, head_seq + 1, until_complete=True)
         self.subscribers += 1
-        self.metrics.set("relay_subscribers", self.subscribers)
+        if self.stream.subscribers_metric is not None:
+            self.metrics.set(self.stream.subscribers_metric, self.subscribers)
         feed = Feed(self, hub, ws, member)
         hub.attached.add(feed)
         previous = hub.members.get(member)
@@ -536,7 +592,8 @@ class FanOut:
             del hub.others[member]
         hub.attached.discard(feed)
         self.subscribers -= 1
-        self.metrics.set("relay_subscribers", self.subscribers)
+        if self.stream.subscribers_metric is not None:
+            self.metrics.set(self.stream.subscribers_metric, self.subscribers)
         if not hub.attached and self.hubs.get(hub.group_id) is hub:
             del self.hubs[hub.group_id]
 
@@ -553,7 +610,7 @@ class FanOut:
         def hook(page: Page) -> None:
             if feed.closed or feed.ending is not None:
                 return
-            events = [(seq, event_message(stored)) for seq, stored in page.events]
+            events = [(seq, self.stream.frame(stored)) for seq, stored in page.events]
             if page.complete:
                 feed.start_live(cursor, events)
                 self._caught_up(feed)

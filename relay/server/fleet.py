@@ -11,6 +11,10 @@ at start (logged in ``relay.ready``):
   committed, and a refused event is never announced.  The receiver's fan-out reads what it
   has not published yet from the store (``FanOut.note``): its members get every event once,
   in order, whichever process took it.
+- ``t`` (extra: the place): the group's timeline has a new place, announced like ``e`` by
+  the transaction that stored it; ``r``: a message of it was removed (cached frames are
+  dropped); ``x`` (extra: the action and the member key in hex): a member was removed or
+  banned (its feeds in this process end).  Sent by the moderation's own transaction.
 - ``s``, ``p``, ``w``, ``d`` (extra for ``d``: the member key in hex): the group signals
   (``relay.server.signals``: state_changed, profile_changed, requests_waiting, decided),
   sent here after the local signal, i.e. after the commit, from a connection of their own.
@@ -108,6 +112,8 @@ class FleetBus:
             self._nursery = nursery
             self.channels.fleet_process = self.process
             self.channels.fanout.spawn = nursery.start_soon
+            if self.channels.timelines is not None:
+                self.channels.timelines.fanout.spawn = nursery.start_soon
             nursery.start_soon(self._send_loop)
             nursery.start_soon(self._reread_loop)
             nursery.start_soon(self._stop_when_cancelled)
@@ -198,6 +204,8 @@ class FleetBus:
         log.info("fleet.resync", process=self.process, hubs=hubs)
         self.channels.forget_all()
         self.channels.fanout.resync()
+        if self.channels.timelines is not None:
+            self.channels.timelines.fanout.resync()
         for group_id in self.channels.fanout.hubs:
             self._stale.setdefault(group_id, False)
         self._stale_ready.set()
@@ -224,6 +232,8 @@ class FleetBus:
                 group_id = int(group_text)
                 if kind == "e":
                     self.channels.fanout.note(group_id, int(extra))
+                elif kind in ("t", "r", "x"):
+                    self._timeline(kind, group_id, extra)
                 elif kind in ("s", "p"):
                     self._stale[group_id] = self._stale.get(group_id, False) or kind == "p"
                     self._stale_ready.set()
@@ -237,6 +247,21 @@ class FleetBus:
                 log.warning("fleet.bad_payload", payload=payload[:80])
                 continue
             self.received += 1
+
+    def _timeline(self, kind: str, group_id: int, extra: str) -> None:
+        """A group's timeline changed in another process: a new place (``t``), a message
+        removed (``r``: cached frames may hold it), a member removed or banned (``x``: its
+        feeds here end)."""
+        timelines = self.channels.timelines
+        if timelines is None:
+            return
+        if kind == "t":
+            timelines.fanout.note(group_id, int(extra))
+        elif kind == "r":
+            timelines.removed(group_id)
+        else:
+            action, _, member = extra.partition(":")
+            timelines.member_ended(group_id, action, bytes.fromhex(member))
 
     def _tell(self, send: Callable[..., None], *args: Any) -> None:
         """Send a signal to this process's listeners only."""

@@ -95,6 +95,20 @@ SPECS: dict[str, Spec] = {
     "relay_feeds_ended_total": Spec(
         "counter", "Member feeds ended because their group stopped being active (suspended, removed)"
     ),
+    "relay_member_messages_total": Spec(
+        "counter", "Member messages answered, by result (stored, duplicate, refused)"
+    ),
+    "relay_timeline_published_total": Spec(
+        "counter", "Certs and moderations published to timelines, by kind and result"
+    ),
+    "relay_timeline_delivered_total": Spec("counter", "Timeline frames queued to live member feeds"),
+    "relay_timeline_pruned_total": Spec(
+        "counter", "Timeline places dropped by retention, by reason (size, age)"
+    ),
+    "relay_moderations_total": Spec("counter", "Moderations placed, by action"),
+    "relay_member_feeds_ended_total": Spec(
+        "counter", "Member feeds ended because the member was removed or banned, by code"
+    ),
     "relay_discovered_total": Spec("counter", "Signed heads answered to discover requests"),
     "relay_direct_invitations_total": Spec(
         "counter", "Direct invitations passed on, by outcome (delivered, stored)"

@@ -51,10 +51,12 @@ from relay.protocol.messages import (
     JoinStatus,
     LogRequest,
     MemberCardRequest,
+    MemberPost,
     OwnerCommand,
     Post,
     ProfileRequest,
     ProfileUpdate,
+    Publish,
     RelayFrame,
     Subscribe,
 )
@@ -89,6 +91,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService
 from relay.server.sources import UNKNOWN, source_key
 from relay.server.tasks import ConnectionTasks
+from relay.server.timeline import Timelines
 from relay.server.tls import wrap
 
 log = structlog.get_logger("relay.public")
@@ -114,12 +117,14 @@ class PublicEndpoint:
         metrics: Metrics,
         *,
         channels: Channels,
+        timelines: Timelines | None = None,
         bounds: Bounds | None = None,
         log_client_ip: bool = False,
     ) -> None:
         self.service = service
         self.admissions = admissions
         self.channels = channels
+        self.timelines = timelines
         self.direct = DirectMessages(channels)
         self.events_config: EventsConfig = channels.config
         self.config = config
@@ -232,7 +237,7 @@ class PublicEndpoint:
                                 await self._serve_posting(session, ws, post)
                         finally:
                             if session.feed is not None:
-                                self.channels.fanout.detach(session.feed)
+                                self.channels.detach(session.feed)
                             if session.tasks is not None:
                                 await session.tasks.aclose()
                         # A feed that ended sent a Close from its sender: the peer's Close is
@@ -291,7 +296,7 @@ class PublicEndpoint:
             source,
         )
 
-    async def _serve_posting(self, session: _Connection, ws: WebSocket, post: Post) -> None:
+    async def _serve_posting(self, session: _Connection, ws: WebSocket, post: Posting) -> None:
         """The rest of a session from its first post: the task that answers its posts in order
         runs beside this one, in a nursery of the connection's own (only owners post; a
         member's connection, open for days, has none)."""
@@ -312,7 +317,7 @@ class PublicEndpoint:
         session.tasks = ConnectionTasks(self.helpers, ws.interrupt)
         feed.start(session.tasks, context)
 
-    async def _serve(self, session: _Connection, ws: WebSocket, post: Post | None) -> Post | None:
+    async def _serve(self, session: _Connection, ws: WebSocket, post: Posting | None) -> Posting | None:
         """Read and answer frames until the connection ends (None), or until a first post
         arrives on a connection without the nursery its answers need: the post is returned,
         and the caller comes back with it and the nursery.
@@ -393,7 +398,9 @@ class PublicEndpoint:
                     frame = session.rules.receive(data, now)
                     del data  # not kept while waiting for the next frame
                     # The source's bucket, shared by its connections; posts have their own.
-                    if not isinstance(frame, Post) and not self.sources.charge_request(session.source, now):
+                    if not isinstance(frame, POSTING) and not self.sources.charge_request(
+                        session.source, now
+                    ):
                         self.bounds.hit("requests_per_ip", self.config.requests_per_ip_per_second)
                         raise RemoteProtocolError(
                             ErrorCode.RATE_LIMITED,
@@ -491,14 +498,26 @@ class PublicEndpoint:
 
     async def _dispatch(self, session: _Connection, ws: WebSocket, frame: ClientFrame) -> RelayFrame | None:
         pipeline = session.pipeline
-        if isinstance(frame, Post):
-            assert session.group is not None
+        if isinstance(frame, POSTING):
+            # Owners' posts, members' messages, certs and moderation: answered in order by the
+            # connection's pipeline (several in flight, committed together).
+            group = session.group
+            assert group is not None
             if pipeline is None:
                 if session.nursery is None:
                     raise _NeedsNursery(frame)
                 pipeline = session.pipeline = _Pipeline()
                 session.nursery.start_soon(self._answer_posts, session, ws, pipeline)
-            await pipeline.put(await self.channels.submit_post(session.group, frame))
+            wait: Callable[[], Awaitable[RelayFrame]]
+            if isinstance(frame, Post):
+                wait = await self.channels.submit_post(group, frame)
+            elif self.timelines is None:
+                raise RemoteProtocolError(ErrorCode.MEMBER_POSTS_OFF, "this relay takes no member posts")
+            elif isinstance(frame, MemberPost):
+                wait = await self.timelines.submit_member_post(group, frame)
+            else:
+                wait = await self.timelines.submit_publish(group, frame)
+            await pipeline.put(wait)
             return None
         if pipeline is not None:
             await pipeline.idle()  # one answer per request, in order: the posts' answers first
@@ -620,11 +639,14 @@ class _Connection:
 class _NeedsNursery(Exception):
     """A first post on a connection without a nursery for the task that answers posts."""
 
-    def __init__(self, post: Post) -> None:
+    def __init__(self, post: Posting) -> None:
         super().__init__()
         self.post = post
 
 
+# The frames a connection's pipeline answers in order (see ``_dispatch``).
+Posting = Post | MemberPost | Publish
+POSTING = (Post, MemberPost, Publish)
 POST_WINDOW = 256  # posts in flight per connection; reading waits beyond
 ANSWER_BATCH = 64  # post answers gathered into one write at most
 

@@ -34,6 +34,9 @@ TABLES = (
     "event_heads",
     "equivocations",
     "direct_inbox",
+    "timeline",
+    "timeline_heads",
+    "member_roster",
 )
 # Tables whose ``id`` the target numbers itself: its sequence must continue after the copy.
 NUMBERED = ("groups", "join_requests", "equivocations", "direct_inbox")

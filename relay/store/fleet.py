@@ -6,6 +6,7 @@ what a transaction does about it:
 
 - :func:`lock_chain`: posts to one group are serialised across processes (the chain rules
   read the head row and write the next one), with a transaction-scoped advisory lock;
+- :func:`lock_timeline`: the same for a group's timeline of member entries;
 - :func:`try_lock_joins`: a group's held join requests are decided by one process at a time
   (the one whose lock attempt succeeds; the others leave the group for later);
 - :func:`announce`: "group G has event N", as a ``NOTIFY`` in the post's own transaction,
@@ -24,6 +25,7 @@ from relay.store.conn import Conn
 CHANNEL = "relay_fleet"  # the one NOTIFY channel of a fleet
 CHAIN_LOCKS = 1  # advisory lock class: a group's event chain
 JOIN_LOCKS = 2  # advisory lock class: a group's held join requests
+TIMELINE_LOCKS = 3  # advisory lock class: a group's timeline (member messages; owners' posts go on)
 _KEY_MASK = 0x7FFFFFFF  # the two-key advisory locks take int4 keys: ids past 2^31 share a lock
 
 
@@ -43,6 +45,18 @@ def lock_chain(conn: Conn, group_id: int) -> None:
             # folded into the statement that reads the head: in READ COMMITTED a statement's
             # snapshot is taken when it starts, before a lock inside it waits, so it would
             # read the head as it was before the other process's append committed.
+            defer(sql, (group_id & _KEY_MASK,))
+        else:
+            conn.execute(sql, (group_id & _KEY_MASK,))
+
+
+def lock_timeline(conn: Conn, group_id: int) -> None:
+    """Like :func:`lock_chain`, for the group's timeline of member entries (a lock of its
+    own: member messages and owners' posts to one group do not wait for each other)."""
+    if shared(conn):
+        sql = f"SELECT pg_advisory_xact_lock({TIMELINE_LOCKS}, CAST(? AS integer))"
+        defer = getattr(conn, "defer", None)
+        if defer is not None:
             defer(sql, (group_id & _KEY_MASK,))
         else:
             conn.execute(sql, (group_id & _KEY_MASK,))

@@ -210,6 +210,67 @@ MIGRATIONS: list[tuple[int, str]] = [
             ('rejected_by_operator');
         """,
     ),
+    (
+        7,
+        # Groups (issue 16): each group's timeline of member certs, messages and moderations,
+        # placed by this relay (``pos`` 1, 2, ... per group), with ``after`` the owner head at
+        # the moment it was placed.  ``entry`` is the signed entry as its signer sent it, NULL
+        # once a message is removed (the place and its id stay: the running hash still
+        # checks).  ``author``/``author_seq`` index members' own chains, ``subject`` what a
+        # moderation names.  ``timeline_heads`` is the per-group summary (last place, running
+        # hash, oldest kept, count and bytes for retention); ``member_roster`` each member's
+        # current cert, the head of its own chain, and what moderation did to it.  (Version 6
+        # is another branch's.)
+        """
+        CREATE TABLE timeline (
+            group_id INTEGER NOT NULL,
+            pos INTEGER NOT NULL,
+            after INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            id BLOB NOT NULL,
+            entry BLOB,
+            author BLOB,
+            author_seq INTEGER,
+            subject BLOB,
+            stored_at INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (group_id, pos)
+        );
+        CREATE UNIQUE INDEX timeline_id ON timeline (group_id, id);
+        CREATE UNIQUE INDEX timeline_author ON timeline (group_id, author, author_seq);
+        CREATE INDEX timeline_subject ON timeline (group_id, subject) WHERE subject IS NOT NULL;
+        CREATE INDEX timeline_age ON timeline (stored_at);
+        CREATE TABLE timeline_heads (
+            group_id INTEGER PRIMARY KEY,
+            pos INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            first_pos INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            pruned INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE member_roster (
+            group_id INTEGER NOT NULL,
+            member BLOB NOT NULL,
+            cert_id BLOB,
+            cert BLOB,
+            role TEXT NOT NULL DEFAULT 'member',
+            issued_at INTEGER NOT NULL DEFAULT 0,
+            head_seq INTEGER NOT NULL DEFAULT 0,
+            head_id BLOB,
+            head_created_at INTEGER NOT NULL DEFAULT 0,
+            removed_at INTEGER,
+            banned INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (group_id, member)
+        );
+        CREATE INDEX events_id ON events (group_id, id);
+        CREATE TRIGGER groups_timeline_delete AFTER DELETE ON groups BEGIN
+            DELETE FROM timeline WHERE group_id = OLD.id;
+            DELETE FROM timeline_heads WHERE group_id = OLD.id;
+            DELETE FROM member_roster WHERE group_id = OLD.id;
+        END;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

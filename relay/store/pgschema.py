@@ -207,6 +207,64 @@ MIGRATIONS: list[tuple[int, str]] = [
         {_triggers("join_requests", "status", "relay_join_changed")}
         """,
     ),
+    (
+        7,
+        """
+        CREATE TABLE timeline (
+            group_id BIGINT NOT NULL,
+            pos BIGINT NOT NULL,
+            after BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            id BYTEA NOT NULL,
+            entry BYTEA,
+            author BYTEA,
+            author_seq BIGINT,
+            subject BYTEA,
+            stored_at BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            PRIMARY KEY (group_id, pos)
+        );
+        CREATE UNIQUE INDEX timeline_id ON timeline (group_id, id);
+        CREATE UNIQUE INDEX timeline_author ON timeline (group_id, author, author_seq);
+        CREATE INDEX timeline_subject ON timeline (group_id, subject) WHERE subject IS NOT NULL;
+        CREATE INDEX timeline_age ON timeline (stored_at);
+        CREATE TABLE timeline_heads (
+            group_id BIGINT PRIMARY KEY,
+            pos BIGINT NOT NULL,
+            hash BYTEA NOT NULL,
+            first_pos BIGINT NOT NULL,
+            count BIGINT NOT NULL,
+            bytes BIGINT NOT NULL,
+            pruned BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE member_roster (
+            group_id BIGINT NOT NULL,
+            member BYTEA NOT NULL,
+            cert_id BYTEA,
+            cert BYTEA,
+            role TEXT NOT NULL DEFAULT 'member',
+            issued_at BIGINT NOT NULL DEFAULT 0,
+            head_seq BIGINT NOT NULL DEFAULT 0,
+            head_id BYTEA,
+            head_created_at BIGINT NOT NULL DEFAULT 0,
+            removed_at BIGINT,
+            banned BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (group_id, member)
+        );
+        CREATE INDEX events_id ON events (group_id, id);
+
+        -- A group's timeline and roster are forgotten with it.
+        CREATE FUNCTION relay_groups_timeline_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM timeline WHERE group_id = OLD.id;
+            DELETE FROM timeline_heads WHERE group_id = OLD.id;
+            DELETE FROM member_roster WHERE group_id = OLD.id;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER groups_timeline_deleted AFTER DELETE ON groups
+            FOR EACH ROW EXECUTE FUNCTION relay_groups_timeline_deleted();
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
