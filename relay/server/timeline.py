@@ -204,8 +204,8 @@ class Timelines:
         signed = frame.message
         member = signed.signer
         message = rules.check_message(signed, channel=view.channel, max_body=posting.max_bytes)
-        message_id = rules.message_id(signed.body)
-        cert_id = None if frame.cert is None else rules.entry_id(rules.KIND_CERT, frame.cert.body)
+        message_id = rules.message_id(signed.body, signed.signer)
+        cert_id = None if frame.cert is None else rules.entry_id(rules.KIND_CERT, frame.cert.body, frame.cert.signer)
         reply_to = message.reply_to
 
         def read(conn: Conn) -> _Known:
@@ -372,7 +372,7 @@ class Timelines:
             raise RemoteProtocolError(
                 ErrorCode.BAD_TYPE, f"publish takes a cert or a moderation, not {kind!r}"
             )
-        entry_id = rules.entry_id(kind, signed.body)
+        entry_id = rules.entry_id(kind, signed.body, signed.signer)
         subject: bytes | None = None
         if kind == rules.KIND_MODERATION:
             # Decoded (not verified) to know what to read; verified below with what was read.
