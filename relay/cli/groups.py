@@ -429,7 +429,7 @@ def show_timeline_item(args: argparse.Namespace, item: Any, messages: list[dict[
             "role": cert.role,
             "pos": item.pos,
         }
-        warn(args, note, f"member {cert.name!r} ({_short(str(note["member"]))}) certified as {cert.role}")
+        warn(args, note, f"member {cert.name!r} ({_short(str(note['member']))}) certified as {cert.role}")
         return True
     if isinstance(item, ModerationAccepted):
         moderation = item.moderation.moderation
@@ -446,6 +446,6 @@ def show_timeline_item(args: argparse.Namespace, item: Any, messages: list[dict[
             moderation.action, moderation.action
         )
         why = f": {moderation.reason}" if moderation.reason else ""
-        warn(args, note, f"{what} {_short(str(note["subject"]))} {done} by {_short(str(note["by"]))}{why}")
+        warn(args, note, f"{what} {_short(str(note['subject']))} {done} by {_short(str(note['by']))}{why}")
         return True
     return False
