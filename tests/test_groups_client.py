@@ -90,7 +90,7 @@ async def test_members_post_and_read_each_other_through_two_relays(
     outcome = await post_message(ada, apath, b"see you there")
     assert outcome.seq == 2 and stored(outcome) == ["stored", "stored"]
     items = await read_all(bob, bpath)
-    assert messages(items) == [("Ada", b"see you there")]
+    assert messages(items) == [("Bob", b"hi Ada"), ("Ada", b"see you there")]  # his own too, once
     assert [i.event.event.body for i in items if hasattr(i, "event")] == [b"meet at 6"]
 
 
