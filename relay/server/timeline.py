@@ -205,7 +205,11 @@ class Timelines:
         member = signed.signer
         message = rules.check_message(signed, channel=view.channel, max_body=posting.max_bytes)
         message_id = rules.message_id(signed.body, signed.signer)
-        cert_id = None if frame.cert is None else rules.entry_id(rules.KIND_CERT, frame.cert.body, frame.cert.signer)
+        cert_id = (
+            None
+            if frame.cert is None
+            else rules.entry_id(rules.KIND_CERT, frame.cert.body, frame.cert.signer)
+        )
         reply_to = message.reply_to
 
         def read(conn: Conn) -> _Known:
