@@ -19,21 +19,26 @@ from conftest import ENGINES
 from relayproc import RelayFactory, RunningRelay
 from traffic import (
     Member,
+    Poster,
     active_channel,
     group_session,
     join_member,
+    join_request,
     metric,
+    raw_feed,
     relay_key,
     subscribe_frame,
 )
 from wire import RawSession, check_error
 
-from relay.client.owner import OwnerState
+from relay.client.owner import OwnerState, owner_command
 from relay.protocol import crypto
 from relay.protocol import timeline as rules
 from relay.protocol.encoding import decode, encode
+from relay.protocol.events import event_id
 from relay.protocol.heads import verify_head
 from relay.protocol.messages import (
+    Error,
     Head,
     HeadAnswer,
     HeadRequest,
@@ -94,7 +99,10 @@ class Author:
         )
 
     def message(self, body: bytes, *, reply_to: bytes = b"", seq: int | None = None) -> Signed:
-        after = self.head if seq is None else rules.AuthorHead(seq - 1, self.head.id, 0)
+        # ``seq``: out of turn (a replay, a gap), chained onto the newest message this author knows
+        after = (
+            self.head if seq is None else rules.AuthorHead(seq - 1, self.head.id if seq > 1 else bytes(32), 0)
+        )
         return rules.make_message(
             self.member.key, channel=self.owner.channel, after=after, body=body, now=now(), reply_to=reply_to
         )
@@ -200,3 +208,235 @@ async def test_a_certified_members_message_reaches_the_others_live_and_in_histor
             running = rules.timeline_hash(running, item.pos, item.after, item.kind, item.id)
         assert (verified.timeline_pos, verified.timeline_hash) == (4, running)
     assert metric(relay, "relay_member_messages_total") == 3
+
+
+async def test_every_bad_message_gets_its_typed_error_and_stores_nothing(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    relay = relay_factory(groups={"max_message_bytes": 64})
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    stranger = Author(owner, name="Eve")  # never joined
+    uncertified = await joined(relay, owner, address_id, "Bob")
+    async with group_session(relay, address_id) as session:
+        await publish_entry(session, ada.cert(), "cert")
+        await ada.post(session, b"one")
+        before = await timeline_pos(session)
+
+        async def refused(frame: object, code: str) -> None:
+            check_error(await session.request(frame), code, code)
+            assert await timeline_pos(session) == before, f"{code}: something was stored"
+
+        await refused(MemberPost(message=uncertified.message(b"hi")), "not_certified")
+        await refused(MemberPost(message=stranger.message(b"hi"), cert=stranger.cert()), "not_a_member")
+        await refused(MemberPost(message=ada.message(b"x" * 65)), "message_too_large")
+        # a cert signed by someone who is not an owner
+        forged = rules.make_cert(
+            Member().key, channel=owner.channel, member=uncertified.member.public, name="Bob", now=now()
+        )
+        await refused(MemberPost(message=uncertified.message(b"hi"), cert=forged), "unauthorised_owner")
+        # the author's own chain: a replayed seq with other content, a gap, a broken link
+        await refused(MemberPost(message=ada.message(b"other one", seq=1)), "equivocation")
+        await refused(MemberPost(message=ada.message(b"three", seq=3)), "event_gap")
+        wrong_prev = rules.make_message(
+            ada.member.key,
+            channel=owner.channel,
+            after=rules.AuthorHead(1, b"\x01" * 32, 0),
+            body=b"x",
+            now=now(),
+        )
+        await refused(MemberPost(message=wrong_prev), "chain_broken")
+        # another channel's message, and altered bytes
+        other = rules.make_message(ada.member.key, channel=b"\x07" * 32, after=ada.head, body=b"x", now=now())
+        await refused(MemberPost(message=other), "channel_mismatch")
+        good = ada.message(b"two")
+        await refused(
+            MemberPost(message=Signed(body=good.body, signer=good.signer, sig=bytes(64))), "bad_signature"
+        )
+        # a reply to nothing held here
+        await refused(MemberPost(message=ada.message(b"re", reply_to=b"\x09" * 32)), "bad_reply")
+        # a moderation by a member who is not a moderator
+        removal = rules.make_moderation(
+            ada.member.key, channel=owner.channel, action="remove_message", subject=b"\x01" * 32, now=now()
+        )
+        await refused(Publish(entry=removal, kind="moderation"), "not_a_moderator")
+        await refused(Publish(entry=ada.cert(), kind="nonsense"), "bad_type")
+    assert metric(relay, "relay_member_messages_total") == 11  # one stored, ten refused
+
+
+async def test_the_pace_slow_mode_and_posts_off(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    relay = relay_factory(groups={"messages_per_minute": 2})
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    async with group_session(relay, address_id) as session:
+        await ada.post(session, b"one", cert=ada.cert())
+        await ada.post(session, b"two")
+        before = await timeline_pos(session)
+        error = check_error(await session.request(MemberPost(message=ada.message(b"three"))), "rate_limited")
+        assert "post again in" in error.reason and await timeline_pos(session) == before
+    owner, address_id = await group(relay, tmp_path, slow_mode=600)
+    ada = await joined(relay, owner, address_id, "Ada")
+    async with group_session(relay, address_id) as session:
+        await ada.post(session, b"one", cert=ada.cert())
+        error = check_error(await session.request(MemberPost(message=ada.message(b"two"))), "slow_mode")
+        assert "post again in" in error.reason
+    plain, plain_address = await group(relay, tmp_path, kind="channel")
+    bob = await joined(relay, plain, plain_address, "Bob")
+    async with group_session(relay, plain_address) as session:
+        frame = MemberPost(message=bob.message(b"hi"), cert=bob.cert())
+        check_error(await session.request(frame), "member_posts_off")
+        check_error(await session.request(Publish(entry=bob.cert(), kind="cert")), "member_posts_off")
+
+
+async def test_comments_reply_only_to_owners_posts(relay: RunningRelay, tmp_path: Path) -> None:
+    owner, address_id = await group(relay, tmp_path, kind="channel", comments=True)
+    ada = await joined(relay, owner, address_id, "Ada")
+    poster = Poster(owner)
+    async with group_session(relay, address_id) as session:
+        await poster.post(session, b"an owner's post")
+        post_id = event_id(poster.events[0].body)
+        check_error(
+            await session.request(MemberPost(message=ada.message(b"no reply"), cert=ada.cert())), "bad_reply"
+        )
+        comment = await ada.post(session, b"a comment", cert=ada.cert(), reply_to=post_id)
+        # a comment on a comment is not one
+        check_error(
+            await session.request(MemberPost(message=ada.message(b"re", reply_to=comment.id))), "bad_reply"
+        )
+    async with group_session(relay, address_id) as reader:
+        answer = await subscribe(reader, relay, ada, address_id)
+        assert answer.timeline_pos == 2  # the cert, the comment
+        got = await items(reader, 2)
+        assert [i.kind for i in got] == ["cert", "message"] and got[1].after == 1  # placed after the post
+
+
+async def test_a_removed_message_is_a_tombstone_in_history_and_in_the_cache(
+    relay: RunningRelay, tmp_path: Path
+) -> None:
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    bob = await joined(relay, owner, address_id, "Bob")
+    async with group_session(relay, address_id) as session, group_session(relay, address_id) as bob_feed:
+        await subscribe(bob_feed, relay, bob, address_id)
+        kept = await ada.post(session, b"kept", cert=ada.cert())
+        gone = await ada.post(session, b"regrettable")
+        assert [i.pos for i in await items(bob_feed, 3)] == [1, 2, 3]  # the cert, both messages
+        removal = rules.make_moderation(
+            owner.owner_key, channel=owner.channel, action="remove_message", subject=gone.id, now=now()
+        )
+        placed = await publish_entry(session, removal, "moderation")
+        assert (placed.status, placed.pos) == ("stored", 4)
+        assert (await publish_entry(session, removal, "moderation")).status == "duplicate"
+        [live] = await items(bob_feed, 1)
+        assert (live.kind, live.pos) == ("moderation", 4)
+        # a new reader (served from the hub's cache while bob's feed keeps it alive) gets the
+        # tombstone: the place and id, no content
+        async with group_session(relay, address_id) as reader:
+            await subscribe(reader, relay, bob, address_id, timeline_since=0)
+            history = await items(reader, 4)
+        assert [(i.pos, i.id, i.entry is None) for i in history[1:3]] == [
+            (2, kept.id, False),
+            (3, gone.id, True),
+        ]
+        # the same bytes again are still known (a retry), never stored twice
+        retry = await session.request(MemberPost(message=ada.message(b"regrettable", seq=2)))
+        assert isinstance(retry, Error | MemberPostResult)
+    assert metric(relay, "relay_moderations_total") == 1
+
+
+async def test_a_ban_ends_the_feed_and_refuses_posts_and_joins(relay: RunningRelay, tmp_path: Path) -> None:
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    bob = await joined(relay, owner, address_id, "Bob")
+    async with group_session(relay, address_id) as ada_feed, group_session(relay, address_id) as session:
+        await ada.post(session, b"hello", cert=ada.cert())
+        await subscribe(ada_feed, relay, ada, address_id)
+        await items(ada_feed, 2)
+        listed = await owner_command(owner, "list_uncertified")
+        assert [p["name"] for p in listed[0].pending] == ["Bob"]
+        ban = rules.make_moderation(
+            owner.owner_key, channel=owner.channel, action="ban", subject=ada.member.public, now=now()
+        )
+        await publish_entry(session, ban, "moderation")
+        while True:  # the moderation's place, then the end of the feed
+            frame = await ada_feed.recv()
+            if isinstance(frame, Error):
+                assert frame.code == "banned"
+                break
+        assert await ada_feed.expect_closed() == 1008
+        check_error(await session.request(MemberPost(message=ada.message(b"again"))), "banned")
+        check_error(
+            await session.request(MemberPost(message=ada.message(b"again"), cert=ada.cert())), "banned"
+        )
+        # a newer cert does not admit a banned key
+        check_error(
+            await session.request(Publish(entry=ada.cert(issued_at=now() + 5), kind="cert")), "banned"
+        )
+        # bob is unaffected
+        await bob.post(session, b"still here", cert=bob.cert())
+    async with group_session(relay, address_id) as again:
+        check_error(
+            await again.request(join_request(relay, owner, address_id, ada.member, session=again.challenge)),
+            "banned",
+        )
+        frame = subscribe_frame(relay, owner, address_id, ada.member, session=again.challenge)
+        check_error(await again.request(frame), "banned")  # its request is refused, and says why
+    listed = await owner_command(owner, "list_uncertified")
+    assert listed[0].pending == []  # ada is no member any more, bob has his cert
+    assert metric(relay, "relay_member_feeds_ended_total") == 1
+
+
+async def test_a_removed_member_posts_again_with_a_newer_cert(relay: RunningRelay, tmp_path: Path) -> None:
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    async with group_session(relay, address_id) as session:
+        old = ada.cert(issued_at=now() - 10)
+        await ada.post(session, b"one", cert=old)
+        removal = rules.make_moderation(
+            owner.owner_key,
+            channel=owner.channel,
+            action="remove_member",
+            subject=ada.member.public,
+            now=now(),
+        )
+        await publish_entry(session, removal, "moderation")
+        check_error(await session.request(MemberPost(message=ada.message(b"two"))), "not_certified")
+        check_error(await session.request(MemberPost(message=ada.message(b"two"), cert=old)), "not_certified")
+        newer = ada.cert(issued_at=now() + 1)
+        placed = await ada.post(session, b"two", cert=newer)
+        assert placed.pos == 5  # the old cert, one, the removal, the newer cert, two
+
+
+async def test_a_lagging_member_catches_up_to_the_tombstone_not_the_cached_message(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """The hub caches the newest frames for members catching up; a removal drops them, so a
+    member that fell behind before the removal reads the tombstone, never the content."""
+    relay = relay_factory(
+        groups={"max_message_bytes": 65536, "messages_per_minute": 100_000},
+        events={"send_buffer_bytes": 1024 * 1024},
+    )
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    slow = await joined(relay, owner, address_id, "Slow")
+    count = 120  # of 60 KB: far more than the kernel buffers and the send buffer
+    async with (
+        group_session(relay, address_id) as session,
+        raw_feed(relay, address_id, owner, slow.member) as feed,
+    ):
+        await ada.post(session, b"0" * 60_000, cert=ada.cert())
+        for i in range(1, count):
+            last = await ada.post(session, bytes([i % 256]) * 60_000)
+        assert metric(relay, "relay_feed_lagging_total") >= 1
+        removal = rules.make_moderation(
+            owner.owner_key, channel=owner.channel, action="remove_message", subject=last.id, now=now()
+        )
+        await publish_entry(session, removal, "moderation")
+        seen: list[TimelineItem] = []
+        while len(seen) < count + 2:
+            frame = await feed.recv(30)
+            if isinstance(frame, TimelineFrame):
+                seen.append(frame.item)
+    assert [i.pos for i in seen] == list(range(1, count + 3))
+    assert seen[-2].id == last.id and seen[-2].entry is None  # the tombstone
+    assert all(i.entry is not None for i in seen[:-2])

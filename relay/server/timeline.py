@@ -331,7 +331,11 @@ class Timelines:
         job = await self.db.submit(apply, on_commit=lambda placed: self._published(view.id, placed))
 
         async def answer() -> MemberPostResult:
-            placed = await self._result(job, group)
+            try:
+                placed = await self._result(job, group)
+            except RemoteProtocolError:
+                self.metrics.inc("relay_member_messages_total", result="refused")
+                raise
             self.metrics.inc("relay_member_messages_total", result=placed.status.value)
             return MemberPostResult(status=placed.status.value, pos=placed.pos, id=placed.id)
 
@@ -458,7 +462,11 @@ class Timelines:
         job = await self.db.submit(apply, on_commit=lambda placed: self._published(view.id, placed))
 
         async def answer() -> PublishResult:
-            placed = await self._result(job, group)
+            try:
+                placed = await self._result(job, group)
+            except RemoteProtocolError:
+                self.metrics.inc("relay_timeline_published_total", kind=kind, result="refused")
+                raise
             self.metrics.inc("relay_timeline_published_total", kind=kind, result=placed.status.value)
             if placed.effect is not None and placed.status is Append.NEW:
                 self.metrics.inc("relay_moderations_total", action=placed.effect[0])
