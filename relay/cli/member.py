@@ -110,7 +110,7 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
     troubles: list[dict[str, Any]] = []
 
     async def main() -> None:
-        printed = state.last_seq, state.last_id  # what the reader of stdout has got
+        printed = _position(state)  # what the reader of stdout has got
         async with read(state, path, since=args.since, follow=args.follow, timeout=args.timeout) as items:
             async for item in items:
                 try:
@@ -118,17 +118,17 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
                         _show_item(args, item, shown, told, troubles)
                 except BrokenPipeError:
                     # the post taken last never reached the reader: the next read shows it again
-                    state.last_seq, state.last_id = printed
+                    _restore(state, printed)
                     raise
-                printed = state.last_seq, state.last_id
+                printed = _position(state)
 
-    before = state.last_seq, state.last_id
+    before = _position(state)
     try:
         run_async(args, main)
     except Interrupted as exc:
         exc.note = (
             f"shown up to #{state.last_seq}; the next read starts after it"
-            if (state.last_seq, state.last_id) != before
+            if (state.last_seq, state.last_id) != before[:2]
             else "nothing new was shown"
         )
         raise
@@ -151,10 +151,20 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
             print_result(args, out, human)
         except BrokenPipeError:
             # nobody got the answer: the next read starts where this one did
-            state.last_seq, state.last_id = before
+            _restore(state, before)
             state.save(path)
             raise
     return None
+
+
+def _position(state: Any) -> tuple[Any, ...]:
+    """What a read has shown, as the member file records it: the last post, the owner posts'
+    ids and the member messages shown (copies, to put back if the reader never got them)."""
+    return state.last_seq, state.last_id, dict(state.post_ids), list(state.shown_messages)
+
+
+def _restore(state: Any, position: tuple[Any, ...]) -> None:
+    state.last_seq, state.last_id, state.post_ids, state.shown_messages = position
 
 
 def _show_item(
