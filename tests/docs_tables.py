@@ -166,6 +166,8 @@ def render_default(field: mi.Field) -> str:
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, bytes):
+        if value and value == bytes(len(value)):
+            return f"{len(value)} zero bytes"
         assert value == b"", value
         return "empty bin"
     if isinstance(value, str):

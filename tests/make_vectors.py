@@ -58,6 +58,8 @@ from relay.protocol.messages import (
     LogResult,
     MemberCard,
     MemberCardRequest,
+    MemberPost,
+    MemberPostResult,
     MemberProfile,
     MemberRequest,
     OwnerCert,
@@ -72,9 +74,22 @@ from relay.protocol.messages import (
     ProfileRequest,
     ProfileResult,
     ProfileUpdate,
+    Publish,
+    PublishResult,
     Signed,
     Subscribe,
     Subscribed,
+    TimelineFrame,
+    TimelineItem,
+)
+from relay.protocol.timeline import (
+    TIMELINE_GENESIS,
+    AuthorHead,
+    make_cert,
+    make_message,
+    make_moderation,
+    signed_id,
+    timeline_hash,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -105,6 +120,8 @@ SUBSCRIBE_NONCE = bytes([0x66]) * 16
 DIRECT_NONCE = bytes([0x77]) * 16
 CHALLENGE = bytes([0x88]) * 32  # the relay's challenge in the welcome card: every request's session
 EVENT_BODY = b"Hello, channel"
+MESSAGE_BODY = b"Hello, owners"
+MODERATION_NONCE = bytes([0xAA]) * 16
 ADDRESS_ID = b64e(bytes(range(16)))
 BASE = "http://relay.example:7300"
 HTTPS_BASE = "https://relay.example:443"
@@ -605,6 +622,92 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         nonce=DIRECT_NONCE.hex(),
         created_at=T0 + 12,
     )
+    cert = make_cert(f.owner, channel=f.channel, member=crypto.public_bytes(MEMBER), name="Ada", now=T0 + 13)
+    cert_id = signed_id("cert", cert)
+    vectors["member_cert"] = _signed_group(
+        "A MemberCert: owner certifies member_public as a member (role member) under the name of its "
+        'join request, signed by owner.  id = SHA-256("chat-relay/v1/cert-id" || 0x00 || signer || body).',
+        crypto.Label.MEMBER_CERT,
+        cert,
+        member=crypto.public_bytes(MEMBER).hex(),
+        name="Ada",
+        role="member",
+        issued_at=T0 + 13,
+        id=cert_id.hex(),
+    )
+    message = make_message(
+        MEMBER, channel=f.channel, after=AuthorHead(), body=MESSAGE_BODY, now=T0 + 14, reply_to=first_id
+    )
+    message_id_ = signed_id("message", message)
+    vectors["member_message"] = _signed_group(
+        "The member's message 1 (MemberMessage: prev = 32 zero bytes), a reply to event 1, signed by the "
+        'member key.  id = SHA-256("chat-relay/v1/message-id" || 0x00 || signer || body).',
+        crypto.Label.MEMBER_MESSAGE,
+        message,
+        seq=1,
+        prev=GENESIS.hex(),
+        created_at=T0 + 14,
+        content_type="text/plain",
+        message_body=MESSAGE_BODY.hex(),
+        reply_to=first_id.hex(),
+        id=message_id_.hex(),
+    )
+    moderation = make_moderation(
+        f.owner,
+        channel=f.channel,
+        action="remove_message",
+        subject=message_id_,
+        reason="off topic",
+        now=T0 + 15,
+        nonce=MODERATION_NONCE,
+    )
+    moderation_id = signed_id("moderation", moderation)
+    vectors["moderation"] = _signed_group(
+        "A Moderation: owner removes the member's message (subject = member_message.id), signed by "
+        'owner.  id = SHA-256("chat-relay/v1/moderation-id" || 0x00 || signer || body).',
+        crypto.Label.MODERATION,
+        moderation,
+        action="remove_message",
+        subject=message_id_.hex(),
+        reason="off topic",
+        issued_at=T0 + 15,
+        nonce=MODERATION_NONCE.hex(),
+        id=moderation_id.hex(),
+    )
+    places = [("cert", cert_id), ("message", message_id_), ("moderation", moderation_id)]
+    hashes = [TIMELINE_GENESIS]
+    for pos, (kind, ident) in enumerate(places, start=1):
+        hashes.append(timeline_hash(hashes[-1], pos, 1, kind, ident))
+    vectors["timeline"] = {
+        "_description": (
+            "A relay's timeline of the three entries above, each placed after owner event 1: place 1 "
+            "the cert, 2 the message, 3 its removal (after which place 2 is served empty, id kept).  "
+            'th_0 = 32 zero bytes; th_pos = SHA-256("chat-relay/v1/timeline" || 0x00 || th_(pos-1) || '
+            "pos (8 bytes, big-endian) || after (8 bytes, big-endian) || kind || 0x00 || entry id)."
+        ),
+        "after": 1,
+        "th_0": hashes[0].hex(),
+        **{f"th_{pos}": hashes[pos].hex() for pos in (1, 2, 3)},
+    }
+    timeline_head = make_head(
+        f.relay,
+        relay_fingerprint=f.fingerprint,
+        channel=f.channel,
+        head=ChainHead(1, first_id, T0 + 10),
+        now=T0 + 16,
+        timeline_pos=3,
+        timeline_hash=hashes[3],
+    )
+    vectors["timeline_head"] = _signed_group(
+        "The relay's signed Head after event 1 and the timeline above: timeline_pos 3, timeline_hash th_3.",
+        crypto.Label.HEAD,
+        timeline_head,
+        seq=1,
+        id=first_id.hex(),
+        timeline_pos=3,
+        timeline_hash=hashes[3].hex(),
+        time=T0 + 16,
+    )
     sealed_x = bytes.fromhex(vectors["seal_x25519"]["sealed"])
     frames = {
         "hello": Hello(version=PROTOCOL_VERSION, nonce=HELLO_NONCE),
@@ -646,7 +749,9 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         "post": Post(event=event),
         "post_result": PostResult(status="stored", seq=1, id=first_id),
         "subscribe": Subscribe(request=subscribe, since=0),
-        "subscribed": Subscribed(head_seq=1, first_seq=1, profile_version=2),
+        "subscribed": Subscribed(
+            head_seq=1, first_seq=1, profile_version=2, timeline_pos=3, timeline_first=1
+        ),
         "event": EventFrame(event=event),
         "head_request": HeadRequest(),
         "head": HeadAnswer(head=head, event=event),
@@ -657,6 +762,11 @@ def build(previous: dict[str, Any] | None = None) -> dict[str, Any]:
         "direct_invite": DirectInvite(request=direct),
         "direct_invite_result": DirectInviteResult(status="delivered"),
         "direct_invitation": DirectInviteDelivery(request=direct),
+        "member_post": MemberPost(message=message, cert=cert),
+        "member_post_result": MemberPostResult(status="stored", pos=2, id=message_id_),
+        "publish": Publish(entry=moderation, kind="moderation"),
+        "publish_result": PublishResult(status="stored", pos=3, id=moderation_id),
+        "timeline": TimelineFrame(item=TimelineItem(pos=2, after=1, kind="message", id=message_id_)),
         "error": Error(code="unknown_group", reason="no group has this address"),
     }
     vectors["frames"] = {

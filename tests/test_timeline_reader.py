@@ -438,6 +438,15 @@ def test_a_comment_replying_to_a_comment() -> None:
     assert findings(out) == [(B, FindingCode.BAD_REPLY)]
 
 
+def test_a_message_after_its_authors_removal_in_a_partial_history_is_uncertified() -> None:
+    t = honest(RELAY_B).add("moderation", removal(ADA_PUB, action="remove_member"))
+    t.add("message", messages(ADA, 1, after=AuthorHead.of(stored_message(ADA_MSGS[2])))[0])
+    r = reader()
+    out = feed(r, A, honest().items[:2]) + feed(r, B, t.items[6:], first=7)
+    assert findings(out) == [(B, FindingCode.UNCERTIFIED_MEMBER)]
+    assert accepted(out) == [mid(ADA_MSGS[2])]
+
+
 def test_a_history_past_the_cert_is_cert_unseen_not_a_lie() -> None:
     t = honest(RELAY_B)
     r = reader()

@@ -73,8 +73,13 @@ from relay.protocol.messages import (
     LogResult,
     MemberCard,
     MemberCardRequest,
+    MemberCert,
+    MemberMessage,
+    MemberPost,
+    MemberPostResult,
     MemberProfile,
     MemberRequest,
+    Moderation,
     OwnerCert,
     OwnerCommand,
     OwnerCommandResult,
@@ -88,15 +93,28 @@ from relay.protocol.messages import (
     ProfileRequest,
     ProfileResult,
     ProfileUpdate,
+    Publish,
+    PublishResult,
     RelayCard,
     RelayFrame,
     Signed,
     Subscribe,
     Subscribed,
+    TimelineFrame,
+    TimelineItem,
     Welcome,
 )
 from relay.protocol.profile import verify_owner_chain, verify_profile
 from relay.protocol.state import GroupState, Transition
+from relay.protocol.timeline import (
+    AuthorHead,
+    Roster,
+    make_message,
+    timeline_hash,
+    verify_cert,
+    verify_message,
+    verify_moderation,
+)
 
 HERE = Path(__file__).resolve().parent
 V: dict[str, Any] = json.loads((HERE / "vectors.json").read_text())
@@ -168,6 +186,10 @@ SIGNED_GROUPS = {
     "event": ("owner", crypto.Label.EVENT),
     "head": ("relay", crypto.Label.HEAD),
     "direct_invitation": ("member", crypto.Label.DIRECT_INVITATION),
+    "member_cert": ("owner", crypto.Label.MEMBER_CERT),
+    "member_message": ("member", crypto.Label.MEMBER_MESSAGE),
+    "moderation": ("owner", crypto.Label.MODERATION),
+    "timeline_head": ("relay", crypto.Label.HEAD),
 }
 
 
@@ -500,7 +522,10 @@ def expected_frames() -> dict[str, tuple[msgspec.Struct, Any]]:
         "post": (Post(event=signed_of("event")), ClientFrame),
         "post_result": (PostResult(status="stored", seq=1, id=h(V["event"]["id"])), RelayFrame),
         "subscribe": (Subscribe(request=signed_of("subscribe_request"), since=0), ClientFrame),
-        "subscribed": (Subscribed(head_seq=1, first_seq=1, profile_version=2), RelayFrame),
+        "subscribed": (
+            Subscribed(head_seq=1, first_seq=1, profile_version=2, timeline_pos=3, timeline_first=1),
+            RelayFrame,
+        ),
         "event": (EventFrame(event=signed_of("event")), RelayFrame),
         "head_request": (HeadRequest(), ClientFrame),
         "head": (HeadAnswer(head=signed_of("head"), event=signed_of("event")), RelayFrame),
@@ -511,6 +536,20 @@ def expected_frames() -> dict[str, tuple[msgspec.Struct, Any]]:
         "direct_invite": (DirectInvite(request=signed_of("direct_invitation")), ClientFrame),
         "direct_invite_result": (DirectInviteResult(status="delivered"), RelayFrame),
         "direct_invitation": (DirectInviteDelivery(request=signed_of("direct_invitation")), RelayFrame),
+        "member_post": (
+            MemberPost(message=signed_of("member_message"), cert=signed_of("member_cert")),
+            ClientFrame,
+        ),
+        "member_post_result": (
+            MemberPostResult(status="stored", pos=2, id=h(V["member_message"]["id"])),
+            RelayFrame,
+        ),
+        "publish": (Publish(entry=signed_of("moderation"), kind="moderation"), ClientFrame),
+        "publish_result": (PublishResult(status="stored", pos=3, id=h(V["moderation"]["id"])), RelayFrame),
+        "timeline": (
+            TimelineFrame(item=TimelineItem(pos=2, after=1, kind="message", id=h(V["member_message"]["id"]))),
+            RelayFrame,
+        ),
         "error": (Error(code="unknown_group", reason="no group has this address"), RelayFrame),
     }
 
@@ -549,6 +588,11 @@ def test_every_frame_type_has_a_vector() -> None:
         "direct_invite",
         "direct_invite_result",
         "direct_invitation",
+        "member_post",
+        "member_post_result",
+        "publish",
+        "publish_result",
+        "timeline",
         "error",
     }
 
@@ -692,6 +736,8 @@ def test_doc_names_every_error_code_frame_label_suite_and_state() -> None:
     tags |= {t.__struct_config__.tag for t in (HeadRequest, HeadAnswer, Discover, Discovered)}
     tags |= {t.__struct_config__.tag for t in (MemberCardRequest, MemberCard, DirectInvite)}
     tags |= {t.__struct_config__.tag for t in (DirectInviteResult, DirectInviteDelivery)}
+    tags |= {t.__struct_config__.tag for t in (MemberPost, MemberPostResult, Publish, PublishResult)}
+    tags |= {TimelineFrame.__struct_config__.tag}
     labels = {v.decode() for k, v in vars(crypto.Label).items() if not k.startswith("_")}
     states = {s.value for s in GroupState}
     suites = set(crypto.SUITES)
@@ -871,3 +917,107 @@ def test_direct_invitation_body_verification_and_opening() -> None:
     assert content == DirectInvitationContent(
         sender=h(KEYS["member_public"]), contact="https://chat.example/ada", note="coffee?"
     )
+
+
+# --- groups: member certs, member messages, moderation, the timeline ----------------------
+
+OWNERS = frozenset({h(KEYS["owner_public"]), h(KEYS["owner2_public"])})
+
+
+def test_member_cert_body_id_and_verification() -> None:
+    g = V["member_cert"]
+    expected = MemberCert(
+        channel=CHANNEL, member=h(g["member"]), name=g["name"], role=g["role"], issued_at=g["issued_at"]
+    )
+    assert g["member"] == KEYS["member_public"]
+    assert encode(expected).hex() == g["body"]
+    assert crypto.digest(b"chat-relay/v1/cert-id\x00" + h(g["signer"]) + h(g["body"])).hex() == g["id"]
+    verified = verify_cert(signed_of("member_cert"), channel=CHANNEL, owners=OWNERS)
+    assert verified.cert == expected and verified.id.hex() == g["id"]
+
+
+def test_member_message_body_id_and_verification() -> None:
+    g = V["member_message"]
+    expected = MemberMessage(
+        channel=CHANNEL,
+        seq=g["seq"],
+        prev=h(g["prev"]),
+        created_at=g["created_at"],
+        content_type=g["content_type"],
+        body=h(g["message_body"]),
+        reply_to=h(g["reply_to"]),
+    )
+    assert g["reply_to"] == V["event"]["id"]
+    assert encode(expected).hex() == g["body"]
+    made = make_message(
+        private("member"),
+        channel=CHANNEL,
+        after=AuthorHead(),
+        body=h(g["message_body"]),
+        now=g["created_at"],
+        reply_to=h(g["reply_to"]),
+    )
+    assert made == signed_of("member_message")
+    assert crypto.digest(b"chat-relay/v1/message-id\x00" + h(g["signer"]) + h(g["body"])).hex() == g["id"]
+    verified = verify_message(signed_of("member_message"), channel=CHANNEL, max_body=1024)
+    assert verified.message == expected and verified.id.hex() == g["id"]
+    assert verified.author.hex() == KEYS["member_public"]
+
+
+def test_moderation_body_id_and_verification() -> None:
+    g = V["moderation"]
+    expected = Moderation(
+        channel=CHANNEL,
+        action=g["action"],
+        subject=h(g["subject"]),
+        reason=g["reason"],
+        issued_at=g["issued_at"],
+        nonce=h(g["nonce"]),
+    )
+    assert g["subject"] == V["member_message"]["id"]
+    assert encode(expected).hex() == g["body"]
+    assert crypto.digest(b"chat-relay/v1/moderation-id\x00" + h(g["signer"]) + h(g["body"])).hex() == g["id"]
+    verified = verify_moderation(
+        signed_of("moderation"), channel=CHANNEL, owners=OWNERS, moderators=frozenset()
+    )
+    assert verified.moderation == expected and verified.id.hex() == g["id"]
+    roster = Roster()
+    roster.apply_moderation(verified)
+    assert roster.removed(h(V["member_message"]["id"]))
+
+
+def test_timeline_hash_and_the_signed_head() -> None:
+    g = V["timeline"]
+    after = g["after"]
+    places = [
+        ("cert", V["member_cert"]["id"]),
+        ("message", V["member_message"]["id"]),
+        ("moderation", V["moderation"]["id"]),
+    ]
+    assert g["th_0"] == bytes(32).hex()
+    for pos, (kind, ident) in enumerate(places, start=1):
+        previous, expected = h(g[f"th_{pos - 1}"]), h(g[f"th_{pos}"])
+        spelled = crypto.digest(
+            b"chat-relay/v1/timeline\x00"
+            + previous
+            + pos.to_bytes(8, "big")
+            + after.to_bytes(8, "big")
+            + kind.encode()
+            + b"\x00"
+            + h(ident)
+        )
+        assert timeline_hash(previous, pos, after, kind, h(ident)) == spelled == expected
+    t = V["timeline_head"]
+    expected_head = Head(
+        relay=FINGERPRINT,
+        tag=discovery_tag(CHANNEL, FINGERPRINT),
+        seq=t["seq"],
+        id=h(t["id"]),
+        time=t["time"],
+        timeline_pos=t["timeline_pos"],
+        timeline_hash=h(t["timeline_hash"]),
+    )
+    assert t["timeline_hash"] == g["th_3"]
+    assert encode(expected_head).hex() == t["body"]
+    verified = verify_head(signed_of("timeline_head"), relay_key=h(KEYS["relay_public"]), channel=CHANNEL)
+    assert verified.head == expected_head

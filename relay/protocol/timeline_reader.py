@@ -295,8 +295,9 @@ class TimelineReader:
             )
         return []
 
-    def finish(self) -> list[TimelineOutput]:
-        """The end of a read: emptied places no signed removal at their relay explains."""
+    def finish(self, now: float = 0.0) -> list[TimelineOutput]:
+        """The end of a read: emptied places no signed removal at their relay explains
+        (``now`` is unused; it keeps the call like :meth:`Follower.finish`)."""
         out: list[TimelineOutput] = []
         for relay, view in self._views.items():
             for ident, pos in view.tombstones.items():
@@ -488,7 +489,9 @@ class TimelineReader:
         try:
             view.roster.may_post(author)
         except ProtocolError as exc:
-            if view.complete or exc.code is ErrorCode.BANNED:
+            # A relay whose whole timeline this reader saw, or that showed this member's removal,
+            # had to refuse the message; elsewhere the cert may merely be older than its history.
+            if view.complete or entry is not None:
                 return out + self._find(
                     relay,
                     FindingCode.UNCERTIFIED_MEMBER,
