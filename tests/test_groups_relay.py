@@ -15,8 +15,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import trio
 from conftest import ENGINES
 from relayproc import RelayFactory, RunningRelay
+from test_cli import run_json
+from test_fleet import join_at, start_fleet
 from traffic import (
     Member,
     Poster,
@@ -440,3 +443,107 @@ async def test_a_lagging_member_catches_up_to_the_tombstone_not_the_cached_messa
     assert [i.pos for i in seen] == list(range(1, count + 3))
     assert seen[-2].id == last.id and seen[-2].entry is None  # the tombstone
     assert all(i.entry is not None for i in seen[:-2])
+
+
+async def test_a_fleet_delivers_timeline_places_and_bans_across_processes(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL, two processes: a member reading at one gets every place stored at the
+    other once and in order, and a ban made at the other ends its feed."""
+    p0, p1 = start_fleet(tmp_path, pg_url, 2)
+    try:
+        owner, address_id = await group(p1, tmp_path)
+        ada = await joined(p1, owner, address_id, "Ada")
+        bob = Author(owner, name="Bob")
+        assert (await join_at(p0, owner, address_id, bob.member)).status == "admitted"
+        n = 20
+        async with group_session(p0, address_id) as feed, group_session(p1, address_id) as session:
+            await subscribe(feed, p0, bob, address_id)
+            await ada.post(session, b"0", cert=ada.cert())
+            for i in range(1, n):
+                await ada.post(session, b"%d" % i)
+            with trio.fail_after(10):
+                got = await items(feed, n + 1)
+            assert [i.pos for i in got] == list(range(1, n + 2))
+            ban = rules.make_moderation(
+                owner.owner_key, channel=owner.channel, action="ban", subject=bob.member.public, now=now()
+            )
+            await publish_entry(session, ban, "moderation")
+            with trio.fail_after(5):
+                while not isinstance(frame := await feed.recv(), Error):
+                    pass
+            assert frame.code == "banned"
+    finally:
+        for relay in (p0, p1):
+            relay.kill()
+
+
+async def test_retention_keeps_the_newest_places_and_the_hash(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    relay = relay_factory(events={"max_events": 3})
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    async with group_session(relay, address_id) as session:
+        await ada.post(session, b"1", cert=ada.cert())
+        for body in (b"2", b"3", b"4", b"5"):
+            await ada.post(session, body)
+        assert await timeline_pos(session) == 6  # numbering and hash go on over what was dropped
+    async with group_session(relay, address_id) as reader:
+        answer = await subscribe(reader, relay, ada, address_id, timeline_since=0)
+        assert (answer.timeline_pos, answer.timeline_first) == (6, 4)
+        assert [i.pos for i in await items(reader, 3)] == [4, 5, 6]
+    assert metric(relay, "relay_timeline_pruned_total") == 3
+    aged = relay_factory(events={"max_age": 1, "prune_interval": 0.2})
+    owner, address_id = await group(aged, tmp_path)
+    ada = await joined(aged, owner, address_id, "Ada")
+    async with group_session(aged, address_id) as session:
+        await ada.post(session, b"1", cert=ada.cert())
+        await ada.post(session, b"2")
+    await trio.sleep(2.5)
+    async with group_session(aged, address_id) as reader:
+        answer = await subscribe(reader, aged, ada, address_id, timeline_since=0)
+        assert (answer.timeline_pos, answer.timeline_first) == (3, 3)  # the last is always kept
+    aged.wait_for_event("timeline.pruned")
+
+
+async def test_a_relay_moved_to_postgresql_keeps_its_timelines_and_rosters(
+    relay_factory: RelayFactory, pg_url: str, tmp_path: Path
+) -> None:
+    relay = relay_factory()  # SQLite
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    bob = await joined(relay, owner, address_id, "Bob")
+    async with group_session(relay, address_id) as session:
+        await ada.post(session, b"one", cert=ada.cert())
+        await bob.post(session, b"two", cert=bob.cert())
+        ban = rules.make_moderation(
+            owner.owner_key, channel=owner.channel, action="ban", subject=bob.member.public, now=now()
+        )
+        await publish_entry(session, ban, "moderation")
+        hash_before = await signed_timeline(session, relay, owner)
+    relay.stop()
+    code, moved = run_json("migrate", "--data", str(relay.data), "--to", pg_url)
+    assert code == 0, moved
+    assert isinstance(moved["rows"], dict)
+    assert (moved["rows"]["timeline"], moved["rows"]["timeline_heads"], moved["rows"]["member_roster"]) == (
+        5,
+        1,
+        2,
+    )
+    relay.env["RELAY_STORAGE_URL"] = pg_url
+    relay.listen_on = relay.listen
+    relay.start()
+    async with group_session(relay, address_id) as session:
+        assert await signed_timeline(session, relay, owner) == hash_before  # the same timeline
+        check_error(await session.request(MemberPost(message=bob.message(b"three"))), "banned")
+        assert (await ada.post(session, b"three")).pos == 6  # ada's chain goes on where it was
+        reader = await subscribe(session, relay, ada, address_id, timeline_since=0)
+        assert reader.timeline_pos == 6 and [i.pos for i in await items(session, 6)] == [1, 2, 3, 4, 5, 6]
+
+
+async def signed_timeline(session: RawSession, relay: RunningRelay, owner: OwnerState) -> tuple[int, bytes]:
+    answer = await session.request(HeadRequest())
+    assert isinstance(answer, HeadAnswer)
+    head = verify_head(answer.head, relay_key=relay_key(relay), channel=owner.channel).head
+    return head.timeline_pos, head.timeline_hash

@@ -154,3 +154,28 @@ def test_a_group_deleted_forgets_its_timeline(conn: StrictConn) -> None:
     groups.delete(conn, group)
     assert store.read_after(conn, group, 0, 10) == [] and store.head(conn, group) == store.TimelineHead()
     assert store.roster_row(conn, group, b"a" * 32) is None
+
+
+def test_the_intake_reads_what_a_message_needs_in_one_statement(conn: StrictConn) -> None:
+    group = groups.insert(conn, _group(1), state=GroupState.ACTIVE, now=1).id
+    ann = b"a" * 32
+    read = store.intake(conn, group, ann, b"m" * 32)
+    assert read == store.Intake("active", 1, store.TimelineHead(), 0, None, None, False)
+    assert store.intake(conn, group + 1, ann, b"m" * 32) is None
+    _put(conn, group, ann, 3)
+    head = _fill(conn, group, 2)
+    events.append(
+        conn, group, events.head(conn, group), seq=1, event_id=b"e" * 32, event=b"ev", created_at=1, now=1
+    )
+    removal = store.Place(3, 1, store.MODERATION, b"r" * 32, b"removal", subject=b"m" * 32)
+    head = store.append(conn, group, head, removal, running_hash=b"h" * 32, now=3)
+    read = store.intake(conn, group, ann, bytes([2]) * 32)
+    assert read is not None and read.head == head and read.owner_seq == 1 and read.placed == 2
+    assert read.roster == store.roster_row(conn, group, ann) and not read.removal_stored
+    read = store.intake(conn, group, ann, b"m" * 32)
+    assert read is not None and read.placed is None and read.removal_stored
+    # a message whose removal came first is placed without its content
+    gone = store.Place(4, 1, store.MESSAGE, b"m" * 32, None, author=ann, author_seq=3)
+    head = store.append(conn, group, head, gone, running_hash=b"i" * 32, now=4)
+    assert store.read_after(conn, group, 3, 10) == [store.PlaceRow(4, 1, "message", b"m" * 32, None)]
+    assert head.bytes == store.head(conn, group).bytes == len(b"entry 1") * 2 + len(b"removal")

@@ -206,6 +206,7 @@ class FleetBus:
         self.channels.fanout.resync()
         if self.channels.timelines is not None:
             self.channels.timelines.fanout.resync()
+            self.channels.timelines.forget()
         for group_id in self.channels.fanout.hubs:
             self._stale.setdefault(group_id, False)
         self._stale_ready.set()

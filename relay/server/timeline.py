@@ -29,6 +29,7 @@ hold state the database does not also hold (the pacer is a bound, not a record).
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -100,6 +101,7 @@ _check_layout()
 
 TIMELINE = Stream("timeline", timeline_message, "relay_timeline_delivered_total")
 MAX_UNCERTIFIED_LISTED = 200
+RECENT_IDS = 65_536  # stored message ids remembered for retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,8 @@ class _Known:
     joined: JoinState | None = None  # the author's join request
     row: store.RosterRow | None = None  # the author's (or a moderation's subject's) roster row
     cert_placed: bool = False  # the cert in the frame is kept in the timeline
-    reply: tuple[bool, bool] = (False, False)  # (names an owner event, names something kept)
+    certified: bool = False  # known certified (and admitted) here: a member seen posting
+    cert_id: bytes | None = None  # the cert it was seen posting under
     moderators: frozenset[bytes] = frozenset()
     author: bytes | None = None  # the author of the message a removal names
 
@@ -162,6 +165,11 @@ class Timelines:
             slow_mode=0,
         )
         self.pacer = rules.Pacer(floor, max_members=config.pacer_members)
+        # Members seen posting, by (group, key): the cert they posted under.  Spares the read
+        # before the signature check for a member already known; bounded like the pacer.
+        self._members: OrderedDict[tuple[int, bytes], bytes] = OrderedDict()
+        # Newest stored message ids -> (group, place): a retry answered with no read at all.
+        self._recent: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         channels.timelines = self
 
     def rules_of(self, view: GroupView) -> rules.PostingRules:
@@ -204,30 +212,27 @@ class Timelines:
         signed = frame.message
         member = signed.signer
         message = rules.check_message(signed, channel=view.channel, max_body=posting.max_bytes)
-        message_id = rules.message_id(signed.body, signed.signer)
-        cert_id = (
-            None
-            if frame.cert is None
-            else rules.entry_id(rules.KIND_CERT, frame.cert.body, frame.cert.signer)
-        )
+        message_id = rules.signed_id(rules.KIND_MESSAGE, signed)
+        cert_id = None if frame.cert is None else rules.signed_id(rules.KIND_CERT, frame.cert)
         reply_to = message.reply_to
+        recent = self._recent.get(message_id)
+        if recent is not None and recent[0] == group.id:
+            return self._duplicate_post(recent[1], message_id)  # a retry: no read, no check
+        known = self._known_member(group.id, member, cert_id)
+        if known is None:
 
-        def read(conn: Conn) -> _Known:
-            placed = store.place_of(conn, group.id, message_id)
-            if placed is not None:
-                return _Known(placed)
-            join = joins.by_member(conn, group.id, member)
-            is_event = bool(reply_to) and store.event_exists(conn, group.id, reply_to)
-            exists = is_event or (bool(reply_to) and store.message_exists(conn, group.id, reply_to))
-            return _Known(
-                None,
-                joined=None if join is None else join.status,
-                row=store.roster_row(conn, group.id, member),
-                cert_placed=cert_id is not None and store.place_of(conn, group.id, cert_id) is not None,
-                reply=(is_event, exists),
-            )
+            def read(conn: Conn) -> _Known:
+                placed = store.place_of(conn, group.id, message_id)
+                if placed is not None:
+                    return _Known(placed)
+                return _Known(
+                    None,
+                    joined=joins.status_of(conn, group.id, member),
+                    row=store.roster_row(conn, group.id, member),
+                    cert_placed=cert_id is not None and store.place_of(conn, group.id, cert_id) is not None,
+                )
 
-        known = await self.db.read(read)
+            known = await self.db.read(read)
         if known.placed is not None:
             return self._duplicate_post(known.placed, message_id)
         row = known.row
@@ -238,7 +243,7 @@ class Timelines:
                 ErrorCode.NOT_A_MEMBER, "this key is not an admitted member of the group"
             )
         cert: rules.VerifiedCert | None = None
-        certified = row is not None and row.certified
+        certified = known.certified or (row is not None and row.certified)
         if not certified:
             if frame.cert is None or (row is not None and row.cert_id == cert_id):
                 raise RemoteProtocolError(
@@ -248,15 +253,24 @@ class Timelines:
             claimed = rules.check_cert(frame.cert, channel=view.channel, owners=view.owners)
             if claimed.member != member:
                 raise RemoteProtocolError(ErrorCode.NOT_CERTIFIED, "the cert sent names another member key")
-        posting.check_reply(view.profile.kind, reply_to, *known.reply)
         # The signatures, once each, here and never in the writer.
         if not certified:
             assert frame.cert is not None
             cert = rules.verify_cert(frame.cert, channel=view.channel, owners=view.owners)
-        elif frame.cert is not None and row is not None and row.cert_id == cert_id and not known.cert_placed:
-            # The member's current cert, dropped from the timeline by retention: placed again
-            # (the roster row remembers it was verified).
-            cert = rules.stored_cert(frame.cert)
+        elif frame.cert is not None and row is not None:
+            if row.cert_id == cert_id:
+                if not known.cert_placed:
+                    # The member's current cert, dropped from the timeline by retention: placed
+                    # again (the roster row remembers it was verified).
+                    cert = rules.stored_cert(frame.cert)
+            else:  # another cert of its own (a newer role, say): the roster rules judge it
+                cert = rules.verify_cert(frame.cert, channel=view.channel, owners=view.owners)
+                if cert.member != member:
+                    raise RemoteProtocolError(
+                        ErrorCode.NOT_CERTIFIED, "the cert sent names another member key"
+                    )
+        # Which cert the member posts under once this commits (for the cache of members seen).
+        posting_cert = cert_id if cert is not None else (row.cert_id if row is not None else known.cert_id)
         verified = rules.verify_message(signed, channel=view.channel, max_body=posting.max_bytes)
         self._pace(member, posting)
         stored = encode(signed)
@@ -272,13 +286,19 @@ class Timelines:
         def apply(conn: Conn) -> _Placed:
             if fleet:
                 store.lock(conn, view.id)
-            self._still(conn, view)
-            placed = store.place_of(conn, view.id, verified.id)
-            if placed is not None:
-                return _Placed(Append.DUPLICATE, placed, verified.id)
-            roster, row = _roster_of(conn, view.id, member)
-            head = store.head(conn, view.id)
-            after = event_store.head(conn, view.id).head_seq
+            read = store.intake(conn, view.id, member, verified.id)
+            if read is None or (read.state, read.profile_version) != (view.state.value, view.profile_version):
+                raise StaleView()
+            if read.placed is not None:
+                return _Placed(Append.DUPLICATE, read.placed, verified.id)
+            is_event = exists = False
+            if reply_to:
+                is_event = store.event_exists(conn, view.id, reply_to)
+                exists = is_event or store.message_exists(conn, view.id, reply_to)
+            posting.check_reply(view.profile.kind, reply_to, is_event, exists)
+            row = read.roster
+            roster = _roster_with(member, row)
+            head, after = read.head, read.owner_seq
             items: list[tuple[int, bytes]] = []
             if cert is not None and cert_stored is not None:
                 try:
@@ -310,7 +330,8 @@ class Timelines:
                 after,
                 rules.KIND_MESSAGE,
                 verified.id,
-                stored,
+                # Its removal came first (by way of another relay, say): placed, never served.
+                None if read.removal_stored else stored,
                 author=member,
                 author_seq=verified.seq,
             )
@@ -318,13 +339,6 @@ class Timelines:
             store.set_author_head(
                 conn, view.id, member, verified.seq, verified.id, verified.message.created_at
             )
-            if store.removal_stored(conn, view.id, verified.id):
-                # Its removal came first (from another relay's member, say): placed, never served.
-                store.tombstone(conn, view.id, verified.id)
-                items[-1] = (
-                    head.pos,
-                    item_bytes(store.PlaceRow(head.pos, after, rules.KIND_MESSAGE, verified.id, None)),
-                )
             pruned = store.prune_to_size(conn, view.id, head, max_events, max_bytes)
             return _Placed(Append.NEW, head.pos, verified.id, items, pruned)
 
@@ -337,9 +351,36 @@ class Timelines:
                 self.metrics.inc("relay_member_messages_total", result="refused")
                 raise
             self.metrics.inc("relay_member_messages_total", result=placed.status.value)
+            if placed.status is Append.NEW and posting_cert is not None:
+                self._seen(group.id, member, posting_cert, placed)
             return MemberPostResult(status=placed.status.value, pos=placed.pos, id=placed.id)
 
         return answer
+
+    def _known_member(self, group_id: int, member: bytes, cert_id: bytes | None) -> _Known | None:
+        """What the cache of members seen posting tells (None: read the store): a member who
+        posted here under this cert is admitted and certified, unless a removal or ban since
+        dropped it.  The writer checks the roster again in any case."""
+        key = (group_id, member)
+        cached = self._members.get(key)
+        if cached is None or (cert_id is not None and cert_id != cached):
+            return None
+        self._members.move_to_end(key)
+        return _Known(None, joined=JoinState.ADMITTED, certified=True, cert_id=cached)
+
+    def _seen(self, group_id: int, member: bytes, cert_id: bytes, placed: _Placed) -> None:
+        """A message stored: remember its author as certified, and its id (retries)."""
+        self._members[(group_id, member)] = cert_id
+        self._members.move_to_end((group_id, member))
+        while len(self._members) > self.config.pacer_members:
+            self._members.popitem(last=False)
+        self._recent[placed.id] = (group_id, placed.pos)
+        while len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+
+    def forget(self) -> None:
+        """Removals or bans may have been missed (another process's announcements lost)."""
+        self._members.clear()
 
     def _duplicate_post(self, pos: int, message_id: bytes) -> Callable[[], Awaitable[MemberPostResult]]:
         self.metrics.inc("relay_member_messages_total", result=Append.DUPLICATE.value)
@@ -380,7 +421,7 @@ class Timelines:
             raise RemoteProtocolError(
                 ErrorCode.BAD_TYPE, f"publish takes a cert or a moderation, not {kind!r}"
             )
-        entry_id = rules.entry_id(kind, signed.body, signed.signer)
+        entry_id = rules.signed_id(kind, signed)
         subject: bytes | None = None
         if kind == rules.KIND_MODERATION:
             # Decoded (not verified) to know what to read; verified below with what was read.
@@ -578,6 +619,7 @@ class Timelines:
 
     def member_ended(self, group_id: int, action: str, member: bytes) -> None:
         """A member was removed or banned: its live feeds end (an error frame, then close)."""
+        self._members.pop((group_id, member), None)
         if action == rules.ACTION_BAN:
             error = Error(code=ErrorCode.BANNED.value, reason="this member was banned from the group")
         else:
@@ -646,14 +688,19 @@ def _kind_label(kind: str) -> str:
 
 def _roster_of(conn: Conn, group_id: int, member: bytes) -> tuple[rules.Roster, store.RosterRow | None]:
     """A roster holding the one member the job is about, as the store keeps it."""
-    roster = rules.Roster()
     row = store.roster_row(conn, group_id, member)
+    return _roster_with(member, row), row
+
+
+def _roster_with(member: bytes, row: store.RosterRow | None) -> rules.Roster:
+    """A roster holding one member's row (none: a roster without it)."""
+    roster = rules.Roster()
     if row is not None:
         cert = None
         if row.cert is not None and row.certified:
             cert = rules.stored_cert(decode_signed(row.cert))
         roster.put(rules.RosterEntry(member, cert, row.removed_at or 0, row.banned_at))
-    return roster, row
+    return roster
 
 
 def _save(conn: Conn, group_id: int, roster: rules.Roster, member: bytes) -> None:

@@ -140,6 +140,14 @@ def by_member(conn: Conn, group_id: int, member_key: bytes) -> JoinRow | None:
     )
 
 
+def status_of(conn: Conn, group_id: int, member_key: bytes) -> JoinState | None:
+    """The state of the member key's request here (None: none), without the request itself."""
+    row = conn.execute(
+        "SELECT status FROM join_requests WHERE group_id = ? AND member_key = ?", (group_id, member_key)
+    ).fetchone()
+    return None if row is None else JoinState(str(row[0]))
+
+
 def by_id(conn: Conn, row_id: int) -> JoinRow | None:
     return _row(conn.execute(f"SELECT {_COLUMNS} FROM join_requests WHERE id = ?", (row_id,)).fetchone())
 

@@ -49,7 +49,7 @@ class Place:
     after: int
     kind: str
     id: bytes
-    entry: bytes  # the encoded Signed, as its signer sent it
+    entry: bytes | None  # the encoded Signed, as its signer sent it (None: removed already)
     author: bytes | None = None  # a message's signer
     author_seq: int | None = None  # its seq in the author's own chain
     subject: bytes | None = None  # the message a ``remove_message`` names
@@ -126,7 +126,7 @@ def append(
     """Store ``place`` after ``before`` (the caller checked it is ``before.pos + 1`` and
     computed the running hash through it); returns the new head.  ``announcement``: what to
     tell the other processes, delivered only if this commits."""
-    size = len(place.entry)
+    size = 0 if place.entry is None else len(place.entry)
     after = TimelineHead(
         pos=place.pos,
         hash=running_hash,
@@ -169,6 +169,49 @@ def _put_head(conn: Conn, group_id: int, head: TimelineHead) -> None:
 
 
 # --- lookups --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What a member message's transaction reads before it appends, in one statement (on
+    PostgreSQL every statement is a round trip of the single writer connection)."""
+
+    state: str
+    profile_version: int
+    head: TimelineHead
+    owner_seq: int  # the owners' head now: the place's ``after``
+    roster: RosterRow | None  # the author's row
+    placed: int | None  # the message's place, if it is stored already
+    removal_stored: bool  # a ``remove_message`` naming it came first
+
+
+def intake(conn: Conn, group_id: int, member: bytes, message_id: bytes) -> Intake | None:
+    """The group's state, its timeline's head, the owners' head, the author's roster row, and
+    whether the message is placed or removed already (None: no such group)."""
+    row = conn.execute(
+        "SELECT g.state, g.profile_version, t.pos, t.hash, t.first_pos, t.count, t.bytes, t.pruned, "
+        f"e.head_seq, {', '.join('r.' + c for c in _ROSTER.split(', '))}, "
+        "(SELECT p.pos FROM timeline AS p WHERE p.group_id = g.id AND p.id = ?), "
+        "(SELECT count(*) FROM timeline AS m WHERE m.group_id = g.id AND m.subject = ?) "
+        "FROM groups AS g LEFT JOIN timeline_heads AS t ON t.group_id = g.id "
+        "LEFT JOIN event_heads AS e ON e.group_id = g.id "
+        "LEFT JOIN member_roster AS r ON r.group_id = g.id AND r.member = ? WHERE g.id = ?",
+        (message_id, message_id, member, group_id),
+    ).fetchone()
+    if row is None:
+        return None
+    head = TimelineHead()
+    if row[2] is not None:
+        head = TimelineHead(int(row[2]), bytes(row[3]), int(row[4]), int(row[5]), int(row[6]), int(row[7]))
+    return Intake(
+        state=str(row[0]),
+        profile_version=int(row[1]),
+        head=head,
+        owner_seq=0 if row[8] is None else int(row[8]),
+        roster=None if row[9] is None else _roster(row[9:19]),
+        placed=None if row[19] is None else int(row[19]),
+        removal_stored=int(row[20]) > 0,
+    )
 
 
 def place_of(conn: Conn, group_id: int, entry_id: bytes) -> int | None:
