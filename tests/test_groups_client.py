@@ -9,6 +9,11 @@ in the last tests, through the ``relay`` command as a user types it.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +237,59 @@ def test_group_commands_through_the_command_line(relay_factory: RelayFactory, tm
     assert code == 1 and len(err.strip().splitlines()) == 1 and "banned" in err
     code, out = run_json("member", "post", "--state", ada)
     assert code == 2 or out["code"] == "usage"
+
+
+async def test_a_relay_that_missed_member_messages_is_repaired_by_the_next_one(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    a, b = relay_factory(), relay_factory()
+    owner, opath = await group([a, b], tmp_path)
+    ada, apath = await member(owner, tmp_path, "Ada")
+    await certify(owner, opath)
+    await read_all(ada, apath)
+    assert stored(await post_message(ada, apath, b"one")) == ["stored", "stored"]
+    b.listen_on = b.listen  # same address after the restart
+    b.stop()
+    down = await post_message(ada, apath, b"two while b is down")
+    assert stored(down) == ["stored", "error"] and down.relays[1].code == "unreachable"
+    assert MemberState.load(apath).author_seq == 2  # one relay stored it: it stays in the chain
+    b.start()
+    # b lacks message 2: it answers event_gap, is sent what it lacks, then takes message 3
+    outcome = await post_message(ada, apath, b"three")
+    assert [(r.status, r.repaired) for r in outcome.relays] == [("stored", 0), ("stored", 1)]
+    bob, bpath = await member(owner, tmp_path, "Bob")
+    items = await read_all(bob, bpath)
+    assert [m for _, m in messages(items)] == [b"one", b"two while b is down", b"three"]
+    assert told(items) == set()
+
+
+def test_certify_keep_certifies_members_as_they_come_until_ctrl_c(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    relay = relay_factory()
+    owner, ada = str(tmp_path / "owner.json"), str(tmp_path / "ada.json")
+    assert run_json("owner", "create", "--state", owner, "--name", "Club", "--kind", "group")[0] == 0
+    assert run_json("owner", "add-relay", "--state", owner, relay.address)[0] == 0
+    assert run_json("owner", "publish", "--state", owner)[0] == 0
+    link = str(run_json("owner", "link", "--state", owner)[1]["link"])
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    keep = subprocess.Popen(
+        [sys.executable, "-m", "relay", "owner", "certify", "--state", owner, "--all", "--keep", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean,
+    )
+    try:
+        time.sleep(1.0)  # a first round finds nobody
+        code, joined = run_json("member", "join", "--state", ada, "--name", "Ada", link)
+        assert code == 0
+        assert keep.stdout is not None
+        line = json.loads(keep.stdout.readline())  # the next round certifies Ada
+        assert line["type"] == "cert" and line["member"] == joined["member"] and line["name"] == "Ada"
+        assert [r["status"] for r in line["relays"]] == ["stored"]
+    finally:
+        keep.send_signal(signal.SIGINT)
+        assert keep.wait(20) == 130
+    code, posted = run_json("member", "post", "--state", ada, "certified by a keeping owner")
+    assert code == 0 and posted["status"] == "stored"
