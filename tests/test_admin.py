@@ -94,6 +94,7 @@ def test_stats(relay: RunningRelay) -> None:
     assert out["members"] == {"admitted": 0, "held": 0, "pending_approval": 0}
     traffic = ("stored", "bytes", "pruned", "equivocations", "inbox", "subscribers")
     assert out["events"] == dict.fromkeys(traffic, 0)
+    assert out["timeline"] == {"places": 0, "bytes": 0, "pruned": 0}
     code, text, _ = run("admin", "stats", "--data", str(relay.data))  # the human form too
     assert code == 0 and "uptime_seconds: " in text and '"active": 0' in text
 

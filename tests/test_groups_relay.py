@@ -211,6 +211,8 @@ async def test_a_certified_members_message_reaches_the_others_live_and_in_histor
             running = rules.timeline_hash(running, item.pos, item.after, item.kind, item.id)
         assert (verified.timeline_pos, verified.timeline_hash) == (4, running)
     assert metric(relay, "relay_member_messages_total") == 3
+    stats = relay.admin_get("/admin/stats").json()
+    assert stats["timeline"]["places"] == 4 and stats["timeline"]["bytes"] > 0
 
 
 async def test_every_bad_message_gets_its_typed_error_and_stores_nothing(
@@ -547,3 +549,44 @@ async def signed_timeline(session: RawSession, relay: RunningRelay, owner: Owner
     assert isinstance(answer, HeadAnswer)
     head = verify_head(answer.head, relay_key=relay_key(relay), channel=owner.channel).head
     return head.timeline_pos, head.timeline_hash
+
+
+async def test_moderators_act_on_members_only_and_a_removal_may_come_first(
+    relay: RunningRelay, tmp_path: Path
+) -> None:
+    owner, address_id = await group(relay, tmp_path)
+    mod = await joined(relay, owner, address_id, "Mod")
+    ada = await joined(relay, owner, address_id, "Ada")
+    other_mod = await joined(relay, owner, address_id, "Max")
+    async with group_session(relay, address_id) as session:
+        await publish_entry(session, mod.cert(role="moderator"), "cert")
+        await publish_entry(session, other_mod.cert(role="moderator"), "cert")
+        post = await ada.post(session, b"spam", cert=ada.cert())
+
+        def moderation(by: Author, action: str, subject: bytes) -> Publish:
+            signed = rules.make_moderation(
+                by.member.key, channel=owner.channel, action=action, subject=subject, now=now()
+            )
+            return Publish(entry=signed, kind="moderation")
+
+        assert (
+            await publish_entry(session, moderation(mod, "remove_message", post.id).entry, "moderation")
+        ).status == "stored"
+        check_error(await session.request(moderation(mod, "ban", other_mod.member.public)), "not_a_moderator")
+        check_error(await session.request(moderation(ada, "ban", mod.member.public)), "not_a_moderator")
+        # the owners withdraw the role with a newer cert: its moderations are refused from then on
+        await publish_entry(session, mod.cert(role="member", issued_at=now() + 1), "cert")
+        check_error(
+            await session.request(moderation(mod, "remove_member", ada.member.public)), "not_a_moderator"
+        )
+        # a removal that comes before its message (from another relay's copy, say): the
+        # message is placed without its content when it arrives
+        early = ada.message(b"removed before it came")
+        early_id = rules.signed_id("message", early)
+        await publish_entry(session, moderation(other_mod, "remove_message", early_id).entry, "moderation")
+        late = await session.request(MemberPost(message=early))
+        assert isinstance(late, MemberPostResult) and late.status == "stored"
+    async with group_session(relay, address_id) as reader:
+        answer = await subscribe(reader, relay, ada, address_id, timeline_since=late.pos - 1)
+        [item] = await items(reader, 1)
+        assert answer.timeline_pos == late.pos and (item.id, item.entry) == (early_id, None)

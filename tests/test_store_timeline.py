@@ -121,6 +121,10 @@ def test_the_roster_keeps_certs_heads_and_moderation(conn: StrictConn) -> None:
     assert row is not None and row.banned and row.banned_at == 20 and row.cert_id is None
     assert not row.certified
     assert store.banned(conn, group, bob) and not store.banned(conn, group, ann)
+    # the join intake reads the ban with the rest of its view (one statement)
+    view = joins.intake_view(conn, group, bob)
+    assert view is not None and view.banned and view.existing_id is None
+    assert not joins.intake_view(conn, group, ann).banned  # type: ignore[union-attr]
     _put(conn, group, cat, 5)
     # the owners' list: admitted members without a cert that counts
     for key, name in ((ann, "ann"), (bob, "bob"), (cat, "cat")):

@@ -45,7 +45,7 @@ from relay.server.bounds import LogThrottle
 from relay.server.http import HttpRequest, HttpResponse, serve_http_connection
 from relay.server.metrics import Metrics
 from relay.server.service import GroupService
-from relay.store import events, groups, joins
+from relay.store import events, groups, joins, timeline
 from relay.store.conn import Conn
 from relay.store.errors import BackupUnsupported
 from relay.store.groups import GroupRecord
@@ -130,10 +130,10 @@ def group_view(record: GroupRecord, address: str | None) -> dict[str, object]:
 _HEADERS = [("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
 
 
-def _totals(conn: Conn) -> tuple[dict[str, int], joins.QueueCounts, events.Totals]:
-    """Groups by state, the join queue's and the traffic's totals: one snapshot, for the stats
-    and the gauges (a read beside the writer)."""
-    return groups.count_by_state(conn), joins.totals(conn), events.totals(conn)
+def _totals(conn: Conn) -> tuple[dict[str, int], joins.QueueCounts, events.Totals, timeline.Totals]:
+    """Groups by state, the join queue's, the traffic's and the timelines' totals: one snapshot,
+    for the stats and the gauges (a read beside the writer)."""
+    return groups.count_by_state(conn), joins.totals(conn), events.totals(conn), timeline.totals(conn)
 
 
 def _json(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
@@ -463,7 +463,7 @@ class AdminEndpoint:
         return _json(200, group_view(record, self.service.address_of(record)))
 
     async def _stats(self) -> dict[str, object]:
-        counts, queue, traffic = await self.service.db.read(_totals)
+        counts, queue, traffic, places = await self.service.db.read(_totals)
         db = self.service.db.stats
         now = time.time()
         return {
@@ -484,6 +484,7 @@ class AdminEndpoint:
                 "inbox": traffic.inbox,
                 "subscribers": int(self.metrics.get("relay_subscribers")),
             },
+            "timeline": {"places": places.places, "bytes": places.bytes, "pruned": places.pruned},
             "db": {
                 "commits": db.commits,
                 "jobs": db.jobs,
@@ -570,13 +571,15 @@ class AdminEndpoint:
         return _json(200, held_view(row))
 
     async def _refresh_gauges(self) -> None:
-        counts, totals, traffic = await self.service.db.read(_totals)
+        counts, totals, traffic, places = await self.service.db.read(_totals)
         self.metrics.set("relay_queue_held", totals.held)
         self.metrics.set("relay_queue_pending_approval", totals.pending)
         self.metrics.set("relay_queue_dead", totals.dead)
         self.metrics.set("relay_members", totals.members)
         self.metrics.set("relay_events_stored", traffic.events)
         self.metrics.set("relay_events_stored_bytes", traffic.bytes)
+        self.metrics.set("relay_timeline_places", places.places)
+        self.metrics.set("relay_timeline_bytes", places.bytes)
         self.metrics.set("relay_equivocations", traffic.equivocations)
         self.metrics.set("relay_direct_inbox", traffic.inbox)
         for state in _STATES:

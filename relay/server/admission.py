@@ -48,7 +48,7 @@ from relay.server.metrics import Metrics
 from relay.server.service import GroupService, decode_signed
 from relay.server.signals import GroupSignals
 from relay.store import groups, joins
-from relay.store import timeline as timeline_store
+from relay.store import timeline as timeline_store  # the owners' list of members without a cert
 from relay.store.conn import Conn
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
@@ -190,7 +190,7 @@ class Admissions:
         view = joins.intake_view(conn, new.group_id, new.member_key)
         if view is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
-        if timeline_store.banned(conn, new.group_id, new.member_key):
+        if view.banned:
             # A signed ban (relay.server.timeline): this key never joins again, here.
             raise RemoteProtocolError(ErrorCode.BANNED, "this member key is banned from the group")
         active = view.state is GroupState.ACTIVE

@@ -9,7 +9,9 @@ the fan-out in commit order (``Database.transact(on_commit=...)``).
 
 Subscriptions: the membership check, the head and the first page of history
 are one read job; the feed is attached in that job's commit hook, so it goes
-live exactly where its read ended.  Heads are signed per request with the
+live exactly where its read ended.  A group with member posts has a timeline
+too (relay.server.timeline): the same job reads its head and first page, and
+the connection gets a second feed for it.  Heads are signed per request with the
 relay's identity key; discovery maps the channel tags of the groups served.
 
 Must not: re-encode the owner's signed bytes, or keep any state the database

@@ -40,6 +40,12 @@ the store first (one read at a time per hub; its hook publishes in order, skippi
 arrived meanwhile).  With one process the next event is always the next one: publishing
 costs one comparison more.
 
+Two streams: the owners' events, and groups' timelines of member entries
+(:class:`Stream`: how a stored row becomes its frame, the metrics' names).  Each runs a
+``FanOut`` of its own; a connection subscribed to a group with member posts has a feed in
+each, and the timeline's (the event feed's ``companion``) starts only once the event feed has
+sent the ``subscribed`` answer, so nothing of the timeline reaches a member before it.
+
 Must not: decode or re-encode signed bytes, touch the database except through
 the reader it is given, or await while publishing.
 """

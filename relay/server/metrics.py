@@ -85,6 +85,10 @@ SPECS: dict[str, Spec] = {
     "relay_subscribers": Spec("gauge", "Subscribed member connections now"),
     "relay_events_stored": Spec("gauge", "Owner events kept, over all groups"),
     "relay_events_stored_bytes": Spec("gauge", "Bytes of owner events kept, over all groups"),
+    "relay_timeline_places": Spec(
+        "gauge", "Timeline places kept (member certs, messages, moderations), all groups"
+    ),
+    "relay_timeline_bytes": Spec("gauge", "Bytes of signed timeline entries kept, over all groups"),
     "relay_equivocations": Spec("gauge", "Equivocation proofs kept (two events at one sequence number)"),
     "relay_direct_inbox": Spec("gauge", "Direct invitations waiting for members who are not subscribed"),
     "relay_subscriptions_total": Spec("counter", "Subscriptions accepted"),

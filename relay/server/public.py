@@ -298,8 +298,9 @@ class PublicEndpoint:
 
     async def _serve_posting(self, session: _Connection, ws: WebSocket, post: Posting) -> None:
         """The rest of a session from its first post: the task that answers its posts in order
-        runs beside this one, in a nursery of the connection's own (only owners post; a
-        member's connection, open for days, has none)."""
+        runs beside this one, in a nursery of the connection's own (owners' posts, members'
+        messages, certs and moderation; a member's connection that only reads, open for days,
+        has none)."""
         async with trio.open_nursery() as nursery:
             session.nursery = nursery
             try:

@@ -96,15 +96,17 @@ class IntakeView:
     held: int
     undecided: int  # held, pending approval or dead-lettered
     existing_id: int | None
+    banned: bool = False  # a signed ban of this key is kept (relay.store.timeline's roster)
 
 
 def intake_view(conn: Conn, group_id: int, member_key: bytes) -> IntakeView | None:
     row = conn.execute(
         "SELECT g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
         "coalesce(q.members, 0), coalesce(q.held, 0), coalesce(q.held + q.pending + q.dead, 0), "
-        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = ?) "
+        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = ?), "
+        "(SELECT r.banned FROM member_roster AS r WHERE r.group_id = g.id AND r.member = ?) "
         "FROM groups AS g LEFT JOIN group_queues AS q ON q.group_id = g.id WHERE g.id = ?",
-        (member_key, group_id),
+        (member_key, member_key, group_id),
     ).fetchone()
     if row is None:
         return None
@@ -119,6 +121,7 @@ def intake_view(conn: Conn, group_id: int, member_key: bytes) -> IntakeView | No
         int(row[7]),
         int(row[8]),
         row[9],
+        row[10] is not None and int(row[10]) != 0,
     )
 
 

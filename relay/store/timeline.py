@@ -9,7 +9,9 @@ keeps its place and id with ``entry`` NULL (a tombstone), so the running hash, k
 hash chain (seq, id, created_at of its newest message), and what moderation did to it.
 
 Functions here run inside a transaction opened by the store (``relay.store.db``), on either
-engine: the SQL is the subset SQLite and PostgreSQL share (see ``relay.store.conn``).
+engine: the SQL is the subset SQLite and PostgreSQL share (see ``relay.store.conn``), but for
+an append on PostgreSQL, which folds the place, the head and the announcement into one statement
+(each statement is a round trip of the single writer connection there).
 
 Must not: hold policy (the chain, cert and moderation rules are ``relay.protocol.timeline``'s,
 the hash is computed by the caller with them), decode the signed entries, or verify anything.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.store.conn import Conn
-from relay.store.fleet import announce, lock_timeline
+from relay.store.fleet import CHANNEL, lock_timeline, shared
 
 CERT = "cert"
 MESSAGE = "message"
@@ -135,37 +137,47 @@ def append(
         bytes=before.bytes + size,
         pruned=before.pruned,
     )
-    conn.execute(
-        "INSERT INTO timeline (group_id, pos, after, kind, id, entry, author, author_seq, subject, "
-        "stored_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            group_id,
-            place.pos,
-            place.after,
-            place.kind,
-            place.id,
-            place.entry,
-            place.author,
-            place.author_seq,
-            place.subject,
-            now,
-            size,
-        ),
+    row = (
+        group_id,
+        place.pos,
+        place.after,
+        place.kind,
+        place.id,
+        place.entry,
+        place.author,
+        place.author_seq,
+        place.subject,
+        now,
+        size,
     )
-    _put_head(conn, group_id, after)
-    if announcement is not None:
-        announce(conn, announcement)  # nothing on a database no other process uses
+    head_row = (group_id, after.pos, after.hash, after.first_pos, after.count, after.bytes, after.pruned)
+    if shared(conn):
+        # PostgreSQL: the place, the head and the announcement in one statement, one round trip
+        # of the single writer connection (as relay.store.events.append does for a post).
+        if announcement is None:
+            conn.execute(f"WITH head AS ({_UPSERT_HEAD}) {_INSERT_PLACE}", (*head_row, *row))
+        else:
+            conn.execute(
+                f"WITH stored AS ({_INSERT_PLACE} RETURNING pos), "
+                f"head AS ({_UPSERT_HEAD} RETURNING group_id) SELECT pg_notify(?, ?) FROM stored, head",
+                (*row, *head_row, CHANNEL, announcement),
+            )
+        return after
+    conn.execute(_INSERT_PLACE, row)
+    conn.execute(_UPSERT_HEAD, head_row)
     return after
 
 
-def _put_head(conn: Conn, group_id: int, head: TimelineHead) -> None:
-    conn.execute(
-        f"INSERT INTO timeline_heads (group_id, {_HEAD}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (group_id) DO UPDATE SET pos = excluded.pos, hash = excluded.hash, "
-        "first_pos = excluded.first_pos, count = excluded.count, bytes = excluded.bytes, "
-        "pruned = excluded.pruned",
-        (group_id, head.pos, head.hash, head.first_pos, head.count, head.bytes, head.pruned),
-    )
+_INSERT_PLACE = (
+    "INSERT INTO timeline (group_id, pos, after, kind, id, entry, author, author_seq, subject, stored_at, "
+    "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_HEAD = (
+    f"INSERT INTO timeline_heads (group_id, {_HEAD}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (group_id) DO UPDATE SET pos = excluded.pos, hash = excluded.hash, "
+    "first_pos = excluded.first_pos, count = excluded.count, bytes = excluded.bytes, "
+    "pruned = excluded.pruned"
+)
 
 
 # --- lookups --------------------------------------------------------------------------------
