@@ -25,12 +25,13 @@ from test_traffic import member, read_all, told
 
 from relay.client import add_relay, publish
 from relay.client.errors import RelayError
-from relay.client.member import MemberState
+from relay.client.member import MemberState, join
 from relay.client.memberpost import post_message, resolve_reply
 from relay.client.moderation import certify, member_moderate, moderate, set_role
 from relay.client.owner import OwnerState, create_channel
 from relay.client.posting import post
 from relay.client.reader import ReadItem
+from relay.protocol.addresses import ChannelLink
 from relay.protocol.encoding import b64e
 from relay.protocol.timeline_reader import CertAccepted, MessageAccepted, ModerationAccepted
 
@@ -293,3 +294,27 @@ def test_certify_keep_certifies_members_as_they_come_until_ctrl_c(
         assert keep.wait(20) == 130
     code, posted = run_json("member", "post", "--state", ada, "certified by a keeping owner")
     assert code == 0 and posted["status"] == "stored"
+
+
+async def test_certify_all_leaves_a_key_only_some_relays_list_to_the_owners(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """A member joins every relay of the link; a key only one relay lists may be that relay's
+    own invention, so ``--all`` does not certify it, and says so."""
+    a, b = relay_factory(), relay_factory()
+    owner, opath = await group([a, b], tmp_path)
+    ada, _ = await member(owner, tmp_path, "Ada")
+    only_b = str(ChannelLink("group", owner.channel, (str(owner.relays[1].group_address),)))
+    mallory = MemberState.new(only_b, name="Mallory")
+    await join(mallory, tmp_path / "mallory.json")
+    assert [r.status for r in mallory.relays] == ["admitted"]
+    round_ = await certify(owner, opath)
+    assert [c.name for c in round_.certified] == ["Ada"]
+    assert [(u.member, u.relays) for u in round_.partial] == [(mallory.member_id, [b.address])]
+    code, out = run_json("owner", "certify", "--state", str(opath), "--all")
+    assert code == 0 and out["certified"] == [] and out["partial"][0]["member"] == mallory.member_id
+    assert f"--member {mallory.member_id}" in out["partial"][0]["reason"]
+    # the owners checked: by name it is certified (every relay gets the cert)
+    named = await certify(owner, opath, members=[mallory.member_id])
+    assert [(c.name, stored(c)) for c in named.certified] == [("Mallory", ["stored", "stored"])]
+    assert ada.member_id not in {c.member for c in named.certified}

@@ -132,8 +132,14 @@ def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
         raise Failure("--keep certifies every new member; give it with --all, not --member", code="usage")
     state, path = _owner(args)
     if args.keep:
+        told: set[str] = set()
 
         async def report(round_: Any) -> None:
+            for u in round_.partial:
+                if u.member not in told:
+                    told.add(u.member)
+                    note = _partial(u)
+                    warn(args, {"type": "partial", **note}, f"warning: {note['reason']}")
             for c in round_.certified:
                 line = _cert_line(c)
                 failed = [r for r in line["relays"] if r["status"] == "error"]
@@ -155,9 +161,12 @@ def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
     out: dict[str, Any] = {"status": "ok", "certified": certified, "relays": round_.relays}
     if round_.skipped:
         out["skipped"] = round_.skipped
+    if round_.partial:
+        out["partial"] = [_partial(u) for u in round_.partial]
     lines = [f"certified {c['member']} {c['name']!r} ({c['role']})" for c in certified] or [
         "no member is waiting for a cert"
     ]
+    lines += [f"not certified: {p['reason']}" for p in out.get("partial", [])]
     lines += [f"  {r['relay']}: {r['code']}: {r['reason']}" for r in round_.relays]
     out["summary"] = "\n".join(lines)
     targets = len([r for r in state.relays if r.listed and r.group_address])
@@ -180,6 +189,24 @@ def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
             **{**out, "status": "error", "code": "not_waiting"},
         )
     return out
+
+
+def _partial(u: Any) -> dict[str, Any]:
+    """A member only some relays list: said, with what to do."""
+    where = ", ".join(_relay_host(r) for r in u.relays)
+    return {
+        "member": u.member,
+        "name": u.name,
+        "relays": u.relays,
+        "reason": f"{u.member} {u.name!r} is listed by {where} only, not by every relay; if it is "
+        f"a member, certify it with --member {u.member}",
+    }
+
+
+def _relay_host(address: str) -> str:
+    from relay.cli.common import relay_name
+
+    return relay_name(address)
 
 
 def _moderate(args: argparse.Namespace, action: str, subject: str, what: str) -> dict[str, Any]:

@@ -200,6 +200,8 @@ class CertifyRound:
     certified: list[Published] = field(default_factory=list)
     relays: list[dict[str, object]] = field(default_factory=list)  # relays that could not be asked
     skipped: list[str] = field(default_factory=list)  # named members no relay lists
+    # Members some of the relays asked do not list (``--all`` leaves them to ``--member``).
+    partial: list[Uncertified] = field(default_factory=list)
 
 
 async def certify(
@@ -211,12 +213,22 @@ async def certify(
     timeout: float = 15.0,
 ) -> CertifyRound:
     """One round: sign a cert for each uncertified member (``members``: only these keys) and
-    publish it to every relay.  The certs are in the state file before any relay sees them."""
+    publish it to every relay.  The certs are in the state file before any relay sees them.
+
+    Without ``members``, only the members every relay that answered lists are certified: a
+    member joins every relay of the link, and a key only one relay lists may be that relay's
+    own invention (the list is the relay's word, not the member's).  The others are returned
+    in ``partial``, for the owners to check and certify by name.
+    """
     _check_posts_on(state)
     wanted = None if members is None else [b64e(_key(m)) for m in members]
     pending, troubles = await list_uncertified(state, timeout=timeout)
-    chosen = [u for u in pending if wanted is None or u.member in wanted]
+    answered = len(_targets(state)) - len(troubles)
+    chosen = [u for u in pending if u.member in wanted] if wanted is not None else []
     out = CertifyRound(relays=troubles)
+    if wanted is None:
+        chosen = [u for u in pending if len(u.relays) >= answered]
+        out.partial = [u for u in pending if len(u.relays) < answered]
     if wanted is not None:
         out.skipped = [m for m in wanted if m not in {u.member for u in chosen}]
     if not chosen:
