@@ -13,8 +13,11 @@ anonymous questions on the contact address (``discover``) pass untouched, as a
 relay that lies only to one member would do.
 
 The proxy also keeps every profile an owner published through it, so it can
-serve an old one later, and can read the relay's identity key from its data
-folder, to sign heads like the relay's operator could.
+serve an old one later, every member message and published cert or moderation that
+passed through it (what the relay saw, so it can serve a removed message again), and
+can read the relay's identity key from its data folder, to sign heads like the
+relay's operator could.  :func:`placed` remakes a timeline place around another entry,
+with the id that entry really has (a lie about the id itself is the cheapest to catch).
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ from trio_websocket import (
 from relay.protocol.encoding import decode, encode
 from relay.protocol.messages import (
     ClientFrame,
+    MemberPost,
     ProfileRequest,
     ProfileUpdate,
+    Publish,
     RelayFrame,
     Signed,
     Subscribe,
+    TimelineFrame,
+    TimelineItem,
 )
+from relay.protocol.timeline import signed_id
 
 LIMIT = 4 * 1024 * 1024
 
@@ -68,6 +76,8 @@ class LyingProxy:
     upstream: str = ""  # HOST:PORT of the real relay, set once it runs
     lie: Lie = honest
     published: list[Signed] = field(default_factory=list)  # profiles owners sent through us
+    member_posts: list[Signed] = field(default_factory=list)  # member messages sent through us
+    entries: list[Signed] = field(default_factory=list)  # certs and moderations published through us
     feeds: list[Feed] = field(default_factory=list)
 
     async def serve(self, nursery: trio.Nursery) -> None:
@@ -130,6 +140,10 @@ class LyingProxy:
                     frame = _client_frame(data)
                     if isinstance(frame, ProfileUpdate):
                         self.published.append(frame.profile)
+                    if isinstance(frame, MemberPost):
+                        self.member_posts.append(frame.message)
+                    if isinstance(frame, Publish):
+                        self.entries.append(frame.entry)
                     if isinstance(frame, ProfileRequest | Subscribe) and not lying[0]:
                         lying[0] = True
                         self.feeds.append(feed)
@@ -163,3 +177,13 @@ def _client_frame(data: bytes) -> object:
         return decode(data, ClientFrame, limit=LIMIT, what="client frame")  # type: ignore[arg-type]
     except Exception:
         return None  # the relay judges what it cannot read; the proxy just passes it on
+
+
+def placed(item: TimelineItem, entry: Signed | None, *, pos: int | None = None) -> TimelineFrame:
+    """The place ``item`` (or ``pos``) holding ``entry`` instead, under ``entry``'s own id."""
+    ident = item.id if entry is None else signed_id(item.kind, entry)
+    return TimelineFrame(
+        item=TimelineItem(
+            pos=item.pos if pos is None else pos, after=item.after, kind=item.kind, id=ident, entry=entry
+        )
+    )

@@ -432,6 +432,31 @@ def corpus(world: World) -> list[Case]:
         ["member", "join", "--state", m],
         ["owner", "post", "--state", o, "x", "--no-such-option"],
     ]
+    # the group commands (issue 16)
+    usage += [
+        ["member", "post", "--state", m],
+        ["member", "post", "--state", m, "text", "--file", o],
+        ["member", "post", "--state", m, "x", "--timeout", "0"],
+        ["owner", "certify", "--state", o],
+        ["owner", "certify", "--state", o, "--all", "--member", FP],
+        ["owner", "certify", "--state", o, "--member", FP, "--keep"],
+        [
+            "owner",
+            "create",
+            "--state",
+            str(world.base / "n.json"),
+            "--name",
+            "x",
+            "--max-message-bytes",
+            "-1",
+        ],
+        ["owner", "create", "--state", str(world.base / "n.json"), "--name", "x", "--slow-mode", "99999"],
+        ["owner", "publish", "--state", o, "--messages-per-minute", "x"],
+        ["owner", "moderator", "--state", o],
+        ["owner", "moderator", "grant", "--state", o],
+        ["owner", "ban", "--state", o],
+        ["member", "remove-message", "--state", m],
+    ]
     for argv in usage:
         add(Case(f"usage {' '.join(argv)}", argv, 2, unchanged=owner_files))
     for argv in usage[:12:2]:
@@ -569,6 +594,20 @@ def corpus(world: World) -> list[Case]:
             unchanged=(owner,),
         )
     )
+
+    # --- group commands on a channel that takes no member messages, and bad references ---
+    for argv, says in (
+        (["member", "post", "--state", m, "hello"], "no member messages"),
+        (["member", "post", "--state", m, "x", "--reply-to", "#9"], "no owner post #9"),
+        (["member", "post", "--state", m, "x", "--reply-to", "not-an-id"], "reply to"),
+        (["member", "ban", "--state", m, "not-a-key"], "member key"),
+        (["owner", "certify", "--state", o, "--all"], "no member messages"),
+        (["owner", "remove-message", "--state", o, FP], "no member messages"),
+        (["owner", "moderator", "grant", "--state", o, FP], "no member messages"),
+        (["member", "post", "--state", m, "--file", "nope.txt"], "nope.txt"),
+    ):
+        add(Case(" ".join(argv[:2]) + f" ({says})", argv, 1, unchanged=(owner, member), says=says))
+        add(Case(" ".join(argv[:2]) + f" --json ({says})", [*argv, "--json"], 1, unchanged=(owner, member)))
 
     # --- bad links and addresses ---
     fresh = world.base / "fresh"

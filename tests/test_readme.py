@@ -9,8 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from relay.protocol.encoding import b64d, b64e, decode
+from relay.protocol.messages import Signed
+from relay.protocol.timeline import stored_cert
 from relay.server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,3 +103,56 @@ def test_quick_tour_works_as_printed(tmp_path: Path) -> None:
     finally:
         os.killpg(relay.pid, signal.SIGTERM)
         assert relay.wait(20) == 0
+
+
+@contextmanager
+def tour_relay(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The quick tour's relay (its first block, as printed, on free ports) in ``tmp_path``;
+    yields the environment the tour's other blocks run in."""
+    serve_block = bash_blocks("Quick tour")[0]
+    venv = Path(sys.executable).parent.parent
+    (tmp_path / ".venv").symlink_to(venv)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    free_ports = {"RELAY_SERVER_LISTEN": "127.0.0.1:0", "RELAY_SERVER_ADMIN_LISTEN": "127.0.0.1:0"}
+    relay = subprocess.Popen(
+        ["bash", "-c", serve_block],
+        cwd=tmp_path,
+        env={**env, **free_ports},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "relay-data" / "run.json").exists():
+            assert relay.poll() is None, relay.stdout.read().decode() if relay.stdout else ""
+            assert time.monotonic() < deadline, "the relay did not start"
+            time.sleep(0.05)
+        yield env
+    finally:
+        os.killpg(relay.pid, signal.SIGTERM)
+        assert relay.wait(20) == 0
+
+
+def test_group_tour_works_as_printed(tmp_path: Path) -> None:
+    """The group tour's block runs as printed against the quick tour's relay: two members post
+    and read each other under the owner's certs, and a removed message is gone."""
+    [block] = bash_blocks("Group tour")
+    with tour_relay(tmp_path) as env:
+        tour = subprocess.run(
+            ["bash", "-e", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
+        )
+    assert tour.returncode == 0, tour.stdout + tour.stderr
+    ada = json.loads((tmp_path / "ada.json").read_text())
+    bob = json.loads((tmp_path / "bob.json").read_text())
+    assert ada["cert"] and ada["author_seq"] == 1 and bob["author_seq"] == 1
+    assert oct((tmp_path / "ada.json").stat().st_mode & 0o777) == "0o600"
+    key = b64e(stored_cert(decode(b64d(ada["cert"]), Signed, limit=10**5)).member)
+    said = f"Ada ({key[:8]}): Anyone climbing on Saturday?"
+    # Bob's read, then Ada's: her message each time, Bob's removed one never
+    assert [line for line in tour.stdout.splitlines() if line.startswith(("Ada (", "Bob ("))] == [said, said]
+    assert "Cheap ropes" not in tour.stdout
+    assert "certified as member" in tour.stderr and "removed by" in tour.stderr
+    club = json.loads((tmp_path / "club.json").read_text())
+    assert club["kind"] == "group" and len(club["member_certs"]) == 2

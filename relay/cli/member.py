@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from relay.cli import groups
 from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
@@ -104,37 +105,41 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
     state = MemberState.load(path)
     check_writable(path)
     shown: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
     told: list[dict[str, Any]] = []
     troubles: list[dict[str, Any]] = []
 
     async def main() -> None:
-        printed = state.last_seq, state.last_id  # what the reader of stdout has got
+        printed = _position(state)  # what the reader of stdout has got
         async with read(state, path, since=args.since, follow=args.follow, timeout=args.timeout) as items:
             async for item in items:
                 try:
-                    _show_item(args, item, shown, told, troubles)
+                    if not groups.show_timeline_item(args, item, messages):
+                        _show_item(args, item, shown, told, troubles)
                 except BrokenPipeError:
                     # the post taken last never reached the reader: the next read shows it again
-                    state.last_seq, state.last_id = printed
+                    _restore(state, printed)
                     raise
-                printed = state.last_seq, state.last_id
+                printed = _position(state)
 
-    before = state.last_seq, state.last_id
+    before = _position(state)
     try:
         run_async(args, main)
     except Interrupted as exc:
         exc.note = (
             f"shown up to #{state.last_seq}; the next read starts after it"
-            if (state.last_seq, state.last_id) != before
+            if (state.last_seq, state.last_id) != before[:2]
             else "nothing new was shown"
         )
         raise
     lies = [t for t in told if t["lie"]]
-    failed = bool(troubles) and len(troubles) >= len(state.parsed_link.relays) and not shown
+    failed = bool(troubles) and len(troubles) >= len(state.parsed_link.relays) and not shown and not messages
     if not args.follow and not failed:
         for trouble in troubles:
             _warn_trouble(args, trouble)
     out = {"status": "ok", "events": shown, "findings": told, "relays": troubles, "last_seq": state.last_seq}
+    if messages:
+        out["messages"] = messages
     if failed:
         reason = f"no relay could be read: {per_relay(troubles)}"
         raise Failure(reason, **{**out, "status": "error", "code": troubles[0]["code"]})
@@ -146,10 +151,20 @@ def cmd_member_read(args: argparse.Namespace) -> dict[str, Any] | None:
             print_result(args, out, human)
         except BrokenPipeError:
             # nobody got the answer: the next read starts where this one did
-            state.last_seq, state.last_id = before
+            _restore(state, before)
             state.save(path)
             raise
     return None
+
+
+def _position(state: Any) -> tuple[Any, ...]:
+    """What a read has shown, as the member file records it: the last post, the owner posts'
+    ids and the member messages shown (copies, to put back if the reader never got them)."""
+    return state.last_seq, state.last_id, dict(state.post_ids), list(state.shown_messages)
+
+
+def _restore(state: Any, position: tuple[Any, ...]) -> None:
+    state.last_seq, state.last_id, state.post_ids, state.shown_messages = position
 
 
 def _show_item(
@@ -292,6 +307,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--note", default="", help="a line for the other member")
     p = add_command(member, "invitations", cmd_member_invitations, "list the direct invitations received")
     p.add_argument("--state", required=True)
+    groups.add_member_commands(member)
 
 
 def _add_wait(p: Any) -> None:

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relay.cli import groups
 from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
@@ -93,6 +94,10 @@ def cmd_owner_create(args: argparse.Namespace) -> dict[str, Any]:
         description=args.description,
         admission=args.admission,
         max_members=args.max_members,
+        comments=args.comments,
+        max_message_bytes=args.max_message_bytes,
+        messages_per_minute=args.messages_per_minute,
+        slow_mode=args.slow_mode,
     )
     owner_key = crypto.public_bytes(state.owner_key)
     ownerkeys.register([(owner_key, state.channel)])
@@ -158,6 +163,9 @@ def cmd_owner_publish(args: argparse.Namespace) -> dict[str, Any]:
         state.admission = args.admission
     if args.max_members is not None:
         state.max_members = args.max_members
+    for name in ("comments", "max_message_bytes", "messages_per_minute", "slow_mode"):
+        if getattr(args, name) is not None:
+            setattr(state, name, getattr(args, name))
     return _published(run_async(args, partial(publish, state, path, timeout=args.timeout)))
 
 
@@ -338,6 +346,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--description", default="")
     p.add_argument("--admission", choices=["auto", "approval"], default="auto", help="how members get in")
     p.add_argument("--max-members", type=count, default=0, help="the owners' member limit (0: none)")
+    groups.add_limits(p, create=True)
     p = add_command(
         owner,
         "add-relay",
@@ -357,6 +366,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--state", required=True)
     p.add_argument("--admission", choices=["auto", "approval"], help="change how members get in")
     p.add_argument("--max-members", type=count, help="change the owners' member limit (0: none)")
+    groups.add_limits(p, create=False)
     p = add_command(
         owner,
         "remove-relay",
@@ -470,3 +480,4 @@ def add_commands(sub: Any) -> None:
         timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
+    groups.add_owner_commands(owner)

@@ -1,10 +1,11 @@
 """The client library: what owners, members and operators use to talk to relays.
 
 Public surface: :class:`OwnerState`, :func:`create_channel`, :func:`add_relay`,
-:func:`publish`, :func:`remove_relay`, :func:`read_log`, :class:`AdminClient`, and the exception
-hierarchy rooted at :class:`RelayError`.  It never imports the server.  The names are loaded
-when first used (PEP 562), so that a command that only reads a file does not load the network
-libraries.
+:func:`publish`, :func:`remove_relay`, :func:`read_log`, :class:`AdminClient`, the group calls
+(:func:`post_message`, :func:`certify`, :func:`moderate`, :func:`set_role`,
+:func:`member_moderate`), and the exception hierarchy rooted at :class:`RelayError`.  It
+never imports the server.  The names are loaded when first used (PEP 562), so that a command
+that only reads a file does not load the network libraries.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
         RelayRefused,
         RelayUnreachable,
     )
+    from relay.client.memberpost import post_message
+    from relay.client.moderation import certify, member_moderate, moderate, set_role
     from relay.client.owner import (
         AddRelayResult,
         OwnerState,
@@ -47,6 +50,11 @@ _WHERE = {
     "publish": "relay.client.owner",
     "read_log": "relay.client.owner",
     "remove_relay": "relay.client.owner",
+    "post_message": "relay.client.memberpost",
+    "certify": "relay.client.moderation",
+    "moderate": "relay.client.moderation",
+    "set_role": "relay.client.moderation",
+    "member_moderate": "relay.client.moderation",
 }
 
 __all__ = [
@@ -60,10 +68,15 @@ __all__ = [
     "RelayRefused",
     "RelayUnreachable",
     "add_relay",
+    "certify",
     "create_channel",
+    "member_moderate",
+    "moderate",
+    "post_message",
     "publish",
     "read_log",
     "remove_relay",
+    "set_role",
 ]
 
 

@@ -71,6 +71,19 @@ class MemberState:
     last_seq: int = 0  # the last event shown to this member, and its id (b64): the next read's anchor
     last_id: str = ""
     invitations: list[dict[str, object]] = field(default_factory=list)  # received, newest last, bounded
+    # Member messages (relay.client.memberpost): this member's cert (encoded signed bytes, b64,
+    # learnt from a timeline), the head of its own chain of messages (seq, id b64, created_at),
+    # and its newest messages (encoded signed bytes, b64, oldest first, bounded), what a relay
+    # that missed some is sent again.
+    cert: str = ""
+    author_seq: int = 0
+    author_id: str = ""
+    author_created_at: int = 0
+    messages: list[str] = field(default_factory=list)
+    # What reads showed: owner posts' ids by sequence number (so ``--reply-to #SEQ`` works) and
+    # the ids of member messages shown (so the next read shows only new ones); both bounded.
+    post_ids: dict[str, str] = field(default_factory=dict)
+    shown_messages: list[str] = field(default_factory=list)
 
     @cached_property
     def member_key(self) -> ed25519.Ed25519PrivateKey:

@@ -95,6 +95,17 @@ class OwnerState:
     # The root secret (b64) only in files written before it moved out; repr=False keeps it
     # out of tracebacks and test reports.
     root_secret: str = field(default="", repr=False)
+    # Member messages (issue 16), signed into the profile: comments on a channel's posts, and
+    # the owners' limits (0: the relay's own).
+    comments: bool = False
+    max_message_bytes: int = 0
+    messages_per_minute: int = 0
+    slow_mode: int = 0
+    # The member certs and moderations this owner signed (relay.client.groups): what
+    # ``certify --keep`` skips, the name a role change keeps, and the last ``issued_at`` used,
+    # so that each new cert or moderation is strictly newer than the ones before it.
+    member_certs: dict[str, dict[str, object]] = field(default_factory=dict)
+    last_issued_at: int = 0
 
     # --- keys and ids (the secrets never change, so each is derived once) ---
     @cached_property
@@ -150,6 +161,10 @@ class OwnerState:
                 direct_messages=self.direct_messages,
                 admission=self.admission,
                 max_members=self.max_members,
+                comments=self.comments,
+                max_message_bytes=self.max_message_bytes,
+                messages_per_minute=self.messages_per_minute,
+                slow_mode=self.slow_mode,
             )
         )
         return crypto.signed(self.owner_key, crypto.Label.PROFILE, body)
@@ -231,7 +246,16 @@ def signed_from_json(raw: dict[str, str]) -> Signed:
 
 
 def create_channel(
-    name: str, *, kind: str = "channel", description: str = "", admission: str = "auto", max_members: int = 0
+    name: str,
+    *,
+    kind: str = "channel",
+    description: str = "",
+    admission: str = "auto",
+    max_members: int = 0,
+    comments: bool = False,
+    max_message_bytes: int = 0,
+    messages_per_minute: int = 0,
+    slow_mode: int = 0,
 ) -> OwnerState:
     """A new channel: a fresh root key, a fresh owner key, and the root's cert for it.
 
@@ -256,6 +280,10 @@ def create_channel(
         admission=admission,
         max_members=max_members,
         root_public=b64e(crypto.public_bytes(root)),
+        comments=comments,
+        max_message_bytes=max_message_bytes,
+        messages_per_minute=messages_per_minute,
+        slow_mode=slow_mode,
     )
 
 

@@ -15,6 +15,15 @@ direct invitations received.  The last event shown (handed to the caller, not
 merely verified and queued) is saved in the member state file, so the next read
 starts after it.  Nothing here trusts a relay: the
 follower decides.
+
+In a group (or a channel with comments) the same subscription carries the relay's
+timeline of member certs, messages and moderations, which a
+:class:`relay.protocol.timeline_reader.TimelineReader` judges beside the follower: the
+timeline is read from its first kept place every time (a message counts only after its
+author's cert in that relay's timeline), the heads are asked only once both histories are
+in, and member messages already shown (their ids, kept in the member file) are not shown
+again.  The member's own cert, once a timeline shows it, is kept in the member file for
+``relay member post``.
 """
 
 from __future__ import annotations
@@ -35,9 +44,9 @@ from relay.client.progress import waiting
 from relay.protocol import crypto
 from relay.protocol.addresses import RelayAddress, parse_address
 from relay.protocol.direct import open_direct_invitation
-from relay.protocol.encoding import b64d, b64e
+from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ProtocolError
-from relay.protocol.follow import Accepted, Finding, FindingCode, Follower, Output, ProfileAdopted
+from relay.protocol.follow import Accepted, Finding, FindingCode, Follower, ProfileAdopted
 from relay.protocol.heads import tag, verify_head
 from relay.protocol.membership import ACTION_SUBSCRIBE, make_member_request
 from relay.protocol.messages import (
@@ -51,12 +60,23 @@ from relay.protocol.messages import (
     ProfileAnswer,
     ProfileRequest,
     RelayFrame,
+    Signed,
     Subscribe,
     Subscribed,
+    TimelineFrame,
 )
 from relay.protocol.profile import VerifiedProfile, check_succession, verify_profile
+from relay.protocol.timeline import MAX_CERT_BYTES, TIMELINE_GENESIS, stored_cert
+from relay.protocol.timeline_reader import (
+    CertAccepted,
+    MessageAccepted,
+    ModerationAccepted,
+    TimelineReader,
+)
 
 MAX_INVITATIONS = 100  # kept in the member file, newest last
+MAX_SHOWN_MESSAGES = 4096  # ids of member messages shown, kept in the member file
+MAX_POST_IDS = 256  # owner posts' ids by sequence number, for ``post --reply-to #SEQ``
 QUEUE = 1024  # items waiting for the reader of the channel: relays wait when it is full
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0  # seconds between attempts to reach a relay again
 
@@ -80,7 +100,16 @@ class InvitationReceived:
     note: str
 
 
-ReadItem = Accepted | Finding | ProfileAdopted | RelayTrouble | InvitationReceived
+ReadItem = (
+    Accepted
+    | Finding
+    | ProfileAdopted
+    | RelayTrouble
+    | InvitationReceived
+    | MessageAccepted
+    | CertAccepted
+    | ModerationAccepted
+)
 
 
 @dataclass
@@ -94,21 +123,60 @@ class _Read:
     behind_grace: float
     send: trio.MemorySendChannel[ReadItem]
     follower: Follower | None = None
+    timeline: TimelineReader | None = None  # a group, or a channel with comments
+    shown_ids: set[str] = field(default_factory=set)
     profiles: dict[str, VerifiedProfile] = field(default_factory=dict)
     pending_profiles: int = 0
     profiles_ready: trio.Event = field(default_factory=trio.Event)
     dirty: bool = False
 
-    async def emit(self, outputs: list[Output]) -> None:
+    async def emit(self, outputs: list[ReadItem]) -> None:
         for item in outputs:
+            more: list[ReadItem] = []
             if isinstance(item, ProfileAdopted):
                 self.state.keep_profile(item.profile)
                 self.dirty = True
+                if self.timeline is not None:
+                    more = list(self.timeline.profile_adopted(item.profile))
+            elif isinstance(item, Accepted) and self.timeline is not None:
+                more = list(self.timeline.owner_event(item.event))
+            elif isinstance(item, CertAccepted):
+                self._own_cert(item)
+            elif isinstance(item, MessageAccepted) and b64e(item.message.id) in self.shown_ids:
+                continue  # shown by an earlier read
             await self.send.send(item)
+            if more:
+                await self.emit(more)
+
+    def _own_cert(self, item: CertAccepted) -> None:
+        """This member's own cert: kept for ``relay member post`` (the newest one)."""
+        if not crypto.same_secret(item.cert.member, crypto.public_bytes(self.state.member_key)):
+            return
+        if self.state.cert:
+            kept = decode(b64d(self.state.cert), Signed, limit=2 * MAX_CERT_BYTES, what="cert")
+            if kept == item.cert.signed:
+                return
+            if stored_cert(kept).cert.issued_at > item.cert.cert.issued_at:
+                return
+        self.state.cert = b64e(encode(item.cert.signed))
+        self.dirty = True
 
     def shown(self, item: Accepted) -> None:
         """``item`` reached the caller: the next read starts after it."""
         self.state.last_seq, self.state.last_id = item.event.seq, b64e(item.event.id)
+        ids = self.state.post_ids
+        ids[str(item.event.seq)] = b64e(item.event.id)
+        for old in sorted(ids, key=int)[:-MAX_POST_IDS]:
+            del ids[old]
+        self.dirty = True
+
+    def shown_message(self, item: MessageAccepted) -> None:
+        """A member message reached the caller: later reads do not show it again."""
+        ident = b64e(item.message.id)
+        self.shown_ids.add(ident)
+        kept = self.state.shown_messages
+        kept.append(ident)
+        del kept[:-MAX_SHOWN_MESSAGES]
         self.dirty = True
 
     def save(self) -> None:
@@ -139,6 +207,8 @@ class Items:
             raise StopAsyncIteration from None
         if isinstance(item, Accepted):
             self._run.shown(item)
+        elif isinstance(item, MessageAccepted):
+            self._run.shown_message(item)
         return item
 
 
@@ -162,6 +232,8 @@ async def read(
     """
     send, receive = trio.open_memory_channel[ReadItem](QUEUE)
     run = _Read(state, path, since, follow, timeout, idle, behind_grace, send)
+    if since is None:  # an explicit --since shows the members' messages again too
+        run.shown_ids = set(state.shown_messages)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_run, run)
@@ -185,7 +257,9 @@ async def _run(run: _Read) -> None:
             if run.follow:
                 nursery.start_soon(_tick, run)
         if run.follower is not None:
-            await run.emit(run.follower.finish(time.monotonic()))
+            await run.emit(list(run.follower.finish(time.monotonic())))
+        if run.timeline is not None:
+            await run.emit(list(run.timeline.finish()))
         run.save()
 
 
@@ -195,7 +269,7 @@ async def _tick(run: _Read) -> None:
         await trio.sleep(1.0)
         run.save()
         if run.follower is not None:
-            await run.emit(run.follower.check_behind(time.monotonic(), run.behind_grace))
+            await run.emit(list(run.follower.check_behind(time.monotonic(), run.behind_grace)))
 
 
 def _profile_done(run: _Read) -> None:
@@ -230,6 +304,12 @@ def _start_follower(run: _Read) -> None:
         after_id=after_id,
         behind_threshold=0 if not run.follow else 1,
     )
+    if newest.profile.kind == "group" or newest.profile.comments:
+        run.timeline = TimelineReader(
+            channel=state.parsed_link.channel,
+            profile=newest,
+            relays=list(newest.profile.relays) or list(run.profiles),
+        )
     if stored is None or newest.profile.version > stored.profile.version:
         state.keep_profile(newest)
         run.dirty = True
@@ -259,10 +339,10 @@ async def _relay(run: _Read, relay: str) -> None:
             follower = run.follower
             if follower is None:
                 raise RelayError("no relay served a profile that verifies", code="no_profile")
-            await run.emit(follower.profile_seen(relay, seen))
+            await run.emit(list(follower.profile_seen(relay, seen)))
             if relay not in follower.profile.profile.relays and follower.profile.profile.relays:
                 raise RelayError("the newest profile does not list this relay", code="not_listed")
-            await _subscribe(run, follower, session, address, relay, follower.after_seq)
+            await _subscribe(run, follower, session, address, relay, follower.after_seq, 0)
     except RelayUnreachable as exc:
         if not (run.follow and run.follower is not None and counted):
             await run.send.send(RelayTrouble(relay, exc.code, exc.reason))
@@ -288,7 +368,10 @@ async def _reconnect(run: _Read, follower: Follower, relay: str) -> None:
         try:
             async with open_session(address, timeout=run.timeout) as session:
                 delay = RECONNECT_FIRST
-                await _subscribe(run, follower, session, address, relay, follower.resubscribe(relay))
+                timeline_since = run.timeline.resubscribe(relay) if run.timeline is not None else None
+                await _subscribe(
+                    run, follower, session, address, relay, follower.resubscribe(relay), timeline_since
+                )
         except RelayUnreachable:
             delay = min(delay * 2, RECONNECT_MAX)
         except RelayError as exc:
@@ -303,8 +386,15 @@ async def _subscribe(
     address: RelayAddress,
     relay: str,
     since: int | None,
+    timeline_since: int | None,
 ) -> None:
+    """Subscribe and take the history (events, and the timeline in a group), then the heads
+    (and the live feed, when following).  ``timeline_since``: 0 on a first subscription (the
+    whole kept timeline), the last place taken on a reconnection."""
     state = run.state
+    timeline = run.timeline
+    if timeline is None:
+        timeline_since = None
     assert address.address_id is not None
     request = make_member_request(
         state.member_key,
@@ -315,7 +405,7 @@ async def _subscribe(
         now=int(time.time()),
         action=ACTION_SUBSCRIBE,
     )
-    await session.send(Subscribe(request=request, since=since))
+    await session.send(Subscribe(request=request, since=since, timeline_since=timeline_since))
     with waiting(f"the subscription at {session.where}"):
         first = await session.receive(timeout=run.timeout)
     if isinstance(first, Error):
@@ -323,13 +413,36 @@ async def _subscribe(
     if not isinstance(first, Subscribed):
         raise RelayProtocolError(f"expected subscribed, got {type(first).__name__}")
     await run.emit(
-        follower.subscribed(
-            relay, head_seq=first.head_seq, first_seq=first.first_seq, profile_version=first.profile_version
+        list(
+            follower.subscribed(
+                relay,
+                head_seq=first.head_seq,
+                first_seq=first.first_seq,
+                profile_version=first.profile_version,
+            )
         )
     )
+    # The heads are asked once both histories are in: a head answered before the timeline's
+    # history would leave the places after it unread.
+    timeline_over = True
+    if timeline is not None:
+        position = timeline.position(relay) if timeline_since else None
+        since_hash = TIMELINE_GENESIS if timeline_since == 0 else position[1] if position else None
+        await run.emit(
+            list(
+                timeline.subscribed(
+                    relay,
+                    timeline_pos=first.timeline_pos,
+                    timeline_first=first.timeline_first,
+                    since=timeline_since,
+                    since_hash=since_hash,
+                )
+            )
+        )
+        timeline_over = first.timeline_pos <= (timeline_since or 0)
     asked_head = False
     while True:
-        if not asked_head and follower.history_over(relay):
+        if not asked_head and follower.history_over(relay) and timeline_over:
             await session.send(HeadRequest())
             asked_head = True
         wait = run.idle if not asked_head else (math.inf if run.follow else run.timeout)
@@ -341,13 +454,22 @@ async def _subscribe(
                 if run.follow:
                     continue
                 raise RelayError("no signed head within the time-out", code="timeout")
-            await run.emit(follower.history_done(relay))
+            await run.emit(list(follower.history_done(relay)))
+            if timeline is not None and not timeline_over:
+                await run.emit(list(timeline.history_done(relay)))
+                timeline_over = True  # what is missing is reported; the heads tell the rest
             continue
         if isinstance(frame, HeadAnswer):
             await _take_head(run, follower, session, relay, frame)
             await _discover(run, follower, address, relay)
             if not run.follow:
                 return
+        elif isinstance(frame, TimelineFrame):
+            if timeline is None:
+                raise RelayProtocolError("a timeline frame in a channel without member messages")
+            await run.emit(list(timeline.item(relay, frame.item)))
+            if frame.item.pos >= first.timeline_pos:
+                timeline_over = True
         else:
             await _take(run, follower, relay, frame)
 
@@ -355,9 +477,9 @@ async def _subscribe(
 async def _take(run: _Read, follower: Follower, relay: str, frame: RelayFrame) -> None:
     """One pushed frame of the feed."""
     if isinstance(frame, EventFrame):
-        await run.emit(follower.event(relay, frame.event))
+        await run.emit(list(follower.event(relay, frame.event)))
     elif isinstance(frame, ProfileAnswer):
-        await run.emit(follower.profile_seen(relay, frame.profile))
+        await run.emit(list(follower.profile_seen(relay, frame.profile)))
     elif isinstance(frame, DirectInviteDelivery):
         await _invitation(run, relay, frame)
     elif isinstance(frame, Error):
@@ -376,7 +498,9 @@ async def _take_head(
             [Finding(relay, FindingCode.BAD_HEAD, f"the signed head does not verify: {exc.reason}")]
         )
         return
-    await run.emit(follower.head(relay, head, frame.event))
+    await run.emit(list(follower.head(relay, head, frame.event)))
+    if run.timeline is not None:
+        await run.emit(list(run.timeline.head(relay, head)))
 
 
 async def _discover(run: _Read, follower: Follower, address: RelayAddress, relay: str) -> None:
@@ -401,7 +525,9 @@ async def _discover(run: _Read, follower: Follower, address: RelayAddress, relay
                 except ProtocolError as exc:
                     await run.emit([Finding(relay, FindingCode.BAD_HEAD, f"a discovered head: {exc.reason}")])
                     continue
-                await run.emit(follower.head(relay, head))
+                await run.emit(list(follower.head(relay, head)))
+                if run.timeline is not None:
+                    await run.emit(list(run.timeline.head(relay, head)))
     except RelayError as exc:
         await run.send.send(RelayTrouble(relay, exc.code, f"discovery: {exc.reason}"))
 
