@@ -152,6 +152,9 @@ class _Intake:
             if view is None:
                 outcomes.append(RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address"))
                 continue
+            if view.banned:
+                outcomes.append(_banned())
+                continue
             if view.existing_id is not None or (new.group_id, new.member_key) in stored:
                 break  # the key's stored request decides this one: alone
             members, held, undecided = counts.get(new.group_id, (view.members, view.held, view.undecided))
@@ -269,8 +272,7 @@ class Admissions:
         if view is None:
             raise RemoteProtocolError(ErrorCode.UNKNOWN_GROUP, "no group has this address")
         if view.banned:
-            # A signed ban (relay.server.timeline): this key never joins again, here.
-            raise RemoteProtocolError(ErrorCode.BANNED, "this member key is banned from the group")
+            raise _banned()
         active = view.state is GroupState.ACTIVE
         existing = joins.by_id(conn, view.existing_id) if view.existing_id is not None else None
         existing_decision = existing.decision if existing else None
@@ -431,6 +433,11 @@ class Admissions:
         )
         self.decisions.write(conn, record.id, member_key, row.name, decision, now)
         return decision
+
+
+def _banned() -> RemoteProtocolError:
+    """A signed ban (relay.server.timeline): this key never joins again, here."""
+    return RemoteProtocolError(ErrorCode.BANNED, "this member key is banned from the group")
 
 
 def _about(row: JoinRow) -> str:

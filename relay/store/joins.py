@@ -137,7 +137,8 @@ def intake_views(conn: Conn, requests: Sequence[tuple[int, bytes]]) -> list[Inta
     for row in conn.execute(
         "SELECT r.n, g.state, g.reason_code, g.reason, g.admission, g.max_members, g.admission_suspended, "
         "coalesce(q.members, 0), coalesce(q.held, 0), coalesce(q.held + q.pending + q.dead, 0), "
-        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = r.k) "
+        "(SELECT j.id FROM join_requests AS j WHERE j.group_id = g.id AND j.member_key = r.k), "
+        "(SELECT m.banned FROM member_roster AS m WHERE m.group_id = g.id AND m.member = r.k) "
         "FROM unnest(CAST(? AS bigint[]), CAST(? AS bytea[])) WITH ORDINALITY AS r (g, k, n) "
         "JOIN groups AS g ON g.id = r.g LEFT JOIN group_queues AS q ON q.group_id = g.id",
         ([group_id for group_id, _ in requests], [key for _, key in requests]),
