@@ -23,7 +23,7 @@ from test_store import new_group
 from relay.protocol.admission import Decision, JoinState
 from relay.protocol.state import GroupState
 from relay.store import events, fleet, groups, joins, migrations, pgschema
-from relay.store.conn import Conn
+from relay.store.conn import Conn, send_later
 from relay.store.db import Job
 from relay.store.errors import StoreError, StoreUnavailable
 from relay.store.pgurl import redacted
@@ -496,6 +496,36 @@ def test_an_event_is_announced_once_with_its_row_and_never_when_undone(pg_url: s
         conn.raw.close()
 
 
+def test_posts_stored_together_announce_each_group_s_newest_event_once(pg_url: str) -> None:
+    """A batch's events are announced one per group, the newest: a process that hears "group G
+    has event N" reads what it misses up to N, and each announcement wakes every listener."""
+    PostgresDatabase(pg_url).close()
+    conn = PgConn(connect(pg_url))
+    listener = psycopg.connect(pg_url, autocommit=True)
+    try:
+        listener.execute(f"LISTEN {fleet.CHANNEL}")
+        made = [groups.insert(conn, new_group(n), state=GroupState.ACTIVE, now=0) for n in (1, 2)]
+        ids = [group.id for group in made if group is not None]
+        heads = {group_id: events.HeadRow() for group_id in ids}
+        new: list[events.NewEvent] = []
+        for group_id, count in zip(ids, (3, 2), strict=True):
+            for seq in range(1, count + 1):
+                row = events.NewEvent(
+                    group_id, seq, bytes([seq]) * 32, b"event %d" % seq, seq, seq, f"p:e:{group_id}:{seq}"
+                )
+                heads[group_id] = events.next_head(heads[group_id], row)
+                new.append(row)
+        conn.execute("BEGIN")
+        events.append_many(conn, new, heads)
+        conn.execute("COMMIT")
+        heard = sorted(n.payload for n in listener.notifies(timeout=0.5))
+        assert heard == sorted([f"p:e:{ids[0]}:3", f"p:e:{ids[1]}:2"])
+        assert [events.head(conn, group_id).count for group_id in ids] == [3, 2]
+    finally:
+        listener.close()
+        conn.raw.close()
+
+
 # --- batches: consecutive jobs of one kind sharing their statements (relay.store.db.Batch) ---
 
 
@@ -503,11 +533,15 @@ class _Groups:
     """A :class:`relay.store.db.Batch` of group rows: every job's row in one statement.  An
     item is (channel number, refused): a refused job gets its error and writes nothing (as
     its ``fn`` does alone); ``alone_at``: the channel whose job the batch leaves to run alone;
-    ``sabotage``: a statement run first, to fail the batch (once)."""
+    ``sabotage``: a statement run first, to fail the batch (once); ``later``: one sent last
+    with :func:`relay.store.conn.send_later` (with the COMMIT), to fail it there (once)."""
 
-    def __init__(self, alone_at: int | None = None, sabotage: str | None = None) -> None:
+    def __init__(
+        self, alone_at: int | None = None, sabotage: str | None = None, later: str | None = None
+    ) -> None:
         self.alone_at = alone_at
         self.sabotage = sabotage
+        self.later = later
         self.runs: list[list[int]] = []
 
     def run(self, conn: Conn, jobs: Sequence[Job[Any]]) -> int:
@@ -532,6 +566,9 @@ class _Groups:
                 job.error = ValueError(f"job {n} refused")
             else:
                 job.result = ids[n]
+        if self.later is not None:
+            sql, self.later = self.later, None
+            send_later(conn, sql)
         return len(taken)
 
 
@@ -605,6 +642,24 @@ async def test_a_failed_batch_statement_fails_only_the_job_at_fault(pg_url: str)
     assert _ids_in_commit_order(pg_url) == [2, 1, 4]
     failed = [line for line in logs if line["event"] == "store.batch_failed"]
     assert len(failed) == 1 and failed[0]["jobs"] == 4
+
+
+async def test_a_statement_failing_with_the_commit_fails_no_job(pg_url: str) -> None:
+    # A batch's last write goes with the COMMIT (send_later): if it fails there, nothing of
+    # the transaction stays, and each job runs again in a transaction of its own.
+    db = PostgresDatabase(pg_url)
+    batch = _Groups(later="DO $$BEGIN RAISE EXCEPTION 'forced at commit'; END$$")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            outcomes = await _run_batch(db, batch, [(n, n == 2) for n in range(1, 5)])
+    finally:
+        db.close()
+    assert [type(o) for o in outcomes] == [int, ValueError, int, int]
+    assert batch.runs == [[1, 2, 3, 4]]  # then each alone, through its fn
+    assert _ids_in_commit_order(pg_url) == [1, 3, 4]
+    assert db.stats.unavailable == 0
+    assert [line["jobs"] for line in logs if line["event"] == "store.batch_failed"] == [4]
+    assert not [line for line in logs if line["event"] == "store.commit_failed"]
 
 
 async def _first_id(url: str) -> int:

@@ -40,6 +40,18 @@ class Conn(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Rows: ...
 
 
+def send_later(conn: Conn, sql: str, parameters: Sequence[Any] = (), /) -> None:
+    """Run ``sql``, whose result nobody reads (a lock taken), with the
+    transaction's next statement where the engine can (PostgreSQL's ``PgConn.defer``: one
+    round trip less), else now.  Its error, if any, comes with that next statement: the next
+    job's savepoint or the ``COMMIT``, which the writer then treats as the batch's failure."""
+    defer = getattr(conn, "defer", None)
+    if defer is not None:
+        defer(sql, parameters)
+    else:
+        conn.execute(sql, parameters)
+
+
 @contextmanager
 def savepoint(conn: Conn, name: str = "step") -> Iterator[None]:
     """Run the block so that, if it raises, its changes alone are undone (and the error

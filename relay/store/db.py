@@ -219,7 +219,7 @@ class Writer(Generic[C]):
         conn.execute("ROLLBACK TO job")
 
     def _retry_alone(self) -> bool:
-        """Whether a batch whose COMMIT failed as unavailable may run again job by job."""
+        """Whether a batch whose transaction failed may run again job by job."""
         return True
 
     def _conflict(self, exc: BaseException) -> bool:
@@ -406,9 +406,13 @@ class Writer(Generic[C]):
                 # Another process's transaction held what this one wanted, and this one was
                 # given up: alone, each job holds what it alone needs.
                 return self._run_alone(batch, started)
-            if isinstance(error, StoreUnavailable) and len(batch) > 1 and self._retry_alone():
+            if len(batch) > 1 and self._retry_alone():
                 # The writes cannot commit (a full disk, say), but the reads among these jobs
-                # can: a transaction that wrote nothing commits.  One transaction per job.
+                # can: a transaction that wrote nothing commits.  Or a statement sent with the
+                # COMMIT (``relay.store.conn.send_later``) failed for one job: alone, it fails
+                # no other.  One transaction per job.
+                if not isinstance(error, StoreUnavailable):
+                    log.warning("store.batch_failed", error=str(error), jobs=len(batch))
                 return self._run_alone(batch, started)
             self._report_failure(error, len(batch))
             for job in batch:

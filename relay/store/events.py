@@ -119,7 +119,11 @@ def next_head(before: HeadRow, new: NewEvent) -> HeadRow:
 def append_many(conn: Conn, new: Sequence[NewEvent], heads: dict[int, HeadRow]) -> None:
     """PostgreSQL only: store ``new`` (the caller checked each against the chain, in order),
     set each group's head to ``heads[group]`` (its head after its last new event) and
-    announce what each event names, all in one statement: all of it or none."""
+    announce the newest event of each group, all in one statement: all of it or none.
+
+    One announcement per group, not per event: a process that hears "group G has event N"
+    reads what it misses up to N (``relay.server.fanout``), and every announcement costs
+    each listening process a wake-up, its own included."""
     columns: list[list[Any]] = [[], [], [], [], [], [], []]
     for event in new:
         for column, value in zip(
@@ -140,7 +144,8 @@ def append_many(conn: Conn, new: Sequence[NewEvent], heads: dict[int, HeadRow]) 
     for group_id, head in heads.items():
         for column, value in zip(head_columns, _values(head, group_id), strict=True):
             column.append(value)
-    announcements = [event.announcement for event in new if event.announcement is not None]
+    newest = {event.group_id: event.announcement for event in new if event.announcement is not None}
+    announcements = list(newest.values())
     conn.execute(
         "WITH stored AS (INSERT INTO events (group_id, seq, id, event, created_at, stored_at, size) "
         f"SELECT * FROM unnest({_ARRAYS_EVENT})), "

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from relay.store.conn import Conn
+from relay.store.conn import Conn, send_later
 
 CHANNEL = "relay_fleet"  # the one NOTIFY channel of a fleet
 CHAIN_LOCKS = 1  # advisory lock class: a group's event chain
@@ -40,16 +40,12 @@ def lock_chain(conn: Conn, group_id: int) -> None:
     """Wait until no other transaction appends to (or prunes) ``group_id``'s events; held to
     the end of this transaction, and taken before the transaction's next statement runs."""
     if shared(conn):
+        # Sent with the next statement: one round trip less per post.  Not folded into the
+        # statement that reads the head: in READ COMMITTED a statement's snapshot is taken
+        # when it starts, before a lock inside it waits, so it would read the head as it was
+        # before the other process's append committed.
         sql = f"SELECT pg_advisory_xact_lock({CHAIN_LOCKS}, CAST(? AS integer))"
-        defer = getattr(conn, "defer", None)
-        if defer is not None:
-            # Sent with the next statement (PgConn.defer): one round trip less per post.  Not
-            # folded into the statement that reads the head: in READ COMMITTED a statement's
-            # snapshot is taken when it starts, before a lock inside it waits, so it would
-            # read the head as it was before the other process's append committed.
-            defer(sql, (group_id & _KEY_MASK,))
-        else:
-            conn.execute(sql, (group_id & _KEY_MASK,))
+        send_later(conn, sql, (group_id & _KEY_MASK,))
 
 
 def lock_chains(conn: Conn, group_ids: Iterable[int]) -> None:
@@ -57,12 +53,9 @@ def lock_chains(conn: Conn, group_ids: Iterable[int]) -> None:
     their keys (as every batch takes them: two batches wait, they do not deadlock)."""
     if shared(conn):
         keys = sorted({group_id & _KEY_MASK for group_id in group_ids})
+        # As in lock_chain: sent with the next statement, before it.
         sql = f"SELECT count(pg_advisory_xact_lock({CHAIN_LOCKS}, k)) FROM unnest(CAST(? AS integer[])) AS k"
-        defer = getattr(conn, "defer", None)
-        if defer is not None:  # as in lock_chain: sent with the next statement, before it
-            defer(sql, (keys,))
-        else:
-            conn.execute(sql, (keys,))
+        send_later(conn, sql, (keys,))
 
 
 def lock_timeline(conn: Conn, group_id: int) -> None:
@@ -70,11 +63,7 @@ def lock_timeline(conn: Conn, group_id: int) -> None:
     own: member messages and owners' posts to one group do not wait for each other)."""
     if shared(conn):
         sql = f"SELECT pg_advisory_xact_lock({TIMELINE_LOCKS}, CAST(? AS integer))"
-        defer = getattr(conn, "defer", None)
-        if defer is not None:
-            defer(sql, (group_id & _KEY_MASK,))
-        else:
-            conn.execute(sql, (group_id & _KEY_MASK,))
+        send_later(conn, sql, (group_id & _KEY_MASK,))
 
 
 def try_lock_joins(conn: Conn, group_id: int) -> bool:
