@@ -9,8 +9,10 @@ moderation is signed once and the same bytes go to every relay; sending it again
 
 ``certify`` asks every relay for its admitted members without a current cert (the owner
 command ``list_uncertified`` on the contact address), signs one cert per member and publishes
-it; ``keep`` repeats that until cancelled.  The name certified is the one the relays list
-(the member's own, from its signed join request).  A new cert or moderation about a member is
+it; ``keep`` repeats that until cancelled.  The name certified is the one in the member's own
+signed join request, which each relay hands over with its listing and this module checks
+(signer, channel, signature): a relay that lists a member without it, or with one that does
+not verify, is reported and its listing does not count.  A new cert or moderation about a member is
 made strictly newer than the last one this owner file signed about that member (``issued_at``
 one second later if the clock has not moved on), since a cert no newer than the member's
 current one is ``superseded`` and a cert issued at or before a removal does not count.
@@ -33,10 +35,13 @@ from relay.client.member import MemberState
 from relay.client.owner import OwnerState, RelayEntry, _owner_request, signed_to_json
 from relay.protocol.addresses import parse_address
 from relay.protocol.encoding import b64d, b64e
+from relay.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from relay.protocol.invitation import ACTION_LIST_UNCERTIFIED
+from relay.protocol.membership import verify_member_card
 from relay.protocol.messages import (
     OwnerCommand,
     OwnerCommandResult,
+    PendingMember,
     Publish,
     PublishResult,
     Signed,
@@ -166,6 +171,20 @@ class Uncertified:
     relays: list[str]  # the relays that list it
 
 
+def signed_listing(pending: PendingMember, channel: bytes) -> Uncertified:
+    """A relay's listing of a member without a cert, as the member itself signed it: the name
+    and about line come from its own join request (checked here), never from the relay's
+    ``name``, so a relay cannot have the owners certify a member under a name of its choosing.
+    Raises ``bad_signature`` (no request, or another signer's, or one that does not verify) or
+    ``channel_mismatch``."""
+    if pending.join is None:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_SIGNATURE, "the relay listed a member without its signed join request"
+        )
+    card = verify_member_card(pending.join, member=pending.member, channel=channel)
+    return Uncertified(b64e(pending.member), card.profile.name, card.profile.about[:500], [])
+
+
 async def list_uncertified(
     state: OwnerState, *, timeout: float = 15.0
 ) -> tuple[list[Uncertified], list[dict[str, object]]]:
@@ -183,8 +202,12 @@ async def list_uncertified(
             if not isinstance(answer, OwnerCommandResult):
                 raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
             for p in answer.pending:
-                key = b64e(p.member)
-                seen = found.setdefault(key, Uncertified(key, p.name, p.about, []))
+                try:
+                    listed = signed_listing(p, state.channel)
+                except ProtocolError as exc:
+                    troubles.append({"relay": entry.contact, "code": exc.code.value, "reason": exc.reason})
+                    continue
+                seen = found.setdefault(listed.member, listed)
                 seen.relays.append(entry.contact)
         except RelayError as exc:
             troubles.append({"relay": entry.contact, "code": exc.code, "reason": exc.reason})

@@ -430,6 +430,9 @@ class PendingMember(Struct, frozen=True):
     name: str
     about: str
     received_at: int
+    # The member's own signed join request: owners certify the name the member signed
+    # (relay.protocol.membership.verify_member_card), not the one a relay lists.
+    join: Signed | None = None
 
 
 class OwnerCommandResult(Struct, frozen=True, tag="owner_result", tag_field="type"):

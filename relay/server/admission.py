@@ -42,6 +42,7 @@ from relay.protocol.messages import (
     OwnerCommandResult,
     PendingMember,
     ProfileAnswer,
+    Signed,
 )
 from relay.protocol.state import GroupState
 from relay.server.config import MembersConfig
@@ -373,6 +374,7 @@ class Admissions:
                         name=member.name,
                         about=_about_request(member.request),
                         received_at=member.received_at,
+                        join=_join_of(member.request),
                     )
                     for member in timeline_store.uncertified(conn, record.id, MAX_PENDING_LISTED)
                 ]
@@ -384,6 +386,7 @@ class Admissions:
                         name=row.name,
                         about=_about(row),
                         received_at=row.received_at,
+                        join=_join_of(row.request),
                     )
                     for row in joins.pending(conn, record.id, MAX_PENDING_LISTED)
                 ]
@@ -438,6 +441,15 @@ class Admissions:
 def _banned() -> RemoteProtocolError:
     """A signed ban (relay.server.timeline): this key never joins again, here."""
     return RemoteProtocolError(ErrorCode.BANNED, "this member key is banned from the group")
+
+
+def _join_of(request: bytes) -> Signed | None:
+    """The member's signed join request as stored, for the owners to check (None: a row that no
+    longer decodes, which the owners' client then does not certify)."""
+    try:
+        return decode_signed(request)
+    except RemoteProtocolError:
+        return None
 
 
 def _about(row: JoinRow) -> str:
