@@ -190,6 +190,17 @@ class _Posts:
         return settle(jobs, outcomes)  # nothing fails past here
 
 
+def fanout_limits(config: EventsConfig) -> FanoutLimits:
+    """A fan-out's bounds as ``[events]`` sets them (the owners' events and the timelines alike)."""
+    return FanoutLimits(
+        buffer_frames=config.send_buffer_frames,
+        buffer_bytes=config.send_buffer_bytes,
+        stall_timeout=config.stall_timeout,
+        page=config.catch_up_page,
+        recent=config.recent_cache,
+    )
+
+
 class Channels:
     def __init__(
         self, service: GroupService, config: EventsConfig, metrics: Metrics, bounds: Bounds | None = None
@@ -199,17 +210,7 @@ class Channels:
         self.config = config
         self.metrics = metrics
         self.bounds = bounds if bounds is not None else Bounds(metrics)
-        self.fanout = FanOut(
-            FanoutLimits(
-                buffer_frames=config.send_buffer_frames,
-                buffer_bytes=config.send_buffer_bytes,
-                stall_timeout=config.stall_timeout,
-                page=config.catch_up_page,
-                recent=config.recent_cache,
-            ),
-            metrics,
-            self._read_page,
-        )
+        self.fanout = FanOut(fanout_limits(config), metrics, self._read_page)
         self._views: dict[int, GroupView] = {}
         self._equivocations_log = LogThrottle()
         self._tags: dict[bytes, int] | None = None  # tag -> group id, built on first discover

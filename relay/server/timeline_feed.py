@@ -23,8 +23,8 @@ from relay.protocol import timeline as rules
 from relay.protocol.encoding import encode
 from relay.protocol.errors import ErrorCode
 from relay.protocol.messages import Error, Signed, TimelineFrame, TimelineItem
-from relay.server.events import Channels, prune_older, run_every
-from relay.server.fanout import FanOut, FanoutLimits, Page, Stream
+from relay.server.events import Channels, fanout_limits, prune_older, run_every
+from relay.server.fanout import FanOut, Page, Stream
 from relay.server.http import prepared_message
 from relay.server.metrics import Metrics
 from relay.store import timeline as store
@@ -72,19 +72,7 @@ class TimelineFeed:
         self.service = channels.service
         self.events = channels.config
         self.metrics = metrics
-        events = self.events
-        self.fanout = FanOut(
-            FanoutLimits(
-                buffer_frames=events.send_buffer_frames,
-                buffer_bytes=events.send_buffer_bytes,
-                stall_timeout=events.stall_timeout,
-                page=events.catch_up_page,
-                recent=events.recent_cache,
-            ),
-            metrics,
-            self._read_page,
-            TIMELINE,
-        )
+        self.fanout = FanOut(fanout_limits(self.events), metrics, self._read_page, TIMELINE)
 
     # --- pages ----------------------------------------------------------------------------------
 
