@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -125,21 +125,46 @@ def verify_event(
         raise RemoteProtocolError(
             ErrorCode.UNAUTHORISED_OWNER, "the event is signed by a key that is not an owner of the channel"
         )
-    if len(signed.body) > max_body + EVENT_OVERHEAD:
-        raise RemoteProtocolError(
-            ErrorCode.EVENT_TOO_LARGE,
-            f"the event is {len(signed.body)} bytes; the limit is {max_body} for its body",
-        )
-    event = decode(signed.body, OwnerEvent, limit=max_body + EVENT_OVERHEAD, what="event")
-    if len(event.body) > max_body:
-        raise RemoteProtocolError(
-            ErrorCode.EVENT_TOO_LARGE, f"the event body is {len(event.body)} bytes; the limit is {max_body}"
-        )
+    event = decode_sized(
+        signed,
+        OwnerEvent,
+        max_body=max_body,
+        overhead=EVENT_OVERHEAD,
+        code=ErrorCode.EVENT_TOO_LARGE,
+        noun="event",
+        what="event",
+    )
     if not crypto.same_secret(event.channel, channel):
         raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the event is for another channel")
     check_first_link(event.seq, event.prev, "event")
     crypto.verify(signed.signer, crypto.Label.EVENT, signed.body, signed.sig)
     return VerifiedEvent(event=event, signed=signed, id=event_id(signed.body))
+
+
+class _WithBody(Protocol):
+    @property
+    def body(self) -> bytes: ...
+
+
+B = TypeVar("B", bound=_WithBody)
+
+
+def decode_sized(
+    signed: Signed, type_: type[B], *, max_body: int, overhead: int, code: ErrorCode, noun: str, what: str
+) -> B:
+    """Decode a signed entry whose ``body`` may hold ``max_body`` bytes: the whole is measured
+    first (``max_body`` + ``overhead``), so that nothing larger is decoded, then the body.
+    ``code`` refuses either; ``noun`` names the entry in the reasons, ``what`` in decoding's."""
+    if len(signed.body) > max_body + overhead:
+        raise RemoteProtocolError(
+            code, f"the {noun} is {len(signed.body)} bytes; the limit is {max_body} for its body"
+        )
+    entry = decode(signed.body, type_, limit=max_body + overhead, what=what)
+    if len(entry.body) > max_body:
+        raise RemoteProtocolError(
+            code, f"the {noun} body is {len(entry.body)} bytes; the limit is {max_body}"
+        )
+    return entry
 
 
 def check_first_link(seq: int, prev: bytes, what: str) -> None:

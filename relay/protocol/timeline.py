@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from relay.protocol import crypto
 from relay.protocol.encoding import decode, encode
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
-from relay.protocol.events import Append, ChainHead, check_first_link, check_link
+from relay.protocol.events import Append, ChainHead, check_first_link, check_link, decode_sized
 from relay.protocol.messages import MemberCert, MemberMessage, Moderation, Signed
 from relay.protocol.pace import Pacer as Pacer
 from relay.protocol.pace import PostingRules as PostingRules
@@ -214,17 +214,15 @@ def make_message(
 
 def check_message(signed: Signed, *, channel: bytes, max_body: int = MAX_MESSAGE_BODY) -> MemberMessage:
     """Everything :func:`verify_message` checks except the signature."""
-    if len(signed.body) > max_body + MESSAGE_OVERHEAD:
-        raise RemoteProtocolError(
-            ErrorCode.MESSAGE_TOO_LARGE,
-            f"the message is {len(signed.body)} bytes; the limit is {max_body} for its body",
-        )
-    message = decode(signed.body, MemberMessage, limit=max_body + MESSAGE_OVERHEAD, what="member message")
-    if len(message.body) > max_body:
-        raise RemoteProtocolError(
-            ErrorCode.MESSAGE_TOO_LARGE,
-            f"the message body is {len(message.body)} bytes; the limit is {max_body}",
-        )
+    message = decode_sized(
+        signed,
+        MemberMessage,
+        max_body=max_body,
+        overhead=MESSAGE_OVERHEAD,
+        code=ErrorCode.MESSAGE_TOO_LARGE,
+        noun="message",
+        what="member message",
+    )
     if not crypto.same_secret(message.channel, channel):
         raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the message is for another channel")
     check_first_link(message.seq, message.prev, "a member's message")
