@@ -30,7 +30,7 @@ from relay.store.migrations import migrate
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = {"sqlite3", "psycopg", "psycopg_pool", "psycopg2", "aiosqlite"}
 # The store's modules of SQL; db.py and migrations.py are the SQLite engine itself.
-PORTABLE_MODULES = ("groups.py", "joins.py", "events.py", "conn.py", "timeline.py")
+PORTABLE_MODULES = ("groups.py", "joins.py", "events.py", "conn.py", "timeline.py", "retention.py")
 
 
 def _imports(path: Path) -> set[str]:

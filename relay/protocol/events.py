@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol, Self, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -48,6 +49,27 @@ class VerifiedEvent:
     def seq(self) -> int:
         return self.event.seq
 
+    @property
+    def prev(self) -> bytes:
+        return self.event.prev
+
+    @property
+    def created_at(self) -> int:
+        return self.event.created_at
+
+
+class ChainLink(Protocol):
+    """One verified entry of a hash chain: an owner event, or a member's message."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def id(self) -> bytes: ...
+    @property
+    def prev(self) -> bytes: ...
+    @property
+    def created_at(self) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChainHead:
@@ -58,8 +80,13 @@ class ChainHead:
     created_at: int = 0
 
     @classmethod
-    def of(cls, event: VerifiedEvent) -> ChainHead:
-        return cls(event.seq, event.id, event.event.created_at)
+    def of(cls, link: ChainLink) -> Self:
+        return cls(link.seq, link.id, link.created_at)
+
+    def following(self, now: int) -> tuple[int, bytes, int]:
+        """``seq``, ``prev`` and ``created_at`` of the entry signed after this head: its time
+        never goes back past the head's."""
+        return self.seq + 1, self.id, max(now, self.created_at)
 
 
 def make_event(
@@ -72,11 +99,12 @@ def make_event(
     content_type: str = CONTENT_TEXT,
 ) -> Signed:
     """Sign the event that follows ``after``; its time never goes back past ``after``'s."""
+    seq, prev, created_at = after.following(now)
     event = OwnerEvent(
         channel=channel,
-        seq=after.seq + 1,
-        prev=after.id,
-        created_at=max(now, after.created_at),
+        seq=seq,
+        prev=prev,
+        created_at=created_at,
         content_type=content_type,
         body=body,
     )
@@ -97,22 +125,52 @@ def verify_event(
         raise RemoteProtocolError(
             ErrorCode.UNAUTHORISED_OWNER, "the event is signed by a key that is not an owner of the channel"
         )
-    if len(signed.body) > max_body + EVENT_OVERHEAD:
-        raise RemoteProtocolError(
-            ErrorCode.EVENT_TOO_LARGE,
-            f"the event is {len(signed.body)} bytes; the limit is {max_body} for its body",
-        )
-    event = decode(signed.body, OwnerEvent, limit=max_body + EVENT_OVERHEAD, what="event")
-    if len(event.body) > max_body:
-        raise RemoteProtocolError(
-            ErrorCode.EVENT_TOO_LARGE, f"the event body is {len(event.body)} bytes; the limit is {max_body}"
-        )
+    event = decode_sized(
+        signed,
+        OwnerEvent,
+        max_body=max_body,
+        overhead=EVENT_OVERHEAD,
+        code=ErrorCode.EVENT_TOO_LARGE,
+        noun="event",
+        what="event",
+    )
     if not crypto.same_secret(event.channel, channel):
         raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the event is for another channel")
-    if (event.seq == 1) != (event.prev == GENESIS):
-        raise RemoteProtocolError(ErrorCode.CHAIN_BROKEN, "only event 1 may follow the empty chain")
+    check_first_link(event.seq, event.prev, "event")
     crypto.verify(signed.signer, crypto.Label.EVENT, signed.body, signed.sig)
     return VerifiedEvent(event=event, signed=signed, id=event_id(signed.body))
+
+
+class _WithBody(Protocol):
+    @property
+    def body(self) -> bytes: ...
+
+
+B = TypeVar("B", bound=_WithBody)
+
+
+def decode_sized(
+    signed: Signed, type_: type[B], *, max_body: int, overhead: int, code: ErrorCode, noun: str, what: str
+) -> B:
+    """Decode a signed entry whose ``body`` may hold ``max_body`` bytes: the whole is measured
+    first (``max_body`` + ``overhead``), so that nothing larger is decoded, then the body.
+    ``code`` refuses either; ``noun`` names the entry in the reasons, ``what`` in decoding's."""
+    if len(signed.body) > max_body + overhead:
+        raise RemoteProtocolError(
+            code, f"the {noun} is {len(signed.body)} bytes; the limit is {max_body} for its body"
+        )
+    entry = decode(signed.body, type_, limit=max_body + overhead, what=what)
+    if len(entry.body) > max_body:
+        raise RemoteProtocolError(
+            code, f"the {noun} body is {len(entry.body)} bytes; the limit is {max_body}"
+        )
+    return entry
+
+
+def check_first_link(seq: int, prev: bytes, what: str) -> None:
+    """Only entry 1 of a chain follows the empty chain (``chain_broken``); ``what`` names it."""
+    if (seq == 1) != (prev == GENESIS):
+        raise RemoteProtocolError(ErrorCode.CHAIN_BROKEN, f"only {what} 1 may follow the empty chain")
 
 
 def stored_event(signed: Signed) -> VerifiedEvent:
@@ -145,33 +203,22 @@ def check_append(
     clock), an event dated more than ``CLOCK_SKEW`` ahead, or more than ``max_backdate``
     seconds behind, is ``bad_timestamp`` too.
     """
-    return check_link(
-        head,
-        seq=event.seq,
-        id=event.id,
-        prev=event.event.prev,
-        created_at=event.event.created_at,
-        existing_id=existing_id,
-        now=now,
-        max_backdate=max_backdate,
-    )
+    return check_link(head, event, existing_id=existing_id, now=now, max_backdate=max_backdate)
 
 
 def check_link(
     head: ChainHead,
+    link: ChainLink,
     *,
-    seq: int,
-    id: bytes,
-    prev: bytes,
-    created_at: int,
     existing_id: bytes | None,
     now: int | None = None,
     max_backdate: int = 0,
     what: str = "event",
 ) -> Append:
-    """:func:`check_append`'s rules on the fields of any hash-chained entry: owner events,
-    and each member's own chain of messages (:func:`relay.protocol.timeline.check_author_append`);
+    """:func:`check_append`'s rules on any hash-chained entry: owner events, and each
+    member's own chain of messages (:func:`relay.protocol.timeline.check_author_append`);
     ``what`` names the entry in the reasons."""
+    seq, id, prev, created_at = link.seq, link.id, link.prev, link.created_at
     if existing_id is not None:
         if crypto.same_secret(existing_id, id):
             return Append.DUPLICATE

@@ -66,7 +66,8 @@ LIES = frozenset(FindingCode) - {
     FindingCode.CERT_UNSEEN,
 }
 
-_FROM_ERROR = {
+# The finding a refused event (or profile) is told as; anything else is ``bad_event``.
+FINDING_OF_ERROR = {
     ErrorCode.BAD_SIGNATURE: FindingCode.BAD_SIGNATURE,
     ErrorCode.UNAUTHORISED_OWNER: FindingCode.UNAUTHORISED_OWNER,
     ErrorCode.CHANNEL_MISMATCH: FindingCode.CHANNEL_MISMATCH,
@@ -106,6 +107,36 @@ class ProfileAdopted:
 
 
 Output = Accepted | Finding | ProfileAdopted
+
+
+@dataclass(slots=True)
+class FindingsTold:
+    """The findings a reader told already: each once per relay, code and place (or ``key``).
+
+    Bounded by ``limit``: past it the memory starts again, and at worst a finding is told twice.
+    """
+
+    limit: int
+    _marks: set[tuple[str, FindingCode, object]] = field(default_factory=set)
+
+    def once(
+        self,
+        relay: str,
+        code: FindingCode,
+        detail: str,
+        *,
+        seq: int | None = None,
+        proof: tuple[Signed, ...] = (),
+        key: object = None,
+    ) -> Finding | None:
+        """The finding, unless it was told already (None)."""
+        mark = (relay, code, seq if key is None else key)
+        if mark in self._marks:
+            return None
+        if len(self._marks) >= self.limit:
+            self._marks.clear()
+        self._marks.add(mark)
+        return Finding(relay, code, detail, seq, proof)
 
 
 @dataclass(slots=True)
@@ -151,11 +182,12 @@ class Follower:
     _delivered: dict[int, VerifiedEvent] = field(init=False, default_factory=dict)
     _pending: dict[int, dict[bytes, _Candidate]] = field(init=False, default_factory=dict)
     _heads: dict[int, tuple[str, VerifiedHead]] = field(init=False, default_factory=dict)
-    _reported: set[tuple[str, FindingCode, int | None]] = field(init=False, default_factory=set)
+    _told: FindingsTold = field(init=False)
     next_seq: int | None = field(init=False, default=None)
     last_id: bytes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self._told = FindingsTold(self.window)
         self._views = {relay: _RelayView(since=self.after_seq) for relay in self.relays}
         if self.after_seq is not None:
             self.next_seq = self.after_seq + 1
@@ -199,7 +231,7 @@ class Follower:
                 signed, channel=self.channel, owners=frozenset({signed.signer}) if provisional else owners
             )
         except ProtocolError as exc:
-            code = _FROM_ERROR.get(exc.code, FindingCode.BAD_EVENT)
+            code = FINDING_OF_ERROR.get(exc.code, FindingCode.BAD_EVENT)
             self._skip_bad(view, signed)
             return self._find(relay, code, exc.reason, proof=(signed,), key=event_id(signed.body))
         out = self._check_stream(relay, view, event)
@@ -254,7 +286,7 @@ class Follower:
         try:
             verified = verify_profile(signed)
         except ProtocolError as exc:
-            code = _FROM_ERROR.get(exc.code, FindingCode.BAD_EVENT)
+            code = FINDING_OF_ERROR.get(exc.code, FindingCode.BAD_EVENT)
             return self._find(relay, code, f"the profile does not verify: {exc.reason}", proof=(signed,))
         version = verified.profile.version
         if not crypto.same_secret(verified.profile.channel, self.channel):
@@ -581,13 +613,8 @@ class Follower:
         key: object = None,
     ) -> list[Output]:
         """A finding, reported once per relay, code and sequence number (or event)."""
-        mark = (relay, code, seq if key is None else hash(key))
-        if mark in self._reported:
-            return []
-        if len(self._reported) >= self.window:
-            self._reported.clear()  # bounded; at worst a finding is told twice
-        self._reported.add(mark)
-        return [Finding(relay, code, detail, seq, proof)]
+        finding = self._told.once(relay, code, detail, seq=seq, proof=proof, key=key)
+        return [] if finding is None else [finding]
 
     def _trim(self, table: dict[int, VerifiedEvent] | dict[int, tuple[str, VerifiedHead]]) -> None:
         while len(table) > self.window:

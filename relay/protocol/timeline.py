@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from relay.protocol import crypto
 from relay.protocol.encoding import decode, encode
 from relay.protocol.errors import ErrorCode, RemoteProtocolError
-from relay.protocol.events import GENESIS, Append, ChainHead, check_link
+from relay.protocol.events import Append, ChainHead, check_first_link, check_link, decode_sized
 from relay.protocol.messages import MemberCert, MemberMessage, Moderation, Signed
 from relay.protocol.pace import Pacer as Pacer
 from relay.protocol.pace import PostingRules as PostingRules
@@ -173,18 +173,19 @@ class VerifiedMessage:
     def seq(self) -> int:
         return self.message.seq
 
+    @property
+    def prev(self) -> bytes:
+        return self.message.prev
+
+    @property
+    def created_at(self) -> int:
+        return self.message.created_at
+
 
 @dataclass(frozen=True, slots=True)
-class AuthorHead:
-    """A member's newest message in one group as far as one party knows it (seq 0: none yet)."""
-
-    seq: int = 0
-    id: bytes = GENESIS
-    created_at: int = 0
-
-    @classmethod
-    def of(cls, message: VerifiedMessage) -> AuthorHead:
-        return cls(message.seq, message.id, message.message.created_at)
+class AuthorHead(ChainHead):
+    """A member's newest message in one group as far as one party knows it (seq 0: none yet):
+    a member's messages chain as an owner's events do."""
 
 
 def make_message(
@@ -198,11 +199,12 @@ def make_message(
     reply_to: bytes = b"",
 ) -> Signed:
     """Sign the member's message that follows ``after``; its time never goes back past ``after``'s."""
+    seq, prev, created_at = after.following(now)
     message = MemberMessage(
         channel=channel,
-        seq=after.seq + 1,
-        prev=after.id,
-        created_at=max(now, after.created_at),
+        seq=seq,
+        prev=prev,
+        created_at=created_at,
         content_type=content_type,
         body=body,
         reply_to=reply_to,
@@ -212,23 +214,18 @@ def make_message(
 
 def check_message(signed: Signed, *, channel: bytes, max_body: int = MAX_MESSAGE_BODY) -> MemberMessage:
     """Everything :func:`verify_message` checks except the signature."""
-    if len(signed.body) > max_body + MESSAGE_OVERHEAD:
-        raise RemoteProtocolError(
-            ErrorCode.MESSAGE_TOO_LARGE,
-            f"the message is {len(signed.body)} bytes; the limit is {max_body} for its body",
-        )
-    message = decode(signed.body, MemberMessage, limit=max_body + MESSAGE_OVERHEAD, what="member message")
-    if len(message.body) > max_body:
-        raise RemoteProtocolError(
-            ErrorCode.MESSAGE_TOO_LARGE,
-            f"the message body is {len(message.body)} bytes; the limit is {max_body}",
-        )
+    message = decode_sized(
+        signed,
+        MemberMessage,
+        max_body=max_body,
+        overhead=MESSAGE_OVERHEAD,
+        code=ErrorCode.MESSAGE_TOO_LARGE,
+        noun="message",
+        what="member message",
+    )
     if not crypto.same_secret(message.channel, channel):
         raise RemoteProtocolError(ErrorCode.CHANNEL_MISMATCH, "the message is for another channel")
-    if (message.seq == 1) != (message.prev == GENESIS):
-        raise RemoteProtocolError(
-            ErrorCode.CHAIN_BROKEN, "only a member's message 1 may follow the empty chain"
-        )
+    check_first_link(message.seq, message.prev, "a member's message")
     if len(message.reply_to) not in (0, 32):
         raise RemoteProtocolError(ErrorCode.BAD_REPLY, "reply_to is an id (32 bytes) or empty")
     return message
@@ -264,17 +261,7 @@ def check_author_append(
     """The member's own chain: the rules and codes of :func:`relay.protocol.events.check_append`
     (``equivocation``, ``event_gap``, ``chain_broken``, ``bad_timestamp``), on the author's
     head and the id already held at ``msg.seq`` for this author (None if none)."""
-    return check_link(
-        ChainHead(head.seq, head.id, head.created_at),
-        seq=msg.seq,
-        id=msg.id,
-        prev=msg.message.prev,
-        created_at=msg.message.created_at,
-        existing_id=existing_id,
-        now=now,
-        max_backdate=max_backdate,
-        what="message",
-    )
+    return check_link(head, msg, existing_id=existing_id, now=now, max_backdate=max_backdate, what="message")
 
 
 # --- moderation --------------------------------------------------------------------------

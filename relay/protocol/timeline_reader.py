@@ -30,7 +30,7 @@ from typing import TypeVar
 from relay.protocol import crypto
 from relay.protocol.errors import ErrorCode, ProtocolError
 from relay.protocol.events import VerifiedEvent
-from relay.protocol.follow import Finding, FindingCode
+from relay.protocol.follow import FINDING_OF_ERROR, Finding, FindingCode, FindingsTold
 from relay.protocol.heads import VerifiedHead
 from relay.protocol.messages import Signed, TimelineItem
 from relay.protocol.profile import VerifiedProfile
@@ -51,13 +51,7 @@ from relay.protocol.timeline import (
     verify_moderation,
 )
 
-_FROM_ERROR = {
-    ErrorCode.BAD_SIGNATURE: FindingCode.BAD_SIGNATURE,
-    ErrorCode.UNAUTHORISED_OWNER: FindingCode.UNAUTHORISED_OWNER,
-    ErrorCode.CHANNEL_MISMATCH: FindingCode.CHANNEL_MISMATCH,
-    ErrorCode.CHAIN_BROKEN: FindingCode.CHAIN_BROKEN,
-    ErrorCode.NOT_A_MODERATOR: FindingCode.NOT_A_MODERATOR,
-}
+_FROM_ERROR = {**FINDING_OF_ERROR, ErrorCode.NOT_A_MODERATOR: FindingCode.NOT_A_MODERATOR}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +155,10 @@ class TimelineReader:
     _removed: OrderedDict[bytes, VerifiedModeration] = field(init=False, default_factory=OrderedDict)
     _certs: OrderedDict[bytes, VerifiedCert] = field(init=False, default_factory=OrderedDict)
     _owner_events: OrderedDict[bytes, None] = field(init=False, default_factory=OrderedDict)
-    _reported: set[tuple[str, FindingCode, object]] = field(init=False, default_factory=set)
+    _told: FindingsTold = field(init=False)
 
     def __post_init__(self) -> None:
+        self._told = FindingsTold(self.window)
         self._owners = self.profile.owners
         for relay in self.relays:
             self._view(relay)
@@ -607,10 +602,5 @@ class TimelineReader:
         key: object = None,
     ) -> list[TimelineOutput]:
         """A finding, reported once per relay, code and place (or ``key``)."""
-        mark = (relay, code, seq if key is None else key)
-        if mark in self._reported:
-            return []
-        if len(self._reported) >= self.window:
-            self._reported.clear()  # bounded; at worst a finding is told twice
-        self._reported.add(mark)
-        return [Finding(relay, code, detail, seq, proof)]
+        finding = self._told.once(relay, code, detail, seq=seq, proof=proof, key=key)
+        return [] if finding is None else [finding]

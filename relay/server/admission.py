@@ -53,7 +53,7 @@ from relay.server.signals import GroupSignals
 from relay.store import groups, joins
 from relay.store import timeline as timeline_store  # the owners' list of members without a cert
 from relay.store.conn import Conn
-from relay.store.db import Job
+from relay.store.db import Job, settle
 from relay.store.groups import GroupRecord
 from relay.store.joins import JoinRow
 
@@ -187,12 +187,7 @@ class _Intake:
             outcomes.append((arrival.store, joins.row_of(new, decision, item.now), active))
         if rows:
             joins.insert_rows(conn, rows)
-        for job, outcome in zip(jobs, outcomes, strict=False):  # nothing fails past here
-            if isinstance(outcome, BaseException):
-                job.error = outcome
-            else:
-                job.result = outcome
-        return len(outcomes)
+        return settle(jobs, outcomes)  # nothing fails past here
 
 
 class Admissions:

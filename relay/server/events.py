@@ -61,8 +61,9 @@ from relay.store import events as store
 from relay.store import fleet, groups, joins
 from relay.store import timeline as timeline_store
 from relay.store.conn import Conn
-from relay.store.db import Job
+from relay.store.db import Job, settle
 from relay.store.errors import StoreUnavailable
+from relay.store.opening import Store
 
 if TYPE_CHECKING:
     from relay.server.timeline import Timelines
@@ -186,12 +187,18 @@ class _Posts:
                 stored = outcomes[index]
                 assert isinstance(stored, _Stored)
                 outcomes[index] = dataclasses.replace(stored, pruned=pruned)
-        for job, outcome in zip(jobs, outcomes, strict=False):  # nothing fails past here
-            if isinstance(outcome, BaseException):
-                job.error = outcome
-            else:
-                job.result = outcome
-        return len(outcomes)
+        return settle(jobs, outcomes)  # nothing fails past here
+
+
+def fanout_limits(config: EventsConfig) -> FanoutLimits:
+    """A fan-out's bounds as ``[events]`` sets them (the owners' events and the timelines alike)."""
+    return FanoutLimits(
+        buffer_frames=config.send_buffer_frames,
+        buffer_bytes=config.send_buffer_bytes,
+        stall_timeout=config.stall_timeout,
+        page=config.catch_up_page,
+        recent=config.recent_cache,
+    )
 
 
 class Channels:
@@ -203,17 +210,7 @@ class Channels:
         self.config = config
         self.metrics = metrics
         self.bounds = bounds if bounds is not None else Bounds(metrics)
-        self.fanout = FanOut(
-            FanoutLimits(
-                buffer_frames=config.send_buffer_frames,
-                buffer_bytes=config.send_buffer_bytes,
-                stall_timeout=config.stall_timeout,
-                page=config.catch_up_page,
-                recent=config.recent_cache,
-            ),
-            metrics,
-            self._read_page,
-        )
+        self.fanout = FanOut(fanout_limits(config), metrics, self._read_page)
         self._views: dict[int, GroupView] = {}
         self._equivocations_log = LogThrottle()
         self._tags: dict[bytes, int] | None = None  # tag -> group id, built on first discover
@@ -583,13 +580,7 @@ class Channels:
         """One pass of age retention (bounded per transaction), and expired inbox entries."""
         before = self.service.now() - self.config.max_age
         inbox_before = self.service.now() - self.config.inbox_ttl
-        total = 0
-        while True:
-            dropped = await self.db.transact(lambda conn: store.prune_older_than(conn, before, 1000))
-            n = sum(dropped.values())
-            total += n
-            if n == 0:
-                break
+        total = await prune_older(self.db, store.prune_older_than, before)
         if total:
             self.metrics.inc("relay_events_pruned_total", total, reason="age")
             log.info("events.pruned", reason="age", events=total)
@@ -599,10 +590,27 @@ class Channels:
         return total
 
     async def run_pruner(self) -> None:
-        while True:
-            await trio.sleep(self.config.prune_interval)
-            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
-                await self.prune_by_age()
+        await run_every(self.config.prune_interval, self.prune_by_age)
+
+
+async def prune_older(db: Store, prune: Callable[[Conn, int, int], dict[int, int]], before: int) -> int:
+    """Age retention over every group's log (``prune``: the store's ``prune_older_than``), in
+    transactions of at most 1000 rows until none is left; returns how many rows went."""
+    total = 0
+    while True:
+        dropped = await db.transact(lambda conn: prune(conn, before, 1000))
+        n = sum(dropped.values())
+        total += n
+        if n == 0:
+            return total
+
+
+async def run_every(interval: float, step: Callable[[], Awaitable[object]]) -> None:
+    """A pruner: ``step`` every ``interval`` seconds, for as long as the relay runs."""
+    while True:
+        await trio.sleep(interval)
+        with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
+            await step()
 
 
 def _append(

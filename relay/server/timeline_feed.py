@@ -15,23 +15,20 @@ placed (the intakes, relay.server.timeline_intake and its users, do), or write S
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import structlog
-import trio
 
 from relay.protocol import timeline as rules
 from relay.protocol.encoding import encode
 from relay.protocol.errors import ErrorCode
 from relay.protocol.messages import Error, Signed, TimelineFrame, TimelineItem
-from relay.server.events import Channels
-from relay.server.fanout import FanOut, FanoutLimits, Page, Stream
+from relay.server.events import Channels, fanout_limits, prune_older, run_every
+from relay.server.fanout import FanOut, Page, Stream
 from relay.server.http import prepared_message
 from relay.server.metrics import Metrics
 from relay.store import timeline as store
 from relay.store.conn import Conn
-from relay.store.errors import StoreUnavailable
 
 log = structlog.get_logger("relay.timeline")
 
@@ -75,19 +72,7 @@ class TimelineFeed:
         self.service = channels.service
         self.events = channels.config
         self.metrics = metrics
-        events = self.events
-        self.fanout = FanOut(
-            FanoutLimits(
-                buffer_frames=events.send_buffer_frames,
-                buffer_bytes=events.send_buffer_bytes,
-                stall_timeout=events.stall_timeout,
-                page=events.catch_up_page,
-                recent=events.recent_cache,
-            ),
-            metrics,
-            self._read_page,
-            TIMELINE,
-        )
+        self.fanout = FanOut(fanout_limits(self.events), metrics, self._read_page, TIMELINE)
 
     # --- pages ----------------------------------------------------------------------------------
 
@@ -136,20 +121,11 @@ class TimelineFeed:
     async def prune_by_age(self) -> int:
         """One pass of age retention over every timeline (bounded per transaction)."""
         before = self.service.now() - self.events.max_age
-        total = 0
-        while True:
-            dropped = await self.db.transact(lambda conn: store.prune_older_than(conn, before, 1000))
-            n = sum(dropped.values())
-            total += n
-            if n == 0:
-                break
+        total = await prune_older(self.db, store.prune_older_than, before)
         if total:
             self.metrics.inc("relay_timeline_pruned_total", total, reason="age")
             log.info("timeline.pruned", reason="age", places=total)
         return total
 
     async def run_pruner(self) -> None:
-        while True:
-            await trio.sleep(self.events.prune_interval)
-            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round, then
-                await self.prune_by_age()
+        await run_every(self.events.prune_interval, self.prune_by_age)

@@ -110,10 +110,7 @@ class Publishing:
             cert = rules.verify_cert(signed, channel=view.channel, owners=view.owners)
 
             def apply(conn: Conn) -> Placed:
-                if fleet is not None:
-                    store.lock(conn, view.id)
-                intake.still(conn, view)
-                placed = store.place_of(conn, view.id, cert.id)
+                placed = _placed_already(intake, conn, view, cert.id, fleet)
                 if placed is not None:
                     return Placed(Append.DUPLICATE, placed, cert.id)
                 roster, _ = roster_of(conn, view.id, cert.member)
@@ -137,10 +134,7 @@ class Publishing:
             )
 
             def apply(conn: Conn) -> Placed:
-                if fleet is not None:
-                    store.lock(conn, view.id)
-                intake.still(conn, view)
-                placed = store.place_of(conn, view.id, moderation.id)
+                placed = _placed_already(intake, conn, view, moderation.id, fleet)
                 if placed is not None:
                     return Placed(Append.DUPLICATE, placed, moderation.id)
                 # The signer's right as it is now (a moderator withdrawn meanwhile): no crypto.
@@ -208,6 +202,18 @@ class Publishing:
             fleet_store.announce(conn, f"{fleet}:{effect}:{view.id}{extra}")
         pruned = store.prune_to_size(conn, view.id, head, self.events.max_events, self.events.max_bytes)
         return Placed(Append.NEW, head.pos, moderation.id, items, pruned, effect=(action, subject))
+
+
+def _placed_already(
+    intake: TimelineIntake, conn: Conn, view: GroupView, entry_id: bytes, fleet: str | None
+) -> int | None:
+    """In the writer, before an owner's entry is placed: the fleet's lock on the group's
+    timeline (in a fleet), the group as the entry was checked against, then the entry's place
+    if it is stored already (a duplicate)."""
+    if fleet is not None:
+        store.lock(conn, view.id)
+    intake.still(conn, view)
+    return store.place_of(conn, view.id, entry_id)
 
 
 def _kind_label(kind: str) -> str:

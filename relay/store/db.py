@@ -132,6 +132,17 @@ class Job(Generic[T]):
     waiter: trio.lowlevel.Task | None = None  # rescheduled once the job has committed (or failed)
 
 
+def settle(jobs: Sequence[Job[Any]], outcomes: Sequence[object]) -> int:
+    """How a :meth:`Batch.run` ends once nothing can fail: each of the first ``len(outcomes)``
+    jobs gets its outcome (an exception as its error); returns how many jobs were done."""
+    for job, outcome in zip(jobs, outcomes, strict=False):
+        if isinstance(outcome, BaseException):
+            job.error = outcome
+        else:
+            job.result = outcome
+    return len(outcomes)
+
+
 def _not_cancellable(_: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
 

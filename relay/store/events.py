@@ -22,7 +22,7 @@ from typing import Any
 
 from relay.protocol.events import GENESIS
 from relay.protocol.state import GroupState
-from relay.store import groups
+from relay.store import groups, retention
 from relay.store.conn import Conn
 from relay.store.fleet import CHANNEL, lock_chain, shared
 
@@ -236,61 +236,21 @@ def _values(row: HeadRow, group_id: int) -> tuple[object, ...]:
 
 def prune_to_size(conn: Conn, group_id: int, current: HeadRow, max_events: int, max_bytes: int) -> int:
     """Drop the oldest events until the group is within both bounds (never the head)."""
-    excess_events = current.count - max_events
-    excess_bytes = current.bytes - max_bytes
-    if excess_events <= 0 and excess_bytes <= 0:
-        return 0
-    upto, dropped, dropped_bytes = _oldest_beyond(
-        conn, group_id, current.head_seq, excess_events, excess_bytes
+    return retention.prune_to_size(
+        conn,
+        _LOG,
+        group_id,
+        newest=current.head_seq,
+        count=current.count,
+        size=current.bytes,
+        max_count=max_events,
+        max_bytes=max_bytes,
     )
-    return _drop_through(conn, group_id, current, upto, dropped, dropped_bytes)
-
-
-def _oldest_beyond(
-    conn: Conn, group_id: int, head_seq: int, excess_events: int, excess_bytes: int
-) -> tuple[int, int, int]:
-    """How far to drop (the last seq, how many events, how many bytes) to shed the excess.
-
-    The rows are read only as far as needed; the cursor is dropped on return, before the
-    caller deletes from the table it reads (Python's ``sqlite3`` then resets the statement)."""
-    upto = 0
-    dropped = dropped_bytes = 0
-    for seq, size in conn.execute(
-        "SELECT seq, size FROM events WHERE group_id = ? AND seq < ? ORDER BY seq",
-        (group_id, head_seq),
-    ):
-        if dropped >= excess_events and dropped_bytes >= excess_bytes:
-            break
-        upto, dropped, dropped_bytes = int(seq), dropped + 1, dropped_bytes + int(size)
-    return upto, dropped, dropped_bytes
 
 
 def prune_through(conn: Conn, group_id: int, upto: int) -> int:
     """Drop the group's events up to ``upto`` inclusive (never the head); returns how many."""
-    lock_chain(conn, group_id)  # another relay process may be appending to it
-    current = head(conn, group_id)
-    upto = min(upto, current.head_seq - 1)
-    if upto < current.first_seq:
-        return 0
-    dropped, dropped_bytes = conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE group_id = ? AND seq <= ?",
-        (group_id, upto),
-    ).fetchone()
-    return _drop_through(conn, group_id, current, upto, int(dropped), int(dropped_bytes))
-
-
-def _drop_through(
-    conn: Conn, group_id: int, current: HeadRow, upto: int, dropped: int, dropped_bytes: int
-) -> int:
-    if dropped == 0:
-        return 0
-    conn.execute("DELETE FROM events WHERE group_id = ? AND seq <= ?", (group_id, upto))
-    conn.execute(
-        "UPDATE event_heads SET first_seq = ?, count = count - ?, bytes = bytes - ?, pruned = pruned + ? "
-        "WHERE group_id = ?",
-        (upto + 1, dropped, dropped_bytes, dropped, group_id),
-    )
-    return dropped
+    return retention.prune_through(conn, _LOG, group_id, upto)
 
 
 def prune_older_than(conn: Conn, stored_before: int, limit: int) -> dict[int, int]:
@@ -298,17 +258,15 @@ def prune_older_than(conn: Conn, stored_before: int, limit: int) -> dict[int, in
 
     Returns the events dropped per group.  A group's newest event is kept whatever its age.
     """
-    rows = conn.execute(
-        "SELECT group_id, max(seq) FROM (SELECT group_id, seq FROM events INDEXED BY events_age "
-        "WHERE stored_at < ? ORDER BY stored_at LIMIT ?) AS oldest GROUP BY group_id",
-        (stored_before, limit),
-    ).fetchall()
-    dropped: dict[int, int] = {}
-    for group_id, upto in rows:
-        n = prune_through(conn, int(group_id), int(upto))
-        if n:
-            dropped[group_id] = n
-    return dropped
+    return retention.prune_older_than(conn, _LOG, stored_before, limit)
+
+
+def _bounds(conn: Conn, group_id: int) -> tuple[int, int]:
+    current = head(conn, group_id)
+    return current.head_seq, current.first_seq
+
+
+_LOG = retention.Log("events", "event_heads", "seq", "first_seq", "events_age", lock_chain, _bounds)
 
 
 def read_after(conn: Conn, group_id: int, after: int, limit: int) -> list[tuple[int, bytes]]:

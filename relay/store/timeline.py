@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from relay.store import retention
 from relay.store.conn import Conn
 from relay.store.fleet import CHANNEL, lock_timeline, shared
 
@@ -425,60 +426,35 @@ def uncertified(conn: Conn, group_id: int, limit: int) -> list[Uncertified]:
 
 def prune_to_size(conn: Conn, group_id: int, current: TimelineHead, max_places: int, max_bytes: int) -> int:
     """Drop the oldest places until the timeline is within both bounds (never the last)."""
-    excess_places = current.count - max_places
-    excess_bytes = current.bytes - max_bytes
-    if excess_places <= 0 and excess_bytes <= 0:
-        return 0
-    upto = dropped = dropped_bytes = 0
-    for pos, size in conn.execute(
-        "SELECT pos, size FROM timeline WHERE group_id = ? AND pos < ? ORDER BY pos", (group_id, current.pos)
-    ):
-        if dropped >= excess_places and dropped_bytes >= excess_bytes:
-            break
-        upto, dropped, dropped_bytes = int(pos), dropped + 1, dropped_bytes + int(size)
-    return _drop_through(conn, group_id, upto, dropped, dropped_bytes)
+    return retention.prune_to_size(
+        conn,
+        _LOG,
+        group_id,
+        newest=current.pos,
+        count=current.count,
+        size=current.bytes,
+        max_count=max_places,
+        max_bytes=max_bytes,
+    )
 
 
 def prune_through(conn: Conn, group_id: int, upto: int) -> int:
     """Drop the group's places up to ``upto`` inclusive (never the last); returns how many."""
-    lock_timeline(conn, group_id)  # another relay process may be appending to it
-    current = head(conn, group_id)
-    upto = min(upto, current.pos - 1)
-    if upto < current.first_pos:
-        return 0
-    dropped, dropped_bytes = conn.execute(
-        "SELECT count(*), coalesce(sum(size), 0) FROM timeline WHERE group_id = ? AND pos <= ?",
-        (group_id, upto),
-    ).fetchone()
-    return _drop_through(conn, group_id, upto, int(dropped), int(dropped_bytes))
-
-
-def _drop_through(conn: Conn, group_id: int, upto: int, dropped: int, dropped_bytes: int) -> int:
-    if dropped == 0:
-        return 0
-    conn.execute("DELETE FROM timeline WHERE group_id = ? AND pos <= ?", (group_id, upto))
-    conn.execute(
-        "UPDATE timeline_heads SET first_pos = ?, count = count - ?, bytes = bytes - ?, pruned = pruned + ? "
-        "WHERE group_id = ?",
-        (upto + 1, dropped, dropped_bytes, dropped, group_id),
-    )
-    return dropped
+    return retention.prune_through(conn, _LOG, group_id, upto)
 
 
 def prune_older_than(conn: Conn, stored_before: int, limit: int) -> dict[int, int]:
     """Age retention: drop up to about ``limit`` places stored before the time, oldest first;
     a group's last place is kept whatever its age.  Returns the places dropped per group."""
-    rows = conn.execute(
-        "SELECT group_id, max(pos) FROM (SELECT group_id, pos FROM timeline INDEXED BY timeline_age "
-        "WHERE stored_at < ? ORDER BY stored_at LIMIT ?) AS oldest GROUP BY group_id",
-        (stored_before, limit),
-    ).fetchall()
-    dropped: dict[int, int] = {}
-    for group_id, upto in rows:
-        n = prune_through(conn, int(group_id), int(upto))
-        if n:
-            dropped[int(group_id)] = n
-    return dropped
+    return retention.prune_older_than(conn, _LOG, stored_before, limit)
+
+
+def _bounds(conn: Conn, group_id: int) -> tuple[int, int]:
+    current = head(conn, group_id)
+    return current.pos, current.first_pos
+
+
+_LOG = retention.Log("timeline", "timeline_heads", "pos", "first_pos", "timeline_age", lock_timeline, _bounds)
 
 
 @dataclass(frozen=True, slots=True)
