@@ -21,15 +21,21 @@ from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
     add_command,
+    body_line,
     count,
     emit,
+    message_body,
     per_relay,
+    relay_answers,
     run_async,
+    shown_body,
     state_path,
     warn,
 )
 
-MAX_MESSAGE_BYTES = 2**20  # the profile's bound (relay.protocol.messages.Profile)
+# the profile's bounds (relay.protocol.messages.Profile)
+MAX_MESSAGE_BYTES = 2**20
+MAX_MESSAGES_PER_MINUTE = 2**20
 MAX_SLOW_MODE = 86400
 
 
@@ -58,32 +64,22 @@ def add_limits(p: argparse.ArgumentParser, *, create: bool) -> None:
             help="let members reply to owner posts (a channel), or stop it",
         )
     default = 0 if create else None
-    p.add_argument(
-        "--max-message-bytes",
-        type=_bounded(MAX_MESSAGE_BYTES),
-        default=default,
-        metavar="BYTES",
-        help="the owners' size limit of a member message (0: the relay's)",
-    )
-    p.add_argument(
-        "--messages-per-minute",
-        type=_bounded(MAX_MESSAGE_BYTES),
-        default=default,
-        metavar="N",
-        help="messages per minute per member (0: the relay's limit)",
-    )
-    p.add_argument(
-        "--slow-mode",
-        type=_bounded(MAX_SLOW_MODE),
-        default=default,
-        metavar="SECONDS",
-        help="seconds a member waits between two messages (0: none)",
-    )
-
-
-def _relays(relays: list[Any]) -> list[dict[str, Any]]:
-    skip = ("sent", "refused")
-    return [{k: v for k, v in r.__dict__.items() if v not in (None, 0) and k not in skip} for r in relays]
+    for option, limit, metavar, help_ in (
+        (
+            "--max-message-bytes",
+            MAX_MESSAGE_BYTES,
+            "BYTES",
+            "the owners' size limit of a member message (0: the relay's)",
+        ),
+        (
+            "--messages-per-minute",
+            MAX_MESSAGES_PER_MINUTE,
+            "N",
+            "messages per minute per member (0: the relay's limit)",
+        ),
+        ("--slow-mode", MAX_SLOW_MODE, "SECONDS", "seconds a member waits between two messages (0: none)"),
+    ):
+        p.add_argument(option, type=_bounded(limit), default=default, metavar=metavar, help=help_)
 
 
 def _short(text: str) -> str:
@@ -92,7 +88,7 @@ def _short(text: str) -> str:
 
 def _published(p: Any, what: str) -> dict[str, Any]:
     """One published entry's answer; no relay took it: a failure naming each relay's reason."""
-    relays = _relays(p.relays)
+    relays = relay_answers(p.relays)
     out: dict[str, Any] = {"status": "ok", "kind": p.kind, "id": p.id, "relays": relays}
     for key in ("member", "name", "role", "action"):
         if getattr(p, key):
@@ -122,7 +118,7 @@ def _owner(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def _cert_line(c: Any) -> dict[str, Any]:
-    return {"member": c.member, "name": c.name, "role": c.role, "id": c.id, "relays": _relays(c.relays)}
+    return {"member": c.member, "name": c.name, "role": c.role, "id": c.id, "relays": relay_answers(c.relays)}
 
 
 def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -177,7 +173,7 @@ def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
         )
     unstored = [c for c in round_.certified if not c.stored]
     if unstored:
-        relays = _relays(unstored[0].relays)
+        relays = relay_answers(unstored[0].relays)
         raise Failure(
             f"no relay took the cert of {unstored[0].member}: {per_relay(relays)}",
             **{**out, "status": "error", "code": relays[0].get("code")},
@@ -256,15 +252,9 @@ def _member(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.errors import file_error
     from relay.client.memberpost import post_message, resolve_reply
 
-    if (args.text is None) == (args.file is None):
-        raise Failure("give the message as TEXT or with --file PATH (one of them)", code="usage")
-    try:
-        body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
-    except OSError as exc:
-        raise file_error(exc, Path(args.file), doing="read") from None
+    body = message_body(args, "message")
     state, path = _member(args)
     reply_to = resolve_reply(state, args.reply_to) if args.reply_to else b""
     outcome = run_async(
@@ -279,7 +269,7 @@ def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
             timeout=args.timeout,
         ),
     )
-    relays = _relays(outcome.relays)
+    relays = relay_answers(outcome.relays)
     if not outcome.sent:
         reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
         raise Failure(
@@ -432,17 +422,12 @@ def show_timeline_item(args: argparse.Namespace, item: Any, messages: list[dict[
         }
         if message.reply_to:
             shown["reply_to"] = b64e(message.reply_to)
-        if message.content_type.startswith("text/"):
-            shown["text"] = message.body.decode("utf-8", "replace")
-        else:
-            shown["body_b64"] = b64e(message.body)
+        shown.update(shown_body(message.content_type, message.body))
         messages.append(shown)
         if args.follow and args.json:
             emit(json.dumps({"type": "message", **shown}))
         elif not args.json:
-            text = str(
-                shown.get("text", f"<{message.content_type}, {len(message.body)} bytes>")
-            ).removesuffix("\n")
+            text = body_line(message.content_type, message.body)
             reply = f" re {_short(shown['reply_to'])}" if message.reply_to else ""
             role = " [moderator]" if item.author_role == "moderator" else ""
             emit(f"{item.author_name} ({_short(author)}){role}{reply}: {text}")

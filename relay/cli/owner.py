@@ -21,7 +21,9 @@ from relay.cli.common import (
     Interrupted,
     add_command,
     count,
+    message_body,
     per_relay,
+    relay_answers,
     relay_name,
     run_async,
     state_path,
@@ -195,22 +197,14 @@ def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.errors import file_error
     from relay.client.posting import post
 
-    if (args.text is None) == (args.file is None):
-        raise Failure("give the post as TEXT or with --file PATH (one of them)", code="usage")
-    try:
-        body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
-    except OSError as exc:
-        raise file_error(exc, Path(args.file), doing="read") from None
+    body = message_body(args, "post")
     state, path = _load(args, writes=True)
     outcome = run_async(
         args, partial(post, state, path, body, content_type=args.content_type, timeout=args.timeout)
     )
-    relays = [
-        {k: v for k, v in r.__dict__.items() if v not in (None, 0) and k != "sent"} for r in outcome.relays
-    ]
+    relays = relay_answers(outcome.relays)
     if not outcome.sent:
         reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
         raise Failure(reason, status="error", code=relays[0].get("code"), relays=relays)
