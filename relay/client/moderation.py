@@ -30,13 +30,11 @@ import trio
 from relay.client.connection import open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused, translated
 from relay.client.member import MemberState
-from relay.client.owner import OwnerState, RelayEntry, _owner_request, signed_to_json
+from relay.client.owner import OwnerState, RelayEntry, command_relay, signed_to_json
 from relay.protocol.addresses import parse_address
 from relay.protocol.encoding import b64d, b64e
 from relay.protocol.invitation import ACTION_LIST_UNCERTIFIED
 from relay.protocol.messages import (
-    OwnerCommand,
-    OwnerCommandResult,
     Publish,
     PublishResult,
     Signed,
@@ -177,11 +175,7 @@ async def list_uncertified(
 
     async def ask(entry: RelayEntry) -> None:
         try:
-            async with open_session(parse_address(entry.contact), timeout=timeout) as session:
-                request = _owner_request(state, entry, session, ACTION_LIST_UNCERTIFIED)
-                answer = await session.request(OwnerCommand(request=request))
-            if not isinstance(answer, OwnerCommandResult):
-                raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
+            answer = await command_relay(state, entry, ACTION_LIST_UNCERTIFIED, timeout=timeout)
             for p in answer.pending:
                 key = b64e(p.member)
                 seen = found.setdefault(key, Uncertified(key, p.name, p.about, []))

@@ -479,6 +479,25 @@ def _owner_request(
     return request
 
 
+async def command_relay(
+    state: OwnerState,
+    entry: RelayEntry,
+    action: str,
+    *,
+    subject: bytes = b"",
+    note: str = "",
+    timeout: float = 15.0,
+) -> OwnerCommandResult:
+    """One owner command (``action``) through one relay's service group, on a connection of
+    its own to the relay's contact address."""
+    async with open_session(parse_address(entry.contact), timeout=timeout) as session:
+        request = _owner_request(state, entry, session, action, subject=subject, note=note)
+        answer = await session.request(OwnerCommand(request=request))
+    if not isinstance(answer, OwnerCommandResult):
+        raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
+    return answer
+
+
 async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str, object]]:
     """The service-group log of every relay, as each relay keeps it (asked all at once)."""
     out: list[dict[str, object]] = [{"relay": entry.contact} for entry in state.relays]
@@ -541,11 +560,7 @@ async def owner_command(
 
     async def command(i: int, entry: RelayEntry) -> None:
         try:
-            async with open_session(parse_address(entry.contact), timeout=timeout) as session:
-                request = _owner_request(state, entry, session, action, subject=subject, note=note)
-                answer = await session.request(OwnerCommand(request=request))
-            if not isinstance(answer, OwnerCommandResult):
-                raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
+            answer = await command_relay(state, entry, action, subject=subject, note=note, timeout=timeout)
             views[i] = AdmissionView(
                 relay=entry.contact,
                 state=answer.state,
