@@ -262,19 +262,25 @@ class Publisher:
                 return
             now = time.monotonic_ns()
             for message in self.parser.feed(data):
-                answer = msgspec.msgpack.decode(message)
-                if answer.get("type") == "post_result" and answer.get("status") in ("stored", "duplicate"):
-                    self.acked += 1
-                    sent = self.sent_at.pop(answer.get("seq"), None)
-                    if sent is not None:
-                        self.ack_ns.append(now - sent)
-                    self.last_ack_ns = now
-                else:
-                    self.errors += 1
-                    if len(self.error_samples) < 5:
-                        self.error_samples.append(str(answer)[:200])
+                self.take_answer(msgspec.msgpack.decode(message), now)
             self.answered.set()
             self.answered = trio.Event()
+
+    def take_answer(self, answer: Any, now: int) -> None:
+        """One answer read at ``now``: an owner post stored (its latency kept), or an error."""
+        if answer.get("type") == "post_result" and answer.get("status") in ("stored", "duplicate"):
+            self.acked += 1
+            sent = self.sent_at.pop(answer.get("seq"), None)
+            if sent is not None:
+                self.ack_ns.append(now - sent)
+            self.last_ack_ns = now
+        else:
+            self.count_error(answer)
+
+    def count_error(self, answer: Any) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(str(answer)[:200])
 
     async def aclose(self) -> None:
         if self.stream is not None:
@@ -1194,12 +1200,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        **runs.run_header(),
-        "options": {
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, type(None)))
-        },
-    }
+    out: dict[str, Any] = runs.run_header(args)
     with runs.work_folder("relay-bench-fanout-", keep=args.keep) as work:
         if not args.skip_fanout:
             out["fanout"] = run_fanout(args, work)

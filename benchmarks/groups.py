@@ -26,7 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
 
 from benchmarks import runs
@@ -85,23 +84,12 @@ class MemberPoster(Publisher):
         self.author = AuthorHead.of(stored_message(signed))
         return wsframe.frame(encode(MemberPost(message=signed)), masked=True)
 
-    async def read_answers(self) -> None:
-        assert self.stream is not None
-        while True:
-            try:
-                data = await self.stream.receive_some(262144)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            for message in self.parser.feed(data):
-                answer = msgspec.msgpack.decode(message)
-                if answer.get("type") == "member_post_result" and answer.get("status") == "stored":
-                    self.acked += 1
-                else:
-                    self.errors += 1
-                    if len(self.error_samples) < 5:
-                        self.error_samples.append(str(answer)[:200])
+    def take_answer(self, answer: Any, now: int) -> None:
+        """One answer: a member message stored, or an error (no latency: the members' count)."""
+        if answer.get("type") == "member_post_result" and answer.get("status") == "stored":
+            self.acked += 1
+        else:
+            self.count_error(answer)
 
 
 async def make_target(daemon: Daemon, folder: Path, kind: str, posters: int) -> tuple[Target, list[Any]]:
@@ -346,12 +334,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        **runs.run_header(),
-        "options": {
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, type(None)))
-        },
-    }
+    out: dict[str, Any] = runs.run_header(args)
     with runs.work_folder("relay-bench-groups-", keep=args.keep) as work:
         out["results"] = run_configurations(args, work)
         out["verdicts"] = report(out, args)
