@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import trio
@@ -49,6 +49,9 @@ SERVERS = {
     "sqlite": "sqlite3 executemany (baseline)",
     "sqlite-calls": "sqlite3 relay store calls (baseline)",
 }
+
+if TYPE_CHECKING:
+    from benchmarks.members import Group
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -74,9 +77,11 @@ def fanout_config(path: Path, extra: str = "") -> Path:
     return path
 
 
-def relay_daemon(workdir: Path, profile: Path | None = None) -> Daemon:
+def relay_daemon(workdir: Path, profile: Path | None = None, extra: str = "") -> Daemon:
+    """A relay with :func:`fanout_config` (and ``extra`` configuration), under cProfile when
+    ``profile`` names its output file."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = fanout_config(workdir / "relay.toml")
+    config = fanout_config(workdir / "relay.toml", extra)
     profiler = ["cProfile", "-o", str(profile), "-m"] if profile is not None else []
     command = [*profiler, "relay", "serve", "--data", str(workdir / "data"), "--config", str(config)]
     return Daemon(
@@ -125,7 +130,11 @@ async def relay_target(daemon: Daemon, folder: Path, name: str) -> Target:
     """A new auto-admit channel on the relay, invited and activated with the real owner client."""
     from benchmarks.members import new_group
 
-    group = await new_group(daemon.ready["address"], folder, name, activate=True)
+    return group_target(daemon, await new_group(daemon.ready["address"], folder, name, activate=True))
+
+
+def group_target(daemon: Daemon, group: Group) -> Target:
+    """Where members and publishers of ``group`` (on ``daemon``) connect."""
     host, port = daemon.listen.rsplit(":", 1)
     assert group.address.address_id is not None
     return Target(
