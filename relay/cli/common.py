@@ -269,6 +269,17 @@ def relay_answers(relays: list[Any]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.__dict__.items() if v not in (None, 0) and k not in skip} for r in relays]
 
 
+def post_answers(outcome: Any) -> list[dict[str, Any]]:
+    """Each relay's answer to an owner post or a member message (:func:`relay_answers`); if no
+    relay could be reached, the failure saying that nothing was posted."""
+    relays = relay_answers(outcome.relays)
+    if not outcome.sent:
+        reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
+        code = relays[0].get("code") if relays else "no_relay"
+        raise Failure(reason, status="error", code=code, relays=relays)
+    return relays
+
+
 def shown_body(content_type: str, body: bytes) -> dict[str, str]:
     """A post's or member message's body in the JSON answer: ``text`` for a text/* type (bad
     UTF-8 replaced), else ``body_b64``."""

@@ -26,6 +26,7 @@ from relay.cli.common import (
     emit,
     message_body,
     per_relay,
+    post_answers,
     relay_answers,
     run_async,
     shown_body,
@@ -269,12 +270,7 @@ def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
             timeout=args.timeout,
         ),
     )
-    relays = relay_answers(outcome.relays)
-    if not outcome.sent:
-        reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
-        raise Failure(
-            reason, status="error", code=relays[0].get("code") if relays else "no_relay", relays=relays
-        )
+    relays = post_answers(outcome)
     stored = [r for r in relays if r["status"] in ("stored", "duplicate")]
     status = "stored" if any(r["status"] == "stored" for r in stored) else "duplicate"
     out: dict[str, Any] = {"status": status, "seq": outcome.seq, "id": outcome.id, "relays": relays}

@@ -23,7 +23,7 @@ from relay.cli.common import (
     count,
     message_body,
     per_relay,
-    relay_answers,
+    post_answers,
     relay_name,
     run_async,
     state_path,
@@ -204,10 +204,7 @@ def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
     outcome = run_async(
         args, partial(post, state, path, body, content_type=args.content_type, timeout=args.timeout)
     )
-    relays = relay_answers(outcome.relays)
-    if not outcome.sent:
-        reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
-        raise Failure(reason, status="error", code=relays[0].get("code"), relays=relays)
+    relays = post_answers(outcome)
     out = {"status": "ok", "seq": outcome.seq, "id": outcome.id, "relays": relays}
     if all(r["status"] == "error" for r in relays):
         reason = f"no relay stored post #{outcome.seq}: {per_relay(relays)}"
