@@ -454,6 +454,15 @@ async def remove_relay(
     return await publish(state, path, timeout=timeout, also_notify=entry)
 
 
+def serving_relays(state: OwnerState) -> list[RelayEntry]:
+    """The relays the profile lists (granted a group address, not removed): where owner posts,
+    certs and moderations go; none is a failure (``no_relay``)."""
+    targets = [r for r in state.relays if r.listed and r.group_address]
+    if not targets:
+        raise RelayError("no relay serves this channel yet (add one and publish)", code="no_relay")
+    return targets
+
+
 def _owner_request(
     state: OwnerState,
     entry: RelayEntry,
