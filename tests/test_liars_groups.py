@@ -21,12 +21,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from liar import Feed, TwoRelays, placed, two_relays
 from relayproc import RelayFactory
-from test_groups_client import messages, new_group
-from test_traffic import member, read_all, told
+from test_groups_client import certified, messages, new_group
+from test_traffic import read_all, told
 
 from relay.client.member import MemberState
 from relay.client.memberpost import post_message
-from relay.client.moderation import certify, moderate
+from relay.client.moderation import moderate
 from relay.client.reader import ReadItem
 from relay.protocol import crypto
 from relay.protocol.encoding import b64e, decode, encode
@@ -50,15 +50,12 @@ class Stage(TwoRelays):
 async def stage(relay_factory: RelayFactory, tmp_path: Path) -> AsyncIterator[Stage]:
     owner, opath = new_group(tmp_path)
     async with two_relays(relay_factory, owner, opath) as two:
-        ada, apath = await member(owner, tmp_path, "Ada")
-        bob, bpath = await member(owner, tmp_path, "Bob")
-        await certify(owner, opath)
-        for state, path in ((ada, apath), (bob, bpath)):
-            await read_all(state, path)  # the cert, kept
+        readers = await certified(owner, opath, tmp_path, "Ada", "Bob")
+        (ada, apath), (bob, bpath) = readers
         for text in (b"one", b"two", b"three"):
             assert {r.status for r in (await post_message(ada, apath, text)).relays} == {"stored"}
         await post_message(bob, bpath, b"hello")
-        yield Stage(two.a, two.b, two.proxy, owner, opath, [(ada, apath), (bob, bpath)])
+        yield Stage(two.a, two.b, two.proxy, owner, opath, readers)
 
 
 def body_of(frame: RelayFrame) -> bytes | None:
