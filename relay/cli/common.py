@@ -247,6 +247,14 @@ def per_relay(relays: list[dict[str, Any]], *, address: str = "relay") -> str:
     return "; ".join(parts)
 
 
+def add_body_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """TEXT, ``--file`` and ``--content-type``: the body of an owner post or a member message
+    (``what``), as :func:`message_body` reads it."""
+    p.add_argument("text", metavar="TEXT", nargs="?", help=f"the {what} (or --file)")
+    p.add_argument("--file", help="post the bytes of this file")
+    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+
+
 def message_body(args: argparse.Namespace, what: str) -> bytes:
     """The body an owner post or a member message sends: TEXT, or the bytes of ``--file``
     (exactly one of them; ``what`` names it in the usage error)."""

@@ -20,6 +20,7 @@ from typing import Any
 from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
+    add_body_arguments,
     add_command,
     body_line,
     count,
@@ -371,9 +372,7 @@ def add_member_commands(member: Any) -> None:
         timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
-    p.add_argument("text", metavar="TEXT", nargs="?", help="the message (or --file)")
-    p.add_argument("--file", help="post the bytes of this file")
-    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+    add_body_arguments(p, "message")
     p.add_argument(
         "--reply-to",
         metavar="REF",

@@ -19,6 +19,7 @@ from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
     Interrupted,
+    add_body_arguments,
     add_command,
     count,
     message_body,
@@ -375,9 +376,7 @@ def add_commands(sub: Any) -> None:
         timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
-    p.add_argument("text", metavar="TEXT", nargs="?", help="the post (or --file)")
-    p.add_argument("--file", help="post the bytes of this file")
-    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+    add_body_arguments(p, "post")
     p = add_command(
         owner, "new-key", cmd_owner_new_key, "a co-owner's first step: make an owner key, print it"
     )
