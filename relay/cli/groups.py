@@ -207,26 +207,31 @@ def _relay_host(address: str) -> str:
     return relay_name(address)
 
 
-def _moderate(args: argparse.Namespace, action: str, subject: str, what: str) -> dict[str, Any]:
+# what each moderation acts on (the argument holding it), and how its answer names it
+MODERATIONS = {
+    "remove_message": ("message", "removal of message"),
+    "remove_member": ("member", "removal of member"),
+    "ban": ("member", "ban of member"),
+}
+
+
+def _moderation(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The command's moderation: its action, its subject (a message id or a member key) and
+    how the answer names it."""
+    argument, named = MODERATIONS[args.action]
+    subject = str(getattr(args, argument))
+    return args.action, subject, f"{named} {subject}"
+
+
+def cmd_owner_moderate(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.moderation import moderate
 
+    action, subject, what = _moderation(args)
     state, path = _owner(args)
     published = run_async(
         args, partial(moderate, state, path, action, subject, reason=args.reason, timeout=args.timeout)
     )
     return _published(published, what)
-
-
-def cmd_owner_remove_message(args: argparse.Namespace) -> dict[str, Any]:
-    return _moderate(args, "remove_message", args.message, f"removal of message {args.message}")
-
-
-def cmd_owner_remove_member(args: argparse.Namespace) -> dict[str, Any]:
-    return _moderate(args, "remove_member", args.member, f"removal of member {args.member}")
-
-
-def cmd_owner_ban(args: argparse.Namespace) -> dict[str, Any]:
-    return _moderate(args, "ban", args.member, f"ban of member {args.member}")
 
 
 def cmd_owner_moderator(args: argparse.Namespace) -> dict[str, Any]:
@@ -288,9 +293,10 @@ def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _member_moderate(args: argparse.Namespace, action: str, subject: str, what: str) -> dict[str, Any]:
+def cmd_member_moderate(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.moderation import member_moderate
 
+    action, subject, what = _moderation(args)
     state, _ = _member(args)
     published = run_async(
         args, partial(member_moderate, state, action, subject, reason=args.reason, timeout=args.timeout)
@@ -298,24 +304,15 @@ def _member_moderate(args: argparse.Namespace, action: str, subject: str, what: 
     return _published(published, what)
 
 
-def cmd_member_remove_message(args: argparse.Namespace) -> dict[str, Any]:
-    return _member_moderate(args, "remove_message", args.message, f"removal of message {args.message}")
-
-
-def cmd_member_remove_member(args: argparse.Namespace) -> dict[str, Any]:
-    return _member_moderate(args, "remove_member", args.member, f"removal of member {args.member}")
-
-
-def cmd_member_ban(args: argparse.Namespace) -> dict[str, Any]:
-    return _member_moderate(args, "ban", args.member, f"ban of member {args.member}")
-
-
 # --- declaring them -------------------------------------------------------------------------
 
 
-def _moderation_args(p: argparse.ArgumentParser, subject: str) -> None:
+def _add_moderation(parent: Any, func: Any, action: str, help_: str) -> None:
+    """The command of one moderation (``remove_message`` is ``remove-message``)."""
+    p = add_command(parent, action.replace("_", "-"), func, help_, timeout=DEFAULT_TIMEOUT)
+    p.set_defaults(action=action)
     p.add_argument("--state", required=True)
-    if subject == "message":
+    if MODERATIONS[action][0] == "message":
         p.add_argument(
             "message", metavar="MESSAGE_ID", help="the message's id, as 'relay member read --json' shows it"
         )
@@ -339,17 +336,12 @@ def add_owner_commands(owner: Any) -> None:
     which.add_argument("--all", action="store_true", help="every admitted member without a cert")
     which.add_argument("--member", action="append", metavar="MEMBER", help="this member key (repeatable)")
     p.add_argument("--keep", action="store_true", help="with --all: keep certifying new members until Ctrl-C")
-    for name, func, subject, help_ in (
-        (
-            "remove-message",
-            cmd_owner_remove_message,
-            "message",
-            "remove a member message on every relay (signed)",
-        ),
-        ("remove-member", cmd_owner_remove_member, "member", "void a member's cert on every relay (signed)"),
-        ("ban", cmd_owner_ban, "member", "ban a member on every relay (signed): no new cert or join counts"),
+    for action, help_ in (
+        ("remove_message", "remove a member message on every relay (signed)"),
+        ("remove_member", "void a member's cert on every relay (signed)"),
+        ("ban", "ban a member on every relay (signed): no new cert or join counts"),
     ):
-        _moderation_args(add_command(owner, name, func, help_, timeout=DEFAULT_TIMEOUT), subject)
+        _add_moderation(owner, cmd_owner_moderate, action, help_)
     moderator = owner.add_parser(
         "moderator", help="grant or withdraw the moderator role (a new member cert)"
     ).add_subparsers(dest="change", required=True)
@@ -378,17 +370,12 @@ def add_member_commands(member: Any) -> None:
         metavar="REF",
         help="reply to an owner post (#SEQ, as 'relay member read' shows it) or a message (its id)",
     )
-    for name, func, subject, help_ in (
-        (
-            "remove-message",
-            cmd_member_remove_message,
-            "message",
-            "a moderator removes a member message (signed)",
-        ),
-        ("remove-member", cmd_member_remove_member, "member", "a moderator voids a member's cert (signed)"),
-        ("ban", cmd_member_ban, "member", "a moderator bans a member (signed)"),
+    for action, help_ in (
+        ("remove_message", "a moderator removes a member message (signed)"),
+        ("remove_member", "a moderator voids a member's cert (signed)"),
+        ("ban", "a moderator bans a member (signed)"),
     ):
-        _moderation_args(add_command(member, name, func, help_, timeout=DEFAULT_TIMEOUT), subject)
+        _add_moderation(member, cmd_member_moderate, action, help_)
 
 
 # --- what ``relay member read`` shows of a timeline -----------------------------------------
