@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import trio
@@ -49,6 +49,9 @@ SERVERS = {
     "sqlite": "sqlite3 executemany (baseline)",
     "sqlite-calls": "sqlite3 relay store calls (baseline)",
 }
+
+if TYPE_CHECKING:
+    from benchmarks.members import Group
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -74,9 +77,11 @@ def fanout_config(path: Path, extra: str = "") -> Path:
     return path
 
 
-def relay_daemon(workdir: Path, profile: Path | None = None) -> Daemon:
+def relay_daemon(workdir: Path, profile: Path | None = None, extra: str = "") -> Daemon:
+    """A relay with :func:`fanout_config` (and ``extra`` configuration), under cProfile when
+    ``profile`` names its output file."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = fanout_config(workdir / "relay.toml")
+    config = fanout_config(workdir / "relay.toml", extra)
     profiler = ["cProfile", "-o", str(profile), "-m"] if profile is not None else []
     command = [*profiler, "relay", "serve", "--data", str(workdir / "data"), "--config", str(config)]
     return Daemon(
@@ -125,7 +130,11 @@ async def relay_target(daemon: Daemon, folder: Path, name: str) -> Target:
     """A new auto-admit channel on the relay, invited and activated with the real owner client."""
     from benchmarks.members import new_group
 
-    group = await new_group(daemon.ready["address"], folder, name, activate=True)
+    return group_target(daemon, await new_group(daemon.ready["address"], folder, name, activate=True))
+
+
+def group_target(daemon: Daemon, group: Group) -> Target:
+    """Where members and publishers of ``group`` (on ``daemon``) connect."""
     host, port = daemon.listen.rsplit(":", 1)
     assert group.address.address_id is not None
     return Target(
@@ -262,19 +271,25 @@ class Publisher:
                 return
             now = time.monotonic_ns()
             for message in self.parser.feed(data):
-                answer = msgspec.msgpack.decode(message)
-                if answer.get("type") == "post_result" and answer.get("status") in ("stored", "duplicate"):
-                    self.acked += 1
-                    sent = self.sent_at.pop(answer.get("seq"), None)
-                    if sent is not None:
-                        self.ack_ns.append(now - sent)
-                    self.last_ack_ns = now
-                else:
-                    self.errors += 1
-                    if len(self.error_samples) < 5:
-                        self.error_samples.append(str(answer)[:200])
+                self.take_answer(msgspec.msgpack.decode(message), now)
             self.answered.set()
             self.answered = trio.Event()
+
+    def take_answer(self, answer: Any, now: int) -> None:
+        """One answer read at ``now``: an owner post stored (its latency kept), or an error."""
+        if answer.get("type") == "post_result" and answer.get("status") in ("stored", "duplicate"):
+            self.acked += 1
+            sent = self.sent_at.pop(answer.get("seq"), None)
+            if sent is not None:
+                self.ack_ns.append(now - sent)
+            self.last_ack_ns = now
+        else:
+            self.count_error(answer)
+
+    def count_error(self, answer: Any) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(str(answer)[:200])
 
     async def aclose(self) -> None:
         if self.stream is not None:
@@ -1194,12 +1209,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        **runs.run_header(),
-        "options": {
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, type(None)))
-        },
-    }
+    out: dict[str, Any] = runs.run_header(args)
     with runs.work_folder("relay-bench-fanout-", keep=args.keep) as work:
         if not args.skip_fanout:
             out["fanout"] = run_fanout(args, work)

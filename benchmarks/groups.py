@@ -26,7 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
 
 from benchmarks import runs
@@ -37,8 +36,9 @@ from benchmarks.fanout import (
     Crowd,
     Publisher,
     Target,
-    fanout_config,
+    group_target,
     quiet,
+    relay_daemon,
     table,
 )
 from benchmarks.fanout_members import stamp
@@ -48,14 +48,9 @@ AIM_COST = 1.5  # a member message's relay CPU, in owner posts
 
 
 def groups_daemon(workdir: Path) -> Daemon:
-    """The fan-out benchmark's configuration, and a member pace floor no poster reaches (each
-    poster sends ``rate / posters`` messages per second: 60 a minute at the defaults)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = fanout_config(workdir / "relay.toml", "[groups]\nmessages_per_minute = 100000\n")
-    command = ["relay", "serve", "--data", str(workdir / "data"), "--config", str(config)]
-    return Daemon(
-        command=[*command, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], workdir=workdir
-    )
+    """The fan-out benchmark's relay, and a member pace floor no poster reaches (each poster
+    sends ``rate / posters`` messages per second: 60 a minute at the defaults)."""
+    return relay_daemon(workdir, extra="[groups]\nmessages_per_minute = 100000\n")
 
 
 class MemberPoster(Publisher):
@@ -85,59 +80,25 @@ class MemberPoster(Publisher):
         self.author = AuthorHead.of(stored_message(signed))
         return wsframe.frame(encode(MemberPost(message=signed)), masked=True)
 
-    async def read_answers(self) -> None:
-        assert self.stream is not None
-        while True:
-            try:
-                data = await self.stream.receive_some(262144)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            for message in self.parser.feed(data):
-                answer = msgspec.msgpack.decode(message)
-                if answer.get("type") == "member_post_result" and answer.get("status") == "stored":
-                    self.acked += 1
-                else:
-                    self.errors += 1
-                    if len(self.error_samples) < 5:
-                        self.error_samples.append(str(answer)[:200])
+    def take_answer(self, answer: Any, now: int) -> None:
+        """One answer: a member message stored, or an error (no latency: the members' count)."""
+        if answer.get("type") == "member_post_result" and answer.get("status") == "stored":
+            self.acked += 1
+        else:
+            self.count_error(answer)
 
 
 async def make_target(daemon: Daemon, folder: Path, kind: str, posters: int) -> tuple[Target, list[Any]]:
     """A new auto-admit group (or channel), invited and activated with the real owner client;
     for a group, ``posters`` members joined and certified with the real member and owner
     clients.  Returns the target and the posters' keys."""
+    from benchmarks.members import new_group
     from relay.client.member import MemberState, join
     from relay.client.moderation import certify
-    from relay.client.owner import add_relay, create_channel, publish
-    from relay.protocol.addresses import parse_address
 
-    folder.mkdir(parents=True, exist_ok=True)
-    owner = create_channel(f"Bench {kind}", kind=kind)
-    path = folder / f"owner-{kind}.json"
-    owner.save(path)
-    result = await add_relay(owner, path, daemon.ready["address"], timeout=ANSWER_TIMEOUT)
-    if result.status != "accepted":
-        raise RuntimeError(f"{kind}: invitation {result.status}: {result.code}: {result.reason}")
-    published = await publish(owner, path, timeout=ANSWER_TIMEOUT)
-    if [r.get("state") for r in published.relays] != ["active"]:
-        raise RuntimeError(f"{kind}: publishing did not activate the group: {published.relays}")
-    [link_address] = owner.link().relays
-    address = parse_address(link_address)
-    assert address.address_id is not None
-    host, port = daemon.listen.rsplit(":", 1)
-    target = Target(
-        "relay",
-        daemon,
-        host,
-        int(port),
-        f"/g/{address.address_id}",
-        owner.owner_key,
-        owner.channel,
-        address.fingerprint,
-        address.address_id,
-    )
+    group = await new_group(daemon.ready["address"], folder, kind, activate=True, kind=kind)
+    owner, path = group.owner, group.path
+    target = group_target(daemon, group)
     keys: list[Any] = []
     if kind == "group" and posters:
         states = [MemberState.new(str(owner.link()), name=f"poster{i}") for i in range(posters)]
@@ -346,12 +307,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        **runs.run_header(),
-        "options": {
-            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, type(None)))
-        },
-    }
+    out: dict[str, Any] = runs.run_header(args)
     with runs.work_folder("relay-bench-groups-", keep=args.keep) as work:
         out["results"] = run_configurations(args, work)
         out["verdicts"] = report(out, args)

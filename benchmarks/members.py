@@ -60,10 +60,11 @@ class Group:
         return str(self.address)
 
 
-async def new_group(contact: str, folder: Path, name: str, *, activate: bool) -> Group:
-    """A channel invited to the relay (``accepted``) and, with ``activate``, published (``active``)."""
+async def new_group(contact: str, folder: Path, name: str, *, activate: bool, kind: str = "channel") -> Group:
+    """A channel (or a group: ``kind``) invited to the relay (``accepted``) and, with
+    ``activate``, published (``active``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    owner = create_channel(f"Bench {name}", description="Join benchmark channel")
+    owner = create_channel(f"Bench {name}", description="Join benchmark channel", kind=kind)
     path = folder / f"owner-{name}.json"
     owner.save(path)
     result = await add_relay(owner, path, contact, timeout=ANSWER_TIMEOUT)

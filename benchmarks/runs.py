@@ -46,13 +46,19 @@ def work_folder(prefix: str, *, keep: bool) -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run_header() -> dict[str, Any]:
-    """When and where a benchmark command ran: the first keys of its JSON figures."""
-    return {
+def run_header(args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """When and where a benchmark command ran (and, given its arguments, with which options):
+    the first keys of its JSON figures."""
+    header: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine.description(),
         "python": sys.version.split()[0],
     }
+    if args is not None:
+        header["options"] = {
+            k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, type(None)))
+        }
+    return header
 
 
 @dataclass

@@ -22,13 +22,14 @@ with the id that entry really has (a lie about the id itself is the cheapest to 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from relayproc import RunningRelay
+from relayproc import RelayFactory, RunningRelay
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
@@ -37,6 +38,8 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from relay.client import add_relay, publish
+from relay.client.owner import OwnerState
 from relay.protocol.encoding import decode, encode
 from relay.protocol.messages import (
     ClientFrame,
@@ -187,3 +190,42 @@ def placed(item: TimelineItem, entry: Signed | None, *, pos: int | None = None) 
             pos=item.pos if pos is None else pos, after=item.after, kind=item.kind, id=ident, entry=entry
         )
     )
+
+
+@dataclass
+class TwoRelays:
+    """An owner's channel (or group) on relay A, honest, and relay B, behind ``proxy``."""
+
+    a: RunningRelay
+    b: RunningRelay
+    proxy: LyingProxy
+    owner: OwnerState
+    owner_path: Path
+
+    @property
+    def ga(self) -> str:
+        return str(self.owner.relays[0].group_address)
+
+    @property
+    def gb(self) -> str:
+        return str(self.owner.relays[1].group_address)
+
+
+@asynccontextmanager
+async def two_relays(
+    relay_factory: RelayFactory, owner: OwnerState, owner_path: Path
+) -> AsyncIterator[TwoRelays]:
+    """Two real relays, B behind a lying proxy (honest until a test sets its ``lie``), both
+    added to ``owner``'s channel and the profile published: active on both."""
+    async with trio.open_nursery() as nursery:
+        proxy = LyingProxy()
+        await proxy.serve(nursery)
+        a = relay_factory()
+        b = relay_factory(server={"public_url": proxy.public_url})
+        proxy.front(b)
+        assert b.address.startswith(proxy.public_url)
+        await add_relay(owner, owner_path, a.address)
+        await add_relay(owner, owner_path, b.address)
+        await publish(owner, owner_path)
+        yield TwoRelays(a, b, proxy, owner, owner_path)
+        nursery.cancel_scope.cancel()

@@ -11,6 +11,8 @@ from pathlib import Path
 from relayproc import RelayFactory, RunningRelay
 
 from relay.cli import build_parser, member_ids_last
+from relay.cli.common import body_line, shown_body
+from relay.protocol.encoding import b64e
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -87,6 +89,14 @@ def test_a_member_id_that_begins_with_a_dash_is_taken_as_the_member() -> None:
     assert member_ids_last(["owner", "approve", "--", member]) == ["owner", "approve", "--", member]
     pending = ["owner", "pending", "--state", "o.json"]
     assert member_ids_last(pending) == pending
+
+
+def test_a_body_shows_as_its_text_or_as_its_type_and_size() -> None:
+    """What ``relay member read`` shows of an owner post's or a member message's body."""
+    assert shown_body("text/plain", b"caf\xc3\xa9\xff\n") == {"text": "caf\u00e9\ufffd\n"}
+    assert body_line("text/plain", b"two\nlines\n") == "two\nlines"  # the final newline is no line
+    assert shown_body("image/png", b"\x89PNG") == {"body_b64": b64e(b"\x89PNG")}
+    assert body_line("image/png", b"\x89PNG\n") == "<image/png, 5 bytes>"
 
 
 def test_usage_errors_exit_2() -> None:

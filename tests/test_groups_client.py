@@ -51,6 +51,18 @@ async def group(relays: list[RunningRelay], tmp_path: Path, **kw: Any) -> tuple[
     return owner, path
 
 
+async def certified(
+    owner: OwnerState, opath: Path, tmp_path: Path, *names: str
+) -> list[tuple[MemberState, Path]]:
+    """Members joined under ``names`` and certified by the owner, each having read its cert
+    (kept in its file: it goes with the member's first message)."""
+    joined = [await member(owner, tmp_path, name) for name in names]
+    await certify(owner, opath)
+    for state, path in joined:
+        await read_all(state, path)
+    return joined
+
+
 def messages(items: list[ReadItem]) -> list[tuple[str, bytes]]:
     return [(i.author_name, i.message.message.body) for i in items if isinstance(i, MessageAccepted)]
 
@@ -105,12 +117,7 @@ async def test_owners_and_moderators_moderate_on_every_relay(
 ) -> None:
     relays = [relay_factory(), relay_factory()]
     owner, opath = await group(relays, tmp_path)
-    ada, apath = await member(owner, tmp_path, "Ada")
-    bob, bpath = await member(owner, tmp_path, "Bob")
-    eve, epath = await member(owner, tmp_path, "Eve")
-    await certify(owner, opath)
-    for state, path in ((ada, apath), (bob, bpath), (eve, epath)):
-        await read_all(state, path)  # each picks up its cert
+    (ada, apath), (bob, bpath), (eve, epath) = await certified(owner, opath, tmp_path, "Ada", "Bob", "Eve")
     spam = await post_message(eve, epath, b"buy my stuff")
     keep = await post_message(ada, apath, b"a good message")
     # the owner removes Eve's message: no reader gets its content again, and no lie is found
@@ -145,9 +152,7 @@ async def test_bad_member_input_is_refused_before_anything_is_signed(
 ) -> None:
     relay = relay_factory()
     owner, opath = await group([relay], tmp_path, max_message_bytes=100)
-    ada, apath = await member(owner, tmp_path, "Ada")
-    await certify(owner, opath)
-    await read_all(ada, apath)
+    [(ada, apath)] = await certified(owner, opath, tmp_path, "Ada")
     with pytest.raises(RelayError) as info:
         await post_message(ada, apath, b"x" * 101)
     assert info.value.code == "message_too_large"
@@ -245,9 +250,7 @@ async def test_a_relay_that_missed_member_messages_is_repaired_by_the_next_one(
 ) -> None:
     a, b = relay_factory(), relay_factory()
     owner, opath = await group([a, b], tmp_path)
-    ada, apath = await member(owner, tmp_path, "Ada")
-    await certify(owner, opath)
-    await read_all(ada, apath)
+    [(ada, apath)] = await certified(owner, opath, tmp_path, "Ada")
     assert stored(await post_message(ada, apath, b"one")) == ["stored", "stored"]
     b.listen_on = b.listen  # same address after the restart
     b.stop()

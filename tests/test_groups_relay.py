@@ -9,7 +9,6 @@ covers the timeline; a ban ends the member's feed and refuses its posts and its 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from traffic import (
     join_member,
     join_request,
     metric,
+    now,
     raw_feed,
     relay_key,
     subscribe_frame,
@@ -58,10 +58,6 @@ from relay.protocol.messages import (
     TimelineFrame,
     TimelineItem,
 )
-
-
-def now() -> int:
-    return int(time.time())
 
 
 async def group(

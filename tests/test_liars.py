@@ -19,15 +19,14 @@ from pathlib import Path
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from liar import Feed, LyingProxy
-from relayproc import RelayFactory, RunningRelay
+from liar import Feed, TwoRelays, two_relays
+from relayproc import RelayFactory
 from test_flow import new_owner
 from test_traffic import member, posts, read_all, told
 
-from relay.client import add_relay, publish
+from relay.client import publish
 from relay.client.connection import open_session
 from relay.client.member import MemberState
-from relay.client.owner import OwnerState
 from relay.client.posting import local_history, post
 from relay.client.reader import ReadItem
 from relay.protocol import crypto
@@ -51,22 +50,9 @@ from relay.protocol.messages import (
 
 
 @dataclass
-class Stage:
-    a: RunningRelay
-    b: RunningRelay
-    proxy: LyingProxy
-    owner: OwnerState
-    owner_path: Path
+class Stage(TwoRelays):
     ada: MemberState
     ada_path: Path
-
-    @property
-    def ga(self) -> str:
-        return str(self.owner.relays[0].group_address)
-
-    @property
-    def gb(self) -> str:
-        return str(self.owner.relays[1].group_address)
 
     async def read(self, **kw: object) -> list[ReadItem]:
         return await read_all(self.ada, self.ada_path, since=0, **kw)
@@ -74,22 +60,12 @@ class Stage:
 
 @asynccontextmanager
 async def stage(relay_factory: RelayFactory, tmp_path: Path, posts_: int = 3) -> AsyncIterator[Stage]:
-    async with trio.open_nursery() as nursery:
-        proxy = LyingProxy()
-        await proxy.serve(nursery)
-        a = relay_factory()
-        b = relay_factory(server={"public_url": proxy.public_url})
-        proxy.front(b)
-        assert b.address.startswith(proxy.public_url)
-        owner, owner_path = new_owner(tmp_path)
-        await add_relay(owner, owner_path, a.address)
-        await add_relay(owner, owner_path, b.address)
-        await publish(owner, owner_path)
+    owner, owner_path = new_owner(tmp_path)
+    async with two_relays(relay_factory, owner, owner_path) as two:
         for n in range(1, posts_ + 1):
             await post(owner, owner_path, f"post {n}".encode())
         ada, ada_path = await member(owner, tmp_path)
-        yield Stage(a, b, proxy, owner, owner_path, ada, ada_path)
-        nursery.cancel_scope.cancel()
+        yield Stage(two.a, two.b, two.proxy, owner, owner_path, ada, ada_path)
 
 
 def codes_for(items: list[ReadItem], relay: str) -> set[str]:

@@ -18,18 +18,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from liar import Feed, LyingProxy, placed
-from relayproc import RelayFactory, RunningRelay
-from test_groups_client import messages, new_group
-from test_traffic import member, read_all, told
+from liar import Feed, TwoRelays, placed, two_relays
+from relayproc import RelayFactory
+from test_groups_client import certified, messages, new_group
+from test_traffic import read_all, told
 
-from relay.client import add_relay, publish
 from relay.client.member import MemberState
 from relay.client.memberpost import post_message
-from relay.client.moderation import certify, moderate
-from relay.client.owner import OwnerState
+from relay.client.moderation import moderate
 from relay.client.reader import ReadItem
 from relay.protocol import crypto
 from relay.protocol.encoding import b64e, decode, encode
@@ -41,21 +38,8 @@ TRUE = [("Ada", b"one"), ("Ada", b"two"), ("Ada", b"three"), ("Bob", b"hello")]
 
 
 @dataclass
-class Stage:
-    a: RunningRelay
-    b: RunningRelay
-    proxy: LyingProxy
-    owner: OwnerState
-    owner_path: Path
+class Stage(TwoRelays):
     readers: list[tuple[MemberState, Path]]
-
-    @property
-    def gb(self) -> str:
-        return str(self.owner.relays[1].group_address)
-
-    @property
-    def ga(self) -> str:
-        return str(self.owner.relays[0].group_address)
 
     async def reads(self) -> list[list[ReadItem]]:
         """Every reader's whole read (from the start), one after the other."""
@@ -64,26 +48,14 @@ class Stage:
 
 @asynccontextmanager
 async def stage(relay_factory: RelayFactory, tmp_path: Path) -> AsyncIterator[Stage]:
-    async with trio.open_nursery() as nursery:
-        proxy = LyingProxy()
-        await proxy.serve(nursery)
-        a = relay_factory()
-        b = relay_factory(server={"public_url": proxy.public_url})
-        proxy.front(b)
-        owner, opath = new_group(tmp_path)
-        await add_relay(owner, opath, a.address)
-        await add_relay(owner, opath, b.address)
-        await publish(owner, opath)
-        ada, apath = await member(owner, tmp_path, "Ada")
-        bob, bpath = await member(owner, tmp_path, "Bob")
-        await certify(owner, opath)
-        for state, path in ((ada, apath), (bob, bpath)):
-            await read_all(state, path)  # the cert, kept
+    owner, opath = new_group(tmp_path)
+    async with two_relays(relay_factory, owner, opath) as two:
+        readers = await certified(owner, opath, tmp_path, "Ada", "Bob")
+        (ada, apath), (bob, bpath) = readers
         for text in (b"one", b"two", b"three"):
             assert {r.status for r in (await post_message(ada, apath, text)).relays} == {"stored"}
         await post_message(bob, bpath, b"hello")
-        yield Stage(a, b, proxy, owner, opath, [(ada, apath), (bob, bpath)])
-        nursery.cancel_scope.cancel()
+        yield Stage(two.a, two.b, two.proxy, owner, opath, readers)
 
 
 def body_of(frame: RelayFrame) -> bytes | None:

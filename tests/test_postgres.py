@@ -647,19 +647,27 @@ async def test_a_failed_batch_statement_fails_only_the_job_at_fault(pg_url: str)
 async def test_a_statement_failing_with_the_commit_fails_no_job(pg_url: str) -> None:
     # A batch's last write goes with the COMMIT (send_later): if it fails there, nothing of
     # the transaction stays, and each job runs again in a transaction of its own.
-    db = PostgresDatabase(pg_url)
     batch = _Groups(later="DO $$BEGIN RAISE EXCEPTION 'forced at commit'; END$$")
+    with structlog.testing.capture_logs() as logs:
+        db = await _each_job_again_alone(pg_url, batch)
+    assert db.stats.unavailable == 0
+    assert [line["jobs"] for line in logs if line["event"] == "store.batch_failed"] == [4]
+    assert not [line for line in logs if line["event"] == "store.commit_failed"]
+
+
+async def _each_job_again_alone(pg_url: str, batch: _Groups) -> PostgresDatabase:
+    """Jobs 1 to 4 in ``batch`` (job 2's own work raising ValueError) on a database of their
+    own, closed after; ``batch`` makes the batch's transaction fail, so nothing of it stays
+    and each job runs again in a transaction of its own: 1, 3 and 4 stored, 2 failed."""
+    db = PostgresDatabase(pg_url)
     try:
-        with structlog.testing.capture_logs() as logs:
-            outcomes = await _run_batch(db, batch, [(n, n == 2) for n in range(1, 5)])
+        outcomes = await _run_batch(db, batch, [(n, n == 2) for n in range(1, 5)])
     finally:
         db.close()
     assert [type(o) for o in outcomes] == [int, ValueError, int, int]
     assert batch.runs == [[1, 2, 3, 4]]  # then each alone, through its fn
     assert _ids_in_commit_order(pg_url) == [1, 3, 4]
-    assert db.stats.unavailable == 0
-    assert [line["jobs"] for line in logs if line["event"] == "store.batch_failed"] == [4]
-    assert not [line for line in logs if line["event"] == "store.commit_failed"]
+    return db
 
 
 async def _first_id(url: str) -> int:
@@ -671,15 +679,8 @@ async def _first_id(url: str) -> int:
 async def test_a_conflict_in_a_batch_runs_its_jobs_one_per_transaction(pg_url: str) -> None:
     # A deadlock with another process (forced here with its error code): nothing of the batch
     # stays, and each job runs again in a transaction of its own.
-    db = PostgresDatabase(pg_url)
     batch = _Groups(sabotage="DO $$BEGIN RAISE EXCEPTION 'forced' USING ERRCODE = '40P01'; END$$")
-    try:
-        outcomes = await _run_batch(db, batch, [(n, n == 2) for n in range(1, 5)])
-    finally:
-        db.close()
-    assert [type(o) for o in outcomes] == [int, ValueError, int, int]
-    assert batch.runs == [[1, 2, 3, 4]]  # then each alone, through its fn
-    assert _ids_in_commit_order(pg_url) == [1, 3, 4]
+    db = await _each_job_again_alone(pg_url, batch)
     assert db.stats.commits == 1 and db.stats.unavailable == 0
 
 

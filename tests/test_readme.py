@@ -47,27 +47,8 @@ def test_quick_tour_works_as_printed(tmp_path: Path) -> None:
     tests): they come from the environment (``RELAY_SERVER_LISTEN``, as an operator may set
     them), which the printed commands do not mention; every later command finds the relay
     through ``./relay-data``, as printed."""
-    serve_block, owner_block = bash_blocks("Quick tour")
-    venv = Path(sys.executable).parent.parent
-    (tmp_path / ".venv").symlink_to(venv)
-    # RELAY_* variables of the shell running the tests would change what the tour does.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    free_ports = {"RELAY_SERVER_LISTEN": "127.0.0.1:0", "RELAY_SERVER_ADMIN_LISTEN": "127.0.0.1:0"}
-    relay = subprocess.Popen(
-        ["bash", "-c", serve_block],
-        cwd=tmp_path,
-        env={**env, **free_ports},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not (tmp_path / "relay-data" / "run.json").exists():
-            assert relay.poll() is None, relay.stdout.read().decode() if relay.stdout else ""
-            assert time.monotonic() < deadline, "the relay did not start"
-            time.sleep(0.05)
+    _, owner_block = bash_blocks("Quick tour")
+    with tour_relay(tmp_path) as env:
         tour = subprocess.run(
             ["bash", "-e", "-c", owner_block],
             cwd=tmp_path,
@@ -100,9 +81,6 @@ def test_quick_tour_works_as_printed(tmp_path: Path) -> None:
         run = json.loads((tmp_path / "relay-data" / "run.json").read_text())
         assert run["listen"] != ServerConfig().listen
         assert tour.stdout.count(f"http://{run['listen']}/g/") >= 2
-    finally:
-        os.killpg(relay.pid, signal.SIGTERM)
-        assert relay.wait(20) == 0
 
 
 @contextmanager
@@ -112,6 +90,7 @@ def tour_relay(tmp_path: Path) -> Iterator[dict[str, str]]:
     serve_block = bash_blocks("Quick tour")[0]
     venv = Path(sys.executable).parent.parent
     (tmp_path / ".venv").symlink_to(venv)
+    # RELAY_* variables of the shell running the tests would change what the tour does.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env["PYTHONUNBUFFERED"] = "1"
     free_ports = {"RELAY_SERVER_LISTEN": "127.0.0.1:0", "RELAY_SERVER_ADMIN_LISTEN": "127.0.0.1:0"}

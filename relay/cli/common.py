@@ -247,6 +247,65 @@ def per_relay(relays: list[dict[str, Any]], *, address: str = "relay") -> str:
     return "; ".join(parts)
 
 
+def add_body_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """TEXT, ``--file`` and ``--content-type``: the body of an owner post or a member message
+    (``what``), as :func:`message_body` reads it."""
+    p.add_argument("text", metavar="TEXT", nargs="?", help=f"the {what} (or --file)")
+    p.add_argument("--file", help="post the bytes of this file")
+    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+
+
+def message_body(args: argparse.Namespace, what: str) -> bytes:
+    """The body an owner post or a member message sends: TEXT, or the bytes of ``--file``
+    (exactly one of them; ``what`` names it in the usage error)."""
+    if (args.text is None) == (args.file is None):
+        raise Failure(f"give the {what} as TEXT or with --file PATH (one of them)", code="usage")
+    if args.text is not None:
+        return str(args.text).encode()
+    from relay.client.errors import file_error
+
+    try:
+        return Path(args.file).read_bytes()
+    except OSError as exc:
+        raise file_error(exc, Path(args.file), doing="read") from None
+
+
+def relay_answers(relays: list[Any]) -> list[dict[str, Any]]:
+    """Each relay's answer to a sent entry, as the JSON answer shows it: the fields that say
+    something (not None or 0), without the client's own bookkeeping (``sent``, ``refused``)."""
+    skip = ("sent", "refused")
+    return [{k: v for k, v in r.__dict__.items() if v not in (None, 0) and k not in skip} for r in relays]
+
+
+def post_answers(outcome: Any) -> list[dict[str, Any]]:
+    """Each relay's answer to an owner post or a member message (:func:`relay_answers`); if no
+    relay could be reached, the failure saying that nothing was posted."""
+    relays = relay_answers(outcome.relays)
+    if not outcome.sent:
+        reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
+        code = relays[0].get("code") if relays else "no_relay"
+        raise Failure(reason, status="error", code=code, relays=relays)
+    return relays
+
+
+def shown_body(content_type: str, body: bytes) -> dict[str, str]:
+    """A post's or member message's body in the JSON answer: ``text`` for a text/* type (bad
+    UTF-8 replaced), else ``body_b64``."""
+    from relay.protocol.encoding import b64e
+
+    if content_type.startswith("text/"):
+        return {"text": body.decode("utf-8", "replace")}
+    return {"body_b64": b64e(body)}
+
+
+def body_line(content_type: str, body: bytes) -> str:
+    """A post's or member message's body as people read it: the text, whose final newline is
+    not a line of its own, or ``<TYPE, N bytes>`` for a body that is not text."""
+    if not content_type.startswith("text/"):
+        return f"<{content_type}, {len(body)} bytes>"
+    return body.decode("utf-8", "replace").removesuffix("\n")
+
+
 def human(result: dict[str, Any]) -> str:
     """A command's answer as text for people, told apart by the keys it has."""
     if set(result) == {"status", "link"}:

@@ -20,16 +20,24 @@ from typing import Any
 from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
+    add_body_arguments,
     add_command,
+    body_line,
     count,
     emit,
+    message_body,
     per_relay,
+    post_answers,
+    relay_answers,
     run_async,
+    shown_body,
     state_path,
     warn,
 )
 
-MAX_MESSAGE_BYTES = 2**20  # the profile's bound (relay.protocol.messages.Profile)
+# the profile's bounds (relay.protocol.messages.Profile)
+MAX_MESSAGE_BYTES = 2**20
+MAX_MESSAGES_PER_MINUTE = 2**20
 MAX_SLOW_MODE = 86400
 
 
@@ -58,32 +66,22 @@ def add_limits(p: argparse.ArgumentParser, *, create: bool) -> None:
             help="let members reply to owner posts (a channel), or stop it",
         )
     default = 0 if create else None
-    p.add_argument(
-        "--max-message-bytes",
-        type=_bounded(MAX_MESSAGE_BYTES),
-        default=default,
-        metavar="BYTES",
-        help="the owners' size limit of a member message (0: the relay's)",
-    )
-    p.add_argument(
-        "--messages-per-minute",
-        type=_bounded(MAX_MESSAGE_BYTES),
-        default=default,
-        metavar="N",
-        help="messages per minute per member (0: the relay's limit)",
-    )
-    p.add_argument(
-        "--slow-mode",
-        type=_bounded(MAX_SLOW_MODE),
-        default=default,
-        metavar="SECONDS",
-        help="seconds a member waits between two messages (0: none)",
-    )
-
-
-def _relays(relays: list[Any]) -> list[dict[str, Any]]:
-    skip = ("sent", "refused")
-    return [{k: v for k, v in r.__dict__.items() if v not in (None, 0) and k not in skip} for r in relays]
+    for option, limit, metavar, help_ in (
+        (
+            "--max-message-bytes",
+            MAX_MESSAGE_BYTES,
+            "BYTES",
+            "the owners' size limit of a member message (0: the relay's)",
+        ),
+        (
+            "--messages-per-minute",
+            MAX_MESSAGES_PER_MINUTE,
+            "N",
+            "messages per minute per member (0: the relay's limit)",
+        ),
+        ("--slow-mode", MAX_SLOW_MODE, "SECONDS", "seconds a member waits between two messages (0: none)"),
+    ):
+        p.add_argument(option, type=_bounded(limit), default=default, metavar=metavar, help=help_)
 
 
 def _short(text: str) -> str:
@@ -92,7 +90,7 @@ def _short(text: str) -> str:
 
 def _published(p: Any, what: str) -> dict[str, Any]:
     """One published entry's answer; no relay took it: a failure naming each relay's reason."""
-    relays = _relays(p.relays)
+    relays = relay_answers(p.relays)
     out: dict[str, Any] = {"status": "ok", "kind": p.kind, "id": p.id, "relays": relays}
     for key in ("member", "name", "role", "action"):
         if getattr(p, key):
@@ -122,7 +120,7 @@ def _owner(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def _cert_line(c: Any) -> dict[str, Any]:
-    return {"member": c.member, "name": c.name, "role": c.role, "id": c.id, "relays": _relays(c.relays)}
+    return {"member": c.member, "name": c.name, "role": c.role, "id": c.id, "relays": relay_answers(c.relays)}
 
 
 def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -177,7 +175,7 @@ def cmd_owner_certify(args: argparse.Namespace) -> dict[str, Any] | None:
         )
     unstored = [c for c in round_.certified if not c.stored]
     if unstored:
-        relays = _relays(unstored[0].relays)
+        relays = relay_answers(unstored[0].relays)
         raise Failure(
             f"no relay took the cert of {unstored[0].member}: {per_relay(relays)}",
             **{**out, "status": "error", "code": relays[0].get("code")},
@@ -209,26 +207,31 @@ def _relay_host(address: str) -> str:
     return relay_name(address)
 
 
-def _moderate(args: argparse.Namespace, action: str, subject: str, what: str) -> dict[str, Any]:
+# what each moderation acts on (the argument holding it), and how its answer names it
+MODERATIONS = {
+    "remove_message": ("message", "removal of message"),
+    "remove_member": ("member", "removal of member"),
+    "ban": ("member", "ban of member"),
+}
+
+
+def _moderation(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The command's moderation: its action, its subject (a message id or a member key) and
+    how the answer names it."""
+    argument, named = MODERATIONS[args.action]
+    subject = str(getattr(args, argument))
+    return args.action, subject, f"{named} {subject}"
+
+
+def cmd_owner_moderate(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.moderation import moderate
 
+    action, subject, what = _moderation(args)
     state, path = _owner(args)
     published = run_async(
         args, partial(moderate, state, path, action, subject, reason=args.reason, timeout=args.timeout)
     )
     return _published(published, what)
-
-
-def cmd_owner_remove_message(args: argparse.Namespace) -> dict[str, Any]:
-    return _moderate(args, "remove_message", args.message, f"removal of message {args.message}")
-
-
-def cmd_owner_remove_member(args: argparse.Namespace) -> dict[str, Any]:
-    return _moderate(args, "remove_member", args.member, f"removal of member {args.member}")
-
-
-def cmd_owner_ban(args: argparse.Namespace) -> dict[str, Any]:
-    return _moderate(args, "ban", args.member, f"ban of member {args.member}")
 
 
 def cmd_owner_moderator(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,15 +259,9 @@ def _member(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.errors import file_error
     from relay.client.memberpost import post_message, resolve_reply
 
-    if (args.text is None) == (args.file is None):
-        raise Failure("give the message as TEXT or with --file PATH (one of them)", code="usage")
-    try:
-        body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
-    except OSError as exc:
-        raise file_error(exc, Path(args.file), doing="read") from None
+    body = message_body(args, "message")
     state, path = _member(args)
     reply_to = resolve_reply(state, args.reply_to) if args.reply_to else b""
     outcome = run_async(
@@ -279,12 +276,7 @@ def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
             timeout=args.timeout,
         ),
     )
-    relays = _relays(outcome.relays)
-    if not outcome.sent:
-        reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
-        raise Failure(
-            reason, status="error", code=relays[0].get("code") if relays else "no_relay", relays=relays
-        )
+    relays = post_answers(outcome)
     stored = [r for r in relays if r["status"] in ("stored", "duplicate")]
     status = "stored" if any(r["status"] == "stored" for r in stored) else "duplicate"
     out: dict[str, Any] = {"status": status, "seq": outcome.seq, "id": outcome.id, "relays": relays}
@@ -301,9 +293,10 @@ def cmd_member_post(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _member_moderate(args: argparse.Namespace, action: str, subject: str, what: str) -> dict[str, Any]:
+def cmd_member_moderate(args: argparse.Namespace) -> dict[str, Any]:
     from relay.client.moderation import member_moderate
 
+    action, subject, what = _moderation(args)
     state, _ = _member(args)
     published = run_async(
         args, partial(member_moderate, state, action, subject, reason=args.reason, timeout=args.timeout)
@@ -311,24 +304,15 @@ def _member_moderate(args: argparse.Namespace, action: str, subject: str, what: 
     return _published(published, what)
 
 
-def cmd_member_remove_message(args: argparse.Namespace) -> dict[str, Any]:
-    return _member_moderate(args, "remove_message", args.message, f"removal of message {args.message}")
-
-
-def cmd_member_remove_member(args: argparse.Namespace) -> dict[str, Any]:
-    return _member_moderate(args, "remove_member", args.member, f"removal of member {args.member}")
-
-
-def cmd_member_ban(args: argparse.Namespace) -> dict[str, Any]:
-    return _member_moderate(args, "ban", args.member, f"ban of member {args.member}")
-
-
 # --- declaring them -------------------------------------------------------------------------
 
 
-def _moderation_args(p: argparse.ArgumentParser, subject: str) -> None:
+def _add_moderation(parent: Any, func: Any, action: str, help_: str) -> None:
+    """The command of one moderation (``remove_message`` is ``remove-message``)."""
+    p = add_command(parent, action.replace("_", "-"), func, help_, timeout=DEFAULT_TIMEOUT)
+    p.set_defaults(action=action)
     p.add_argument("--state", required=True)
-    if subject == "message":
+    if MODERATIONS[action][0] == "message":
         p.add_argument(
             "message", metavar="MESSAGE_ID", help="the message's id, as 'relay member read --json' shows it"
         )
@@ -352,17 +336,12 @@ def add_owner_commands(owner: Any) -> None:
     which.add_argument("--all", action="store_true", help="every admitted member without a cert")
     which.add_argument("--member", action="append", metavar="MEMBER", help="this member key (repeatable)")
     p.add_argument("--keep", action="store_true", help="with --all: keep certifying new members until Ctrl-C")
-    for name, func, subject, help_ in (
-        (
-            "remove-message",
-            cmd_owner_remove_message,
-            "message",
-            "remove a member message on every relay (signed)",
-        ),
-        ("remove-member", cmd_owner_remove_member, "member", "void a member's cert on every relay (signed)"),
-        ("ban", cmd_owner_ban, "member", "ban a member on every relay (signed): no new cert or join counts"),
+    for action, help_ in (
+        ("remove_message", "remove a member message on every relay (signed)"),
+        ("remove_member", "void a member's cert on every relay (signed)"),
+        ("ban", "ban a member on every relay (signed): no new cert or join counts"),
     ):
-        _moderation_args(add_command(owner, name, func, help_, timeout=DEFAULT_TIMEOUT), subject)
+        _add_moderation(owner, cmd_owner_moderate, action, help_)
     moderator = owner.add_parser(
         "moderator", help="grant or withdraw the moderator role (a new member cert)"
     ).add_subparsers(dest="change", required=True)
@@ -385,25 +364,18 @@ def add_member_commands(member: Any) -> None:
         timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
-    p.add_argument("text", metavar="TEXT", nargs="?", help="the message (or --file)")
-    p.add_argument("--file", help="post the bytes of this file")
-    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+    add_body_arguments(p, "message")
     p.add_argument(
         "--reply-to",
         metavar="REF",
         help="reply to an owner post (#SEQ, as 'relay member read' shows it) or a message (its id)",
     )
-    for name, func, subject, help_ in (
-        (
-            "remove-message",
-            cmd_member_remove_message,
-            "message",
-            "a moderator removes a member message (signed)",
-        ),
-        ("remove-member", cmd_member_remove_member, "member", "a moderator voids a member's cert (signed)"),
-        ("ban", cmd_member_ban, "member", "a moderator bans a member (signed)"),
+    for action, help_ in (
+        ("remove_message", "a moderator removes a member message (signed)"),
+        ("remove_member", "a moderator voids a member's cert (signed)"),
+        ("ban", "a moderator bans a member (signed)"),
     ):
-        _moderation_args(add_command(member, name, func, help_, timeout=DEFAULT_TIMEOUT), subject)
+        _add_moderation(member, cmd_member_moderate, action, help_)
 
 
 # --- what ``relay member read`` shows of a timeline -----------------------------------------
@@ -432,17 +404,12 @@ def show_timeline_item(args: argparse.Namespace, item: Any, messages: list[dict[
         }
         if message.reply_to:
             shown["reply_to"] = b64e(message.reply_to)
-        if message.content_type.startswith("text/"):
-            shown["text"] = message.body.decode("utf-8", "replace")
-        else:
-            shown["body_b64"] = b64e(message.body)
+        shown.update(shown_body(message.content_type, message.body))
         messages.append(shown)
         if args.follow and args.json:
             emit(json.dumps({"type": "message", **shown}))
         elif not args.json:
-            text = str(
-                shown.get("text", f"<{message.content_type}, {len(message.body)} bytes>")
-            ).removesuffix("\n")
+            text = body_line(message.content_type, message.body)
             reply = f" re {_short(shown['reply_to'])}" if message.reply_to else ""
             role = " [moderator]" if item.author_role == "moderator" else ""
             emit(f"{item.author_name} ({_short(author)}){role}{reply}: {text}")

@@ -22,12 +22,14 @@ from relay.cli.common import (
     Failure,
     Interrupted,
     add_command,
+    body_line,
     count,
     emit,
     human,
     per_relay,
     print_result,
     run_async,
+    shown_body,
     state_path,
     wait_seconds,
     warn,
@@ -186,20 +188,13 @@ def _show_item(
             "created_at": event.created_at,
             "content_type": event.content_type,
             "signer": b64e(item.event.signed.signer),
+            **shown_body(event.content_type, event.body),
         }
-        if event.content_type.startswith("text/"):
-            post["text"] = event.body.decode("utf-8", "replace")
-        else:
-            post["body_b64"] = b64e(event.body)
         shown.append(post)
         if args.follow and args.json:
             emit(json.dumps({"type": "post", **post}))
         elif not args.json:
-            # One line per post where it is one line: a file's final newline is not a line of its own.
-            text = str(post.get("text", f"<{event.content_type}, {len(event.body)} bytes>")).removesuffix(
-                "\n"
-            )
-            emit(f"#{event.seq} {text}")
+            emit(f"#{event.seq} {body_line(event.content_type, event.body)}")
     elif isinstance(item, Finding):
         finding = {
             "relay": item.relay,

@@ -19,9 +19,12 @@ from relay.cli.common import (
     DEFAULT_TIMEOUT,
     Failure,
     Interrupted,
+    add_body_arguments,
     add_command,
     count,
+    message_body,
     per_relay,
+    post_answers,
     relay_name,
     run_async,
     state_path,
@@ -195,25 +198,14 @@ def cmd_owner_remove_relay(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_owner_post(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.client.errors import file_error
     from relay.client.posting import post
 
-    if (args.text is None) == (args.file is None):
-        raise Failure("give the post as TEXT or with --file PATH (one of them)", code="usage")
-    try:
-        body = args.text.encode() if args.text is not None else Path(args.file).read_bytes()
-    except OSError as exc:
-        raise file_error(exc, Path(args.file), doing="read") from None
+    body = message_body(args, "post")
     state, path = _load(args, writes=True)
     outcome = run_async(
         args, partial(post, state, path, body, content_type=args.content_type, timeout=args.timeout)
     )
-    relays = [
-        {k: v for k, v in r.__dict__.items() if v not in (None, 0) and k != "sent"} for r in outcome.relays
-    ]
-    if not outcome.sent:
-        reason = f"no relay could be reached; nothing was posted: {per_relay(relays)}"
-        raise Failure(reason, status="error", code=relays[0].get("code"), relays=relays)
+    relays = post_answers(outcome)
     out = {"status": "ok", "seq": outcome.seq, "id": outcome.id, "relays": relays}
     if all(r["status"] == "error" for r in relays):
         reason = f"no relay stored post #{outcome.seq}: {per_relay(relays)}"
@@ -384,9 +376,7 @@ def add_commands(sub: Any) -> None:
         timeout=DEFAULT_TIMEOUT,
     )
     p.add_argument("--state", required=True)
-    p.add_argument("text", metavar="TEXT", nargs="?", help="the post (or --file)")
-    p.add_argument("--file", help="post the bytes of this file")
-    p.add_argument("--content-type", default="text/plain", help="what the body is (default text/plain)")
+    add_body_arguments(p, "post")
     p = add_command(
         owner, "new-key", cmd_owner_new_key, "a co-owner's first step: make an owner key, print it"
     )

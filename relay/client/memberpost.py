@@ -26,7 +26,7 @@ import trio
 from relay.client.connection import RelaySession, open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused, translated
 from relay.client.member import MemberState
-from relay.client.moderation import member_relays
+from relay.client.moderation import RelayPublish, member_relays
 from relay.protocol.addresses import parse_address
 from relay.protocol.encoding import b64d, b64e, decode, encode
 from relay.protocol.errors import ErrorCode
@@ -39,14 +39,9 @@ HISTORY_KEEP = 64  # own messages kept for repairs
 
 
 @dataclass
-class RelayMessage:
-    """What one relay answered."""
+class RelayMessage(RelayPublish):
+    """What one relay answered to the message (a timeline entry, as a published one is)."""
 
-    relay: str  # the group address
-    status: str = "error"  # "stored" | "duplicate" | "error"
-    pos: int = 0
-    code: str | None = None
-    reason: str | None = None
     repaired: int = 0  # earlier messages re-sent to it first
     sent: bool = False
     refused: bool = False

@@ -32,15 +32,13 @@ import trio
 from relay.client.connection import open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused, translated
 from relay.client.member import MemberState
-from relay.client.owner import OwnerState, RelayEntry, _owner_request, signed_to_json
+from relay.client.owner import OwnerState, RelayEntry, command_relay, serving_relays, signed_to_json
 from relay.protocol.addresses import parse_address
 from relay.protocol.encoding import b64d, b64e
 from relay.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from relay.protocol.invitation import ACTION_LIST_UNCERTIFIED
 from relay.protocol.membership import verify_member_card
 from relay.protocol.messages import (
-    OwnerCommand,
-    OwnerCommandResult,
     PendingMember,
     Publish,
     PublishResult,
@@ -126,13 +124,6 @@ async def publish_entries(
     return answers
 
 
-def _targets(state: OwnerState) -> list[RelayEntry]:
-    targets = [r for r in state.relays if r.listed and r.group_address]
-    if not targets:
-        raise RelayError("no relay serves this channel yet (add one and publish)", code="no_relay")
-    return targets
-
-
 def _check_posts_on(state: OwnerState) -> None:
     if state.kind != "group" and not state.comments:
         raise RelayError(
@@ -190,17 +181,13 @@ async def list_uncertified(
 ) -> tuple[list[Uncertified], list[dict[str, object]]]:
     """Every relay's admitted members without a current cert (merged by key), and the relays
     that could not be asked."""
-    targets = _targets(state)
+    targets = serving_relays(state)
     found: dict[str, Uncertified] = {}
     troubles: list[dict[str, object]] = []
 
     async def ask(entry: RelayEntry) -> None:
         try:
-            async with open_session(parse_address(entry.contact), timeout=timeout) as session:
-                request = _owner_request(state, entry, session, ACTION_LIST_UNCERTIFIED)
-                answer = await session.request(OwnerCommand(request=request))
-            if not isinstance(answer, OwnerCommandResult):
-                raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
+            answer = await command_relay(state, entry, ACTION_LIST_UNCERTIFIED, timeout=timeout)
             for p in answer.pending:
                 try:
                     listed = signed_listing(p, state.channel)
@@ -246,7 +233,7 @@ async def certify(
     _check_posts_on(state)
     wanted = None if members is None else [b64e(_key(m)) for m in members]
     pending, troubles = await list_uncertified(state, timeout=timeout)
-    answered = len(_targets(state)) - len(troubles)
+    answered = len(serving_relays(state)) - len(troubles)
     chosen = [u for u in pending if u.member in wanted] if wanted is not None else []
     out = CertifyRound(relays=troubles)
     if wanted is None:
@@ -259,7 +246,9 @@ async def certify(
     signed = [(u, _sign_cert(state, u.member, u.name, role)) for u in chosen]
     state.save(path)
     answers = await publish_entries(
-        [str(r.group_address) for r in _targets(state)], [(s, "cert") for _, s in signed], timeout=timeout
+        [str(r.group_address) for r in serving_relays(state)],
+        [(s, "cert") for _, s in signed],
+        timeout=timeout,
     )
     for (u, s), relays in zip(signed, answers, strict=True):
         out.certified.append(
@@ -299,7 +288,7 @@ async def set_role(
     signed = _sign_cert(state, key, name, role)
     state.save(path)
     [relays] = await publish_entries(
-        [str(r.group_address) for r in _targets(state)], [(signed, "cert")], timeout=timeout
+        [str(r.group_address) for r in serving_relays(state)], [(signed, "cert")], timeout=timeout
     )
     return Published("cert", b64e(stored_cert(signed).id), relays, member=key, name=name, role=role)
 
@@ -327,7 +316,7 @@ async def moderate(
         record.update(issued_at=now, removed=True)
         state.save(path)
     [relays] = await publish_entries(
-        [str(r.group_address) for r in _targets(state)], [(signed, "moderation")], timeout=timeout
+        [str(r.group_address) for r in serving_relays(state)], [(signed, "moderation")], timeout=timeout
     )
     return Published("moderation", b64e(stored_moderation(signed).id), relays, member=member, action=action)
 

@@ -454,6 +454,15 @@ async def remove_relay(
     return await publish(state, path, timeout=timeout, also_notify=entry)
 
 
+def serving_relays(state: OwnerState) -> list[RelayEntry]:
+    """The relays the profile lists (granted a group address, not removed): where owner posts,
+    certs and moderations go; none is a failure (``no_relay``)."""
+    targets = [r for r in state.relays if r.listed and r.group_address]
+    if not targets:
+        raise RelayError("no relay serves this channel yet (add one and publish)", code="no_relay")
+    return targets
+
+
 def _owner_request(
     state: OwnerState,
     entry: RelayEntry,
@@ -477,6 +486,25 @@ def _owner_request(
         note=note,
     )
     return request
+
+
+async def command_relay(
+    state: OwnerState,
+    entry: RelayEntry,
+    action: str,
+    *,
+    subject: bytes = b"",
+    note: str = "",
+    timeout: float = 15.0,
+) -> OwnerCommandResult:
+    """One owner command (``action``) through one relay's service group, on a connection of
+    its own to the relay's contact address."""
+    async with open_session(parse_address(entry.contact), timeout=timeout) as session:
+        request = _owner_request(state, entry, session, action, subject=subject, note=note)
+        answer = await session.request(OwnerCommand(request=request))
+    if not isinstance(answer, OwnerCommandResult):
+        raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
+    return answer
 
 
 async def read_log(state: OwnerState, *, timeout: float = 15.0) -> list[dict[str, object]]:
@@ -541,11 +569,7 @@ async def owner_command(
 
     async def command(i: int, entry: RelayEntry) -> None:
         try:
-            async with open_session(parse_address(entry.contact), timeout=timeout) as session:
-                request = _owner_request(state, entry, session, action, subject=subject, note=note)
-                answer = await session.request(OwnerCommand(request=request))
-            if not isinstance(answer, OwnerCommandResult):
-                raise RelayProtocolError(f"expected owner_result, got {type(answer).__name__}")
+            answer = await command_relay(state, entry, action, subject=subject, note=note, timeout=timeout)
             views[i] = AdmissionView(
                 relay=entry.contact,
                 state=answer.state,

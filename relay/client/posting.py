@@ -27,7 +27,7 @@ import trio
 
 from relay.client.connection import RelaySession, open_session
 from relay.client.errors import RelayError, RelayProtocolError, RelayRefused, translated
-from relay.client.owner import OwnerState, RelayEntry
+from relay.client.owner import OwnerState, RelayEntry, serving_relays
 from relay.protocol import crypto
 from relay.protocol.addresses import parse_address
 from relay.protocol.encoding import b64d, b64e, decode, encode
@@ -105,9 +105,7 @@ async def post(
     timeout: float = 15.0,
 ) -> PostOutcome:
     """Sign one event after the newest verified head and store it on every listed relay."""
-    targets = [r for r in state.relays if r.listed and r.group_address]
-    if not targets:
-        raise RelayError("no relay serves this channel yet (add one and publish)", code="no_relay")
+    targets = serving_relays(state)
     if len(body) > MAX_EVENT_BODY:
         raise RelayError(
             f"the post is {len(body)} bytes; the limit is {MAX_EVENT_BODY}", code="event_too_large"
