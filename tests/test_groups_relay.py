@@ -482,8 +482,9 @@ async def test_retention_keeps_the_newest_places_and_the_hash(
     relay = relay_factory(events={"max_events": 3})
     owner, address_id = await group(relay, tmp_path)
     ada = await joined(relay, owner, address_id, "Ada")
+    first_cert = ada.cert()
     async with group_session(relay, address_id) as session:
-        await ada.post(session, b"1", cert=ada.cert())
+        await ada.post(session, b"1", cert=first_cert)
         for body in (b"2", b"3", b"4", b"5"):
             await ada.post(session, body)
         assert await timeline_pos(session) == 6  # numbering and hash go on over what was dropped
@@ -492,6 +493,18 @@ async def test_retention_keeps_the_newest_places_and_the_hash(
         assert (answer.timeline_pos, answer.timeline_first) == (6, 4)
         assert [i.pos for i in await items(reader, 3)] == [4, 5, 6]
     assert metric(relay, "relay_timeline_pruned_total") == 3
+    relay.stop()  # a fresh process: it has not seen her posting (it would not read her row)
+    relay.listen_on = relay.listen
+    relay.start()
+    async with group_session(relay, address_id) as session:
+        # Her cert's place was dropped: sent again, it is placed again from the relay's own
+        # verified copy, even when the copy sent has a broken signature (an id does not cover
+        # the signature, and readers would blame the relay for serving a broken one).
+        broken = Signed(body=first_cert.body, signer=first_cert.signer, sig=bytes(64))
+        assert (await ada.post(session, b"6", cert=broken)).pos == 8  # the cert at 7, then 6
+        await subscribe(session, relay, ada, address_id, timeline_since=0)
+        [replaced] = [i for i in await items(session, 3) if i.kind == "cert"]
+    assert replaced.pos == 7 and replaced.entry == first_cert
     aged = relay_factory(events={"max_age": 1, "prune_interval": 0.2})
     owner, address_id = await group(aged, tmp_path)
     ada = await joined(aged, owner, address_id, "Ada")

@@ -34,6 +34,7 @@ from relay.protocol.messages import MemberPost, MemberPostResult
 from relay.server.admission import GroupBinding
 from relay.server.bounds import Bounds
 from relay.server.events import StaleView
+from relay.server.service import decode_signed
 from relay.server.timeline_intake import Placed, TimelineIntake, answered, roster_with, save_member
 from relay.store import joins
 from relay.store import timeline as store
@@ -143,10 +144,12 @@ class MemberPosts:
             cert = rules.verify_cert(frame.cert, channel=view.channel, owners=view.owners)
         elif frame.cert is not None and row is not None:
             if row.cert_id == cert_id:
-                if not known.cert_placed:
+                if not known.cert_placed and row.cert is not None:
                     # The member's current cert, dropped from the timeline by retention: placed
-                    # again (the roster row remembers it was verified).
-                    cert = rules.stored_cert(frame.cert)
+                    # again from the roster's own copy, verified when it came.  Not the frame's:
+                    # an id does not cover the signature, and a copy with a broken one would
+                    # have readers blame this relay.
+                    cert = rules.stored_cert(decode_signed(row.cert))
             else:  # another cert of its own (a newer role, say): the roster rules judge it
                 cert = rules.verify_cert(frame.cert, channel=view.channel, owners=view.owners)
                 if cert.member != member:
