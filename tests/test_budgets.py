@@ -19,6 +19,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relayproc import RelayFactory, RunningRelay
+from test_groups_relay import group, joined
 from traffic import Poster, active_channel, group_session, metric
 from wire import (
     ONE_SOURCE_UNBOUNDED,
@@ -28,7 +29,7 @@ from wire import (
     well_behaved,
 )
 
-from relay.protocol.messages import Discover, Discovered
+from relay.protocol.messages import Discover, Discovered, Error, MemberPost, MemberPostResult, Signed
 from relay.server import memory
 from relay.server.bounds import Bounds
 from relay.server.budgets import (
@@ -221,6 +222,33 @@ async def test_requests_are_budgeted_per_source_but_posts_are_not(
             assert isinstance(await session.request(Discover(tags=[])), Discovered)
     client.check()
     assert metric(relay, 'relay_bounds_hit_total{bound="requests_per_ip"}') == answers.count("limited")
+
+
+async def test_members_messages_are_budgeted_per_source(relay_factory: RelayFactory, tmp_path: Path) -> None:
+    # Unlike owners' posts, a member's messages are charged to its source's request budget:
+    # any member may send them, and each may cost a signature check before it is refused.
+    relay = relay_factory(
+        server={"requests_per_ip_per_second": 2.0, "request_burst_per_ip": 40},
+        groups={"messages_per_minute": 100_000},  # the member's own pace out of the way
+    )
+    owner, address_id = await group(relay, tmp_path)
+    ada = await joined(relay, owner, address_id, "Ada")
+    limited = stored = 0
+    async with group_session(relay, address_id) as session:
+        cert: Signed | None = ada.cert()
+        for n in range(60):
+            message = ada.message(b"%d" % n)
+            answer = await session.request(MemberPost(message=message, cert=cert))
+            if isinstance(answer, MemberPostResult):
+                ada.accept(message)
+                cert, stored = None, stored + 1
+                continue
+            # Refused by the source's budget (the connection's post bucket would take 10,000).
+            assert isinstance(answer, Error) and "network address" in answer.reason, answer
+            limited += 1
+            break
+    assert limited == 1 and 0 < stored < 60
+    assert metric(relay, 'relay_bounds_hit_total{bound="requests_per_ip"}') == 1
 
 
 async def raw_http(relay: RunningRelay, pieces: list[bytes], local: str = "127.0.0.1") -> bytes:

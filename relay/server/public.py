@@ -398,10 +398,11 @@ class PublicEndpoint:
                     now = trio.current_time()
                     frame = session.rules.receive(data, now)
                     del data  # not kept while waiting for the next frame
-                    # The source's bucket, shared by its connections; posts have their own.
-                    if not isinstance(frame, POSTING) and not self.sources.charge_request(
-                        session.source, now
-                    ):
+                    # The source's bucket, shared by its connections; owners' posts have their
+                    # own.  Members' messages, certs and moderations are charged here too: each
+                    # can cost a signature check before it is refused, and any member may send
+                    # them, so a source's connections together get no more than its budget.
+                    if not isinstance(frame, Post) and not self.sources.charge_request(session.source, now):
                         self.bounds.hit("requests_per_ip", self.config.requests_per_ip_per_second)
                         raise RemoteProtocolError(
                             ErrorCode.RATE_LIMITED,
