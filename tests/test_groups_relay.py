@@ -34,7 +34,7 @@ from traffic import (
 )
 from wire import RawSession, check_error
 
-from relay.client.owner import OwnerState, owner_command
+from relay.client.owner import OwnerState, command_relay, owner_command, serving_relays
 from relay.protocol import crypto
 from relay.protocol import timeline as rules
 from relay.protocol.encoding import decode, encode
@@ -58,6 +58,7 @@ from relay.protocol.messages import (
     TimelineFrame,
     TimelineItem,
 )
+from relay.server.admission import MAX_LISTED_BYTES
 
 
 async def group(
@@ -599,3 +600,22 @@ async def test_moderators_act_on_members_only_and_a_removal_may_come_first(
         answer = await subscribe(reader, relay, ada, address_id, timeline_since=late.pos - 1)
         [item] = await items(reader, 1)
         assert answer.timeline_pos == late.pos and (item.id, item.entry) == (early_id, None)
+
+
+async def test_the_owners_list_of_members_is_bounded_in_bytes(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    # Each entry carries the member's own signed join request: with long member profiles, the
+    # list stops at MAX_LISTED_BYTES of them (a client reads answers of at most 1 MiB).
+    relay = relay_factory(
+        members={"max_profile_bytes": 65536},
+        server={"connection_burst_per_ip": 1000},  # a connection per join, all from here
+    )
+    owner, address_id = await group(relay, tmp_path)
+    for n in range(130):
+        await join_member(relay, owner, address_id, f"{n:03d} " + "x" * 4000)
+    [relay_entry] = serving_relays(owner)
+    answer = await command_relay(owner, relay_entry, "list_uncertified")
+    sizes = [len(encode(p.join)) for p in answer.pending if p.join is not None]
+    assert len(sizes) == len(answer.pending) and 100 < len(sizes) < 130
+    assert sum(sizes) <= MAX_LISTED_BYTES < sum(sizes) + sizes[0]

@@ -12,7 +12,7 @@ to a batch of arriving requests at once: :class:`_Intake`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -60,6 +60,7 @@ from relay.store.joins import JoinRow
 log = structlog.get_logger("relay.admission")
 
 MAX_PENDING_LISTED = 200
+MAX_LISTED_BYTES = 512 * 1024  # the members' signed join requests in one owner_result, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,28 +364,16 @@ class Admissions:
             counts = joins.counts(conn, record.id)
             if request.action == ACTION_LIST_UNCERTIFIED:
                 # Admitted members with no current cert: whom the owners may certify.
-                pending = [
-                    PendingMember(
-                        member=member.member,
-                        name=member.name,
-                        about=_about_request(member.request),
-                        received_at=member.received_at,
-                        join=_join_of(member.request),
-                    )
-                    for member in timeline_store.uncertified(conn, record.id, MAX_PENDING_LISTED)
-                ]
+                pending = _listed(
+                    (m.member, m.name, m.request, m.received_at)
+                    for m in timeline_store.uncertified(conn, record.id, MAX_PENDING_LISTED)
+                )
                 detail = f"{len(pending)} admitted members without a cert"
             else:
-                pending = [
-                    PendingMember(
-                        member=row.member_key,
-                        name=row.name,
-                        about=_about(row),
-                        received_at=row.received_at,
-                        join=_join_of(row.request),
-                    )
-                    for row in joins.pending(conn, record.id, MAX_PENDING_LISTED)
-                ]
+                pending = _listed(
+                    (r.member_key, r.name, r.request, r.received_at)
+                    for r in joins.pending(conn, record.id, MAX_PENDING_LISTED)
+                )
             result = OwnerCommandResult(
                 state=record.state.value,
                 admission="suspended" if record.admission_suspended else "open",
@@ -438,6 +427,29 @@ def _banned() -> RemoteProtocolError:
     return RemoteProtocolError(ErrorCode.BANNED, "this member key is banned from the group")
 
 
+def _listed(rows: Iterable[tuple[bytes, str, bytes, int]]) -> list[PendingMember]:
+    """The owners' list of members (key, name, stored join request, received at), each with its
+    own signed join request, up to ``MAX_LISTED_BYTES`` of requests: a client reads an answer
+    of at most 1 MiB, and a relay whose operator allows large member profiles must not build
+    more.  The rest is listed by the next command, once these are decided or certified."""
+    listed: list[PendingMember] = []
+    size = 0
+    for member, name, request, received_at in rows:
+        size += len(request)
+        if listed and size > MAX_LISTED_BYTES:
+            break
+        listed.append(
+            PendingMember(
+                member=member,
+                name=name,
+                about=_about_request(request),
+                received_at=received_at,
+                join=_join_of(request),
+            )
+        )
+    return listed
+
+
 def _join_of(request: bytes) -> Signed | None:
     """The member's signed join request as stored, for the owners to check (None: a row that no
     longer decodes, which the owners' client then does not certify)."""
@@ -447,12 +459,8 @@ def _join_of(request: bytes) -> Signed | None:
         return None
 
 
-def _about(row: JoinRow) -> str:
-    """The member's "about" line, from the stored request (decoded only for the owners' list)."""
-    return _about_request(row.request)
-
-
 def _about_request(request: bytes) -> str:
+    """The member's "about" line, from the stored request (decoded only for the owners' list)."""
     try:
         return stored_join(request).profile.about[:500]
     except RemoteProtocolError:
